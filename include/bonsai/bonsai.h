@@ -1,0 +1,306 @@
+/*
+ * libbonsai — run PrismML Bonsai 1-bit language models.
+ *
+ * This header is the whole stable C API and its documentation. Rules that hold everywhere:
+ *
+ *  - Every fallible function returns a bonsai_status: BONSAI_OK (0) or a negative error whose value
+ *    never changes. On failure, bonsai_last_error() (thread-local) says what went wrong in words,
+ *    with the file offset, key or tensor name where one applies. Handles returned through
+ *    out-parameters are set to NULL on failure.
+ *  - Parameter structs begin with `uint32_t struct_size`, are filled by their *_init() function,
+ *    are passed by pointer, and only ever grow at the end: a program built against an older header
+ *    keeps working with a newer library.
+ *  - The library never aborts, exits or prints. Messages go to the log callback, silent by default.
+ *  - A model is immutable after loading and may be shared by any number of threads. Strings and
+ *    arrays returned by model accessors stay valid until bonsai_model_free(). Destructors accept
+ *    NULL.
+ *
+ * See docs/API.md for a guided tour and docs/ABI.md for the compatibility promise.
+ */
+#ifndef BONSAI_BONSAI_H
+#define BONSAI_BONSAI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bonsai_version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && !defined(BONSAI_STATIC)
+#ifdef BONSAI_BUILDING
+#define BONSAI_API __declspec(dllexport)
+#else
+#define BONSAI_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__)
+#define BONSAI_API __attribute__((visibility("default")))
+#else
+#define BONSAI_API
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Versions */
+
+/** Library version as "MAJOR.MINOR.PATCH" (of the library actually loaded, not of this header). */
+BONSAI_API const char *bonsai_version_string(void);
+/** Library version as MAJOR*10000 + MINOR*100 + PATCH; compare with BONSAI_VERSION_NUMBER. */
+BONSAI_API uint32_t bonsai_version_number(void);
+/** ABI version of the loaded library; equals the soname suffix. Compare with BONSAI_ABI_VERSION. */
+BONSAI_API uint32_t bonsai_abi_version(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Status codes and errors
+ * Values are pinned: they never change and are never reused. */
+
+typedef enum bonsai_status {
+    BONSAI_OK = 0,
+    BONSAI_ERR_INVALID_ARGUMENT = -1,     /**< NULL where a pointer is required, bad struct_size... */
+    BONSAI_ERR_NO_MEMORY = -2,            /**< an allocation failed */
+    BONSAI_ERR_IO = -3,                   /**< the file could not be opened, mapped or read */
+    BONSAI_ERR_BAD_MAGIC = -4,            /**< not a GGUF file */
+    BONSAI_ERR_UNSUPPORTED_VERSION = -5,  /**< GGUF version other than 2 or 3 */
+    BONSAI_ERR_TRUNCATED = -6,            /**< the file ends before the data it declares */
+    BONSAI_ERR_CORRUPT = -7,              /**< inconsistent structure: counts, sizes, offsets... */
+    BONSAI_ERR_UNSUPPORTED_TYPE = -8,     /**< a tensor type this library cannot compute with */
+    BONSAI_ERR_DUPLICATE = -9,            /**< a metadata key or tensor name appears twice */
+    BONSAI_ERR_NOT_FOUND = -10,           /**< no metadata key / tensor of that name */
+    BONSAI_ERR_TYPE_MISMATCH = -11,       /**< a typed getter was used on a value of another type */
+    BONSAI_ERR_OUT_OF_RANGE = -12,        /**< an index or value outside its valid range */
+    BONSAI_ERR_ABORTED = -13,             /**< a progress/abort callback asked to stop */
+    BONSAI_ERR_UNSUPPORTED = -14,         /**< a feature, architecture or backend not available */
+    BONSAI_ERR_CONTEXT_FULL = -15,        /**< the session's context has no room left */
+    BONSAI_ERR_BACKEND = -16,             /**< a compute backend (e.g. the GPU) reported an error */
+    BONSAI_ERR_INVALID_STATE = -17,       /**< the object is not in a state that allows the call */
+} bonsai_status;
+
+/** A short constant English description of a status ("corrupt file", ...). Never NULL. */
+BONSAI_API const char *bonsai_status_string(bonsai_status status);
+
+/**
+ * Detail of the most recent failure on the calling thread, e.g.
+ * "stories.gguf: tensor 'blk.0.attn_q.weight': offset 123 is not a multiple of the alignment 32".
+ * Never NULL ("" when nothing failed yet). Valid until the next libbonsai call on this thread.
+ */
+BONSAI_API const char *bonsai_last_error(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Logging
+ * The library is silent unless a callback is set. The callback may be called from any thread that
+ * calls into the library, and must not call back into libbonsai. */
+
+typedef enum bonsai_log_level {
+    BONSAI_LOG_ERROR = 0,
+    BONSAI_LOG_WARN = 1,
+    BONSAI_LOG_INFO = 2,
+    BONSAI_LOG_DEBUG = 3,
+} bonsai_log_level;
+
+typedef void (*bonsai_log_fn)(bonsai_log_level level, const char *message, void *user_data);
+
+/**
+ * Set the process-wide log callback (NULL: silent, the default) and the most verbose level it
+ * receives. Thread-safe.
+ */
+BONSAI_API void bonsai_log_set(bonsai_log_fn fn, bonsai_log_level max_level, void *user_data);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Tensor and metadata value types (numbers as in GGUF) */
+
+typedef enum bonsai_value_type {
+    BONSAI_VALUE_U8 = 0,
+    BONSAI_VALUE_I8 = 1,
+    BONSAI_VALUE_U16 = 2,
+    BONSAI_VALUE_I16 = 3,
+    BONSAI_VALUE_U32 = 4,
+    BONSAI_VALUE_I32 = 5,
+    BONSAI_VALUE_F32 = 6,
+    BONSAI_VALUE_BOOL = 7,
+    BONSAI_VALUE_STRING = 8,
+    BONSAI_VALUE_ARRAY = 9,
+    BONSAI_VALUE_U64 = 10,
+    BONSAI_VALUE_I64 = 11,
+    BONSAI_VALUE_F64 = 12,
+} bonsai_value_type;
+
+/** "u8", "string", "array"... ; "?" for a number that is not a value type. */
+BONSAI_API const char *bonsai_value_type_name(bonsai_value_type type);
+
+typedef enum bonsai_tensor_type {
+    BONSAI_TENSOR_F32 = 0,
+    BONSAI_TENSOR_F16 = 1,
+    BONSAI_TENSOR_Q8_0 = 8,
+    BONSAI_TENSOR_BF16 = 30,
+    BONSAI_TENSOR_Q1_0 = 41, /**< Bonsai: 128 sign bits + one fp16 scale per block, 18 bytes */
+} bonsai_tensor_type;
+
+/** "F32", "Q1_0"...; NULL for a type this library does not know. */
+BONSAI_API const char *bonsai_tensor_type_name(uint32_t type);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Models */
+
+typedef struct bonsai_model bonsai_model;
+
+/**
+ * Progress callback of long operations: `progress` goes from 0 to 1. Return false to abort; the
+ * operation then fails with BONSAI_ERR_ABORTED and releases everything it took.
+ */
+typedef bool (*bonsai_progress_fn)(float progress, void *user_data);
+
+typedef struct bonsai_model_params {
+    uint32_t struct_size;          /**< sizeof(bonsai_model_params); set by the init function */
+    bool use_mmap;                 /**< map the file (default true); false reads it into memory */
+    bonsai_progress_fn progress;   /**< optional */
+    void *progress_user_data;
+} bonsai_model_params;
+
+/** Fill `params` with the defaults. `params` must not be NULL. */
+BONSAI_API void bonsai_model_params_init(bonsai_model_params *params);
+
+/**
+ * Open a GGUF file, validate every structure in it, and return a model. Weights are mapped (or read
+ * when use_mmap is false), never converted. `params` may be NULL for the defaults. On failure
+ * `*out` is NULL and bonsai_last_error() names the file, offset, key or tensor at fault.
+ */
+BONSAI_API bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *params,
+                                           bonsai_model **out);
+
+/** Release a model and everything it owns. NULL is allowed. */
+BONSAI_API void bonsai_model_free(bonsai_model *model);
+
+/** Value of `general.architecture` ("qwen3", "llama"...), or "" when the file has none. */
+BONSAI_API const char *bonsai_model_architecture(const bonsai_model *model);
+/** Value of `general.name`, or "" when absent. */
+BONSAI_API const char *bonsai_model_name(const bonsai_model *model);
+/** Size of the file in bytes. */
+BONSAI_API uint64_t bonsai_model_file_size(const bonsai_model *model);
+/** GGUF version of the file (2 or 3). */
+BONSAI_API uint32_t bonsai_model_gguf_version(const bonsai_model *model);
+/** Total number of tensor elements (weights) in the file. */
+BONSAI_API uint64_t bonsai_model_n_params(const bonsai_model *model);
+/** Number of tokens of the vocabulary (entries of tokenizer.ggml.tokens), 0 when none. */
+BONSAI_API uint32_t bonsai_model_n_vocab(const bonsai_model *model);
+
+/**
+ * Hyper-parameters read from `<arch>.*` metadata. A field whose key is absent is 0 (rope_freq_base
+ * and rope_scaling_factor: 0 as well; the runtime applies the architecture's defaults).
+ */
+typedef struct bonsai_model_hparams {
+    uint32_t struct_size;      /**< set by the caller to sizeof(bonsai_model_hparams) */
+    uint32_t n_vocab;          /**< tokens in the vocabulary */
+    uint32_t n_ctx_train;      /**< <arch>.context_length */
+    uint32_t n_embd;           /**< <arch>.embedding_length */
+    uint32_t n_layer;          /**< <arch>.block_count */
+    uint32_t n_ff;             /**< <arch>.feed_forward_length */
+    uint32_t n_head;           /**< <arch>.attention.head_count */
+    uint32_t n_head_kv;        /**< <arch>.attention.head_count_kv (n_head when absent) */
+    uint32_t head_dim_k;       /**< <arch>.attention.key_length (n_embd / n_head when absent) */
+    uint32_t head_dim_v;       /**< <arch>.attention.value_length (head_dim_k when absent) */
+    uint32_t n_rot;            /**< <arch>.rope.dimension_count (head_dim_k when absent) */
+    float rms_eps;             /**< <arch>.attention.layer_norm_rms_epsilon */
+    float rope_freq_base;      /**< <arch>.rope.freq_base */
+    float rope_scaling_factor; /**< <arch>.rope.scaling.factor (0: none) */
+    uint32_t rope_scaling_orig_ctx; /**< <arch>.rope.scaling.original_context_length */
+    uint32_t rope_scaling_yarn;     /**< 1 when <arch>.rope.scaling.type is "yarn" */
+} bonsai_model_hparams;
+
+/**
+ * Fill `out` with the model's hyper-parameters. The caller sets out->struct_size; fields beyond it
+ * are not written, so programs built against an older header keep working.
+ */
+BONSAI_API bonsai_status bonsai_model_hparams_get(const bonsai_model *model,
+                                                  bonsai_model_hparams *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Metadata
+ * Lookup by key, typed getters, and arrays (of any element type, arrays of arrays included).
+ * A bonsai_value belongs to its model. Strings are NUL-terminated copies; a string's `len` is
+ * its length in bytes and also counts NUL bytes embedded in it. */
+
+typedef struct bonsai_value bonsai_value;
+
+/** Number of metadata entries. */
+BONSAI_API uint64_t bonsai_model_meta_count(const bonsai_model *model);
+/** Key and value of entry `index` (file order). Either out-pointer may be NULL. */
+BONSAI_API bonsai_status bonsai_model_meta_at(const bonsai_model *model, uint64_t index,
+                                              const char **key, const bonsai_value **value);
+/** Value of `key`; BONSAI_ERR_NOT_FOUND when the file has no such key. */
+BONSAI_API bonsai_status bonsai_model_meta_get(const bonsai_model *model, const char *key,
+                                               const bonsai_value **value);
+
+/** Type of a value (BONSAI_VALUE_ARRAY for arrays). */
+BONSAI_API bonsai_value_type bonsai_value_type_of(const bonsai_value *value);
+
+/* Exact getters: BONSAI_ERR_TYPE_MISMATCH unless the value has exactly this type. */
+BONSAI_API bonsai_status bonsai_value_get_u8(const bonsai_value *value, uint8_t *out);
+BONSAI_API bonsai_status bonsai_value_get_i8(const bonsai_value *value, int8_t *out);
+BONSAI_API bonsai_status bonsai_value_get_u16(const bonsai_value *value, uint16_t *out);
+BONSAI_API bonsai_status bonsai_value_get_i16(const bonsai_value *value, int16_t *out);
+BONSAI_API bonsai_status bonsai_value_get_u32(const bonsai_value *value, uint32_t *out);
+BONSAI_API bonsai_status bonsai_value_get_i32(const bonsai_value *value, int32_t *out);
+BONSAI_API bonsai_status bonsai_value_get_u64(const bonsai_value *value, uint64_t *out);
+BONSAI_API bonsai_status bonsai_value_get_i64(const bonsai_value *value, int64_t *out);
+BONSAI_API bonsai_status bonsai_value_get_f32(const bonsai_value *value, float *out);
+BONSAI_API bonsai_status bonsai_value_get_f64(const bonsai_value *value, double *out);
+BONSAI_API bonsai_status bonsai_value_get_bool(const bonsai_value *value, bool *out);
+BONSAI_API bonsai_status bonsai_value_get_string(const bonsai_value *value, const char **str,
+                                                 uint64_t *len);
+
+/**
+ * Converting getters for programs that do not care how a writer typed a number: any integer type
+ * whose value fits (else BONSAI_ERR_OUT_OF_RANGE); to_f64 also takes f32/f64.
+ */
+BONSAI_API bonsai_status bonsai_value_to_i64(const bonsai_value *value, int64_t *out);
+BONSAI_API bonsai_status bonsai_value_to_u64(const bonsai_value *value, uint64_t *out);
+BONSAI_API bonsai_status bonsai_value_to_f64(const bonsai_value *value, double *out);
+
+/** Element type and element count of an array (BONSAI_ERR_TYPE_MISMATCH if not an array). */
+BONSAI_API bonsai_status bonsai_value_array_info(const bonsai_value *value,
+                                                 bonsai_value_type *elem_type, uint64_t *count);
+/**
+ * Copy `count` numeric or bool elements starting at `first` into `dst` as their own type
+ * (e.g. int32_t for BONSAI_VALUE_I32, 1-byte 0/1 for bool). `dst_size` is the size of `dst` in
+ * bytes and must hold them all. `elem_type` must equal the array's element type.
+ */
+BONSAI_API bonsai_status bonsai_value_array_copy(const bonsai_value *value,
+                                                 bonsai_value_type elem_type, uint64_t first,
+                                                 uint64_t count, void *dst, size_t dst_size);
+/** String element `index` of an array of strings. */
+BONSAI_API bonsai_status bonsai_value_array_string(const bonsai_value *value, uint64_t index,
+                                                   const char **str, uint64_t *len);
+/** Element `index` of an array of arrays, itself an array value. */
+BONSAI_API bonsai_status bonsai_value_array_array(const bonsai_value *value, uint64_t index,
+                                                  const bonsai_value **elem);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Tensors */
+
+typedef struct bonsai_tensor_info {
+    uint32_t struct_size; /**< set by the caller to sizeof(bonsai_tensor_info) */
+    const char *name;     /**< owned by the model */
+    uint32_t type;        /**< a bonsai_tensor_type */
+    uint32_t n_dims;      /**< 1..4 */
+    uint64_t dims[4];     /**< dims[0] varies fastest; unused dims are 1 */
+    uint64_t n_elements;
+    uint64_t n_bytes;
+    uint64_t file_offset; /**< absolute offset of the data in the file */
+} bonsai_tensor_info;
+
+/** Number of tensors. */
+BONSAI_API uint64_t bonsai_model_tensor_count(const bonsai_model *model);
+/** Describe tensor `index` (file order). The caller sets out->struct_size. */
+BONSAI_API bonsai_status bonsai_model_tensor_at(const bonsai_model *model, uint64_t index,
+                                                bonsai_tensor_info *out);
+/** Index of the tensor named `name`; BONSAI_ERR_NOT_FOUND when absent. */
+BONSAI_API bonsai_status bonsai_model_tensor_find(const bonsai_model *model, const char *name,
+                                                  uint64_t *index);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BONSAI_BONSAI_H */

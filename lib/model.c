@@ -1,0 +1,247 @@
+/* Model loading and the model-level accessors. */
+#include "model.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bonsai_model_params_init(bonsai_model_params *params)
+{
+    if (!params) return;
+    memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    params->use_mmap = true;
+}
+
+/* Optional string key: "" when absent; an error when present with another type. */
+static bonsai_status opt_string(const bonsai_model *m, const char *key, const char **out)
+{
+    *out = "";
+    const bonsai_value *v = bsi_gguf_get(m->gguf, key);
+    if (!v) return BONSAI_OK;
+    if (v->type != BONSAI_VALUE_STRING)
+        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: %s has type %s, not string", m->path, key,
+                        bonsai_value_type_name(v->type));
+    *out = v->v.str;
+    return BONSAI_OK;
+}
+
+/* Optional `<arch>.<suffix>` integer that must fit in uint32; `*out` keeps its value if absent. */
+static bonsai_status opt_u32(const bonsai_model *m, const char *suffix, uint32_t *out)
+{
+    char key[256];
+    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    const bonsai_value *v = bsi_gguf_get(m->gguf, key);
+    if (!v) return BONSAI_OK;
+    uint64_t x;
+    if (bonsai_value_to_u64(v, &x) || x > UINT32_MAX)
+        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: %s must be an integer from 0 to %u", m->path,
+                        key, UINT32_MAX);
+    *out = (uint32_t)x;
+    return BONSAI_OK;
+}
+
+static bonsai_status opt_f32(const bonsai_model *m, const char *suffix, float *out)
+{
+    char key[256];
+    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    const bonsai_value *v = bsi_gguf_get(m->gguf, key);
+    if (!v) return BONSAI_OK;
+    double x;
+    if (bonsai_value_to_f64(v, &x))
+        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: %s must be a number", m->path, key);
+    *out = (float)x;
+    return BONSAI_OK;
+}
+
+static bonsai_status read_hparams(bonsai_model *m)
+{
+    bonsai_model_hparams *h = &m->hparams;
+    memset(h, 0, sizeof *h);
+    h->struct_size = sizeof *h;
+    const bonsai_value *tokens = bsi_gguf_get(m->gguf, "tokenizer.ggml.tokens");
+    if (tokens) {
+        if (tokens->type != BONSAI_VALUE_ARRAY || tokens->elem_type != BONSAI_VALUE_STRING)
+            return bsi_fail(BONSAI_ERR_CORRUPT,
+                            "%s: tokenizer.ggml.tokens must be an array of strings", m->path);
+        if (tokens->count > UINT32_MAX)
+            return bsi_fail(BONSAI_ERR_CORRUPT, "%s: %" PRIu64 " tokens is too many", m->path,
+                            tokens->count);
+        h->n_vocab = (uint32_t)tokens->count;
+    }
+    if (!m->arch[0]) return BONSAI_OK;
+    bonsai_status st;
+    if ((st = opt_u32(m, "context_length", &h->n_ctx_train)) ||
+        (st = opt_u32(m, "embedding_length", &h->n_embd)) ||
+        (st = opt_u32(m, "block_count", &h->n_layer)) ||
+        (st = opt_u32(m, "feed_forward_length", &h->n_ff)) ||
+        (st = opt_u32(m, "attention.head_count", &h->n_head)))
+        return st;
+    h->n_head_kv = h->n_head;
+    h->head_dim_k = h->n_head ? h->n_embd / h->n_head : 0;
+    if ((st = opt_u32(m, "attention.head_count_kv", &h->n_head_kv)) ||
+        (st = opt_u32(m, "attention.key_length", &h->head_dim_k)))
+        return st;
+    h->head_dim_v = h->head_dim_k;
+    h->n_rot = h->head_dim_k;
+    if ((st = opt_u32(m, "attention.value_length", &h->head_dim_v)) ||
+        (st = opt_u32(m, "rope.dimension_count", &h->n_rot)) ||
+        (st = opt_f32(m, "attention.layer_norm_rms_epsilon", &h->rms_eps)) ||
+        (st = opt_f32(m, "rope.freq_base", &h->rope_freq_base)) ||
+        (st = opt_f32(m, "rope.scaling.factor", &h->rope_scaling_factor)) ||
+        (st = opt_u32(m, "rope.scaling.original_context_length", &h->rope_scaling_orig_ctx)))
+        return st;
+    char key[256];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", m->arch);
+    const char *scaling;
+    if ((st = opt_string(m, key, &scaling))) return st;
+    h->rope_scaling_yarn = !strcmp(scaling, "yarn");
+    return BONSAI_OK;
+}
+
+static bool report(const bonsai_model_params *p, float progress)
+{
+    return !p->progress || p->progress(progress, p->progress_user_data);
+}
+
+bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *params,
+                                bonsai_model **out)
+{
+    if (!out) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_load: out is NULL");
+    *out = NULL;
+    if (!path) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_load: path is NULL");
+    bonsai_model_params defaults;
+    bonsai_model_params_init(&defaults);
+    if (!params) params = &defaults;
+    if (!BSI_STRUCT_SIZE_OK(params, sizeof(bonsai_model_params)))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "bonsai_model_load: params->struct_size is %u; use "
+                        "bonsai_model_params_init()",
+                        params->struct_size);
+    if (!report(params, 0.0f))
+        return bsi_fail(BONSAI_ERR_ABORTED, "%s: loading aborted by the progress callback", path);
+
+    bonsai_model *m = calloc(1, sizeof *m);
+    if (!m) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
+    bonsai_status st = BONSAI_OK;
+    if (!(m->path = strdup(path))) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
+    if (!st)
+        st = bsi_file_open(path, params->use_mmap, params->progress, params->progress_user_data,
+                           &m->file);
+    if (!st) st = bsi_gguf_parse(m->file.data, m->file.size, m->path, &m->gguf);
+    if (!st) st = opt_string(m, "general.architecture", &m->arch);
+    if (!st) st = opt_string(m, "general.name", &m->name);
+    if (!st) st = read_hparams(m);
+    if (!st)
+        for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
+            m->n_params += m->gguf->tensors[i].n_elements;
+    if (!st && !report(params, 1.0f))
+        st = bsi_fail(BONSAI_ERR_ABORTED, "%s: loading aborted by the progress callback", path);
+    if (st) {
+        bonsai_model_free(m);
+        return st;
+    }
+    bsi_log(BONSAI_LOG_INFO, "%s: GGUF v%u, %" PRIu64 " keys, %" PRIu64 " tensors, %s", path,
+            m->gguf->version, m->gguf->n_kv, m->gguf->n_tensors,
+            m->file.mapped ? "mapped" : "read into memory");
+    *out = m;
+    return BONSAI_OK;
+}
+
+void bonsai_model_free(bonsai_model *model)
+{
+    if (!model) return;
+    bsi_gguf_free(model->gguf);
+    bsi_file_close(&model->file);
+    free(model->path);
+    free(model);
+}
+
+const char *bonsai_model_architecture(const bonsai_model *model)
+{
+    return model ? model->arch : "";
+}
+
+const char *bonsai_model_name(const bonsai_model *model)
+{
+    return model ? model->name : "";
+}
+
+uint64_t bonsai_model_file_size(const bonsai_model *model)
+{
+    return model ? model->file.size : 0;
+}
+
+uint32_t bonsai_model_gguf_version(const bonsai_model *model)
+{
+    return model ? model->gguf->version : 0;
+}
+
+uint64_t bonsai_model_n_params(const bonsai_model *model)
+{
+    return model ? model->n_params : 0;
+}
+
+uint32_t bonsai_model_n_vocab(const bonsai_model *model)
+{
+    return model ? model->hparams.n_vocab : 0;
+}
+
+bonsai_status bonsai_model_hparams_get(const bonsai_model *model, bonsai_model_hparams *out)
+{
+    if (!model || !out)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_hparams_get: NULL argument");
+    uint32_t size = out->struct_size;
+    if (size < sizeof(uint32_t) || size > sizeof *out)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "bonsai_model_hparams_get: out->struct_size is %u", size);
+    memcpy(out, &model->hparams, size);
+    out->struct_size = size;
+    return BONSAI_OK;
+}
+
+uint64_t bonsai_model_tensor_count(const bonsai_model *model)
+{
+    return model ? model->gguf->n_tensors : 0;
+}
+
+bonsai_status bonsai_model_tensor_at(const bonsai_model *model, uint64_t index,
+                                     bonsai_tensor_info *out)
+{
+    if (!model || !out)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_tensor_at: NULL argument");
+    uint32_t size = out->struct_size;
+    if (size < sizeof(uint32_t) || size > sizeof *out)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "bonsai_model_tensor_at: out->struct_size is %u", size);
+    if (index >= model->gguf->n_tensors)
+        return bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
+                        "bonsai_model_tensor_at: index %" PRIu64 " (the model has %" PRIu64
+                        " tensors)",
+                        index, model->gguf->n_tensors);
+    const bsi_gguf_tensor *t = &model->gguf->tensors[index];
+    bonsai_tensor_info info = {
+        .struct_size = size,
+        .name = t->name,
+        .type = t->type,
+        .n_dims = t->n_dims,
+        .dims = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]},
+        .n_elements = t->n_elements,
+        .n_bytes = t->n_bytes,
+        .file_offset = model->gguf->data_offset + t->offset,
+    };
+    memcpy(out, &info, size);
+    return BONSAI_OK;
+}
+
+bonsai_status bonsai_model_tensor_find(const bonsai_model *model, const char *name,
+                                       uint64_t *index)
+{
+    if (!model || !name || !index)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_tensor_find: NULL argument");
+    int64_t i = bsi_gguf_find_tensor(model->gguf, name);
+    if (i < 0) return bsi_fail(BONSAI_ERR_NOT_FOUND, "no tensor named '%s'", name);
+    *index = (uint64_t)i;
+    return BONSAI_OK;
+}

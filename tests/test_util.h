@@ -1,0 +1,52 @@
+/* Helpers shared by the cmocka tests. Include after <cmocka.h>'s prerequisites. */
+#ifndef BONSAI_TEST_UTIL_H
+#define BONSAI_TEST_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bonsai/bonsai.h"
+
+/*
+ * Path of a file of the shared test data (../shared/data, or BONSAI_TEST_DATA as set by
+ * `meson test`). When the file is missing the test is skipped with a message, unless
+ * BONSAI_REQUIRE_TEST_DATA=1 (CI), in which case it fails.
+ */
+static inline const char *test_data(const char *name)
+{
+    static char path[4096];
+    const char *dir = getenv("BONSAI_TEST_DATA");
+    snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "../shared/data", name);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        return path;
+    }
+    const char *req = getenv("BONSAI_REQUIRE_TEST_DATA");
+    if (req && !strcmp(req, "1")) fail_msg("required test data missing: %s", path);
+    print_message("SKIP: test data missing: %s (set BONSAI_TEST_DATA)\n", path);
+    skip();
+    return NULL;
+}
+
+/* Asserts that `st` is `expected` and that bonsai_last_error() contains `needle`. */
+#define assert_error(st, expected, needle)                                                         \
+    do {                                                                                           \
+        bonsai_status st_ = (st);                                                                  \
+        if (st_ != (expected))                                                                     \
+            fail_msg("status %d (%s), expected %d (%s); last error: %s", st_,                      \
+                     bonsai_status_string(st_), (expected), bonsai_status_string(expected),        \
+                     bonsai_last_error());                                                         \
+        if (!strstr(bonsai_last_error(), (needle)))                                                \
+            fail_msg("error message \"%s\" does not contain \"%s\"", bonsai_last_error(),          \
+                     (needle));                                                                    \
+    } while (0)
+
+#endif

@@ -1,0 +1,68 @@
+/* bonsai: the command-line tool. `bonsai help` lists the subcommands. */
+#include "cli.h"
+
+#include <inttypes.h>
+#include <string.h>
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"info", cmd_info, "show a GGUF file's metadata and tensors"},
+};
+
+static int usage(FILE *f)
+{
+    fprintf(f, "usage: bonsai COMMAND [ARGS]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-10s %s\n", "version", "print the library version");
+    fprintf(f, "\n`bonsai COMMAND --help` describes a command.\n");
+    return f == stderr ? 2 : 0;
+}
+
+int cli_error(const char *cmd, bonsai_status status)
+{
+    fprintf(stderr, "bonsai %s: %s (%s)\n", cmd, bonsai_last_error(),
+            bonsai_status_string(status));
+    return 1;
+}
+
+void cli_print_escaped(FILE *f, const char *s, uint64_t len, uint64_t max)
+{
+    fputc('"', f);
+    for (uint64_t i = 0; i < len && i < max; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\x%02x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+    if (len > max) fprintf(f, "...(%" PRIu64 " bytes)", len);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) return usage(stderr);
+    const char *name = argv[1];
+    if (!strcmp(name, "help") || !strcmp(name, "--help") || !strcmp(name, "-h"))
+        return usage(stdout);
+    if (!strcmp(name, "version") || !strcmp(name, "--version")) {
+        printf("bonsai %s (ABI %u)\n", bonsai_version_string(), bonsai_abi_version());
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(name, commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "bonsai: unknown command '%s'\n\n", name);
+    return usage(stderr);
+}
