@@ -153,7 +153,7 @@ static bonsai_status read_value(reader *r, uint32_t type, bonsai_value *out, int
     memset(out, 0, sizeof *out);
     out->type = type;
     if (type == BONSAI_VALUE_STRING) {
-        bsi_str s;
+        bsi_str s = {NULL, 0};
         bonsai_status st = read_string(r, &s, UINT64_MAX, "string value");
         out->v.str = s.s;
         out->count = s.len;
@@ -358,8 +358,10 @@ static bonsai_status read_tensor_info(reader *r, bsi_gguf *g, bsi_gguf_tensor *t
                         "%s: tensor '%s' of type %s has rows of %" PRIu64
                         " elements, not a multiple of its block size %u",
                         r->label, t->name, tt->name, t->ne[0], tt->block_size);
-    /* n_elements <= INT64_MAX and type_size <= 34 per block of >= 1: cannot overflow */
-    t->n_bytes = t->n_elements / tt->block_size * tt->type_size;
+    if (bsi_mul_overflow(t->n_elements / tt->block_size, tt->type_size, &t->n_bytes))
+        return bsi_fail(BONSAI_ERR_CORRUPT,
+                        "%s: tensor '%s': byte size overflows (%" PRIu64 " elements of %s)",
+                        r->label, t->name, t->n_elements, tt->name);
     if (t->offset % g->alignment)
         return bsi_fail(BONSAI_ERR_CORRUPT,
                         "%s: tensor '%s': offset %" PRIu64
@@ -395,13 +397,16 @@ static bonsai_status check_tensor_data(reader *r, bsi_gguf *g)
     for (uint64_t i = 0; i < g->n_tensors; i++) order[i] = &g->tensors[i];
     qsort(order, (size_t)g->n_tensors, sizeof *order, cmp_by_offset);
     bonsai_status st = BONSAI_OK;
-    for (uint64_t i = 1; i < g->n_tensors && !st; i++) {
-        const bsi_gguf_tensor *a = order[i - 1], *b = order[i];
-        if (a->n_bytes && b->n_bytes && a->offset + a->n_bytes > b->offset)
+    const bsi_gguf_tensor *a = NULL;
+    for (uint64_t i = 0; i < g->n_tensors && !st; i++) {
+        const bsi_gguf_tensor *b = order[i];
+        if (!b->n_bytes) continue;
+        if (a && a->offset + a->n_bytes > b->offset)
             st = bsi_fail(BONSAI_ERR_CORRUPT,
                           "%s: tensors '%s' (data offset %" PRIu64 ", %" PRIu64
                           " bytes) and '%s' (data offset %" PRIu64 ") overlap",
                           r->label, a->name, a->offset, a->n_bytes, b->name, b->offset);
+        a = b;
     }
     free(order);
     return st;

@@ -14,6 +14,8 @@ uint64_t bonsai_model_meta_count(const bonsai_model *model)
 bonsai_status bonsai_model_meta_at(const bonsai_model *model, uint64_t index, const char **key,
                                    const bonsai_value **value)
 {
+    if (key) *key = NULL;
+    if (value) *value = NULL;
     if (!model) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_meta_at: model is NULL");
     if (index >= model->gguf->n_kv)
         return bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
@@ -74,6 +76,7 @@ SCALAR_GETTER(bool, bool, BONSAI_VALUE_BOOL, b)
 
 bonsai_status bonsai_value_get_string(const bonsai_value *value, const char **str, uint64_t *len)
 {
+    if (str) *str = NULL;
     bonsai_status st = expect(value, str, BONSAI_VALUE_STRING, "bonsai_value_get_string");
     if (st) return st;
     *str = value->v.str;
@@ -198,6 +201,7 @@ bonsai_status bonsai_value_array_string(const bonsai_value *value, uint64_t inde
                                         const char **str, uint64_t *len)
 {
     const char *fn = "bonsai_value_array_string";
+    if (str) *str = NULL;
     bonsai_status st = check_elements(value, BONSAI_VALUE_STRING, index, 1, fn);
     if (st) return st;
     if (!str) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: str is NULL", fn);
@@ -210,6 +214,7 @@ bonsai_status bonsai_value_array_array(const bonsai_value *value, uint64_t index
                                        const bonsai_value **elem)
 {
     const char *fn = "bonsai_value_array_array";
+    if (elem) *elem = NULL;
     bonsai_status st = check_elements(value, BONSAI_VALUE_ARRAY, index, 1, fn);
     if (st) return st;
     if (!elem) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: elem is NULL", fn);

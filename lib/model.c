@@ -2,9 +2,13 @@
 #include "model.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The size of bonsai_model_params in ABI 1: callers built against that header pass this. */
+#define BSI_MODEL_PARAMS_V1_SIZE (offsetof(bonsai_model_params, progress_user_data) + sizeof(void *))
 
 void bonsai_model_params_init(bonsai_model_params *params)
 {
@@ -28,10 +32,16 @@ static bonsai_status opt_string(const bonsai_model *m, const char *key, const ch
 }
 
 /* Optional `<arch>.<suffix>` integer that must fit in uint32; `*out` keeps its value if absent. */
+/* `<arch>.<suffix>` into key[256]; the architecture name was length-checked at load. */
+static void arch_key(const bonsai_model *m, const char *suffix, char *key)
+{
+    snprintf(key, 256, "%s.%s", m->arch, suffix);
+}
+
 static bonsai_status opt_u32(const bonsai_model *m, const char *suffix, uint32_t *out)
 {
     char key[256];
-    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    arch_key(m, suffix, key);
     const bonsai_value *v = bsi_gguf_get(m->gguf, key);
     if (!v) return BONSAI_OK;
     uint64_t x;
@@ -45,7 +55,7 @@ static bonsai_status opt_u32(const bonsai_model *m, const char *suffix, uint32_t
 static bonsai_status opt_f32(const bonsai_model *m, const char *suffix, float *out)
 {
     char key[256];
-    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    arch_key(m, suffix, key);
     const bonsai_value *v = bsi_gguf_get(m->gguf, key);
     if (!v) return BONSAI_OK;
     double x;
@@ -71,6 +81,9 @@ static bonsai_status read_hparams(bonsai_model *m)
         h->n_vocab = (uint32_t)tokens->count;
     }
     if (!m->arch[0]) return BONSAI_OK;
+    if (strlen(m->arch) > 64)
+        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: general.architecture is %zu bytes long (limit 64)",
+                        m->path, strlen(m->arch));
     bonsai_status st;
     if ((st = opt_u32(m, "context_length", &h->n_ctx_train)) ||
         (st = opt_u32(m, "embedding_length", &h->n_embd)) ||
@@ -93,7 +106,7 @@ static bonsai_status read_hparams(bonsai_model *m)
         (st = opt_u32(m, "rope.scaling.original_context_length", &h->rope_scaling_orig_ctx)))
         return st;
     char key[256];
-    snprintf(key, sizeof key, "%s.rope.scaling.type", m->arch);
+    arch_key(m, "rope.scaling.type", key);
     const char *scaling;
     if ((st = opt_string(m, key, &scaling))) return st;
     h->rope_scaling_yarn = !strcmp(scaling, "yarn");
@@ -114,7 +127,7 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
     bonsai_model_params defaults;
     bonsai_model_params_init(&defaults);
     if (!params) params = &defaults;
-    if (!BSI_STRUCT_SIZE_OK(params, sizeof(bonsai_model_params)))
+    if (!BSI_STRUCT_SIZE_OK(params, BSI_MODEL_PARAMS_V1_SIZE))
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                         "bonsai_model_load: params->struct_size is %u; use "
                         "bonsai_model_params_init()",

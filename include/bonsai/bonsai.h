@@ -5,8 +5,9 @@
  *
  *  - Every fallible function returns a bonsai_status: BONSAI_OK (0) or a negative error whose value
  *    never changes. On failure, bonsai_last_error() (thread-local) says what went wrong in words,
- *    with the file offset, key or tensor name where one applies. Handles returned through
- *    out-parameters are set to NULL on failure.
+ *    with the file offset, key or tensor name where one applies. Pointers returned through
+ *    out-parameters (handles, strings, values) are set to NULL on failure; numbers returned
+ *    through out-parameters are left unchanged.
  *  - Parameter structs begin with `uint32_t struct_size`, are filled by their *_init() function,
  *    are passed by pointer, and only ever grow at the end: a program built against an older header
  *    keeps working with a newer library.
@@ -81,7 +82,8 @@ typedef enum bonsai_status {
 BONSAI_API const char *bonsai_status_string(bonsai_status status);
 
 /**
- * Detail of the most recent failure on the calling thread, e.g.
+ * Detail of the most recent failure on the calling thread (successful calls leave it as it was;
+ * at most 1023 bytes), e.g.
  * "stories.gguf: tensor 'blk.0.attn_q.weight': offset 123 is not a multiple of the alignment 32".
  * Never NULL ("" when nothing failed yet). Valid until the next libbonsai call on this thread.
  */
@@ -158,7 +160,7 @@ typedef struct bonsai_model_params {
     void *progress_user_data;
 } bonsai_model_params;
 
-/** Fill `params` with the defaults. `params` must not be NULL. */
+/** Fill `params` with the defaults (does nothing when `params` is NULL). */
 BONSAI_API void bonsai_model_params_init(bonsai_model_params *params);
 
 /**
@@ -232,7 +234,7 @@ BONSAI_API bonsai_status bonsai_model_meta_at(const bonsai_model *model, uint64_
 BONSAI_API bonsai_status bonsai_model_meta_get(const bonsai_model *model, const char *key,
                                                const bonsai_value **value);
 
-/** Type of a value (BONSAI_VALUE_ARRAY for arrays). */
+/** Type of a value (BONSAI_VALUE_ARRAY for arrays); (bonsai_value_type)-1 for NULL. */
 BONSAI_API bonsai_value_type bonsai_value_type_of(const bonsai_value *value);
 
 /* Exact getters: BONSAI_ERR_TYPE_MISMATCH unless the value has exactly this type. */
