@@ -69,6 +69,45 @@ class Info(unittest.TestCase):
         self.assertIn("bonsai ", r.stdout)
 
 
+class Quantize(unittest.TestCase):
+    def test_refuses_and_keeps(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "q.gguf")
+            r = run("quantize", data("stories260K.gguf"), out, "--type", "q1_0")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("cannot be converted to Q1_0", r.stderr)
+            self.assertIn("token_embd.weight", r.stderr)
+            self.assertFalse(os.path.exists(out))
+            r = run("quantize", data("stories260K.gguf"), out, "--type", "q1_0", "--keep")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("0 matrices converted", r.stdout)
+            r = run("info", out)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("metadata keys: 19", r.stdout)
+            self.assertEqual(run("quantize", "a", "b", "--type", "q4_0").returncode, 2)
+            self.assertEqual(run("quantize", "a").returncode, 2)
+
+
+class BenchKernels(unittest.TestCase):
+    def test_json_lines(self):
+        import json
+        r = subprocess.run([BONSAI, "bench-kernels", "--json", "--quick", "--tokens", "8",
+                            "--threads", "2"], capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        kernels = {row["kernel"] for row in rows}
+        self.assertEqual(kernels, {"memory_read", "q1_0_gemv", "q1_0_gemm"})
+        for row in rows:
+            for key in ("kernel", "isa", "rows", "cols", "threads", "gbps", "bw_fraction"):
+                self.assertIn(key, row)
+            self.assertGreater(row["gbps"], 0)
+        gemv = [row for row in rows if row["kernel"] == "q1_0_gemv"]
+        self.assertIn("scalar", {row["isa"] for row in gemv})
+        self.assertEqual({row["threads"] for row in gemv}, {1, 2})
+        self.assertEqual({(row["rows"], row["cols"]) for row in gemv},
+                         {(2048, 2048), (6144, 2048), (2048, 6144)})
+
+
 class BadFiles(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="bonsai-cli-")

@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct command {
     const char *name;
@@ -12,6 +13,8 @@ typedef struct command {
 
 static const command commands[] = {
     {"info", cmd_info, "show a GGUF file's metadata and tensors"},
+    {"quantize", cmd_quantize, "convert a model's matrices to Q1_0"},
+    {"bench-kernels", cmd_bench_kernels, "measure memory bandwidth and the 1-bit kernels"},
 };
 
 static int usage(FILE *f)
@@ -49,6 +52,42 @@ void cli_print_escaped(FILE *f, const char *s, uint64_t len, uint64_t max)
     }
     fputc('"', f);
     if (len > max) fprintf(f, "...(%" PRIu64 " bytes)", len);
+}
+
+typedef struct progress_state {
+    const char *label;
+    int last;
+} progress_state;
+
+static progress_state progress;
+
+static bool draw_progress(float p, void *user_data)
+{
+    progress_state *s = user_data;
+    int pct = (int)(p * 100.0f + 0.5f);
+    if (pct == s->last) return true;
+    s->last = pct;
+    int filled = pct * 30 / 100;
+    fprintf(stderr, "\r%s [%.*s%*s] %3d%%", s->label, filled, "##############################",
+            30 - filled, "", pct);
+    fflush(stderr);
+    return true;
+}
+
+void cli_progress_begin(bonsai_progress_fn *fn, void **user_data, const char *label)
+{
+    *fn = NULL;
+    *user_data = NULL;
+    if (!isatty(fileno(stderr))) return;
+    progress = (progress_state){label, -1};
+    *fn = draw_progress;
+    *user_data = &progress;
+}
+
+void cli_progress_end(void)
+{
+    if (progress.label && progress.last >= 0) fputc('\n', stderr);
+    progress.label = NULL;
 }
 
 int main(int argc, char **argv)

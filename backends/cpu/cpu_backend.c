@@ -1,0 +1,439 @@
+/*
+ * The CPU backend: host memory, weights left in the mapped file (Q1_0 matrices repacked once into
+ * the chosen ISA's layout), and every op run on a persistent thread pool.
+ */
+#define _GNU_SOURCE
+#include "backend.h"
+
+#include "ops.h"
+#include "q1.h"
+#include "threadpool.h"
+#include "types.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define ALIGN 64
+
+typedef struct cpu_backend {
+    bsi_backend base;
+    bsi_pool *pool;
+    bsi_isa isa;
+    const bsi_q1_kernels *q1;
+    const bsi_cpu_ops *ops;
+    void *act;        /* quantized activations, grown on demand */
+    size_t act_bytes;
+    /* RoPE angles of the last position rotated: q and k of a layer, and every layer of a decode
+     * step, share one position */
+    bsi_rope rope_key;
+    int64_t rope_pos;
+    float rope_cs[1024];
+    char desc[96];
+} cpu_backend;
+
+struct bsi_weight {
+    uint32_t type;
+    int64_t rows, cols;
+    const uint8_t *src;   /* the file layout */
+    const uint8_t *data;  /* what the kernels read: src, or the packed copy */
+    void *packed;         /* owned packed copy, or NULL */
+    size_t row_bytes;     /* of the file layout */
+};
+
+static cpu_backend *cpu(bsi_backend *be)
+{
+    return (cpu_backend *)be;
+}
+
+static int cpu_probe(char *reason, size_t size)
+{
+    (void)reason;
+    (void)size;
+    return 1; /* always usable, the fallback */
+}
+
+static bonsai_status cpu_create(const bsi_backend_config *cfg, bsi_backend **out)
+{
+    *out = NULL;
+    cpu_backend *b = calloc(1, sizeof *b);
+    if (!b) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory creating the CPU backend");
+    b->base.vt = bsi_cpu_backend();
+    bool forced_ok;
+    b->isa = bsi_isa_select(&forced_ok);
+    if (!forced_ok)
+        bsi_log(BONSAI_LOG_WARN, "BONSAI_CPU_ISA=%s is not available here; using %s",
+                getenv("BONSAI_CPU_ISA"), bsi_isa_name(b->isa));
+    if (cfg && cfg->cpu_isa) {
+        int want = bsi_isa_parse(cfg->cpu_isa);
+        if (want < 0 || !bsi_isa_available((bsi_isa)want)) {
+            free(b);
+            return bsi_fail(BONSAI_ERR_UNSUPPORTED, "CPU instruction set '%s' is not available",
+                            cfg->cpu_isa);
+        }
+        b->isa = (bsi_isa)want;
+    }
+    b->q1 = bsi_q1_kernels_for(b->isa);
+    b->ops = bsi_cpu_ops_for(b->isa);
+    int n = cfg && cfg->n_threads > 0 ? cfg->n_threads : bsi_physical_cores();
+    b->pool = bsi_pool_new(n);
+    if (!b->pool) {
+        free(b);
+        return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot start %d CPU threads", n);
+    }
+    b->rope_pos = -1;
+    snprintf(b->desc, sizeof b->desc, "cpu %s, %d thread%s", bsi_isa_name(b->isa), n,
+             n == 1 ? "" : "s");
+    *out = &b->base;
+    return BONSAI_OK;
+}
+
+static void cpu_destroy(bsi_backend *be)
+{
+    if (!be) return;
+    cpu_backend *b = cpu(be);
+    bsi_pool_free(b->pool);
+    free(b->act);
+    free(b);
+}
+
+static const char *cpu_describe(const bsi_backend *be)
+{
+    return ((const cpu_backend *)be)->desc;
+}
+
+static bonsai_status cpu_alloc(bsi_backend *be, size_t bytes, void **out)
+{
+    (void)be;
+    size_t size = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+    *out = size ? aligned_alloc(ALIGN, size) : NULL;
+    if (!*out && size)
+        return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
+    return BONSAI_OK;
+}
+
+static void cpu_free(bsi_backend *be, void *ptr)
+{
+    (void)be;
+    free(ptr);
+}
+
+static bonsai_status cpu_copy(bsi_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes) memmove(dst, src, bytes);
+    return BONSAI_OK;
+}
+
+/* ---- weights ---- */
+
+typedef struct pack_task {
+    const bsi_q1_kernels *k;
+    const uint8_t *src;
+    uint8_t *dst;
+    int64_t rows, cols;
+} pack_task;
+
+static void pack_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    pack_task *t = ctx;
+    int64_t tile = t->k->row_tile, r0 = begin * tile, r1 = end * tile;
+    if (r1 > t->rows) r1 = t->rows;
+    size_t row_bytes = (size_t)(t->cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
+    /* tiles are independent: pack rows [r0, r1) as a matrix of their own */
+    t->k->pack(t->src + (size_t)r0 * row_bytes, t->dst + (size_t)r0 * row_bytes, r1 - r0, t->cols);
+}
+
+/* The original of a repacked matrix is not read again (but for embedding rows, which fault back
+ * in from the file): drop its pages so resident memory grows only by the packed copy. */
+static void drop_pages(const void *data, size_t bytes)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t start = ((uintptr_t)data + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)data + bytes) & ~(page - 1);
+    if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
+}
+
+static bonsai_status cpu_weight_create(bsi_backend *be, const bsi_matrix_desc *d, bsi_weight **out)
+{
+    cpu_backend *b = cpu(be);
+    *out = NULL;
+    const char *tn = bonsai_tensor_type_name(d->type);
+    if (!tn)
+        return bsi_fail(BONSAI_ERR_UNSUPPORTED_TYPE, "tensor '%s': type %u on the CPU", d->name,
+                        d->type);
+    const bsi_type_traits *tt = bsi_type_traits_of(d->type);
+    if (d->rows < 1 || d->cols < 1 || d->cols % tt->block_size)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "tensor '%s': %" PRId64 " x %" PRId64 " is not a valid %s matrix", d->name,
+                        d->rows, d->cols, tn);
+    bsi_weight *w = calloc(1, sizeof *w);
+    if (!w) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    w->type = d->type;
+    w->rows = d->rows;
+    w->cols = d->cols;
+    w->src = w->data = d->data;
+    if (d->type == BONSAI_TENSOR_Q1_0) {
+        w->row_bytes = (size_t)(d->cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
+        if (b->q1->pack) {
+            size_t bytes = bsi_q1_packed_bytes(b->q1, d->rows, d->cols);
+            w->packed = aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
+            if (!w->packed) {
+                free(w);
+                return bsi_fail(BONSAI_ERR_NO_MEMORY,
+                                "tensor '%s': cannot allocate %zu bytes to repack it", d->name,
+                                bytes);
+            }
+            pack_task t = {b->q1, d->data, w->packed, d->rows, d->cols};
+            int64_t tiles = (d->rows + b->q1->row_tile - 1) / b->q1->row_tile;
+            bsi_pool_for(b->pool, tiles, 64, pack_range, &t);
+            w->data = w->packed;
+            if (d->mapped) drop_pages(d->data, w->row_bytes * (size_t)d->rows);
+        }
+    } else if (d->type == BONSAI_TENSOR_F32) {
+        w->row_bytes = (size_t)d->cols * 4;
+    } else if (d->type == BONSAI_TENSOR_F16 || d->type == BONSAI_TENSOR_BF16) {
+        w->row_bytes = (size_t)d->cols * 2;
+    } else { /* Q8_0 */
+        w->row_bytes = (size_t)(d->cols / 32) * 34;
+    }
+    *out = w;
+    return BONSAI_OK;
+}
+
+static void cpu_weight_free(bsi_backend *be, bsi_weight *w)
+{
+    (void)be;
+    if (!w) return;
+    free(w->packed);
+    free(w);
+}
+
+/* ---- matmul ---- */
+
+typedef struct mm_task {
+    cpu_backend *b;
+    const bsi_weight *w;
+    const bsi_q8_act *xq;
+    const float *x;
+    float *y;
+    int64_t n_tok;
+} mm_task;
+
+static void quantize_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    mm_task *t = ctx;
+    bsi_q8_quantize((bsi_q8_act *)t->xq, t->x, begin, end);
+}
+
+/* Q1_0: task i covers row tiles [begin, end). */
+static void q1_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    mm_task *t = ctx;
+    const bsi_q1_kernels *k = t->b->q1;
+    int64_t r0 = begin * k->row_tile, r1 = end * k->row_tile;
+    if (r1 > t->w->rows) r1 = t->w->rows;
+    if (t->n_tok == 1)
+        k->gemv(t->w->data, t->xq, t->x, t->y, r0, r1, t->w->cols);
+    else
+        k->gemm(t->w->data, t->xq, t->x, t->y, t->w->rows, r0, r1, t->w->cols, 0, t->n_tok);
+}
+
+/* Other types: rows [begin, end) for every token. */
+static void dense_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    mm_task *t = ctx;
+    const bsi_cpu_ops *ops = t->b->ops;
+    void (*gemv)(const void *, const float *, float *, int64_t, int64_t, int64_t) =
+        t->w->type == BONSAI_TENSOR_F32    ? ops->gemv_f32
+        : t->w->type == BONSAI_TENSOR_F16  ? ops->gemv_f16
+        : t->w->type == BONSAI_TENSOR_BF16 ? ops->gemv_bf16
+                                           : ops->gemv_q8_0;
+    for (int64_t tok = 0; tok < t->n_tok; tok++)
+        gemv(t->w->data, t->x + tok * t->w->cols, t->y + tok * t->w->rows, begin, end,
+             t->w->cols);
+}
+
+static bonsai_status cpu_matmul(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
+                                int64_t n_tok)
+{
+    cpu_backend *b = cpu(be);
+    mm_task t = {b, w, NULL, x, y, n_tok};
+    if (w->type != BONSAI_TENSOR_Q1_0) {
+        int64_t grain = w->rows / (4 * bsi_pool_threads(b->pool)) + 1;
+        bsi_pool_for(b->pool, w->rows, grain, dense_range, &t);
+        return BONSAI_OK;
+    }
+    size_t need = bsi_q8_act_bytes(w->cols, n_tok);
+    if (need > b->act_bytes) {
+        void *p = realloc(b->act, need);
+        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
+        b->act = p;
+        b->act_bytes = need;
+    }
+    bsi_q8_act xq;
+    bsi_q8_act_init(&xq, b->act, w->cols, n_tok);
+    t.xq = &xq;
+    bsi_pool_for(b->pool, n_tok, 16, quantize_range, &t);
+    int64_t tiles = (w->rows + b->q1->row_tile - 1) / b->q1->row_tile;
+    /* small chunks balance the threads; large enough to amortise the atomic hand-out */
+    int64_t grain = tiles / (8 * bsi_pool_threads(b->pool)) + 1;
+    if (n_tok > 1) grain = tiles / (2 * bsi_pool_threads(b->pool)) + 1;
+    bsi_pool_for(b->pool, tiles, grain, q1_range, &t);
+    return BONSAI_OK;
+}
+
+/* ---- embedding rows ---- */
+
+static void dequant_row(const bsi_weight *w, int64_t r, float *y)
+{
+    const uint8_t *row = w->src + (size_t)r * w->row_bytes;
+    int64_t n = w->cols;
+    switch (w->type) {
+    case BONSAI_TENSOR_F32: memcpy(y, row, (size_t)n * 4); break;
+    case BONSAI_TENSOR_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * i, 2);
+            y[i] = bsi_fp16_to_fp32(h);
+        }
+        break;
+    case BONSAI_TENSOR_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, row + 2 * i, 2);
+            y[i] = bsi_bf16_to_fp32(h);
+        }
+        break;
+    case BONSAI_TENSOR_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++) {
+            uint16_t h;
+            memcpy(&h, row + 34 * b, 2);
+            float d = bsi_fp16_to_fp32(h);
+            for (int j = 0; j < 32; j++) y[32 * b + j] = d * (float)(int8_t)row[34 * b + 2 + j];
+        }
+        break;
+    case BONSAI_TENSOR_Q1_0:
+        for (int64_t b = 0; b < n / BSI_QK; b++) {
+            const uint8_t *blk = row + BSI_Q1_BLOCK_BYTES * b;
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            float d = bsi_fp16_to_fp32(h);
+            for (int j = 0; j < BSI_QK; j++)
+                y[BSI_QK * b + j] = (blk[2 + (j >> 3)] >> (j & 7)) & 1 ? d : -d;
+        }
+        break;
+    }
+}
+
+static bonsai_status cpu_get_rows(bsi_backend *be, const bsi_weight *w, const int32_t *ids,
+                                  float *y, int64_t n_tok)
+{
+    (void)be;
+    for (int64_t t = 0; t < n_tok; t++) {
+        if (ids[t] < 0 || ids[t] >= w->rows)
+            return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "token id %" PRId32 " outside 0..%" PRId64,
+                            ids[t], w->rows - 1);
+        dequant_row(w, ids[t], y + t * w->cols);
+    }
+    return BONSAI_OK;
+}
+
+/* ---- small ops ---- */
+
+typedef struct rows_task {
+    cpu_backend *b;
+    const float *x, *w;
+    float *y;
+    int64_t n;
+    float eps;
+} rows_task;
+
+static void rmsnorm_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    rows_task *t = ctx;
+    for (int64_t r = begin; r < end; r++)
+        t->b->ops->rmsnorm(t->x + r * t->n, t->w, t->y + r * t->n, t->n, t->eps);
+}
+
+static bonsai_status cpu_rmsnorm(bsi_backend *be, const float *x, const float *weight, float *y,
+                                 int64_t n, int64_t n_rows, float eps)
+{
+    rows_task t = {cpu(be), x, weight, y, n, eps};
+    bsi_pool_for(cpu(be)->pool, n_rows, 4, rmsnorm_range, &t);
+    return BONSAI_OK;
+}
+
+static bonsai_status cpu_rope(bsi_backend *be, float *x, const int32_t *pos, int64_t n_tok,
+                              int64_t n_heads, int64_t head_dim, const bsi_rope *r)
+{
+    cpu_backend *b = cpu(be);
+    if (r->n_rot > head_dim || r->n_rot % 2 || r->n_rot > 1024)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "rope: %u rotated dimensions of %" PRId64,
+                        r->n_rot, head_dim);
+    for (int64_t t = 0; t < n_tok; t++) {
+        if (pos[t] != b->rope_pos || memcmp(r, &b->rope_key, sizeof *r)) {
+            bsi_rope_table(b->rope_cs, pos[t], r->n_rot, r->freq_base, r->yarn_factor,
+                           r->yarn_orig_ctx, r->yarn_beta_fast, r->yarn_beta_slow);
+            b->rope_key = *r;
+            b->rope_pos = pos[t];
+        }
+        b->ops->rope(x + t * n_heads * head_dim, n_heads, head_dim, r->n_rot, (int)r->neox,
+                     b->rope_cs);
+    }
+    return BONSAI_OK;
+}
+
+static bonsai_status cpu_softmax(bsi_backend *be, float *x, int64_t n, int64_t n_rows)
+{
+    for (int64_t r = 0; r < n_rows; r++) cpu(be)->ops->softmax(x + r * n, n);
+    return BONSAI_OK;
+}
+
+static bonsai_status cpu_silu_mul(bsi_backend *be, const float *gate, const float *up, float *y,
+                                  int64_t n)
+{
+    cpu(be)->ops->silu_mul(gate, up, y, n);
+    return BONSAI_OK;
+}
+
+static bonsai_status cpu_add(bsi_backend *be, const float *a, const float *b, float *y, int64_t n)
+{
+    cpu(be)->ops->add(a, b, y, n);
+    return BONSAI_OK;
+}
+
+static const bsi_backend_vtable cpu_vtable = {
+    .abi = BSI_BACKEND_ABI,
+    .name = "cpu",
+    .probe = cpu_probe,
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .describe = cpu_describe,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .weight_create = cpu_weight_create,
+    .weight_free = cpu_weight_free,
+    .matmul = cpu_matmul,
+    .get_rows = cpu_get_rows,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .softmax = cpu_softmax,
+    .silu_mul = cpu_silu_mul,
+    .add = cpu_add,
+};
+
+const bsi_backend_vtable *bsi_cpu_backend(void)
+{
+    return &cpu_vtable;
+}

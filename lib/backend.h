@@ -1,0 +1,112 @@
+/*
+ * The internal backend interface. A backend supplies memory, weight placement and the operations
+ * of the forward pass; the forward pass itself is written once, in lib/, against this table.
+ * Backends are found by the registry (registry.c): built-in ones (CPU) are linked in, others
+ * (CUDA) are shared modules loaded at run time that export one entry point returning their table.
+ *
+ * Conventions: activations are f32, row-major, one row of `n` values per token: a batch is
+ * [n_tok][n]. Pointers to activations are in the backend's memory (host memory for the CPU, device
+ * memory for CUDA) and come from its alloc(); lib/ never dereferences them. Weight matrices are
+ * stored as GGUF lays them out: `rows` rows of `cols` values (ne0 = cols), y = W x.
+ */
+#ifndef BONSAI_BACKEND_H
+#define BONSAI_BACKEND_H
+
+#include "internal.h"
+
+#define BSI_BACKEND_ABI 1 /* bumped whenever this table changes; modules must match */
+
+typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
+typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
+
+/* RoPE for one model: angles per pair, YaRN folded in (FORMAT.md section 3). */
+typedef struct bsi_rope {
+    uint32_t n_rot;        /* dimensions rotated per head (pairs = n_rot / 2) */
+    uint32_t neox;         /* 1: pairs (i, i + n_rot/2) (qwen3); 0: adjacent pairs (llama) */
+    float freq_base;
+    float yarn_factor;     /* 0 or 1: no scaling */
+    uint32_t yarn_orig_ctx;
+    float yarn_beta_fast;  /* 32 */
+    float yarn_beta_slow;  /* 1 */
+} bsi_rope;
+
+typedef struct bsi_matrix_desc {
+    const char *name;  /* for messages */
+    uint32_t type;     /* bonsai_tensor_type */
+    int64_t rows, cols;
+    const void *data;  /* host bytes in the GGUF layout; stays valid while the model lives */
+    bool mapped;       /* data is a read-only file mapping: pages may be dropped and re-read */
+} bsi_matrix_desc;
+
+typedef struct bsi_backend_config {
+    int n_threads;       /* CPU: threads of the pool (0: physical cores) */
+    const char *cpu_isa; /* CPU: "scalar", "avx2"...; NULL: BONSAI_CPU_ISA or the best */
+    int device;          /* GPU index */
+} bsi_backend_config;
+
+typedef struct bsi_backend_vtable {
+    uint32_t abi;      /* BSI_BACKEND_ABI */
+    const char *name;  /* "cpu", "cuda" */
+
+    /* 0 = unusable (reason written), higher = preferred by "auto". */
+    int (*probe)(char *reason, size_t reason_size);
+    bonsai_status (*create)(const bsi_backend_config *cfg, bsi_backend **out);
+    void (*destroy)(bsi_backend *be);
+    /* A human-readable description of an instance ("cpu avx2, 2 threads"). */
+    const char *(*describe)(const bsi_backend *be);
+
+    /* Memory for activations and caches. */
+    bonsai_status (*alloc)(bsi_backend *be, size_t bytes, void **out);
+    void (*free)(bsi_backend *be, void *ptr);
+    bonsai_status (*upload)(bsi_backend *be, void *dst, const void *src, size_t bytes);
+    bonsai_status (*download)(bsi_backend *be, void *dst, const void *src, size_t bytes);
+
+    /* Weights: placed once (and repacked if the backend wants), freed with the model. */
+    bonsai_status (*weight_create)(bsi_backend *be, const bsi_matrix_desc *desc, bsi_weight **out);
+    void (*weight_free)(bsi_backend *be, bsi_weight *w);
+
+    /* y[t][0..rows) = W x[t][0..cols) for t < n_tok. n_tok = 1 is decode, more is a prompt. */
+    bonsai_status (*matmul)(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
+                            int64_t n_tok);
+    /* y[t] = row ids[t] of W, dequantized (embedding lookup); ids in host memory. */
+    bonsai_status (*get_rows)(bsi_backend *be, const bsi_weight *w, const int32_t *ids,
+                              float *y, int64_t n_tok);
+    /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, rows of n; weight in backend memory. */
+    bonsai_status (*rmsnorm)(bsi_backend *be, const float *x, const float *weight, float *y,
+                             int64_t n, int64_t n_rows, float eps);
+    /* Rotates x [n_tok][n_heads][head_dim] in place; pos (host memory) gives each token's position. */
+    bonsai_status (*rope)(bsi_backend *be, float *x, const int32_t *pos, int64_t n_tok,
+                          int64_t n_heads, int64_t head_dim, const bsi_rope *rope);
+    /* In-place softmax over rows of n. */
+    bonsai_status (*softmax)(bsi_backend *be, float *x, int64_t n, int64_t n_rows);
+    /* y = silu(gate) * up, n values. */
+    bonsai_status (*silu_mul)(bsi_backend *be, const float *gate, const float *up, float *y,
+                              int64_t n);
+    /* y = a + b, n values (y may alias a or b). */
+    bonsai_status (*add)(bsi_backend *be, const float *a, const float *b, float *y, int64_t n);
+} bsi_backend_vtable;
+
+/* An instance begins with its table, so lib/ can call through any instance. */
+struct bsi_backend {
+    const bsi_backend_vtable *vt;
+};
+
+/* ---- registry.c ---- */
+
+typedef struct bsi_backend_entry {
+    const bsi_backend_vtable *vt;
+    int score;
+    char reason[256]; /* why the score is 0 */
+} bsi_backend_entry;
+
+/* Every backend known to this process, probed once. */
+size_t bsi_backends(const bsi_backend_entry **out);
+/* Creates an instance of backend `name` ("auto": the highest score). Fails with a message saying
+ * why when the backend is absent or unusable. */
+bonsai_status bsi_backend_create(const char *name, const bsi_backend_config *cfg,
+                                 bsi_backend **out);
+
+/* The CPU backend's table (backends/cpu). */
+const bsi_backend_vtable *bsi_cpu_backend(void);
+
+#endif

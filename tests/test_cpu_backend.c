@@ -1,0 +1,222 @@
+/* The backend registry and the CPU backend's table: matmul through the real path (repacking,
+ * activation quantization, thread pool) against the reference, at 1..4 threads. */
+#include "test_util.h"
+
+#include "backend.h"
+#include "file.h"
+#include "q1.h"
+
+#include <math.h>
+#include <unistd.h>
+
+static uint64_t rng = 0xD1B54A32D192ED03ull;
+static uint64_t next(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float uniform(void)
+{
+    float f = (float)((next() >> 40) + 1) / (float)(1ull << 24);
+    return next() & 1 ? f : -f;
+}
+
+static void test_registry(void **state)
+{
+    (void)state;
+    const bsi_backend_entry *list;
+    size_t n = bsi_backends(&list);
+    assert_true(n >= 1);
+    assert_string_equal(list[0].vt->name, "cpu");
+    assert_true(list[0].score > 0);
+
+    bsi_backend *be;
+    assert_int_equal(bsi_backend_create("auto", NULL, &be), 0);
+    assert_non_null(strstr(be->vt->describe(be), "cpu"));
+    be->vt->destroy(be);
+    assert_error(bsi_backend_create("tpu", NULL, &be), BONSAI_ERR_UNSUPPORTED, "'tpu'");
+    assert_null(be);
+    bsi_backend_config cfg = {.n_threads = 1, .cpu_isa = "mmx"};
+    assert_error(bsi_backend_create("cpu", &cfg, &be), BONSAI_ERR_UNSUPPORTED, "'mmx'");
+}
+
+static void check_q1_matmul(int threads, const char *isa, int64_t rows, int64_t cols,
+                            int64_t n_tok)
+{
+    bsi_backend_config cfg = {.n_threads = threads, .cpu_isa = isa};
+    bsi_backend *be;
+    assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
+    size_t bytes = (size_t)rows * (size_t)(cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
+    uint8_t *w = malloc(bytes);
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)next();
+    for (size_t b = 0; b < bytes; b += BSI_Q1_BLOCK_BYTES) {
+        uint16_t h = bsi_fp32_to_fp16(0.01f + 0.01f * fabsf(uniform()));
+        memcpy(w + b, &h, 2);
+    }
+    bsi_matrix_desc d = {"w", BONSAI_TENSOR_Q1_0, rows, cols, w, false};
+    bsi_weight *wt;
+    assert_int_equal(be->vt->weight_create(be, &d, &wt), 0);
+    float *x, *y, *ref = malloc((size_t)rows * sizeof(float));
+    assert_int_equal(be->vt->alloc(be, (size_t)(n_tok * cols) * sizeof(float), (void **)&x), 0);
+    assert_int_equal(be->vt->alloc(be, (size_t)(n_tok * rows) * sizeof(float), (void **)&y), 0);
+    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = uniform();
+    for (int64_t i = 0; i < n_tok * rows; i++) y[i] = nanf("");
+    assert_int_equal(be->vt->matmul(be, wt, x, y, n_tok), 0);
+    for (int64_t t = 0; t < n_tok; t++) {
+        bsi_q1_gemv_ref(w, x + t * cols, ref, rows, cols);
+        double err = 0, mag = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            assert_false(isnan(y[t * rows + r]));
+            err += fabs((double)y[t * rows + r] - ref[r]);
+            mag += fabs(ref[r]);
+        }
+        /* int8 activations: mean error well under 1% of the mean magnitude */
+        if (!(err <= 0.01 * mag))
+            fail_msg("%s x%d %lldx%lld token %lld: mean error %.3g of mean magnitude %.3g", isa,
+                     threads, (long long)rows, (long long)cols, (long long)t, err / rows,
+                     mag / rows);
+    }
+    /* embedding lookup of a Q1_0 row: exact dequantization */
+    int32_t ids[2] = {0, (int32_t)rows - 1};
+    float *row = malloc((size_t)(2 * cols) * sizeof(float));
+    assert_int_equal(be->vt->get_rows(be, wt, ids, row, 2), 0);
+    for (int k = 0; k < 2; k++) {
+        const uint8_t *blk = w + (size_t)ids[k] * (size_t)(cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        float dw = bsi_fp16_to_fp32(h);
+        for (int j = 0; j < BSI_QK; j++)
+            assert_true(row[k * cols + j] == ((blk[2 + j / 8] >> (j % 8)) & 1 ? dw : -dw));
+    }
+    int32_t bad = (int32_t)rows;
+    assert_error(be->vt->get_rows(be, wt, &bad, row, 1), BONSAI_ERR_OUT_OF_RANGE, "token id");
+    free(row);
+    be->vt->free(be, x);
+    be->vt->free(be, y);
+    be->vt->weight_free(be, wt);
+    be->vt->destroy(be);
+    free(ref);
+    free(w);
+}
+
+static void test_q1_matmul(void **state)
+{
+    (void)state;
+    const char *isas[] = {"scalar", "avx2", "avx512", "neon"};
+    for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++) {
+        if (!bsi_isa_available((bsi_isa)bsi_isa_parse(isas[i]))) continue;
+        for (int threads = 1; threads <= 4; threads++) {
+            check_q1_matmul(threads, isas[i], 1000, 256, 1);
+            check_q1_matmul(threads, isas[i], 77, 384, 9);
+        }
+    }
+}
+
+static void test_dense_and_small_ops(void **state)
+{
+    (void)state;
+    bsi_backend_config cfg = {.n_threads = 3};
+    bsi_backend *be;
+    assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
+    enum { ROWS = 37, COLS = 64, TOK = 3 };
+    static float w[ROWS * COLS], x[TOK * COLS], y[TOK * ROWS];
+    for (int i = 0; i < ROWS * COLS; i++) w[i] = uniform();
+    for (int i = 0; i < TOK * COLS; i++) x[i] = uniform();
+    bsi_matrix_desc d = {"f32", BONSAI_TENSOR_F32, ROWS, COLS, w, false};
+    bsi_weight *wt;
+    assert_int_equal(be->vt->weight_create(be, &d, &wt), 0);
+    assert_int_equal(be->vt->matmul(be, wt, x, y, TOK), 0);
+    for (int t = 0; t < TOK; t++)
+        for (int r = 0; r < ROWS; r++) {
+            double s = 0;
+            for (int i = 0; i < COLS; i++) s += (double)w[r * COLS + i] * x[t * COLS + i];
+            assert_true(fabs(s - y[t * ROWS + r]) < 1e-4);
+        }
+    int32_t id = 5;
+    float row[COLS];
+    assert_int_equal(be->vt->get_rows(be, wt, &id, row, 1), 0);
+    assert_memory_equal(row, w + 5 * COLS, sizeof row);
+    be->vt->weight_free(be, wt);
+
+    float a[8] = {1, 2, 3, 4, 5, 6, 7, 8}, b[8], out[8];
+    assert_int_equal(be->vt->upload(be, b, a, sizeof a), 0);
+    assert_int_equal(be->vt->add(be, a, b, out, 8), 0);
+    for (int i = 0; i < 8; i++) assert_true(out[i] == 2 * a[i]);
+    assert_int_equal(be->vt->rmsnorm(be, a, NULL, out, 4, 2, 0.0f), 0);
+    double ms = (1 + 4 + 9 + 16) / 4.0;
+    assert_true(fabs(out[1] - 2 / sqrt(ms)) < 1e-5);
+    assert_int_equal(be->vt->softmax(be, out, 8, 1), 0);
+    double total = 0;
+    for (int i = 0; i < 8; i++) total += out[i];
+    assert_true(fabs(total - 1) < 1e-5);
+    bsi_rope r = {.n_rot = 4, .neox = 1, .freq_base = 10000};
+    int32_t pos = 0;
+    float q[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    assert_int_equal(be->vt->rope(be, q, &pos, 1, 2, 4, &r), 0); /* position 0: identity */
+    for (int i = 0; i < 8; i++) assert_true(fabsf(q[i] - (float)(i + 1)) < 1e-6f);
+    r.n_rot = 6;
+    assert_error(be->vt->rope(be, q, &pos, 1, 2, 4, &r), BONSAI_ERR_INVALID_ARGUMENT, "rope");
+    be->vt->destroy(be);
+}
+
+static long resident_kib(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, resident = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &size, &resident) != 2) resident = 0;
+        fclose(f);
+    }
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Repacking a mapped matrix grows resident memory by the packed copy only: the original's pages,
+ * read once while packing, are dropped. */
+static void test_repack_resident_memory(void **state)
+{
+    (void)state;
+    if (!bsi_isa_available(BSI_ISA_AVX2)) skip(); /* only the AVX2 variant repacks */
+    enum { ROWS = 8192, COLS = 4096 };
+    size_t bytes = (size_t)ROWS * (COLS / BSI_QK) * BSI_Q1_BLOCK_BYTES; /* 4.7 MB */
+    char path[] = "/tmp/bonsai-rss-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    uint8_t *chunk = malloc(1 << 20);
+    for (size_t done = 0; done < bytes;) {
+        size_t n = bytes - done < (1 << 20) ? bytes - done : (1 << 20);
+        for (size_t i = 0; i < n; i++) chunk[i] = (uint8_t)next();
+        assert_int_equal(write(fd, chunk, n), (ssize_t)n);
+        done += n;
+    }
+    free(chunk);
+    close(fd);
+    bsi_file f;
+    assert_int_equal(bsi_file_open(path, true, NULL, NULL, &f), 0);
+    bsi_backend_config cfg = {.n_threads = 2, .cpu_isa = "avx2"};
+    bsi_backend *be;
+    assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
+    long before = resident_kib();
+    bsi_matrix_desc d = {"big", BONSAI_TENSOR_Q1_0, ROWS, COLS, f.data, true};
+    bsi_weight *w;
+    assert_int_equal(be->vt->weight_create(be, &d, &w), 0);
+    long grown = resident_kib() - before;
+    print_message("resident memory grew by %ld KiB for a %zu KiB matrix\n", grown, bytes / 1024);
+    assert_true(grown <= (long)(bytes / 1024) + 2048);
+    be->vt->weight_free(be, w);
+    be->vt->destroy(be);
+    bsi_file_close(&f);
+    unlink(path);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_q1_matmul),
+        cmocka_unit_test(test_dense_and_small_ops),
+        cmocka_unit_test(test_repack_resident_memory),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
