@@ -9,19 +9,6 @@
 #include <math.h>
 #include <unistd.h>
 
-static uint64_t rng = 0xD1B54A32D192ED03ull;
-static uint64_t next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float uniform(void)
-{
-    float f = (float)((next() >> 40) + 1) / (float)(1ull << 24);
-    return next() & 1 ? f : -f;
-}
 
 static void test_registry(void **state)
 {
@@ -50,9 +37,9 @@ static void check_q1_matmul(int threads, const char *isa, int64_t rows, int64_t 
     assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
     size_t bytes = (size_t)rows * (size_t)(cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
     uint8_t *w = malloc(bytes);
-    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)next();
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)test_rand();
     for (size_t b = 0; b < bytes; b += BSI_Q1_BLOCK_BYTES) {
-        uint16_t h = bsi_fp32_to_fp16(0.01f + 0.01f * fabsf(uniform()));
+        uint16_t h = bsi_fp32_to_fp16(0.01f + 0.01f * fabsf(test_uniform()));
         memcpy(w + b, &h, 2);
     }
     bsi_matrix_desc d = {"w", BONSAI_TENSOR_Q1_0, rows, cols, w, false};
@@ -61,7 +48,7 @@ static void check_q1_matmul(int threads, const char *isa, int64_t rows, int64_t 
     float *x, *y, *ref = malloc((size_t)rows * sizeof(float));
     assert_int_equal(be->vt->alloc(be, (size_t)(n_tok * cols) * sizeof(float), (void **)&x), 0);
     assert_int_equal(be->vt->alloc(be, (size_t)(n_tok * rows) * sizeof(float), (void **)&y), 0);
-    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = uniform();
+    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = test_uniform();
     for (int64_t i = 0; i < n_tok * rows; i++) y[i] = nanf("");
     assert_int_equal(be->vt->matmul(be, wt, x, y, n_tok), 0);
     for (int64_t t = 0; t < n_tok; t++) {
@@ -122,8 +109,8 @@ static void test_dense_and_small_ops(void **state)
     assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
     enum { ROWS = 37, COLS = 64, TOK = 3 };
     static float w[ROWS * COLS], x[TOK * COLS], y[TOK * ROWS];
-    for (int i = 0; i < ROWS * COLS; i++) w[i] = uniform();
-    for (int i = 0; i < TOK * COLS; i++) x[i] = uniform();
+    for (int i = 0; i < ROWS * COLS; i++) w[i] = test_uniform();
+    for (int i = 0; i < TOK * COLS; i++) x[i] = test_uniform();
     bsi_matrix_desc d = {"f32", BONSAI_TENSOR_F32, ROWS, COLS, w, false};
     bsi_weight *wt;
     assert_int_equal(be->vt->weight_create(be, &d, &wt), 0);
@@ -186,7 +173,7 @@ static void test_repack_resident_memory(void **state)
     uint8_t *chunk = malloc(1 << 20);
     for (size_t done = 0; done < bytes;) {
         size_t n = bytes - done < (1 << 20) ? bytes - done : (1 << 20);
-        for (size_t i = 0; i < n; i++) chunk[i] = (uint8_t)next();
+        for (size_t i = 0; i < n; i++) chunk[i] = (uint8_t)test_rand();
         assert_int_equal(write(fd, chunk, n), (ssize_t)n);
         done += n;
     }

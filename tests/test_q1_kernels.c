@@ -10,19 +10,6 @@
 
 #include <math.h>
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static uint64_t next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float uniform(void) /* (-1, 1), never 0 */
-{
-    float f = (float)((next() >> 40) + 1) / (float)(1ull << 24);
-    return next() & 1 ? f : -f;
-}
 
 static uint8_t *random_q1(int64_t rows, int64_t cols)
 {
@@ -31,9 +18,9 @@ static uint8_t *random_q1(int64_t rows, int64_t cols)
     assert_non_null(w);
     for (size_t b = 0; b < bytes / BSI_Q1_BLOCK_BYTES; b++) {
         uint8_t *blk = w + b * BSI_Q1_BLOCK_BYTES;
-        uint16_t d = bsi_fp32_to_fp16(0.001f + 0.05f * fabsf(uniform()));
+        uint16_t d = bsi_fp32_to_fp16(0.001f + 0.05f * fabsf(test_uniform()));
         memcpy(blk, &d, 2);
-        for (int k = 0; k < 16; k++) blk[2 + k] = (uint8_t)next();
+        for (int k = 0; k < 16; k++) blk[2 + k] = (uint8_t)test_rand();
     }
     return w;
 }
@@ -84,11 +71,12 @@ static void check_shape(const bsi_q1_kernels *k, int64_t rows, int64_t cols, int
         kw = packed;
     }
     float *x = malloc((size_t)(n_tok * cols) * sizeof(float));
-    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = uniform() * (i % 97 == 0 ? 8.0f : 1.0f);
-    void *abuf = malloc(bsi_q8_act_bytes(cols, n_tok));
+    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = test_uniform() * (i % 97 == 0 ? 8.0f : 1.0f);
+    size_t lut = bsi_q1_lut_bytes(k, cols);
+    void *abuf = malloc(bsi_q8_act_bytes(cols, n_tok, lut));
     bsi_q8_act a;
-    bsi_q8_act_init(&a, abuf, cols, n_tok);
-    bsi_q8_quantize(&a, x, 0, n_tok);
+    bsi_q8_act_init(&a, abuf, cols, n_tok, lut);
+    bsi_q1_prepare(k, &a, x, 0, n_tok);
 
     float *ref = malloc((size_t)(n_tok * rows) * sizeof(float));
     float *y = malloc((size_t)(n_tok * rows) * sizeof(float));
@@ -142,6 +130,7 @@ static void check_shape(const bsi_q1_kernels *k, int64_t rows, int64_t cols, int
         last.q += (n_tok - 1) * cols;
         last.d += (n_tok - 1) * (cols / BSI_QK);
         last.sum += (n_tok - 1) * (cols / BSI_QK);
+        if (last.lut) last.lut += (size_t)(n_tok - 1) * last.lut_bytes;
         float *g = malloc((size_t)rows * sizeof(float));
         k->gemv(kw, &last, x + (n_tok - 1) * cols, g, 0, rows, cols);
         for (int64_t r = 0; r < rows; r++)
@@ -201,8 +190,8 @@ static void test_quantize_activations(void **state)
     for (int i = 128; i < 256; i++) x[i] = 0.0f;                 /* block 1: zeros */
     unsigned char buf[1024];
     bsi_q8_act a;
-    assert_true(bsi_q8_act_bytes(256, 1) <= sizeof buf);
-    bsi_q8_act_init(&a, buf, 256, 1);
+    assert_true(bsi_q8_act_bytes(256, 1, 0) <= sizeof buf);
+    bsi_q8_act_init(&a, buf, 256, 1, 0);
     bsi_q8_quantize(&a, x, 0, 1);
     assert_true(a.d[0] == 1.0f / 127.0f);
     assert_int_equal(a.q[0], -127);

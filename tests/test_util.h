@@ -36,6 +36,23 @@ static inline const char *test_data(const char *name)
     return NULL;
 }
 
+/* Seeded xorshift64: the same random data on every run. */
+static uint64_t test_rng_state = 0x9E3779B97F4A7C15ull;
+static inline uint64_t test_rand(void)
+{
+    test_rng_state ^= test_rng_state << 13;
+    test_rng_state ^= test_rng_state >> 7;
+    test_rng_state ^= test_rng_state << 17;
+    return test_rng_state;
+}
+
+/* Uniform in (-1, 1), never exactly 0. */
+static inline float test_uniform(void)
+{
+    float f = (float)((test_rand() >> 40) + 1) / (float)(1ull << 24);
+    return test_rand() & 1 ? f : -f;
+}
+
 /* Asserts that `st` is `expected` and that bonsai_last_error() contains `needle`. */
 #define assert_error(st, expected, needle)                                                         \
     do {                                                                                           \

@@ -228,7 +228,7 @@ static void quantize_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
     mm_task *t = ctx;
-    bsi_q8_quantize((bsi_q8_act *)t->xq, t->x, begin, end);
+    bsi_q1_prepare(t->b->q1, (bsi_q8_act *)t->xq, t->x, begin, end);
 }
 
 /* Q1_0: task i covers row tiles [begin, end). */
@@ -271,7 +271,8 @@ static bonsai_status cpu_matmul(bsi_backend *be, const bsi_weight *w, const floa
         bsi_pool_for(b->pool, w->rows, grain, dense_range, &t);
         return BONSAI_OK;
     }
-    size_t need = bsi_q8_act_bytes(w->cols, n_tok);
+    size_t lut = bsi_q1_lut_bytes(b->q1, w->cols);
+    size_t need = bsi_q8_act_bytes(w->cols, n_tok, lut);
     if (need > b->act_bytes) {
         void *p = realloc(b->act, need);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
@@ -279,9 +280,9 @@ static bonsai_status cpu_matmul(bsi_backend *be, const bsi_weight *w, const floa
         b->act_bytes = need;
     }
     bsi_q8_act xq;
-    bsi_q8_act_init(&xq, b->act, w->cols, n_tok);
+    bsi_q8_act_init(&xq, b->act, w->cols, n_tok, lut);
     t.xq = &xq;
-    bsi_pool_for(b->pool, n_tok, 16, quantize_range, &t);
+    bsi_pool_for(b->pool, n_tok, 4, quantize_range, &t);
     int64_t tiles = (w->rows + b->q1->row_tile - 1) / b->q1->row_tile;
     /* small chunks balance the threads; large enough to amortise the atomic hand-out */
     int64_t grain = tiles / (8 * bsi_pool_threads(b->pool)) + 1;

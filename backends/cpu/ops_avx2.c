@@ -99,7 +99,15 @@ static void gemv_f32(const void *w, const float *x, float *y, int64_t r0, int64_
     }
 }
 
-static void gemv_f16(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols)
+static inline __m256 half8_to_ps(int bf16, __m128i v)
+{
+    return bf16 ? bf16x8_to_ps(v) : _mm256_cvtph_ps(v);
+}
+
+/* F16 and BF16 rows: one loop, the conversion chosen by a constant the compiler folds. */
+static inline __attribute__((always_inline)) void gemv_half(const void *w, const float *x, float *y,
+                                                            int64_t r0, int64_t r1, int64_t cols,
+                                                            int bf16)
 {
     const uint8_t *m = w;
     int64_t c32 = cols & ~(int64_t)31, c8 = cols & ~(int64_t)7;
@@ -110,52 +118,34 @@ static void gemv_f16(const void *w, const float *x, float *y, int64_t r0, int64_
         int64_t i = 0;
         for (; i < c32; i += 32) {
             const __m128i *p = (const __m128i *)(row + 2 * i);
-            a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(p)), _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(p + 1)),
+            a0 = _mm256_fmadd_ps(half8_to_ps(bf16, _mm_loadu_si128(p)), _mm256_loadu_ps(x + i), a0);
+            a1 = _mm256_fmadd_ps(half8_to_ps(bf16, _mm_loadu_si128(p + 1)),
                                  _mm256_loadu_ps(x + i + 8), a1);
-            a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(p + 2)),
+            a2 = _mm256_fmadd_ps(half8_to_ps(bf16, _mm_loadu_si128(p + 2)),
                                  _mm256_loadu_ps(x + i + 16), a2);
-            a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(p + 3)),
+            a3 = _mm256_fmadd_ps(half8_to_ps(bf16, _mm_loadu_si128(p + 3)),
                                  _mm256_loadu_ps(x + i + 24), a3);
         }
         for (; i < c8; i += 8)
-            a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * i))),
+            a0 = _mm256_fmadd_ps(half8_to_ps(bf16, _mm_loadu_si128((const __m128i *)(row + 2 * i))),
                                  _mm256_loadu_ps(x + i), a0);
         if (i < cols)
-            a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(load_u16_tail(row + 2 * i, cols - i)),
+            a1 = _mm256_fmadd_ps(half8_to_ps(bf16, load_u16_tail(row + 2 * i, cols - i)),
                                  _mm256_maskload_ps(x + i, mask), a1);
         y[r] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     }
 }
 
+
+static void gemv_f16(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols)
+{
+    gemv_half(w, x, y, r0, r1, cols, 0);
+}
+
 static void gemv_bf16(const void *w, const float *x, float *y, int64_t r0, int64_t r1,
                       int64_t cols)
 {
-    const uint8_t *m = w;
-    int64_t c32 = cols & ~(int64_t)31, c8 = cols & ~(int64_t)7;
-    __m256i mask = tail_mask(cols - c8);
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = m + (size_t)r * (size_t)cols * 2;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        int64_t i = 0;
-        for (; i < c32; i += 32) {
-            const __m128i *p = (const __m128i *)(row + 2 * i);
-            a0 = _mm256_fmadd_ps(bf16x8_to_ps(_mm_loadu_si128(p)), _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(bf16x8_to_ps(_mm_loadu_si128(p + 1)), _mm256_loadu_ps(x + i + 8),
-                                 a1);
-            a2 = _mm256_fmadd_ps(bf16x8_to_ps(_mm_loadu_si128(p + 2)),
-                                 _mm256_loadu_ps(x + i + 16), a2);
-            a3 = _mm256_fmadd_ps(bf16x8_to_ps(_mm_loadu_si128(p + 3)),
-                                 _mm256_loadu_ps(x + i + 24), a3);
-        }
-        for (; i < c8; i += 8)
-            a0 = _mm256_fmadd_ps(bf16x8_to_ps(_mm_loadu_si128((const __m128i *)(row + 2 * i))),
-                                 _mm256_loadu_ps(x + i), a0);
-        if (i < cols)
-            a1 = _mm256_fmadd_ps(bf16x8_to_ps(load_u16_tail(row + 2 * i, cols - i)),
-                                 _mm256_maskload_ps(x + i, mask), a1);
-        y[r] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    }
+    gemv_half(w, x, y, r0, r1, cols, 1);
 }
 
 /* 8 int8 weights at p as fp32 lanes. */

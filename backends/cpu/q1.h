@@ -26,13 +26,15 @@ typedef struct bsi_q8_act {
     int8_t *q;     /* [n_tok][cols] */
     float *d;      /* [n_tok][cols / 128] */
     int32_t *sum;  /* [n_tok][cols / 128] */
+    uint8_t *lut;  /* [n_tok][lut_bytes] tables a variant derives from q (prepare()), or NULL */
+    size_t lut_bytes; /* per token */
     int64_t cols, n_tok;
 } bsi_q8_act;
 
-/* Bytes of the buffer bsi_q8_act_init needs for n_tok x cols. */
-size_t bsi_q8_act_bytes(int64_t cols, int64_t n_tok);
-/* Points the arrays of `a` into `buf` (64-byte aligned, bsi_q8_act_bytes long). */
-void bsi_q8_act_init(bsi_q8_act *a, void *buf, int64_t cols, int64_t n_tok);
+/* Bytes of the buffer bsi_q8_act_init needs for n_tok x cols, plus lut_bytes per token. */
+size_t bsi_q8_act_bytes(int64_t cols, int64_t n_tok, size_t lut_bytes);
+/* Points the arrays of `a` into `buf` (bsi_q8_act_bytes long; aligned inside). */
+void bsi_q8_act_init(bsi_q8_act *a, void *buf, int64_t cols, int64_t n_tok, size_t lut_bytes);
 /* Quantizes tokens [t0, t1) of x ([n_tok][cols] f32). */
 void bsi_q8_quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1);
 
@@ -41,12 +43,17 @@ void bsi_q8_quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1);
  * file layout itself when pack is NULL); rows are grouped in tiles of row_tile rows.
  *  gemv: y[r] for rows [r0, r1) of token 0 (r0 a multiple of row_tile).
  *  gemm: y[t * rows + r] for rows [r0, r1) and tokens [t0, t1).
- * x holds the quantized activations, xf the same activations in f32 (used by the scalar variant).
+ * x holds the quantized activations (and the variant's tables when it has prepare()), xf the same
+ * activations in f32 (used by the scalar variant).
  */
 typedef struct bsi_q1_kernels {
     bsi_isa isa;
     int row_tile;
     void (*pack)(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols);
+    /* Optional: per-token tables derived from the quantized activations, built once per matrix
+     * product for tokens [t0, t1) (after bsi_q8_quantize) and shared by every thread. */
+    size_t (*lut_bytes)(int64_t cols);
+    void (*prepare)(bsi_q8_act *x, int64_t t0, int64_t t1);
     void (*gemv)(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t r0,
                  int64_t r1, int64_t cols);
     void (*gemm)(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t rows,
@@ -55,6 +62,11 @@ typedef struct bsi_q1_kernels {
 
 /* Size of the packed layout: rows rounded up to the tile, same bytes per block as the file. */
 size_t bsi_q1_packed_bytes(const bsi_q1_kernels *k, int64_t rows, int64_t cols);
+/* Quantizes tokens [t0, t1) of x into a and builds k's tables for them (when it has any). */
+void bsi_q1_prepare(const bsi_q1_kernels *k, bsi_q8_act *a, const float *x, int64_t t0,
+                    int64_t t1);
+/* lut_bytes of k for cols (0 when k has no tables). */
+size_t bsi_q1_lut_bytes(const bsi_q1_kernels *k, int64_t cols);
 
 /* The kernels of `isa`, or NULL when that variant is not compiled in. */
 const bsi_q1_kernels *bsi_q1_kernels_for(bsi_isa isa);

@@ -1,36 +1,32 @@
 /*
- * Q1_0 kernels for AVX2 (+FMA, F16C). Compiled with -mavx2 -mfma -mf16c; used only when the CPU
- * and OS support them.
+ * Q1_0 kernels for AVX2 (+FMA, F16C): table lookup instead of multiplication. Compiled with
+ * -mavx2 -mfma -mf16c; used only when the CPU and OS support them.
  *
- * Packed layout: rows in tiles of 8, and per (tile, block) 144 bytes = the 8 rows' 18-byte blocks
- * rearranged:
- *   bytes 32p .. 32p+31   rows 2p (first 16 bytes) and 2p+1 (last 16) of the tile, p = 0..3,
- *                         "bit-sliced": bit i of byte k is weight 16 i + k of the block;
- *   bytes 128 .. 143      the 8 fp16 scales in the order the reduction leaves rows in:
- *                         rows 0 2 4 6 1 3 5 7.
- * Bit-slicing makes the 16 weights that meet x[16 i .. 16 i + 15] a plain `(v >> i) & 1` per byte,
- * with no shuffle, and one 32-byte load serves two rows. Then per 32 weights: shift, and,
- * vpmaddubsw (bits as u8 times q as s8: the sum of q over set bits) and an add.
+ * For each group of 4 activations (q0..q3, int8) of a token, a 16-entry table holds every subset
+ * sum T[m] = sum_{j: bit j of m} q_j (int16, |T| <= 508), split into a low-byte and a high-byte
+ * table of 16 bytes each. A weight row's 4 sign bits for that group are the index m, so one
+ * vpshufb looks up "sum of q over the set bits" for 32 rows at once, a second one the high bytes,
+ * and vpunpck{l,h}bw of (low, high) gives the exact int16 values. Per 4 weights x 32 rows: two
+ * lookups, two unpacks, two adds, and a share of the nibble extraction: about 17 weight-MACs per
+ * instruction against 8 for the multiply-based kernel, with no multiplier port involved (see
+ * docs/perf-notes.md). A block of 128 sums at most 32 * 508 = 16256 in int16, so a block's
+ * integer result is exact; then dot = dw * dx * (2 * S1 - Sq) as for every variant.
+ *
+ * Packed layout: rows in tiles of 32; per (tile, block) 576 bytes = the 32 rows' 18-byte blocks:
+ *   bytes 32 p + r    (p = 0..15, r = 0..31): byte p of row r's sign bits (weights 8p .. 8p+7;
+ *                     low nibble = group 2p, high nibble = group 2p+1), i.e. a transpose;
+ *   bytes 512 + 2 r   the fp16 scale of row r.
+ * Tables (prepare()): per token and block, per p: lo(2p) hi(2p) lo(2p+1) hi(2p+1), 16 bytes each:
+ * 1 KiB per block, 8 bytes per activation.
  */
 #include "q1.h"
 
 #include <immintrin.h>
 #include <string.h>
 
-#define TILE 8
-#define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 144 */
-
-static const int lane_row[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-
-/* Bit-slices one 16-byte block of sign bits (file order: bit j & 7 of byte j >> 3 = weight j). */
-static void bitslice(const uint8_t *qs, uint8_t *out)
-{
-    memset(out, 0, 16);
-    for (int j = 0; j < BSI_QK; j++) {
-        int bit = (qs[j >> 3] >> (j & 7)) & 1;
-        out[j & 15] |= (uint8_t)(bit << (j >> 4));
-    }
-}
+#define TILE 32
+#define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 576 */
+#define LUT_BLOCK_BYTES 1024
 
 static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
 {
@@ -40,67 +36,132 @@ static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *out = dst + ((size_t)t * (size_t)nb + (size_t)b) * TILE_BLOCK_BYTES;
             memset(out, 0, TILE_BLOCK_BYTES); /* padding rows: scale 0 */
-            for (int k = 0; k < TILE; k++) {
-                int64_t r = t * TILE + k;
-                if (r >= rows) continue;
-                const uint8_t *blk = src + (size_t)r * row_bytes + (size_t)b * BSI_Q1_BLOCK_BYTES;
-                bitslice(blk + 2, out + 32 * (k / 2) + 16 * (k % 2));
-            }
-            for (int l = 0; l < TILE; l++) {
-                int64_t r = t * TILE + lane_row[l];
-                if (r < rows)
-                    memcpy(out + 128 + 2 * l,
-                           src + (size_t)r * row_bytes + (size_t)b * BSI_Q1_BLOCK_BYTES, 2);
+            for (int r = 0; r < TILE && t * TILE + r < rows; r++) {
+                const uint8_t *blk =
+                    src + (size_t)(t * TILE + r) * row_bytes + (size_t)b * BSI_Q1_BLOCK_BYTES;
+                for (int p = 0; p < 16; p++) out[32 * p + r] = blk[2 + p];
+                memcpy(out + 512 + 2 * r, blk, 2);
             }
         }
     }
 }
 
-/* Sum of q over set bits for the 8 rows of one tile-block, lanes in the order 0 2 4 6 1 3 5 7. */
-static inline __m256i tile_block_dot(const uint8_t *blk, const int8_t *xq)
+static size_t lut_bytes(int64_t cols)
 {
-    const __m256i one = _mm256_set1_epi8(1);
-    __m256i v0 = _mm256_loadu_si256((const __m256i *)(blk + 0));
-    __m256i v1 = _mm256_loadu_si256((const __m256i *)(blk + 32));
-    __m256i v2 = _mm256_loadu_si256((const __m256i *)(blk + 64));
-    __m256i v3 = _mm256_loadu_si256((const __m256i *)(blk + 96));
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (int i = 0; i < 8; i++) {
-        __m256i xi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xq + 16 * i)));
-        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_and_si256(v0, one), xi));
-        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_and_si256(v1, one), xi));
-        a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(_mm256_and_si256(v2, one), xi));
-        a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(_mm256_and_si256(v3, one), xi));
-        v0 = _mm256_srli_epi16(v0, 1);
-        v1 = _mm256_srli_epi16(v1, 1);
-        v2 = _mm256_srli_epi16(v2, 1);
-        v3 = _mm256_srli_epi16(v3, 1);
+    return (size_t)(cols / BSI_QK) * LUT_BLOCK_BYTES;
+}
+
+/* Tables of one block of 128 activations. */
+static inline void build_block_tables(const int8_t *q, uint8_t *out)
+{
+    /* entry m of the 16: bit j of m says whether q_j is in the sum; as int16 masks */
+    const __m256i m0 = _mm256_setr_epi16(0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1);
+    const __m256i m1 = _mm256_setr_epi16(0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1);
+    const __m256i m2 = _mm256_setr_epi16(0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, -1, -1, -1, -1);
+    const __m256i m3 = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
+    /* per 128-bit lane: low bytes of the 8 int16 entries, then their high bytes */
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int g = 0; g < 32; g++) {
+        const int8_t *v = q + 4 * g;
+        __m256i t = _mm256_and_si256(_mm256_set1_epi16(v[0]), m0);
+        t = _mm256_add_epi16(t, _mm256_and_si256(_mm256_set1_epi16(v[1]), m1));
+        t = _mm256_add_epi16(t, _mm256_and_si256(_mm256_set1_epi16(v[2]), m2));
+        t = _mm256_add_epi16(t, _mm256_and_si256(_mm256_set1_epi16(v[3]), m3));
+        /* lanes: [lo 0-7, hi 0-7 | lo 8-15, hi 8-15] -> [lo 0-15 | hi 0-15] */
+        t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, split), 0xD8);
+        _mm256_storeu_si256((__m256i *)(out + 32 * g), t);
     }
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    __m256i m0 = _mm256_madd_epi16(a0, ones16), m1 = _mm256_madd_epi16(a1, ones16);
-    __m256i m2 = _mm256_madd_epi16(a2, ones16), m3 = _mm256_madd_epi16(a3, ones16);
-    return _mm256_hadd_epi32(_mm256_hadd_epi32(m0, m1), _mm256_hadd_epi32(m2, m3));
 }
 
-/* acc += dw * dx * (2 * s1 - sum_q) for the 8 lanes of one tile-block. */
-static inline __m256 tile_block_accumulate(__m256 acc, const uint8_t *blk, __m256i s1, float dx,
-                                           int32_t sum_q)
+static void prepare(bsi_q8_act *x, int64_t t0, int64_t t1)
 {
-    __m256i s = _mm256_sub_epi32(_mm256_slli_epi32(s1, 1), _mm256_set1_epi32(sum_q));
-    __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 128)));
-    return _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(s), acc);
+    int64_t nb = x->cols / BSI_QK;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t b = 0; b < nb; b++)
+            build_block_tables(x->q + t * x->cols + b * BSI_QK,
+                               x->lut + (size_t)t * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES);
 }
 
-/* Stores lanes (order 0 2 4 6 1 3 5 7) as rows row0 .. row0 + n - 1 of y. */
-static inline void store_tile(float *y, __m256 acc, int n)
+/* S1 (sum of q over set bits) of the 32 rows of one tile-block, as int16:
+ * *lo = rows 0-7 | 16-23, *hi = rows 8-15 | 24-31. */
+static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m256i *lo,
+                                   __m256i *hi)
 {
-    __m256 v = _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
+    for (int p = 0; p < 16; p++) {
+        __m256i idx = _mm256_load_si256((const __m256i *)(blk + 32 * p));
+        __m256i ia = _mm256_and_si256(idx, nib);
+        __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
+        const uint8_t *t = lut + 64 * p;
+        __m256i la = _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t)), ia);
+        __m256i ha = _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16))), ia);
+        __m256i lb = _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32))), ib);
+        __m256i hb = _mm256_shuffle_epi8(
+            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48))), ib);
+        /* two accumulator pairs shorten the dependency chains */
+        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(la, ha));
+        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(la, ha));
+        b0 = _mm256_add_epi16(b0, _mm256_unpacklo_epi8(lb, hb));
+        b1 = _mm256_add_epi16(b1, _mm256_unpackhi_epi8(lb, hb));
+    }
+    *lo = _mm256_add_epi16(a0, b0);
+    *hi = _mm256_add_epi16(a1, b1);
+}
+
+/* acc[k] (rows 8k .. 8k+7) += dw * dx * (2 * S1 - sum_q). */
+static inline void tile_block_accumulate(__m256 acc[4], const uint8_t *blk, __m256i lo,
+                                         __m256i hi, float dx, int32_t sum_q)
+{
+    const __m256i sq = _mm256_set1_epi32(sum_q);
+    const __m256 vdx = _mm256_set1_ps(dx);
+    __m256i s[4] = {
+        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)),      /* rows 0-7 */
+        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)),      /* rows 8-15 */
+        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)), /* rows 16-23 */
+        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)), /* rows 24-31 */
+    };
+    for (int k = 0; k < 4; k++) {
+        __m256i v = _mm256_sub_epi32(_mm256_slli_epi32(s[k], 1), sq);
+        __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(blk + 512 + 16 * k)));
+        acc[k] = _mm256_fmadd_ps(_mm256_mul_ps(dw, vdx), _mm256_cvtepi32_ps(v), acc[k]);
+    }
+}
+
+static inline void store_tile(float *y, const __m256 acc[4], int n)
+{
     if (n == TILE) {
-        _mm256_storeu_ps(y, v);
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 8 * k, acc[k]);
     } else {
         float tmp[TILE];
-        _mm256_storeu_ps(tmp, v);
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(tmp + 8 * k, acc[k]);
         memcpy(y, tmp, (size_t)n * sizeof(float));
+    }
+}
+
+/* One token over rows [r0, r1): y[r]. */
+static void tile_rows(const uint8_t *w, const bsi_q8_act *x, int64_t tok, float *y, int64_t r0,
+                      int64_t r1, int64_t cols)
+{
+    int64_t nb = cols / BSI_QK;
+    const uint8_t *lut = x->lut + (size_t)tok * x->lut_bytes;
+    const float *d = x->d + tok * nb;
+    const int32_t *sum = x->sum + tok * nb;
+    for (int64_t r = r0; r < r1; r += TILE) {
+        const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
+            __m256i lo, hi;
+            tile_block_sums(blk, lut + (size_t)b * LUT_BLOCK_BYTES, &lo, &hi);
+            tile_block_accumulate(acc, blk, lo, hi, d[b], sum[b]);
+        }
+        store_tile(y + (r - r0), acc, r1 - r < TILE ? (int)(r1 - r) : TILE);
     }
 }
 
@@ -108,66 +169,36 @@ static void gemv(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
                  int64_t r1, int64_t cols)
 {
     (void)xf;
-    int64_t nb = cols / BSI_QK;
-    for (int64_t r = r0; r < r1; r += TILE) {
-        const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
-            __m256i s1 = tile_block_dot(blk, x->q + b * BSI_QK);
-            acc = tile_block_accumulate(acc, blk, s1, x->d[b], x->sum[b]);
-        }
-        store_tile(y + r, acc, r1 - r < TILE ? (int)(r1 - r) : TILE);
-    }
+    tile_rows(w, x, 0, y + r0, r0, r1, cols);
 }
 
-#define GEMM_TOKENS 32 /* tokens sharing one expansion of a tile-block's bits */
-
+/* Tokens in the inner loop: a tile-block's 576 bytes stay in L1 while every token's tables
+ * (1 KiB per block) stream past them. */
 static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t rows,
                  int64_t r0, int64_t r1, int64_t cols, int64_t t0, int64_t t1)
 {
     (void)xf;
     int64_t nb = cols / BSI_QK;
-    /* bits of one tile-block expanded to 0/1 bytes: [i][pair] 32 bytes */
-    _Alignas(32) uint8_t e[8][4][32];
-    __m256 acc[GEMM_TOKENS];
-    const __m256i one = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    enum { CHUNK = 16 };
+    __m256 acc[CHUNK][4];
     for (int64_t r = r0; r < r1; r += TILE) {
         const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
         int n_rows = r1 - r < TILE ? (int)(r1 - r) : TILE;
-        for (int64_t tc = t0; tc < t1; tc += GEMM_TOKENS) {
-            int n_tok = t1 - tc < GEMM_TOKENS ? (int)(t1 - tc) : GEMM_TOKENS;
-            for (int t = 0; t < n_tok; t++) acc[t] = _mm256_setzero_ps();
+        for (int64_t tc = t0; tc < t1; tc += CHUNK) {
+            int n_tok = t1 - tc < CHUNK ? (int)(t1 - tc) : CHUNK;
+            for (int t = 0; t < n_tok; t++)
+                for (int k = 0; k < 4; k++) acc[t][k] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
-                for (int p = 0; p < 4; p++) {
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 32 * p));
-                    for (int i = 0; i < 8; i++) {
-                        _mm256_store_si256((__m256i *)e[i][p], _mm256_and_si256(v, one));
-                        v = _mm256_srli_epi16(v, 1);
-                    }
-                }
                 for (int t = 0; t < n_tok; t++) {
                     int64_t tok = tc + t;
-                    const int8_t *xq = x->q + tok * cols + b * BSI_QK;
-                    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-                    for (int i = 0; i < 8; i++) {
-                        __m256i xi = _mm256_broadcastsi128_si256(
-                            _mm_loadu_si128((const __m128i *)(xq + 16 * i)));
-                        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(
-                                                      _mm256_load_si256((const __m256i *)e[i][0]), xi));
-                        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(
-                                                      _mm256_load_si256((const __m256i *)e[i][1]), xi));
-                        a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(
-                                                      _mm256_load_si256((const __m256i *)e[i][2]), xi));
-                        a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(
-                                                      _mm256_load_si256((const __m256i *)e[i][3]), xi));
-                    }
-                    __m256i s1 = _mm256_hadd_epi32(
-                        _mm256_hadd_epi32(_mm256_madd_epi16(a0, ones16), _mm256_madd_epi16(a1, ones16)),
-                        _mm256_hadd_epi32(_mm256_madd_epi16(a2, ones16), _mm256_madd_epi16(a3, ones16)));
-                    acc[t] = tile_block_accumulate(acc[t], blk, s1, x->d[tok * nb + b],
-                                                   x->sum[tok * nb + b]);
+                    __m256i lo, hi;
+                    tile_block_sums(blk,
+                                    x->lut + (size_t)tok * x->lut_bytes +
+                                        (size_t)b * LUT_BLOCK_BYTES,
+                                    &lo, &hi);
+                    tile_block_accumulate(acc[t], blk, lo, hi, x->d[tok * nb + b],
+                                          x->sum[tok * nb + b]);
                 }
             }
             for (int t = 0; t < n_tok; t++) store_tile(y + (tc + t) * rows + r, acc[t], n_rows);
@@ -179,6 +210,8 @@ const bsi_q1_kernels bsi_q1_avx2 = {
     .isa = BSI_ISA_AVX2,
     .row_tile = TILE,
     .pack = pack,
+    .lut_bytes = lut_bytes,
+    .prepare = prepare,
     .gemv = gemv,
     .gemm = gemm,
 };

@@ -4,19 +4,23 @@
 #include <math.h>
 #include <string.h>
 
-size_t bsi_q8_act_bytes(int64_t cols, int64_t n_tok)
+size_t bsi_q8_act_bytes(int64_t cols, int64_t n_tok, size_t lut_bytes)
 {
     size_t nb = (size_t)(cols / BSI_QK) * (size_t)n_tok;
-    return (size_t)(cols * n_tok) + nb * 8 + 128;
+    return (size_t)(cols * n_tok) + nb * 8 + lut_bytes * (size_t)n_tok + 128;
 }
 
-void bsi_q8_act_init(bsi_q8_act *a, void *buf, int64_t cols, int64_t n_tok)
+void bsi_q8_act_init(bsi_q8_act *a, void *buf, int64_t cols, int64_t n_tok, size_t lut_bytes)
 {
     uintptr_t p = ((uintptr_t)buf + 63) & ~(uintptr_t)63;
     size_t nb = (size_t)(cols / BSI_QK) * (size_t)n_tok;
     a->q = (int8_t *)p;
     a->d = (float *)(p + (size_t)(cols * n_tok));
     a->sum = (int32_t *)(a->d + nb);
+    /* cols * n_tok is a multiple of 128 and nb * 8 of 8: re-align the tables to 32 bytes */
+    uintptr_t lut = ((uintptr_t)(a->sum + nb) + 31) & ~(uintptr_t)31;
+    a->lut = lut_bytes ? (uint8_t *)lut : NULL;
+    a->lut_bytes = lut_bytes;
     a->cols = cols;
     a->n_tok = n_tok;
 }
@@ -42,6 +46,18 @@ void bsi_q8_quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
             a->sum[t * nb + b] = sum;
         }
     }
+}
+
+void bsi_q1_prepare(const bsi_q1_kernels *k, bsi_q8_act *a, const float *x, int64_t t0,
+                    int64_t t1)
+{
+    bsi_q8_quantize(a, x, t0, t1);
+    if (k->prepare) k->prepare(a, t0, t1);
+}
+
+size_t bsi_q1_lut_bytes(const bsi_q1_kernels *k, int64_t cols)
+{
+    return k->lut_bytes ? k->lut_bytes(cols) : 0;
 }
 
 size_t bsi_q1_packed_bytes(const bsi_q1_kernels *k, int64_t rows, int64_t cols)
