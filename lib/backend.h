@@ -21,21 +21,21 @@ typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend *
 
 /* RoPE for one model: angles per pair, YaRN folded in (FORMAT.md section 3). */
 typedef struct bsi_rope {
-    uint32_t n_rot;        /* dimensions rotated per head (pairs = n_rot / 2) */
-    uint32_t neox;         /* 1: pairs (i, i + n_rot/2) (qwen3); 0: adjacent pairs (llama) */
+    uint32_t n_rot; /* dimensions rotated per head (pairs = n_rot / 2) */
+    uint32_t neox;  /* 1: pairs (i, i + n_rot/2) (qwen3); 0: adjacent pairs (llama) */
     float freq_base;
-    float yarn_factor;     /* 0 or 1: no scaling */
+    float yarn_factor; /* 0 or 1: no scaling */
     uint32_t yarn_orig_ctx;
-    float yarn_beta_fast;  /* 32 */
-    float yarn_beta_slow;  /* 1 */
+    float yarn_beta_fast; /* 32 */
+    float yarn_beta_slow; /* 1 */
 } bsi_rope;
 
 typedef struct bsi_matrix_desc {
-    const char *name;  /* for messages */
-    uint32_t type;     /* bonsai_tensor_type */
+    const char *name; /* for messages */
+    uint32_t type;    /* bonsai_tensor_type */
     int64_t rows, cols;
-    const void *data;  /* host bytes in the GGUF layout; stays valid while the model lives */
-    bool mapped;       /* data is a read-only file mapping: pages may be dropped and re-read */
+    const void *data; /* host bytes in the GGUF layout; stays valid while the model lives */
+    bool mapped;      /* data is a read-only file mapping: pages may be dropped and re-read */
 } bsi_matrix_desc;
 
 typedef struct bsi_backend_config {
@@ -45,8 +45,8 @@ typedef struct bsi_backend_config {
 } bsi_backend_config;
 
 typedef struct bsi_backend_vtable {
-    uint32_t abi;      /* BSI_BACKEND_ABI */
-    const char *name;  /* "cpu", "cuda" */
+    uint32_t abi;     /* BSI_BACKEND_ABI */
+    const char *name; /* "cpu", "cuda" */
 
     /* 0 = unusable (reason written), higher = preferred by "auto". */
     int (*probe)(char *reason, size_t reason_size);
@@ -69,12 +69,13 @@ typedef struct bsi_backend_vtable {
     bonsai_status (*matmul)(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
                             int64_t n_tok);
     /* y[t] = row ids[t] of W, dequantized (embedding lookup); ids in host memory. */
-    bonsai_status (*get_rows)(bsi_backend *be, const bsi_weight *w, const int32_t *ids,
-                              float *y, int64_t n_tok);
+    bonsai_status (*get_rows)(bsi_backend *be, const bsi_weight *w, const int32_t *ids, float *y,
+                              int64_t n_tok);
     /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, rows of n; weight in backend memory. */
     bonsai_status (*rmsnorm)(bsi_backend *be, const float *x, const float *weight, float *y,
                              int64_t n, int64_t n_rows, float eps);
-    /* Rotates x [n_tok][n_heads][head_dim] in place; pos (host memory) gives each token's position. */
+    /* Rotates x [n_tok][n_heads][head_dim] in place; pos (host memory) gives each token's position.
+     */
     bonsai_status (*rope)(bsi_backend *be, float *x, const int32_t *pos, int64_t n_tok,
                           int64_t n_heads, int64_t head_dim, const bsi_rope *rope);
     /* In-place softmax over rows of n. */

@@ -35,8 +35,7 @@ static bonsai_status need(reader *r, uint64_t n, const char *what)
     if (n <= r->size - r->pos) return BONSAI_OK;
     if (n >= BSI_GGUF_ABSURD)
         return bsi_fail(BONSAI_ERR_CORRUPT,
-                        "%s: %s at offset %" PRIu64 " declares an absurd size of %" PRIu64
-                        " bytes",
+                        "%s: %s at offset %" PRIu64 " declares an absurd size of %" PRIu64 " bytes",
                         r->label, what, r->pos, n);
     return bsi_fail(BONSAI_ERR_TRUNCATED,
                     "%s: truncated: %s at offset %" PRIu64 " needs %" PRIu64
@@ -169,8 +168,8 @@ static bonsai_status read_value(reader *r, uint32_t type, bonsai_value *out, int
     if (st) return st;
     if (type == BONSAI_VALUE_BOOL && out->v.u8 > 1)
         return bsi_fail(BONSAI_ERR_CORRUPT,
-                        "%s: key '%s': bool at offset %" PRIu64 " is %u, not 0 or 1", r->label,
-                        key, r->pos - 1, out->v.u8);
+                        "%s: key '%s': bool at offset %" PRIu64 " is %u, not 0 or 1", r->label, key,
+                        r->pos - 1, out->v.u8);
     return BONSAI_OK;
 }
 
@@ -308,8 +307,8 @@ static bonsai_status read_metadata(reader *r, bsi_gguf *g)
                             r->label, bonsai_value_type_name(align->type));
         uint32_t a = align->v.u32;
         if (a == 0 || (a & (a - 1)))
-            return bsi_fail(BONSAI_ERR_CORRUPT,
-                            "%s: general.alignment %u is not a power of two", r->label, a);
+            return bsi_fail(BONSAI_ERR_CORRUPT, "%s: general.alignment %u is not a power of two",
+                            r->label, a);
         g->alignment = a;
     }
     return BONSAI_OK;
@@ -364,8 +363,7 @@ static bonsai_status read_tensor_info(reader *r, bsi_gguf *g, bsi_gguf_tensor *t
                         r->label, t->name, t->n_elements, tt->name);
     if (t->offset % g->alignment)
         return bsi_fail(BONSAI_ERR_CORRUPT,
-                        "%s: tensor '%s': offset %" PRIu64
-                        " is not a multiple of the alignment %u",
+                        "%s: tensor '%s': offset %" PRIu64 " is not a multiple of the alignment %u",
                         r->label, t->name, t->offset, g->alignment);
     return BONSAI_OK;
 }
@@ -388,8 +386,7 @@ static bonsai_status check_tensor_data(reader *r, bsi_gguf *g)
         if (bsi_add_overflow(t->offset, t->n_bytes, &end) || end > data_size)
             return bsi_fail(BONSAI_ERR_TRUNCATED,
                             "%s: tensor '%s' (%" PRIu64 " bytes at data offset %" PRIu64
-                            ") extends past the end of the file (%" PRIu64
-                            " bytes of tensor data)",
+                            ") extends past the end of the file (%" PRIu64 " bytes of tensor data)",
                             r->label, t->name, t->n_bytes, t->offset, data_size);
     }
     const bsi_gguf_tensor **order = malloc((size_t)g->n_tensors * sizeof *order);
@@ -435,8 +432,7 @@ static bonsai_status read_tensors(reader *r, bsi_gguf *g)
     return check_tensor_data(r, g);
 }
 
-bonsai_status bsi_gguf_parse(const uint8_t *data, uint64_t size, const char *label,
-                             bsi_gguf **out)
+bonsai_status bsi_gguf_parse(const uint8_t *data, uint64_t size, const char *label, bsi_gguf **out)
 {
     *out = NULL;
     bsi_gguf *g = calloc(1, sizeof *g);

@@ -4,12 +4,12 @@
 
 #include "internal.h"
 
-#define BSI_GGUF_MAX_DIMS 4
+#define BSI_GGUF_MAX_DIMS          4
 #define BSI_GGUF_DEFAULT_ALIGNMENT 32
-#define BSI_GGUF_MAX_NESTING 8           /* arrays of arrays deeper than this are refused */
-#define BSI_GGUF_MAX_KEY_LEN 65535       /* the GGUF specification's limit */
-#define BSI_GGUF_MAX_NAME_LEN 255        /* tensor names (ggml itself allows 63) */
-#define BSI_GGUF_ABSURD ((uint64_t)1 << 48) /* no count or length in a real file comes near */
+#define BSI_GGUF_MAX_NESTING       8     /* arrays of arrays deeper than this are refused */
+#define BSI_GGUF_MAX_KEY_LEN       65535 /* the GGUF specification's limit */
+#define BSI_GGUF_MAX_NAME_LEN      255   /* tensor names (ggml itself allows 63) */
+#define BSI_GGUF_ABSURD            ((uint64_t)1 << 48) /* no count or length in a real file comes near */
 
 typedef struct bsi_str {
     const char *s; /* NUL-terminated copy */
@@ -33,9 +33,9 @@ struct bonsai_value {
         float f32;
         double f64;
         bool b;
-        const char *str;             /* STRING: NUL-terminated copy */
-        const uint8_t *raw;          /* array of scalars: the elements in the file (unaligned) */
-        const bsi_str *strs;         /* array of strings */
+        const char *str;     /* STRING: NUL-terminated copy */
+        const uint8_t *raw;  /* array of scalars: the elements in the file (unaligned) */
+        const bsi_str *strs; /* array of strings */
         const struct bonsai_value *arrays; /* array of arrays */
     } v;
 };
@@ -76,8 +76,7 @@ struct bsi_gguf {
  * Parse and validate `size` bytes at `data` (the whole file). `label` names the file in error
  * messages. The buffer must outlive the result: scalar arrays point into it.
  */
-bonsai_status bsi_gguf_parse(const uint8_t *data, uint64_t size, const char *label,
-                             bsi_gguf **out);
+bonsai_status bsi_gguf_parse(const uint8_t *data, uint64_t size, const char *label, bsi_gguf **out);
 void bsi_gguf_free(bsi_gguf *g);
 
 /* Lookups: the entry's position, or -1. */

@@ -206,8 +206,8 @@ bonsai_status bsi_gguf_writer_add_array(bsi_gguf_writer *w, const char *key,
     return bsi_gguf_writer_add_value(w, key, &v);
 }
 
-bonsai_status bsi_gguf_writer_add_string_array(bsi_gguf_writer *w, const char *key,
-                                               uint64_t count, const char *const *strs)
+bonsai_status bsi_gguf_writer_add_string_array(bsi_gguf_writer *w, const char *key, uint64_t count,
+                                               const char *const *strs)
 {
     size_t mark = w->meta.len;
     uint64_t n_kv = w->n_kv;

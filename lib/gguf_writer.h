@@ -25,7 +25,8 @@ bonsai_status bsi_file_sink(void *file, const void *data, size_t n);
 
 typedef struct bsi_gguf_writer bsi_gguf_writer;
 
-/* alignment: a power of two (0 = the default 32; other values are recorded as general.alignment). */
+/* alignment: a power of two (0 = the default 32; other values are recorded as general.alignment).
+ */
 bsi_gguf_writer *bsi_gguf_writer_new(uint32_t alignment);
 void bsi_gguf_writer_free(bsi_gguf_writer *w);
 /* The version number written (2 or 3; the layouts are identical). */
@@ -43,8 +44,8 @@ bonsai_status bsi_gguf_writer_add_string(bsi_gguf_writer *w, const char *key, co
 bonsai_status bsi_gguf_writer_add_array(bsi_gguf_writer *w, const char *key,
                                         bonsai_value_type elem_type, uint64_t count,
                                         const void *data);
-bonsai_status bsi_gguf_writer_add_string_array(bsi_gguf_writer *w, const char *key,
-                                               uint64_t count, const char *const *strs);
+bonsai_status bsi_gguf_writer_add_string_array(bsi_gguf_writer *w, const char *key, uint64_t count,
+                                               const char *const *strs);
 
 /* Declare the next tensor; data follows in declaration order. */
 bonsai_status bsi_gguf_writer_add_tensor(bsi_gguf_writer *w, const char *name, uint32_t type,

@@ -13,7 +13,7 @@
 
 #if defined(__GNUC__)
 #define BSI_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#define BSI_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define BSI_UNLIKELY(x)  __builtin_expect(!!(x), 0)
 #else
 #define BSI_PRINTF(f, a)
 #define BSI_UNLIKELY(x) (x)

@@ -19,8 +19,7 @@ bonsai_status bonsai_model_meta_at(const bonsai_model *model, uint64_t index, co
     if (!model) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_meta_at: model is NULL");
     if (index >= model->gguf->n_kv)
         return bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
-                        "bonsai_model_meta_at: index %" PRIu64 " (the model has %" PRIu64
-                        " keys)",
+                        "bonsai_model_meta_at: index %" PRIu64 " (the model has %" PRIu64 " keys)",
                         index, model->gguf->n_kv);
     if (key) *key = model->gguf->kv[index].key;
     if (value) *value = &model->gguf->kv[index].value;
@@ -44,8 +43,7 @@ bonsai_value_type bonsai_value_type_of(const bonsai_value *value)
     return value ? (bonsai_value_type)value->type : (bonsai_value_type)-1;
 }
 
-static bonsai_status expect(const bonsai_value *v, const void *out, uint32_t type,
-                            const char *fn)
+static bonsai_status expect(const bonsai_value *v, const void *out, uint32_t type, const char *fn)
 {
     if (!v || !out) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: NULL argument", fn);
     if (v->type != type)
@@ -89,10 +87,22 @@ static int integer_of(const bonsai_value *v, int64_t *s, uint64_t *u, int *is_si
 {
     *is_signed = 1;
     switch (v->type) {
-    case BONSAI_VALUE_U8: *u = v->v.u8; *is_signed = 0; return 1;
-    case BONSAI_VALUE_U16: *u = v->v.u16; *is_signed = 0; return 1;
-    case BONSAI_VALUE_U32: *u = v->v.u32; *is_signed = 0; return 1;
-    case BONSAI_VALUE_U64: *u = v->v.u64; *is_signed = 0; return 1;
+    case BONSAI_VALUE_U8:
+        *u = v->v.u8;
+        *is_signed = 0;
+        return 1;
+    case BONSAI_VALUE_U16:
+        *u = v->v.u16;
+        *is_signed = 0;
+        return 1;
+    case BONSAI_VALUE_U32:
+        *u = v->v.u32;
+        *is_signed = 0;
+        return 1;
+    case BONSAI_VALUE_U64:
+        *u = v->v.u64;
+        *is_signed = 0;
+        return 1;
     case BONSAI_VALUE_I8: *s = v->v.i8; return 1;
     case BONSAI_VALUE_I16: *s = v->v.i16; return 1;
     case BONSAI_VALUE_I32: *s = v->v.i32; return 1;
@@ -127,8 +137,7 @@ bonsai_status bonsai_value_to_u64(const bonsai_value *value, uint64_t *out)
         return bsi_fail(BONSAI_ERR_TYPE_MISMATCH, "bonsai_value_to_u64: the value is a %s",
                         bonsai_value_type_name(value->type));
     if (is_signed && s < 0)
-        return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "bonsai_value_to_u64: %" PRId64 " is negative",
-                        s);
+        return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "bonsai_value_to_u64: %" PRId64 " is negative", s);
     *out = is_signed ? (uint64_t)s : u;
     return BONSAI_OK;
 }
@@ -197,8 +206,8 @@ bonsai_status bonsai_value_array_copy(const bonsai_value *value, bonsai_value_ty
     return BONSAI_OK;
 }
 
-bonsai_status bonsai_value_array_string(const bonsai_value *value, uint64_t index,
-                                        const char **str, uint64_t *len)
+bonsai_status bonsai_value_array_string(const bonsai_value *value, uint64_t index, const char **str,
+                                        uint64_t *len)
 {
     const char *fn = "bonsai_value_array_string";
     if (str) *str = NULL;

@@ -8,7 +8,8 @@
 #include <string.h>
 
 /* The size of bonsai_model_params in ABI 1: callers built against that header pass this. */
-#define BSI_MODEL_PARAMS_V1_SIZE (offsetof(bonsai_model_params, progress_user_data) + sizeof(void *))
+#define BSI_MODEL_PARAMS_V1_SIZE                                                                   \
+    (offsetof(bonsai_model_params, progress_user_data) + sizeof(void *))
 
 void bonsai_model_params_init(bonsai_model_params *params)
 {
@@ -46,8 +47,8 @@ static bonsai_status opt_u32(const bonsai_model *m, const char *suffix, uint32_t
     if (!v) return BONSAI_OK;
     uint64_t x;
     if (bonsai_value_to_u64(v, &x) || x > UINT32_MAX)
-        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: %s must be an integer from 0 to %u", m->path,
-                        key, UINT32_MAX);
+        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: %s must be an integer from 0 to %u", m->path, key,
+                        UINT32_MAX);
     *out = (uint32_t)x;
     return BONSAI_OK;
 }
@@ -248,8 +249,7 @@ bonsai_status bonsai_model_tensor_at(const bonsai_model *model, uint64_t index,
     return BONSAI_OK;
 }
 
-bonsai_status bonsai_model_tensor_find(const bonsai_model *model, const char *name,
-                                       uint64_t *index)
+bonsai_status bonsai_model_tensor_find(const bonsai_model *model, const char *name, uint64_t *index)
 {
     if (!model || !name || !index)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_tensor_find: NULL argument");

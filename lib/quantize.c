@@ -82,8 +82,8 @@ static bonsai_status plan(const bsi_gguf *g, const char *path, const bsi_quantiz
     return BONSAI_OK;
 }
 
-static bonsai_status write_tensors(const bsi_gguf *g, const uint32_t *out_type,
-                                   bsi_gguf_writer *w, FILE *f, const bsi_quantize_options *opt)
+static bonsai_status write_tensors(const bsi_gguf *g, const uint32_t *out_type, bsi_gguf_writer *w,
+                                   FILE *f, const bsi_quantize_options *opt)
 {
     float *row = NULL;
     uint8_t *blocks = NULL;
@@ -178,8 +178,7 @@ bonsai_status bsi_quantize_file(const char *in_path, const char *out_path,
         st = bsi_gguf_writer_finish(w);
     if (fclose(f) != 0 && !st) st = bsi_fail(BONSAI_ERR_IO, "%s: write failed", out_path);
     if (!st && rename(tmp, out_path) != 0)
-        st = bsi_fail(BONSAI_ERR_IO, "%s: cannot rename into place: %s", out_path,
-                      strerror(errno));
+        st = bsi_fail(BONSAI_ERR_IO, "%s: cannot rename into place: %s", out_path, strerror(errno));
     if (st) remove(tmp);
 done:
     free(tmp);

@@ -33,8 +33,7 @@ size_t bsi_backends(const bsi_backend_entry **out)
     return n_entries;
 }
 
-bonsai_status bsi_backend_create(const char *name, const bsi_backend_config *cfg,
-                                 bsi_backend **out)
+bonsai_status bsi_backend_create(const char *name, const bsi_backend_config *cfg, bsi_backend **out)
 {
     *out = NULL;
     const bsi_backend_entry *list;

@@ -28,13 +28,34 @@ const char *bsi_foreign_type_name(uint32_t type)
 {
     /* Ids as ggml numbers them; 40 and 42 are ambiguous (see FORMAT.md section 2). */
     static const char *const names[] = {
-        [2] = "Q4_0",     [3] = "Q4_1",    [6] = "Q5_0",     [7] = "Q5_1",
-        [9] = "Q8_1",     [10] = "Q2_K",   [11] = "Q3_K",    [12] = "Q4_K",
-        [13] = "Q5_K",    [14] = "Q6_K",   [15] = "Q8_K",    [16] = "IQ2_XXS",
-        [17] = "IQ2_XS",  [18] = "IQ3_XXS", [19] = "IQ1_S",  [20] = "IQ4_NL",
-        [21] = "IQ3_S",   [22] = "IQ2_S",  [23] = "IQ4_XS",  [24] = "I8",
-        [25] = "I16",     [26] = "I32",    [27] = "I64",     [28] = "F64",
-        [29] = "IQ1_M",   [34] = "TQ1_0",  [35] = "TQ2_0",   [39] = "MXFP4",
+        [2] = "Q4_0",
+        [3] = "Q4_1",
+        [6] = "Q5_0",
+        [7] = "Q5_1",
+        [9] = "Q8_1",
+        [10] = "Q2_K",
+        [11] = "Q3_K",
+        [12] = "Q4_K",
+        [13] = "Q5_K",
+        [14] = "Q6_K",
+        [15] = "Q8_K",
+        [16] = "IQ2_XXS",
+        [17] = "IQ2_XS",
+        [18] = "IQ3_XXS",
+        [19] = "IQ1_S",
+        [20] = "IQ4_NL",
+        [21] = "IQ3_S",
+        [22] = "IQ2_S",
+        [23] = "IQ4_XS",
+        [24] = "I8",
+        [25] = "I16",
+        [26] = "I32",
+        [27] = "I64",
+        [28] = "F64",
+        [29] = "IQ1_M",
+        [34] = "TQ1_0",
+        [35] = "TQ2_0",
+        [39] = "MXFP4",
         [40] = "NVFP4 upstream, Q1_0_g32 in PrismML's first fork",
         [42] = "Q2_0, ternary Bonsai",
     };
@@ -64,7 +85,7 @@ uint32_t bsi_value_type_size(uint32_t type)
 
 const char *bonsai_value_type_name(bonsai_value_type type)
 {
-    static const char *const names[] = {"u8",  "i8",     "u16",   "i16", "u32", "i32", "f32",
+    static const char *const names[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                         "bool", "string", "array", "u64", "i64", "f64"};
     if ((unsigned)type < sizeof names / sizeof names[0]) return names[type];
     return "?";

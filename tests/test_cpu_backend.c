@@ -9,7 +9,6 @@
 #include <math.h>
 #include <unistd.h>
 
-
 static void test_registry(void **state)
 {
     (void)state;
@@ -29,8 +28,7 @@ static void test_registry(void **state)
     assert_error(bsi_backend_create("cpu", &cfg, &be), BONSAI_ERR_UNSUPPORTED, "'mmx'");
 }
 
-static void check_q1_matmul(int threads, const char *isa, int64_t rows, int64_t cols,
-                            int64_t n_tok)
+static void check_q1_matmul(int threads, const char *isa, int64_t rows, int64_t cols, int64_t n_tok)
 {
     bsi_backend_config cfg = {.n_threads = threads, .cpu_isa = isa};
     bsi_backend *be;

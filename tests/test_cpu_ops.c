@@ -18,9 +18,9 @@
 #define HAVE_X86 1
 #endif
 
-#define TOL 1e-5      /* relative, fp32 paths (and exact F16/BF16/Q8_0 inputs) */
-#define TINY 1e-36    /* absolute floor, for results that underflow in fp32 */
-#define GUARD 16      /* poisoned floats on each side of an output */
+#define TOL    1e-5  /* relative, fp32 paths (and exact F16/BF16/Q8_0 inputs) */
+#define TINY   1e-36 /* absolute floor, for results that underflow in fp32 */
+#define GUARD  16    /* poisoned floats on each side of an output */
 #define POISON 0x7fc5a5a5u
 
 /* ---- helpers ---- */
@@ -109,8 +109,7 @@ static void check_guards(const float *p, int64_t n, const char *ctx)
 }
 
 /* got must be within tol * scale + TINY of ref (a NaN fails). */
-static void check_close(const char *ctx, int64_t i, float got, double ref, double scale,
-                        double tol)
+static void check_close(const char *ctx, int64_t i, float got, double ref, double scale, double tol)
 {
     double err = fabs((double)got - ref);
     if (!(err <= tol * scale + TINY))
@@ -160,9 +159,8 @@ static uint16_t random_bf16(int e0, int e1)
 /* The ISAs to test: every one this build and this CPU can run. */
 #define FOR_EACH_OPS(ops)                                                                          \
     for (int isa_ = 0; isa_ < BSI_ISA_COUNT; isa_++)                                               \
-        for (const bsi_cpu_ops *ops = bsi_isa_available((bsi_isa)isa_)                             \
-                                          ? bsi_cpu_ops_for((bsi_isa)isa_)                         \
-                                          : NULL;                                                  \
+        for (const bsi_cpu_ops *ops =                                                              \
+                 bsi_isa_available((bsi_isa)isa_) ? bsi_cpu_ops_for((bsi_isa)isa_) : NULL;         \
              ops; ops = NULL)
 
 /* ---- the op tables ---- */
@@ -244,8 +242,8 @@ typedef void (*gemv_fn)(const void *, const float *, float *, int64_t, int64_t, 
 
 static gemv_fn gemv_of(const bsi_cpu_ops *ops, wtype t)
 {
-    return t == W_F32 ? ops->gemv_f32
-           : t == W_F16 ? ops->gemv_f16
+    return t == W_F32    ? ops->gemv_f32
+           : t == W_F16  ? ops->gemv_f16
            : t == W_BF16 ? ops->gemv_bf16
                          : ops->gemv_q8_0;
 }
@@ -269,7 +267,8 @@ static void check_gemv(wtype t, int64_t rows, int64_t cols)
     }
     /* the whole matrix, the inner rows, the last row alone, and nothing */
     int64_t ranges[4][2] = {{0, rows}, {1, rows - 1}, {rows - 1, rows}, {rows / 2, rows / 2}};
-    FOR_EACH_OPS(ops) {
+    FOR_EACH_OPS(ops)
+    {
         for (int k = 0; k < 4; k++) {
             int64_t r0 = ranges[k][0], r1 = ranges[k][1];
             if (r0 > r1 || r0 < 0) continue;
@@ -354,7 +353,8 @@ static void test_rmsnorm(void **state)
             double ss = 0;
             for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
             double scale = 1 / sqrt(ss / (double)n + (double)eps);
-            FOR_EACH_OPS(ops) {
+            FOR_EACH_OPS(ops)
+            {
                 char ctx[96];
                 snprintf(ctx, sizeof ctx, "%s rmsnorm n %lld%s eps %g", bsi_isa_name(ops->isa),
                          (long long)n, weighted ? " weighted" : "", (double)eps);
@@ -386,7 +386,8 @@ static void test_softmax(void **state)
             for (int64_t i = 1; i < n; i++) max = fmax(max, x[i]);
             for (int64_t i = 0; i < n; i++) sum += ref[i] = exp(x[i] - max);
             for (int64_t i = 0; i < n; i++) ref[i] /= sum;
-            FOR_EACH_OPS(ops) {
+            FOR_EACH_OPS(ops)
+            {
                 char ctx[96];
                 snprintf(ctx, sizeof ctx, "%s softmax n %lld spread %g", bsi_isa_name(ops->isa),
                          (long long)n, spread[s]);
@@ -418,7 +419,8 @@ static void test_silu_mul(void **state)
         int64_t n = vec_sizes[k];
         for (int s = 0; s < 3; s++) {
             float *g = random_floats(n, spread[s]), *u = random_floats(n, 2.0);
-            FOR_EACH_OPS(ops) {
+            FOR_EACH_OPS(ops)
+            {
                 char ctx[96];
                 snprintf(ctx, sizeof ctx, "%s silu_mul n %lld spread %g", bsi_isa_name(ops->isa),
                          (long long)n, spread[s]);
@@ -444,12 +446,15 @@ static void test_add(void **state)
     for (size_t k = 0; k < N_VEC_SIZES; k++) {
         int64_t n = vec_sizes[k];
         float *a = random_floats(n, 10.0), *b = random_floats(n, 1.0);
-        FOR_EACH_OPS(ops) {
+        FOR_EACH_OPS(ops)
+        {
             /* y apart, then y = a (in place on a), then y = b */
             for (int alias = 0; alias < 3; alias++) {
                 char ctx[96];
-                snprintf(ctx, sizeof ctx, "%s add n %lld%s", bsi_isa_name(ops->isa),
-                         (long long)n, alias == 1 ? " y=a" : alias == 2 ? " y=b" : "");
+                snprintf(ctx, sizeof ctx, "%s add n %lld%s", bsi_isa_name(ops->isa), (long long)n,
+                         alias == 1   ? " y=a"
+                         : alias == 2 ? " y=b"
+                                      : "");
                 float *y = guarded_alloc(n);
                 if (alias == 1) memcpy(y, a, (size_t)n * sizeof *y);
                 if (alias == 2) memcpy(y, b, (size_t)n * sizeof *y);
@@ -535,7 +540,7 @@ static void test_rope_table_yarn(void **state)
         int i;
         double c, s;
     } spot[] = {
-        {1, 0, 0.6152041098606474, 0.9581236329364153},    /* ramp 1: the base angle */
+        {1, 0, 0.6152041098606474, 0.9581236329364153},     /* ramp 1: the base angle */
         {100, 40, 1.1386181840604308, 0.00506198653033479}, /* ramp 0: angle / 4 */
         {8191, 20, 0.9857305293145403, 0.5699230793343805}, /* inside the ramp */
         {32767, 63, 1.138570605678132, 0.01157448341991694},
@@ -571,7 +576,7 @@ static void test_rope_rotate(void **state)
     rng_seed(0x3141);
     static const int64_t cases[][3] = {
         /* n_heads, head_dim, n_rot */
-        {3, 128, 128}, {2, 128, 64}, {4, 12, 8}, {2, 8, 8}, {3, 20, 6},
+        {3, 128, 128}, {2, 128, 64}, {4, 12, 8}, {2, 8, 8},   {3, 20, 6},
         {1, 34, 34},   {2, 48, 32},  {1, 2, 2},  {5, 64, 40}, {2, 70, 66},
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
@@ -585,7 +590,8 @@ static void test_rope_rotate(void **state)
         }
         float *x = random_floats(n, 3.0);
         for (int neox = 0; neox < 2; neox++) {
-            FOR_EACH_OPS(ops) {
+            FOR_EACH_OPS(ops)
+            {
                 char ctx[128];
                 snprintf(ctx, sizeof ctx, "%s rope %s heads %lld dim %lld n_rot %lld",
                          bsi_isa_name(ops->isa), neox ? "neox" : "adjacent", (long long)n_heads,
@@ -692,8 +698,7 @@ static void test_fp16_portable(void **state)
         float f = conversion_sample();
         uint16_t got = bsi_fp32_to_fp16(f), want = half_nearest(f);
         if (isnan(f) ? !isnan(half_value(got)) : got != want)
-            fail_msg("fp32 %.9g (%a) -> fp16 %04x, expected %04x", (double)f, (double)f, got,
-                     want);
+            fail_msg("fp32 %.9g (%a) -> fp16 %04x, expected %04x", (double)f, (double)f, got, want);
     }
 }
 

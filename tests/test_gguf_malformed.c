@@ -212,14 +212,18 @@ static void build_valid(bsi_buf *out, uint32_t alignment, uint32_t version)
     const int8_t i8s[] = {-1, 0, 1};
     const char *const strs[] = {"", "a", "bc"};
     bonsai_value inner[3] = {
-        {.type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_U32, .count = 2,
+        {.type = BONSAI_VALUE_ARRAY,
+         .elem_type = BONSAI_VALUE_U32,
+         .count = 2,
          .v.raw = (const uint8_t *)nest_a},
         {.type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_U32, .count = 0, .v.raw = NULL},
-        {.type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_U32, .count = 1,
+        {.type = BONSAI_VALUE_ARRAY,
+         .elem_type = BONSAI_VALUE_U32,
+         .count = 1,
          .v.raw = (const uint8_t *)nest_c},
     };
-    bonsai_value nested = {.type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_ARRAY, .count = 3,
-                           .v.arrays = inner};
+    bonsai_value nested = {
+        .type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_ARRAY, .count = 3, .v.arrays = inner};
     assert_int_equal(bsi_gguf_writer_add_string(w, "general.architecture", "llama"), 0);
     assert_int_equal(bsi_gguf_writer_add_scalar(w, "t.i16", BONSAI_VALUE_I16, &i16), 0);
     assert_int_equal(bsi_gguf_writer_add_u32(w, "t.u32", 7), 0);
@@ -319,8 +323,7 @@ static void test_byte_flips(void **state)
         case BONSAI_ERR_TRUNCATED:
         case BONSAI_ERR_CORRUPT:
         case BONSAI_ERR_UNSUPPORTED_TYPE:
-        case BONSAI_ERR_DUPLICATE:
-            break;
+        case BONSAI_ERR_DUPLICATE: break;
         default:
             fail_msg("flipping byte %" PRIu64 ": unexpected status %s: %s", i,
                      bonsai_status_string(st), bonsai_last_error());

@@ -30,8 +30,17 @@ static void check_hyllama(bool use_mmap)
     assert_int_equal(bonsai_model_tensor_count(m), 10);
     assert_string_equal(bonsai_model_architecture(m), "");
 
-    uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32;
-    uint64_t u64; int64_t i64; float f32; double f64; bool b;
+    uint8_t u8;
+    int8_t i8;
+    uint16_t u16;
+    int16_t i16;
+    uint32_t u32;
+    int32_t i32;
+    uint64_t u64;
+    int64_t i64;
+    float f32;
+    double f64;
+    bool b;
     assert_int_equal(bonsai_value_get_u8(get(m, "some.parameter.uint8"), &u8), 0);
     assert_int_equal(u8, 0x12);
     assert_int_equal(bonsai_value_get_i8(get(m, "some.parameter.int8"), &i8), 0);
@@ -67,8 +76,8 @@ static void check_hyllama(bool use_mmap)
                  BONSAI_ERR_TYPE_MISMATCH, "bool");
     assert_int_equal(bonsai_value_to_i64(get(m, "some.parameter.int16"), &i64), 0);
     assert_true(i64 == -0x1235);
-    assert_error(bonsai_value_to_u64(get(m, "some.parameter.int8"), &u64),
-                 BONSAI_ERR_OUT_OF_RANGE, "negative");
+    assert_error(bonsai_value_to_u64(get(m, "some.parameter.int8"), &u64), BONSAI_ERR_OUT_OF_RANGE,
+                 "negative");
     assert_int_equal(bonsai_value_to_i64(get(m, "some.parameter.uint64"), &i64), 0);
     assert_true(i64 == 0x123456789abcdef0ll);
     assert_int_equal(bonsai_value_to_f64(get(m, "some.parameter.float32"), &f64), 0);
@@ -123,8 +132,7 @@ static void check_hyllama(bool use_mmap)
     assert_string_equal(key, "some.parameter.arr.str");
     assert_error(bonsai_model_meta_at(m, 15, &key, NULL), BONSAI_ERR_OUT_OF_RANGE, "15");
     const bonsai_value *v;
-    assert_error(bonsai_model_meta_get(m, "no.such.key", &v), BONSAI_ERR_NOT_FOUND,
-                 "no.such.key");
+    assert_error(bonsai_model_meta_get(m, "no.such.key", &v), BONSAI_ERR_NOT_FOUND, "no.such.key");
 
     /* tensors: tensor_i holds the value 100 + i everywhere */
     static const struct {
@@ -165,8 +173,7 @@ static void check_hyllama(bool use_mmap)
     }
     fclose(f);
     uint64_t idx;
-    assert_error(bonsai_model_tensor_find(m, "tensor_10", &idx), BONSAI_ERR_NOT_FOUND,
-                 "tensor_10");
+    assert_error(bonsai_model_tensor_find(m, "tensor_10", &idx), BONSAI_ERR_NOT_FOUND, "tensor_10");
     bonsai_tensor_info t = {.struct_size = sizeof t};
     assert_error(bonsai_model_tensor_at(m, 10, &t), BONSAI_ERR_OUT_OF_RANGE, "10");
     assert_int_equal(bonsai_model_n_params(m), 1344 + 420 + 80 + 147 + 2 + 8 + 3 + 192 + 9 + 320);
@@ -250,10 +257,10 @@ static void test_stories260k(void **state)
     assert_int_equal(bonsai_model_n_vocab(m), 512);
     assert_int_equal(bonsai_model_file_size(m), 1185376);
 
-    static const char *const per_layer[] = {"attn_q",   "attn_k",   "attn_v",  "attn_output",
-                                            "attn_norm", "ffn_gate", "ffn_down", "ffn_up",
-                                            "ffn_norm"};
-    static const uint64_t layer_shape[][2] = {{64, 64}, {64, 32},  {64, 32},  {64, 64}, {64, 1},
+    static const char *const per_layer[] = {"attn_q",      "attn_k",    "attn_v",
+                                            "attn_output", "attn_norm", "ffn_gate",
+                                            "ffn_down",    "ffn_up",    "ffn_norm"};
+    static const uint64_t layer_shape[][2] = {{64, 64},  {64, 32},  {64, 32},  {64, 64}, {64, 1},
                                               {64, 172}, {172, 64}, {64, 172}, {64, 1}};
     uint64_t total = 0;
     for (uint64_t i = 0; i < 48; i++) {
@@ -338,8 +345,8 @@ static void test_progress_reaches_one(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hyllama_mmap),   cmocka_unit_test(test_hyllama_read),
-        cmocka_unit_test(test_gpt2_vocab),     cmocka_unit_test(test_stories260k),
+        cmocka_unit_test(test_hyllama_mmap),         cmocka_unit_test(test_hyllama_read),
+        cmocka_unit_test(test_gpt2_vocab),           cmocka_unit_test(test_stories260k),
         cmocka_unit_test(test_progress_reaches_one),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -47,9 +47,15 @@ static bsi_gguf_writer *make_writer(uint32_t alignment)
     assert_int_equal(bsi_gguf_writer_add_string_array(w, "a.str", 3, sa), 0);
 
     bonsai_value inner[3] = {
-        {.type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_U32, .count = 2, .v.raw = (const uint8_t *)nest_a},
+        {.type = BONSAI_VALUE_ARRAY,
+         .elem_type = BONSAI_VALUE_U32,
+         .count = 2,
+         .v.raw = (const uint8_t *)nest_a},
         {.type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_U32, .count = 0, .v.raw = NULL},
-        {.type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_U32, .count = 1, .v.raw = (const uint8_t *)nest_c},
+        {.type = BONSAI_VALUE_ARRAY,
+         .elem_type = BONSAI_VALUE_U32,
+         .count = 1,
+         .v.raw = (const uint8_t *)nest_c},
     };
     bonsai_value outer = {
         .type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_ARRAY, .count = 3, .v.arrays = inner};
@@ -76,7 +82,8 @@ static void write_all(bsi_gguf_writer *w, bsi_buf *out)
         for (uint64_t j = 0; j < n; j++) data[j] = (uint8_t)(i * 31 + j);
         size_t half = (size_t)n / 3;
         assert_int_equal(bsi_gguf_writer_write_data(w, bsi_buf_sink, out, data, half), 0);
-        assert_int_equal(bsi_gguf_writer_write_data(w, bsi_buf_sink, out, data + half, n - half), 0);
+        assert_int_equal(bsi_gguf_writer_write_data(w, bsi_buf_sink, out, data + half, n - half),
+                         0);
         free(data);
     }
     assert_int_equal(bsi_gguf_writer_finish(w), 0);
@@ -130,14 +137,14 @@ static void check_read_back(const bsi_gguf *g, uint32_t alignment)
     assert_memory_equal(s, "a\0b", 4); /* NUL-terminated copy */
 
     float fa[3];
-    assert_int_equal(bonsai_value_array_copy(bsi_gguf_get(g, "a.f32"), BONSAI_VALUE_F32, 0, 3,
-                                             fa, sizeof fa),
-                     0);
+    assert_int_equal(
+        bonsai_value_array_copy(bsi_gguf_get(g, "a.f32"), BONSAI_VALUE_F32, 0, 3, fa, sizeof fa),
+        0);
     assert_true(fa[0] == 1.0f && fa[1] == -2.0f && fa[2] == 3.5f);
     bool ba[4];
-    assert_int_equal(bonsai_value_array_copy(bsi_gguf_get(g, "a.bool"), BONSAI_VALUE_BOOL, 0, 4,
-                                             ba, sizeof ba),
-                     0);
+    assert_int_equal(
+        bonsai_value_array_copy(bsi_gguf_get(g, "a.bool"), BONSAI_VALUE_BOOL, 0, 4, ba, sizeof ba),
+        0);
     assert_true(ba[0] && !ba[1] && ba[2] && ba[3]);
     bonsai_value_type et;
     uint64_t n;
@@ -172,8 +179,10 @@ static void check_read_back(const bsi_gguf *g, uint32_t alignment)
         const char *name;
         uint32_t type;
         uint64_t bytes;
-    } expect[] = {{"w.f32", BONSAI_TENSOR_F32, 24},   {"w.f16", BONSAI_TENSOR_F16, 10},
-                  {"w.q8", BONSAI_TENSOR_Q8_0, 204},  {"w.bf16", BONSAI_TENSOR_BF16, 32},
+    } expect[] = {{"w.f32", BONSAI_TENSOR_F32, 24},
+                  {"w.f16", BONSAI_TENSOR_F16, 10},
+                  {"w.q8", BONSAI_TENSOR_Q8_0, 204},
+                  {"w.bf16", BONSAI_TENSOR_BF16, 32},
                   {"w.q1", BONSAI_TENSOR_Q1_0, 108}};
     assert_int_equal(g->n_tensors, 5);
     for (uint64_t i = 0; i < 5; i++) {
@@ -310,8 +319,8 @@ static void test_writer_refuses(void **state)
     assert_error(bsi_gguf_writer_add_tensor(w, "q", BONSAI_TENSOR_F32, 1, empty),
                  BONSAI_ERR_INVALID_ARGUMENT, "empty dimension");
     assert_int_equal(bsi_gguf_writer_add_tensor(w, "q", BONSAI_TENSOR_Q1_0, 1, ok), 0);
-    assert_error(bsi_gguf_writer_add_tensor(w, "q", BONSAI_TENSOR_F32, 1, ok),
-                 BONSAI_ERR_DUPLICATE, "'q'");
+    assert_error(bsi_gguf_writer_add_tensor(w, "q", BONSAI_TENSOR_F32, 1, ok), BONSAI_ERR_DUPLICATE,
+                 "'q'");
     bsi_buf buf = {0};
     assert_error(bsi_gguf_writer_write_data(w, bsi_buf_sink, &buf, "x", 1),
                  BONSAI_ERR_INVALID_STATE, "before the header");
@@ -328,9 +337,9 @@ static void test_writer_refuses(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_v3),      cmocka_unit_test(test_round_trip_v2),
+        cmocka_unit_test(test_round_trip_v3),        cmocka_unit_test(test_round_trip_v2),
         cmocka_unit_test(test_round_trip_alignment), cmocka_unit_test(test_copy_is_identical),
-        cmocka_unit_test(test_file_and_public_api), cmocka_unit_test(test_writer_refuses),
+        cmocka_unit_test(test_file_and_public_api),  cmocka_unit_test(test_writer_refuses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,7 +10,6 @@
 
 #include <math.h>
 
-
 static uint8_t *random_q1(int64_t rows, int64_t cols)
 {
     size_t bytes = (size_t)rows * (size_t)(cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
@@ -81,7 +80,8 @@ static void check_shape(const bsi_q1_kernels *k, int64_t rows, int64_t cols, int
     float *ref = malloc((size_t)(n_tok * rows) * sizeof(float));
     float *y = malloc((size_t)(n_tok * rows) * sizeof(float));
     double *bound = malloc((size_t)rows * sizeof(double));
-    for (int64_t t = 0; t < n_tok; t++) bsi_q1_gemv_ref(w, x + t * cols, ref + t * rows, rows, cols);
+    for (int64_t t = 0; t < n_tok; t++)
+        bsi_q1_gemv_ref(w, x + t * cols, ref + t * rows, rows, cols);
 
     /* gemv over the whole matrix and over a sub-range starting at a later tile */
     for (int pass = 0; pass < 2; pass++) {
@@ -91,9 +91,9 @@ static void check_shape(const bsi_q1_kernels *k, int64_t rows, int64_t cols, int
         error_bounds(w, &a, x, 0, rows, cols, bound);
         for (int64_t r = 0; r < rows; r++) {
             if (r < r0) {
-                if (!isnan(y[r])) fail_msg("%s gemv %lldx%lld: row %lld outside the range written",
-                                           bsi_isa_name(k->isa), (long long)rows, (long long)cols,
-                                           (long long)r);
+                if (!isnan(y[r]))
+                    fail_msg("%s gemv %lldx%lld: row %lld outside the range written",
+                             bsi_isa_name(k->isa), (long long)rows, (long long)cols, (long long)r);
                 continue;
             }
             double tol = k->isa == BSI_ISA_SCALAR ? 1e-6 * (1 + fabs(ref[r])) : bound[r];
@@ -117,8 +117,8 @@ static void check_shape(const bsi_q1_kernels *k, int64_t rows, int64_t cols, int
                     assert_true(isnan(v));
                     continue;
                 }
-                double tol = k->isa == BSI_ISA_SCALAR ? 1e-6 * (1 + fabs(ref[t * rows + r]))
-                                                      : bound[r];
+                double tol =
+                    k->isa == BSI_ISA_SCALAR ? 1e-6 * (1 + fabs(ref[t * rows + r])) : bound[r];
                 if (!(fabs((double)v - ref[t * rows + r]) <= tol))
                     fail_msg("%s gemm %lldx%lld token %lld row %lld: %.7g vs %.7g",
                              bsi_isa_name(k->isa), (long long)rows, (long long)cols, (long long)t,
@@ -135,9 +135,8 @@ static void check_shape(const bsi_q1_kernels *k, int64_t rows, int64_t cols, int
         k->gemv(kw, &last, x + (n_tok - 1) * cols, g, 0, rows, cols);
         for (int64_t r = 0; r < rows; r++)
             if (memcmp(&g[r], &y[(n_tok - 1) * rows + r], sizeof(float)))
-                fail_msg("%s: gemm and gemv differ at row %lld: %.9g vs %.9g",
-                         bsi_isa_name(k->isa), (long long)r, (double)y[(n_tok - 1) * rows + r],
-                         (double)g[r]);
+                fail_msg("%s: gemm and gemv differ at row %lld: %.9g vs %.9g", bsi_isa_name(k->isa),
+                         (long long)r, (double)y[(n_tok - 1) * rows + r], (double)g[r]);
         free(g);
     }
     free(bound);
@@ -178,7 +177,8 @@ static void test_lm_head(void **state)
 {
     (void)state;
     for (int i = 1; i < BSI_ISA_COUNT; i++)
-        if (bsi_isa_available((bsi_isa)i)) check_shape(bsi_q1_kernels_for((bsi_isa)i), 151669, 2048, 1);
+        if (bsi_isa_available((bsi_isa)i))
+            check_shape(bsi_q1_kernels_for((bsi_isa)i), 151669, 2048, 1);
 }
 
 /* Activation quantization: scale = max|x| / 127, sum of q, all-zero block. */
@@ -187,7 +187,7 @@ static void test_quantize_activations(void **state)
     (void)state;
     float x[256];
     for (int i = 0; i < 256; i++) x[i] = (float)(i - 64) / 64.0f; /* block 0: -1 .. 0.98 */
-    for (int i = 128; i < 256; i++) x[i] = 0.0f;                 /* block 1: zeros */
+    for (int i = 128; i < 256; i++) x[i] = 0.0f;                  /* block 1: zeros */
     unsigned char buf[1024];
     bsi_q8_act a;
     assert_true(bsi_q8_act_bytes(256, 1, 0) <= sizeof buf);

@@ -97,7 +97,8 @@ static void write_model(const char *path, bool with_narrow)
     assert_int_equal(bsi_gguf_writer_add_tensor(w, "n.weight", BONSAI_TENSOR_F32, 1, norm), 0);
     assert_int_equal(bsi_gguf_writer_add_tensor(w, "h.weight", BONSAI_TENSOR_F16, 2, f16m), 0);
     if (with_narrow)
-        assert_int_equal(bsi_gguf_writer_add_tensor(w, "x.weight", BONSAI_TENSOR_F32, 2, narrow), 0);
+        assert_int_equal(bsi_gguf_writer_add_tensor(w, "x.weight", BONSAI_TENSOR_F32, 2, narrow),
+                         0);
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
     assert_int_equal(bsi_gguf_writer_write_header(w, bsi_file_sink, f), 0);
@@ -110,7 +111,8 @@ static void write_model(const char *path, bool with_narrow)
     assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, m, sizeof m), 0);
     assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, n, sizeof n), 0);
     assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, h, sizeof h), 0);
-    if (with_narrow) assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, x, sizeof x), 0);
+    if (with_narrow)
+        assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, x, sizeof x), 0);
     assert_int_equal(bsi_gguf_writer_finish(w), 0);
     bsi_gguf_writer_free(w);
     assert_int_equal(fclose(f), 0);

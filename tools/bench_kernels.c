@@ -65,7 +65,7 @@ static void bw_range_portable(void *ctx, int64_t begin, int64_t end, int thread)
 #include <immintrin.h>
 /* 32-byte loads, four streams: the fastest plain read this CPU can do. */
 __attribute__((target("avx2"))) static void bw_range_avx2(void *ctx, int64_t begin, int64_t end,
-                                                           int thread)
+                                                          int thread)
 {
     bw_task *t = ctx;
     __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
@@ -277,12 +277,12 @@ int cmd_bench_kernels(int argc, char **argv)
                     printf("{\"kernel\":\"q1_0_gemv\",\"isa\":\"%s\",\"rows\":%" PRId64
                            ",\"cols\":%" PRId64 ",\"threads\":%d,\"seconds\":%.9f,"
                            "\"gbps\":%.3f,\"bw_gbps\":%.2f,\"bw_fraction\":%.4f}\n",
-                           bsi_isa_name((bsi_isa)isa), s->rows, s->cols, thread_counts[k], t,
-                           gbps, bw[k], gbps / bw[k]);
+                           bsi_isa_name((bsi_isa)isa), s->rows, s->cols, thread_counts[k], t, gbps,
+                           bw[k], gbps / bw[k]);
                 else
                     printf("%-7s %-26s %7" PRId64 " %7" PRId64 " %3d %8.1f us %8.2f %6.1f%%\n",
-                           bsi_isa_name((bsi_isa)isa), s->what, s->rows, s->cols,
-                           thread_counts[k], t * 1e6, gbps, 100 * gbps / bw[k]);
+                           bsi_isa_name((bsi_isa)isa), s->what, s->rows, s->cols, thread_counts[k],
+                           t * 1e6, gbps, 100 * gbps / bw[k]);
                 /* prompt processing: 512 tokens in one call (skipped for the scalar reference on
                  * large shapes, which would take minutes) */
                 if (!(slow && s->rows * s->cols > 2048 * 6144)) {

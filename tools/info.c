@@ -5,18 +5,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SHOW_STRING 80  /* bytes of a string shown */
-#define SHOW_HEAD 5     /* long arrays: first elements shown */
-#define SHOW_TAIL 2     /* ... and last */
-#define SHOW_ALL 8      /* arrays up to this many elements are shown whole */
+#define SHOW_STRING 80 /* bytes of a string shown */
+#define SHOW_HEAD   5  /* long arrays: first elements shown */
+#define SHOW_TAIL   2  /* ... and last */
+#define SHOW_ALL    8  /* arrays up to this many elements are shown whole */
 
 static void print_value(const bonsai_value *v);
 
 static void print_scalar_element(const bonsai_value *arr, bonsai_value_type t, uint64_t i)
 {
     union {
-        uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32;
-        uint64_t u64; int64_t i64; float f32; double f64; bool b;
+        uint8_t u8;
+        int8_t i8;
+        uint16_t u16;
+        int16_t i16;
+        uint32_t u32;
+        int32_t i32;
+        uint64_t u64;
+        int64_t i64;
+        float f32;
+        double f64;
+        bool b;
     } x;
     if (bonsai_value_array_copy(arr, t, i, 1, &x, sizeof x)) {
         fputs("?", stdout);
@@ -125,8 +134,8 @@ static void print_summary(const char *path, const bonsai_model *m)
     printf("size:          %" PRIu64 " bytes (", bonsai_model_file_size(m));
     print_size(bonsai_model_file_size(m));
     printf(")\ngguf version:  %u\n", bonsai_model_gguf_version(m));
-    printf("architecture:  %s\n", bonsai_model_architecture(m)[0] ? bonsai_model_architecture(m)
-                                                                    : "(none)");
+    printf("architecture:  %s\n",
+           bonsai_model_architecture(m)[0] ? bonsai_model_architecture(m) : "(none)");
     printf("name:          %s\n", bonsai_model_name(m)[0] ? bonsai_model_name(m) : "(none)");
     printf("parameters:    %" PRIu64 "\n", bonsai_model_n_params(m));
     printf("vocabulary:    %u tokens\n", bonsai_model_n_vocab(m));
@@ -183,12 +192,13 @@ static void print_tensors(const bonsai_model *m)
 
 static void info_usage(FILE *f)
 {
-    fprintf(f, "usage: bonsai info [--no-metadata] [--no-tensors] MODEL.gguf\n"
-               "\n"
-               "Validate a GGUF file and print a summary (architecture, parameter count, vocabulary,\n"
-               "hyper-parameters), every metadata key with its type and value (long arrays and\n"
-               "strings are shortened) and a table of tensors with type, dimensions and sizes.\n"
-               "Exits with status 1 and the library's error message when the file is invalid.\n");
+    fprintf(f,
+            "usage: bonsai info [--no-metadata] [--no-tensors] MODEL.gguf\n"
+            "\n"
+            "Validate a GGUF file and print a summary (architecture, parameter count, vocabulary,\n"
+            "hyper-parameters), every metadata key with its type and value (long arrays and\n"
+            "strings are shortened) and a table of tensors with type, dimensions and sizes.\n"
+            "Exits with status 1 and the library's error message when the file is invalid.\n");
 }
 
 int cmd_info(int argc, char **argv)

@@ -29,8 +29,7 @@ static int usage(FILE *f)
 
 int cli_error(const char *cmd, bonsai_status status)
 {
-    fprintf(stderr, "bonsai %s: %s (%s)\n", cmd, bonsai_last_error(),
-            bonsai_status_string(status));
+    fprintf(stderr, "bonsai %s: %s (%s)\n", cmd, bonsai_last_error(), bonsai_status_string(status));
     return 1;
 }
 

@@ -25,7 +25,7 @@ typedef struct cpu_backend {
     bsi_isa isa;
     const bsi_q1_kernels *q1;
     const bsi_cpu_ops *ops;
-    void *act;        /* quantized activations, grown on demand */
+    void *act; /* quantized activations, grown on demand */
     size_t act_bytes;
     /* RoPE angles of the last position rotated: q and k of a layer, and every layer of a decode
      * step, share one position */
@@ -38,10 +38,10 @@ typedef struct cpu_backend {
 struct bsi_weight {
     uint32_t type;
     int64_t rows, cols;
-    const uint8_t *src;   /* the file layout */
-    const uint8_t *data;  /* what the kernels read: src, or the packed copy */
-    void *packed;         /* owned packed copy, or NULL */
-    size_t row_bytes;     /* of the file layout */
+    const uint8_t *src;  /* the file layout */
+    const uint8_t *data; /* what the kernels read: src, or the packed copy */
+    void *packed;        /* owned packed copy, or NULL */
+    size_t row_bytes;    /* of the file layout */
 };
 
 static cpu_backend *cpu(bsi_backend *be)
@@ -257,8 +257,7 @@ static void dense_range(void *ctx, int64_t begin, int64_t end, int thread)
         : t->w->type == BONSAI_TENSOR_BF16 ? ops->gemv_bf16
                                            : ops->gemv_q8_0;
     for (int64_t tok = 0; tok < t->n_tok; tok++)
-        gemv(t->w->data, t->x + tok * t->w->cols, t->y + tok * t->w->rows, begin, end,
-             t->w->cols);
+        gemv(t->w->data, t->x + tok * t->w->cols, t->y + tok * t->w->rows, begin, end, t->w->cols);
 }
 
 static bonsai_status cpu_matmul(bsi_backend *be, const bsi_weight *w, const float *x, float *y,

@@ -105,9 +105,8 @@ static inline __m256 half8_to_ps(int bf16, __m128i v)
 }
 
 /* F16 and BF16 rows: one loop, the conversion chosen by a constant the compiler folds. */
-static inline __attribute__((always_inline)) void gemv_half(const void *w, const float *x, float *y,
-                                                            int64_t r0, int64_t r1, int64_t cols,
-                                                            int bf16)
+static inline __attribute__((always_inline)) void
+gemv_half(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols, int bf16)
 {
     const uint8_t *m = w;
     int64_t c32 = cols & ~(int64_t)31, c8 = cols & ~(int64_t)7;
@@ -136,14 +135,12 @@ static inline __attribute__((always_inline)) void gemv_half(const void *w, const
     }
 }
 
-
 static void gemv_f16(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols)
 {
     gemv_half(w, x, y, r0, r1, cols, 0);
 }
 
-static void gemv_bf16(const void *w, const float *x, float *y, int64_t r0, int64_t r1,
-                      int64_t cols)
+static void gemv_bf16(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols)
 {
     gemv_half(w, x, y, r0, r1, cols, 1);
 }
@@ -155,8 +152,7 @@ static inline __m256 q8x8_to_ps(const uint8_t *p)
 }
 
 /* Q8_0: each block's weights dequantized exactly (d * q fits fp32), then fused into the sums. */
-static void gemv_q8_0(const void *w, const float *x, float *y, int64_t r0, int64_t r1,
-                      int64_t cols)
+static void gemv_q8_0(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols)
 {
     const uint8_t *m = w;
     int64_t nb = cols / 32;
@@ -260,9 +256,9 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n)
         _mm256_storeu_ps(y + i, silu_mul8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
     if (i < n) {
         __m256i mask = tail_mask(n - i);
-        _mm256_maskstore_ps(y + i, mask,
-                            silu_mul8(_mm256_maskload_ps(g + i, mask),
-                                      _mm256_maskload_ps(u + i, mask)));
+        _mm256_maskstore_ps(
+            y + i, mask,
+            silu_mul8(_mm256_maskload_ps(g + i, mask), _mm256_maskload_ps(u + i, mask)));
     }
 }
 

@@ -45,8 +45,7 @@ static void gemv_f16(const void *w, const float *x, float *y, int64_t r0, int64_
     }
 }
 
-static void gemv_bf16(const void *w, const float *x, float *y, int64_t r0, int64_t r1,
-                      int64_t cols)
+static void gemv_bf16(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols)
 {
     const uint8_t *m = w;
     for (int64_t r = r0; r < r1; r++) {
@@ -58,8 +57,7 @@ static void gemv_bf16(const void *w, const float *x, float *y, int64_t r0, int64
 }
 
 /* Q8_0: blocks of 32 = fp16 d, then 32 int8 q; w = d * q (exact in fp32). */
-static void gemv_q8_0(const void *w, const float *x, float *y, int64_t r0, int64_t r1,
-                      int64_t cols)
+static void gemv_q8_0(const void *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t cols)
 {
     const uint8_t *m = w;
     int64_t nb = cols / 32;
@@ -133,10 +131,10 @@ void bsi_rope_table(float *cs, int64_t pos, int64_t n_rot, float freq_base, floa
     int yarn = yarn_factor > 1.0f;
     double lo = 0, hi = 0, m = 1;
     if (yarn) {
-        double corr_fast = (double)n_rot * log((double)yarn_orig_ctx / (beta_fast * 2 * pi)) /
-                           (2 * ln_base);
-        double corr_slow = (double)n_rot * log((double)yarn_orig_ctx / (beta_slow * 2 * pi)) /
-                           (2 * ln_base);
+        double corr_fast =
+            (double)n_rot * log((double)yarn_orig_ctx / (beta_fast * 2 * pi)) / (2 * ln_base);
+        double corr_slow =
+            (double)n_rot * log((double)yarn_orig_ctx / (beta_slow * 2 * pi)) / (2 * ln_base);
         lo = fmax(0.0, floor(corr_fast));
         hi = fmin((double)(n_rot - 1), ceil(corr_slow));
         m = 1.0 + 0.1 * log((double)yarn_factor);

@@ -18,15 +18,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BSI_QK 128          /* weights per Q1_0 block */
+#define BSI_QK             128 /* weights per Q1_0 block */
 #define BSI_Q1_BLOCK_BYTES 18
 
 /* Quantized activations of n_tok tokens of `cols` values: row t of q starts at t * cols. */
 typedef struct bsi_q8_act {
-    int8_t *q;     /* [n_tok][cols] */
-    float *d;      /* [n_tok][cols / 128] */
-    int32_t *sum;  /* [n_tok][cols / 128] */
-    uint8_t *lut;  /* [n_tok][lut_bytes] tables a variant derives from q (prepare()), or NULL */
+    int8_t *q;        /* [n_tok][cols] */
+    float *d;         /* [n_tok][cols / 128] */
+    int32_t *sum;     /* [n_tok][cols / 128] */
+    uint8_t *lut;     /* [n_tok][lut_bytes] tables a variant derives from q (prepare()), or NULL */
     size_t lut_bytes; /* per token */
     int64_t cols, n_tok;
 } bsi_q8_act;
@@ -63,8 +63,7 @@ typedef struct bsi_q1_kernels {
 /* Size of the packed layout: rows rounded up to the tile, same bytes per block as the file. */
 size_t bsi_q1_packed_bytes(const bsi_q1_kernels *k, int64_t rows, int64_t cols);
 /* Quantizes tokens [t0, t1) of x into a and builds k's tables for them (when it has any). */
-void bsi_q1_prepare(const bsi_q1_kernels *k, bsi_q8_act *a, const float *x, int64_t t0,
-                    int64_t t1);
+void bsi_q1_prepare(const bsi_q1_kernels *k, bsi_q8_act *a, const float *x, int64_t t0, int64_t t1);
 /* lut_bytes of k for cols (0 when k has no tables). */
 size_t bsi_q1_lut_bytes(const bsi_q1_kernels *k, int64_t cols);
 

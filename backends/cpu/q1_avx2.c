@@ -24,9 +24,9 @@
 #include <immintrin.h>
 #include <string.h>
 
-#define TILE 32
+#define TILE             32
 #define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 576 */
-#define LUT_BLOCK_BYTES 1024
+#define LUT_BLOCK_BYTES  1024
 
 static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
 {
@@ -60,8 +60,8 @@ static inline void build_block_tables(const int8_t *q, uint8_t *out)
     const __m256i m2 = _mm256_setr_epi16(0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, -1, -1, -1, -1);
     const __m256i m3 = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
     /* per 128-bit lane: low bytes of the 8 int16 entries, then their high bytes */
-    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0,
+                                           2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (int g = 0; g < 32; g++) {
         const int8_t *v = q + 4 * g;
         __m256i t = _mm256_and_si256(_mm256_set1_epi16(v[0]), m0);
@@ -85,8 +85,7 @@ static void prepare(bsi_q8_act *x, int64_t t0, int64_t t1)
 
 /* S1 (sum of q over set bits) of the 32 rows of one tile-block, as int16:
  * *lo = rows 0-7 | 16-23, *hi = rows 8-15 | 24-31. */
-static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m256i *lo,
-                                   __m256i *hi)
+static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m256i *lo, __m256i *hi)
 {
     const __m256i nib = _mm256_set1_epi8(0x0F);
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
@@ -114,8 +113,8 @@ static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m25
 }
 
 /* acc[k] (rows 8k .. 8k+7) += dw * dx * (2 * S1 - sum_q). */
-static inline void tile_block_accumulate(__m256 acc[4], const uint8_t *blk, __m256i lo,
-                                         __m256i hi, float dx, int32_t sum_q)
+static inline void tile_block_accumulate(__m256 acc[4], const uint8_t *blk, __m256i lo, __m256i hi,
+                                         float dx, int32_t sum_q)
 {
     const __m256i sq = _mm256_set1_epi32(sum_q);
     const __m256 vdx = _mm256_set1_ps(dx);
@@ -193,10 +192,9 @@ static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
                 for (int t = 0; t < n_tok; t++) {
                     int64_t tok = tc + t;
                     __m256i lo, hi;
-                    tile_block_sums(blk,
-                                    x->lut + (size_t)tok * x->lut_bytes +
-                                        (size_t)b * LUT_BLOCK_BYTES,
-                                    &lo, &hi);
+                    tile_block_sums(
+                        blk, x->lut + (size_t)tok * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES, &lo,
+                        &hi);
                     tile_block_accumulate(acc[t], blk, lo, hi, x->d[tok * nb + b],
                                           x->sum[tok * nb + b]);
                 }

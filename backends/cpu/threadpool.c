@@ -21,7 +21,7 @@
 /* A waiting thread spins (a decode step issues hundreds of short loops), then yields its core
  * (needed when there are more threads than cores: a spinning thread would hold the core that the
  * thread it waits for needs), then sleeps. */
-#define SPIN_ITERATIONS 2000
+#define SPIN_ITERATIONS  2000
 #define YIELD_ITERATIONS 200
 
 struct bsi_pool {
@@ -31,8 +31,8 @@ struct bsi_pool {
     bsi_task_fn fn;
     void *ctx;
     int64_t n, grain;
-    _Atomic int64_t next;    /* next index to hand out */
-    _Atomic int pending;     /* workers still in the current loop */
+    _Atomic int64_t next;        /* next index to hand out */
+    _Atomic int pending;         /* workers still in the current loop */
     _Atomic uint64_t generation; /* bumped for each loop; workers wait for a change */
     _Atomic int stop;
     _Atomic int sleepers;

@@ -59,23 +59,23 @@ BONSAI_API uint32_t bonsai_abi_version(void);
 
 typedef enum bonsai_status {
     BONSAI_OK = 0,
-    BONSAI_ERR_INVALID_ARGUMENT = -1,     /**< NULL where a pointer is required, bad struct_size... */
-    BONSAI_ERR_NO_MEMORY = -2,            /**< an allocation failed */
-    BONSAI_ERR_IO = -3,                   /**< the file could not be opened, mapped or read */
-    BONSAI_ERR_BAD_MAGIC = -4,            /**< not a GGUF file */
-    BONSAI_ERR_UNSUPPORTED_VERSION = -5,  /**< GGUF version other than 2 or 3 */
-    BONSAI_ERR_TRUNCATED = -6,            /**< the file ends before the data it declares */
-    BONSAI_ERR_CORRUPT = -7,              /**< inconsistent structure: counts, sizes, offsets... */
-    BONSAI_ERR_UNSUPPORTED_TYPE = -8,     /**< a tensor type this library cannot compute with */
-    BONSAI_ERR_DUPLICATE = -9,            /**< a metadata key or tensor name appears twice */
-    BONSAI_ERR_NOT_FOUND = -10,           /**< no metadata key / tensor of that name */
-    BONSAI_ERR_TYPE_MISMATCH = -11,       /**< a typed getter was used on a value of another type */
-    BONSAI_ERR_OUT_OF_RANGE = -12,        /**< an index or value outside its valid range */
-    BONSAI_ERR_ABORTED = -13,             /**< a progress/abort callback asked to stop */
-    BONSAI_ERR_UNSUPPORTED = -14,         /**< a feature, architecture or backend not available */
-    BONSAI_ERR_CONTEXT_FULL = -15,        /**< the session's context has no room left */
-    BONSAI_ERR_BACKEND = -16,             /**< a compute backend (e.g. the GPU) reported an error */
-    BONSAI_ERR_INVALID_STATE = -17,       /**< the object is not in a state that allows the call */
+    BONSAI_ERR_INVALID_ARGUMENT = -1, /**< NULL where a pointer is required, bad struct_size... */
+    BONSAI_ERR_NO_MEMORY = -2,        /**< an allocation failed */
+    BONSAI_ERR_IO = -3,               /**< the file could not be opened, mapped or read */
+    BONSAI_ERR_BAD_MAGIC = -4,        /**< not a GGUF file */
+    BONSAI_ERR_UNSUPPORTED_VERSION = -5, /**< GGUF version other than 2 or 3 */
+    BONSAI_ERR_TRUNCATED = -6,           /**< the file ends before the data it declares */
+    BONSAI_ERR_CORRUPT = -7,             /**< inconsistent structure: counts, sizes, offsets... */
+    BONSAI_ERR_UNSUPPORTED_TYPE = -8,    /**< a tensor type this library cannot compute with */
+    BONSAI_ERR_DUPLICATE = -9,           /**< a metadata key or tensor name appears twice */
+    BONSAI_ERR_NOT_FOUND = -10,          /**< no metadata key / tensor of that name */
+    BONSAI_ERR_TYPE_MISMATCH = -11,      /**< a typed getter was used on a value of another type */
+    BONSAI_ERR_OUT_OF_RANGE = -12,       /**< an index or value outside its valid range */
+    BONSAI_ERR_ABORTED = -13,            /**< a progress/abort callback asked to stop */
+    BONSAI_ERR_UNSUPPORTED = -14,        /**< a feature, architecture or backend not available */
+    BONSAI_ERR_CONTEXT_FULL = -15,       /**< the session's context has no room left */
+    BONSAI_ERR_BACKEND = -16,            /**< a compute backend (e.g. the GPU) reported an error */
+    BONSAI_ERR_INVALID_STATE = -17,      /**< the object is not in a state that allows the call */
 } bonsai_status;
 
 /** A short constant English description of a status ("corrupt file", ...). Never NULL. */
@@ -154,9 +154,9 @@ typedef struct bonsai_model bonsai_model;
 typedef bool (*bonsai_progress_fn)(float progress, void *user_data);
 
 typedef struct bonsai_model_params {
-    uint32_t struct_size;          /**< sizeof(bonsai_model_params); set by the init function */
-    bool use_mmap;                 /**< map the file (default true); false reads it into memory */
-    bonsai_progress_fn progress;   /**< optional */
+    uint32_t struct_size;        /**< sizeof(bonsai_model_params); set by the init function */
+    bool use_mmap;               /**< map the file (default true); false reads it into memory */
+    bonsai_progress_fn progress; /**< optional */
     void *progress_user_data;
 } bonsai_model_params;
 
