@@ -14,7 +14,7 @@ static unsigned long long xgetbv0(void)
 }
 
 typedef struct x86_features {
-    bool avx2, fma, f16c, avx512, vnni;
+    bool avx2, fma, f16c, avx512;
 } x86_features;
 
 static x86_features detect(void)
@@ -27,14 +27,14 @@ static x86_features detect(void)
     f.f16c = c & (1u << 29);
     if (!osxsave || !avx) return f;
     unsigned long long xcr0 = xgetbv0();
-    bool ymm_os = (xcr0 & 0x6) == 0x6;           /* SSE and AVX state */
-    bool zmm_os = (xcr0 & 0xe6) == 0xe6;         /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    bool ymm_os = (xcr0 & 0x6) == 0x6;   /* SSE and AVX state */
+    bool zmm_os = (xcr0 & 0xe6) == 0xe6; /* + opmask, ZMM_Hi256, Hi16_ZMM */
     if (__get_cpuid_max(0, NULL) < 7) return f;
     __cpuid_count(7, 0, a, b, c, d);
     f.avx2 = ymm_os && (b & (1u << 5)) && f.fma && f.f16c;
     bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
-    f.avx512 = f.avx2 && zmm_os && avx512f && avx512bw && avx512vl;
-    f.vnni = f.avx512 && (c & (1u << 11));
+    bool vnni = c & (1u << 11);
+    f.avx512 = f.avx2 && zmm_os && avx512f && avx512bw && avx512vl && vnni;
     return f;
 }
 #endif
@@ -67,15 +67,6 @@ bool bsi_isa_available(bsi_isa isa)
 #endif
     default: return false;
     }
-}
-
-bool bsi_cpu_has_avx512_vnni(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    return detect().vnni;
-#else
-    return false;
-#endif
 }
 
 bsi_isa bsi_isa_select(bool *forced_ok)

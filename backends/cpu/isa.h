@@ -7,7 +7,7 @@
 typedef enum bsi_isa {
     BSI_ISA_SCALAR = 0,
     BSI_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    BSI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL (+ VNNI when present) */
+    BSI_ISA_AVX512 = 2, /* AVX-512 F/BW/VL + VNNI */
     BSI_ISA_NEON = 3,   /* AArch64 Advanced SIMD */
     BSI_ISA_COUNT
 } bsi_isa;
@@ -20,7 +20,5 @@ bool bsi_isa_available(bsi_isa isa);
 /* The best available ISA, or the one BONSAI_CPU_ISA names when it is available (an unavailable or
  * unknown name falls back to the best, and `*forced_ok` says whether the request was honoured). */
 bsi_isa bsi_isa_select(bool *forced_ok);
-/* CPU features that refine a variant (AVX-512 VNNI). */
-bool bsi_cpu_has_avx512_vnni(void);
 
 #endif

@@ -22,10 +22,12 @@
 #include "q1.h"
 
 #include <immintrin.h>
+#include <stdbool.h>
 #include <string.h>
 
 #define TILE             32
 #define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 576 */
+#define PREFETCH         (8 * TILE_BLOCK_BYTES)      /* bytes ahead of the tile-block being read */
 #define LUT_BLOCK_BYTES  1024
 
 static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
@@ -112,6 +114,44 @@ static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m25
     *hi = _mm256_add_epi16(a1, b1);
 }
 
+/* The same for two tiles at once: each table is loaded once for 64 rows, which halves the table
+ * traffic (tables of wide matrices do not fit L1: 8 bytes per activation). */
+static inline void tile2_block_sums(const uint8_t *blk0, const uint8_t *blk1, const uint8_t *lut,
+                                    __m256i s[4])
+{
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, c0 = a0, c1 = a0;
+    for (int p = 0; p < 16; p++) {
+        const uint8_t *t = lut + 64 * p;
+        __m256i tla = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t));
+        __m256i tha = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16)));
+        __m256i tlb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32)));
+        __m256i thb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48)));
+        __m256i idx = _mm256_load_si256((const __m256i *)(blk0 + 32 * p));
+        __m256i ia = _mm256_and_si256(idx, nib);
+        __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
+        __m256i la = _mm256_shuffle_epi8(tla, ia), ha = _mm256_shuffle_epi8(tha, ia);
+        __m256i lb = _mm256_shuffle_epi8(tlb, ib), hb = _mm256_shuffle_epi8(thb, ib);
+        a0 = _mm256_add_epi16(
+            a0, _mm256_add_epi16(_mm256_unpacklo_epi8(la, ha), _mm256_unpacklo_epi8(lb, hb)));
+        a1 = _mm256_add_epi16(
+            a1, _mm256_add_epi16(_mm256_unpackhi_epi8(la, ha), _mm256_unpackhi_epi8(lb, hb)));
+        idx = _mm256_load_si256((const __m256i *)(blk1 + 32 * p));
+        ia = _mm256_and_si256(idx, nib);
+        ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
+        la = _mm256_shuffle_epi8(tla, ia), ha = _mm256_shuffle_epi8(tha, ia);
+        lb = _mm256_shuffle_epi8(tlb, ib), hb = _mm256_shuffle_epi8(thb, ib);
+        c0 = _mm256_add_epi16(
+            c0, _mm256_add_epi16(_mm256_unpacklo_epi8(la, ha), _mm256_unpacklo_epi8(lb, hb)));
+        c1 = _mm256_add_epi16(
+            c1, _mm256_add_epi16(_mm256_unpackhi_epi8(la, ha), _mm256_unpackhi_epi8(lb, hb)));
+    }
+    s[0] = a0;
+    s[1] = a1;
+    s[2] = c0;
+    s[3] = c1;
+}
+
 /* acc[k] (rows 8k .. 8k+7) += dw * dx * (2 * S1 - sum_q). */
 static inline void tile_block_accumulate(__m256 acc[4], const uint8_t *blk, __m256i lo, __m256i hi,
                                          float dx, int32_t sum_q)
@@ -150,12 +190,36 @@ static void tile_rows(const uint8_t *w, const bsi_q8_act *x, int64_t tok, float 
     const uint8_t *lut = x->lut + (size_t)tok * x->lut_bytes;
     const float *d = x->d + tok * nb;
     const int32_t *sum = x->sum + tok * nb;
-    for (int64_t r = r0; r < r1; r += TILE) {
-        const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
+    size_t tile_bytes = (size_t)nb * TILE_BLOCK_BYTES;
+    int64_t r = r0;
+    /* pairs of tiles only when the tables outgrow L1: the pair loop needs more registers */
+    bool pairs = x->lut_bytes > 24 * 1024;
+    for (; pairs && r + 2 * TILE <= r1; r += 2 * TILE) {
+        const uint8_t *tile = w + (size_t)(r / TILE) * tile_bytes;
+        __m256 acc0[4], acc1[4];
+        for (int k = 0; k < 4; k++) acc0[k] = acc1[k] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk0 = tile + (size_t)b * TILE_BLOCK_BYTES, *blk1 = blk0 + tile_bytes;
+            for (int k = 0; k < TILE_BLOCK_BYTES; k += 64) {
+                _mm_prefetch((const char *)blk0 + PREFETCH + k, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk1 + PREFETCH + k, _MM_HINT_T0);
+            }
+            __m256i s[4];
+            tile2_block_sums(blk0, blk1, lut + (size_t)b * LUT_BLOCK_BYTES, s);
+            tile_block_accumulate(acc0, blk0, s[0], s[1], d[b], sum[b]);
+            tile_block_accumulate(acc1, blk1, s[2], s[3], d[b], sum[b]);
+        }
+        store_tile(y + (r - r0), acc0, TILE);
+        store_tile(y + (r - r0) + TILE, acc1, r1 - r - TILE < TILE ? (int)(r1 - r - TILE) : TILE);
+    }
+    for (; r < r1; r += TILE) {
+        const uint8_t *tile = w + (size_t)(r / TILE) * tile_bytes;
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                          _mm256_setzero_ps()};
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
+            for (int k = 0; k < TILE_BLOCK_BYTES; k += 64)
+                _mm_prefetch((const char *)blk + PREFETCH + k, _MM_HINT_T0);
             __m256i lo, hi;
             tile_block_sums(blk, lut + (size_t)b * LUT_BLOCK_BYTES, &lo, &hi);
             tile_block_accumulate(acc, blk, lo, hi, d[b], sum[b]);

@@ -1,0 +1,221 @@
+/*
+ * Q1_0 kernels for AVX-512 F/BW/VL + VNNI (compiled with -mavx512f -mavx512bw -mavx512vl
+ * -mavx512vnni -mfma -mf16c; isa.c offers this variant only when the CPU has all of them).
+ *
+ * Packed layout (pack(), row_tile 16): rows in tiles of 16; per (tile, block) 288 bytes, the same
+ * bytes as the 16 rows' 18-byte blocks:
+ *   bytes 8 g .. 8 g + 7   (g = 0..31): a little-endian 64-bit word whose bit 4 i + j is the sign
+ *                          bit of row i (0..15) for weight 4 g + j (j = 0..3) of the block;
+ *   bytes 256 + 2 i        the fp16 scale of row i (0 for the padding rows of the last tile).
+ *
+ * Kernel: the 64-bit word of group g is an opmask over the 64 bytes of a zmm, in which byte 4 i + j
+ * belongs to dword lane i. vmovdqu8{z} of a vector of ones expands it to 0/1 bytes, and vpdpbusd
+ * against the 4 int8 activations q[4g .. 4g+3] broadcast to every lane adds to lane i the sum of
+ * those activations whose weight bit is set in row i. Lanes are rows, so there is no horizontal
+ * sum: per 64 weight-MACs one mask load, one vmovdqu8 and one vpdpbusd (its broadcast operand
+ * comes from memory). After the 32 groups of a block lane i holds S1 = sum_{b=1} q, exact in int32
+ * (|S1| <= 128 * 127), and one fma per 16 rows adds (dw * dx) * (float)(2 S1 - Sq), Sq being the
+ * block sum of the activations (bsi_q8_act), with dw the 16 rows' scales (one vcvtph2ps).
+ * gemv keeps four integer accumulators per block to hide the vpdpbusd latency.
+ * gemm: a group's expanded 0/1 vector serves up to 8 tokens (one vpdpbusd per 64 MACs per token,
+ * 8 independent chains); tiles outer, tokens inner, so a tile stays in cache while tokens pass.
+ * For every output the float operations are the same in gemv and gemm (bit-identical results).
+ *
+ * Under BSI_SIMDE (tests/emulated) the same code compiles against SIMDe's portable AVX-512.
+ */
+#include "q1.h"
+#include "simd.h"
+
+#include <string.h>
+
+#define TILE             16
+#define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 288 */
+#define SCALES           256                         /* offset of the scales in a tile-block */
+#define NT_MAX           8                           /* tokens per gemm pass */
+
+static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
+{
+    int64_t nb = cols / BSI_QK, tiles = (rows + TILE - 1) / TILE;
+    size_t row_bytes = (size_t)nb * BSI_Q1_BLOCK_BYTES;
+    for (int64_t t = 0; t < tiles; t++) {
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *out = dst + ((size_t)t * (size_t)nb + (size_t)b) * TILE_BLOCK_BYTES;
+            uint64_t m[32] = {0};
+            uint8_t sc[2 * TILE] = {0}; /* padding rows: scale 0, no bits */
+            for (int i = 0; i < TILE && t * TILE + i < rows; i++) {
+                const uint8_t *blk =
+                    src + (size_t)(t * TILE + i) * row_bytes + (size_t)b * BSI_Q1_BLOCK_BYTES;
+                sc[2 * i] = blk[0];
+                sc[2 * i + 1] = blk[1];
+                for (int g = 0; g < 32; g++) {
+                    uint64_t nib = (blk[2 + (g >> 1)] >> (4 * (g & 1))) & 0xF;
+                    m[g] |= nib << (4 * i);
+                }
+            }
+            /* explicit little-endian bytes; the kernels read them back the same way */
+            for (int g = 0; g < 32; g++)
+                for (int k = 0; k < 8; k++) out[8 * g + k] = (uint8_t)(m[g] >> (8 * k));
+            memcpy(out + SCALES, sc, sizeof sc);
+        }
+    }
+}
+
+#if defined(BSI_SIMDE)
+typedef simde__mmask64 mask64; /* SIMDe 0.7 aliases __mmask64 only on AVX-512 hosts */
+#else
+typedef __mmask64 mask64;
+#endif
+
+static inline mask64 load_mask(const uint8_t *p)
+{
+    uint64_t m;
+    memcpy(&m, p, 8); /* x86 is little-endian: bit k of the word = bit k % 8 of byte k / 8 */
+    return (mask64)m;
+}
+
+/* The 4 activations q[0..3] in every dword lane. */
+static inline __m512i bcast4(const int8_t *q)
+{
+    int32_t v;
+    memcpy(&v, q, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* The 16 fp16 scales of a tile-block as fp32. */
+static inline __m512 load_scales(const uint8_t *p)
+{
+#if defined(BSI_SIMDE)
+    /* SIMDe 0.7 has no _mm512_cvtph_ps: two halves */
+    __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+#else
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#endif
+}
+
+/* int32 -> fp32 (SIMDe 0.7 lacks _mm512_cvtepi32_ps: two halves there). */
+static inline __m512 cvt_ps(__m512i v)
+{
+#if defined(BSI_SIMDE)
+    __m256 lo = _mm256_cvtepi32_ps(_mm512_castsi512_si256(v));
+    __m256 hi = _mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(v, 1));
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+#else
+    return _mm512_cvtepi32_ps(v);
+#endif
+}
+
+/* acc (lane i = row i) += (dw_i * dx) * (float)(2 S1_i - Sq). */
+static inline __m512 block_update(__m512 acc, __m512i s1, const uint8_t *blk, float dx, int32_t sq)
+{
+    __m512i v = _mm512_sub_epi32(_mm512_add_epi32(s1, s1), _mm512_set1_epi32(sq));
+    __m512 scale = _mm512_mul_ps(load_scales(blk + SCALES), _mm512_set1_ps(dx));
+    return _mm512_fmadd_ps(scale, cvt_ps(v), acc);
+}
+
+/* y[0 .. n) = the first n lanes of acc. */
+static inline void store_rows(float *y, __m512 acc, int n)
+{
+    if (n == TILE) {
+        _mm512_storeu_ps(y, acc);
+    } else {
+        float tmp[TILE];
+        _mm512_storeu_ps(tmp, acc);
+        memcpy(y, tmp, (size_t)n * sizeof(float));
+    }
+}
+
+static void gemv(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t r0,
+                 int64_t r1, int64_t cols)
+{
+    (void)xf;
+    int64_t nb = cols / BSI_QK;
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t r = r0; r < r1; r += TILE) {
+        const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
+            const int8_t *q = x->q + b * BSI_QK;
+            __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+            for (int g = 0; g < 32; g += 4) {
+                s0 = _mm512_dpbusd_epi32(s0, _mm512_maskz_mov_epi8(load_mask(blk + 8 * g), ones),
+                                         bcast4(q + 4 * g));
+                s1 =
+                    _mm512_dpbusd_epi32(s1, _mm512_maskz_mov_epi8(load_mask(blk + 8 * g + 8), ones),
+                                        bcast4(q + 4 * g + 4));
+                s2 = _mm512_dpbusd_epi32(s2,
+                                         _mm512_maskz_mov_epi8(load_mask(blk + 8 * g + 16), ones),
+                                         bcast4(q + 4 * g + 8));
+                s3 = _mm512_dpbusd_epi32(s3,
+                                         _mm512_maskz_mov_epi8(load_mask(blk + 8 * g + 24), ones),
+                                         bcast4(q + 4 * g + 12));
+            }
+            __m512i s = _mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3));
+            acc = block_update(acc, s, blk, x->d[b], x->sum[b]);
+        }
+        store_rows(y + r, acc, r1 - r < TILE ? (int)(r1 - r) : TILE);
+    }
+}
+
+/* One tile (n_rows valid rows, first row r) for tokens [t0, t0 + nt); nt is a constant at every
+ * call site so the token loops unroll and the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void gemm_tile(const uint8_t *tile,
+                                                            const bsi_q8_act *x, float *y,
+                                                            int64_t rows, int64_t r, int n_rows,
+                                                            int64_t cols, int64_t t0, const int nt)
+{
+    int64_t nb = cols / BSI_QK;
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512 acc[NT_MAX];
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
+        const int8_t *q = x->q + t0 * cols + b * BSI_QK;
+        __m512i s[NT_MAX];
+        for (int t = 0; t < nt; t++) s[t] = _mm512_setzero_si512();
+        for (int g = 0; g < 32; g++) {
+            __m512i wv = _mm512_maskz_mov_epi8(load_mask(blk + 8 * g), ones);
+            for (int t = 0; t < nt; t++)
+                s[t] = _mm512_dpbusd_epi32(s[t], wv, bcast4(q + t * cols + 4 * g));
+        }
+        for (int t = 0; t < nt; t++)
+            acc[t] =
+                block_update(acc[t], s[t], blk, x->d[(t0 + t) * nb + b], x->sum[(t0 + t) * nb + b]);
+    }
+    for (int t = 0; t < nt; t++) store_rows(y + (t0 + t) * rows + r, acc[t], n_rows);
+}
+
+static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t rows,
+                 int64_t r0, int64_t r1, int64_t cols, int64_t t0, int64_t t1)
+{
+    (void)xf;
+    int64_t nb = cols / BSI_QK;
+    for (int64_t r = r0; r < r1; r += TILE) {
+        const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
+        int n_rows = r1 - r < TILE ? (int)(r1 - r) : TILE;
+        for (int64_t tc = t0; tc < t1; tc += NT_MAX) {
+            switch (t1 - tc < NT_MAX ? (int)(t1 - tc) : NT_MAX) {
+            case 1: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 1); break;
+            case 2: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 2); break;
+            case 3: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 3); break;
+            case 4: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 4); break;
+            case 5: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 5); break;
+            case 6: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 6); break;
+            case 7: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 7); break;
+            default: gemm_tile(tile, x, y, rows, r, n_rows, cols, tc, 8); break;
+            }
+        }
+    }
+}
+
+const bsi_q1_kernels bsi_q1_avx512 = {
+    .isa = BSI_ISA_AVX512,
+    .row_tile = TILE,
+    .pack = pack,
+    .gemv = gemv,
+    .gemm = gemm,
+};
