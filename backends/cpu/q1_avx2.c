@@ -235,8 +235,9 @@ static void gemv(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     tile_rows(w, x, 0, y + r0, r0, r1, cols);
 }
 
-/* Tokens in the inner loop: a tile-block's 576 bytes stay in L1 while every token's tables
- * (1 KiB per block) stream past them. */
+/* Tokens in the inner loop: a tile-block's 576 bytes stay in L1 while the tables of a chunk of
+ * tokens (1 KiB per block and token) stream past them. The chunk is sized so that its tables,
+ * re-read for every tile, stay in L2: 16 tokens of 2048 columns, 2 of 12288. */
 static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t rows,
                  int64_t r0, int64_t r1, int64_t cols, int64_t t0, int64_t t1)
 {
@@ -244,11 +245,13 @@ static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     int64_t nb = cols / BSI_QK;
     enum { CHUNK = 16 };
     __m256 acc[CHUNK][4];
+    int64_t chunk = (int64_t)((256 * 1024) / x->lut_bytes);
+    chunk = chunk < 1 ? 1 : chunk > CHUNK ? CHUNK : chunk;
     for (int64_t r = r0; r < r1; r += TILE) {
         const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
         int n_rows = r1 - r < TILE ? (int)(r1 - r) : TILE;
-        for (int64_t tc = t0; tc < t1; tc += CHUNK) {
-            int n_tok = t1 - tc < CHUNK ? (int)(t1 - tc) : CHUNK;
+        for (int64_t tc = t0; tc < t1; tc += chunk) {
+            int n_tok = (int)(t1 - tc < chunk ? t1 - tc : chunk);
             for (int t = 0; t < n_tok; t++)
                 for (int k = 0; k < 4; k++) acc[t][k] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
