@@ -8,6 +8,9 @@
  * [n_tok][n]. Pointers to activations are in the backend's memory (host memory for the CPU, device
  * memory for CUDA) and come from its alloc(); lib/ never dereferences them. Weight matrices are
  * stored as GGUF lays them out: `rows` rows of `cols` values (ne0 = cols), y = W x.
+ *
+ * Weights created through one instance may be used by every instance of the same backend and
+ * device (sessions share a model's weights) and freed through any of them.
  */
 #ifndef BONSAI_BACKEND_H
 #define BONSAI_BACKEND_H
@@ -85,6 +88,17 @@ typedef struct bsi_backend_vtable {
                               int64_t n);
     /* y = a + b, n values (y may alias a or b). */
     bonsai_status (*add)(bsi_backend *be, const float *a, const float *b, float *y, int64_t n);
+
+    /* KV cache of one layer: rows of `dim` fp16 values, one per position ([n_ctx][dim]).
+     * Stores k and v of n_tok tokens ([n_tok][dim] f32) at positions pos .. pos + n_tok - 1. */
+    bonsai_status (*kv_store)(bsi_backend *be, void *k_cache, void *v_cache, const float *k,
+                              const float *v, int64_t n_tok, int64_t dim, int64_t pos);
+    /* Causal attention with grouped heads: q [n_tok][n_head][head_dim]; token t sits at position
+     * pos + t and attends to cache positions 0 .. pos + t; query head h reads kv head
+     * h / (n_head / n_head_kv). out [n_tok][n_head][head_dim] = softmax(q.K^T * scale) V. */
+    bonsai_status (*attention)(bsi_backend *be, const float *q, const void *k_cache,
+                               const void *v_cache, float *out, int64_t n_tok, int64_t pos,
+                               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float scale);
 } bsi_backend_vtable;
 
 /* An instance begins with its table, so lib/ can call through any instance. */

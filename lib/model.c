@@ -138,6 +138,8 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
 
     bonsai_model *m = calloc(1, sizeof *m);
     if (!m) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
+    atomic_init(&m->refs, 1);
+    pthread_mutex_init(&m->lock, NULL);
     bonsai_status st = BONSAI_OK;
     if (!(m->path = strdup(path))) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
     if (!st)
@@ -150,6 +152,7 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
     if (!st)
         for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
             m->n_params += m->gguf->tensors[i].n_elements;
+    if (!st) st = bsi_arch_load(m);
     if (!st && !report(params, 1.0f))
         st = bsi_fail(BONSAI_ERR_ABORTED, "%s: loading aborted by the progress callback", path);
     if (st) {
@@ -163,13 +166,92 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
     return BONSAI_OK;
 }
 
-void bonsai_model_free(bonsai_model *model)
+static void placement_free(bonsai_model *m, bsi_placement *p)
 {
-    if (!model) return;
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        if (p->matrix && p->matrix[i]) p->vt->weight_free(p->owner, p->matrix[i]);
+        if (p->vector && p->vector[i]) p->vt->free(p->owner, p->vector[i]);
+    }
+    free(p->matrix);
+    free(p->vector);
+    if (p->owner) p->vt->destroy(p->owner);
+    memset(p, 0, sizeof *p);
+}
+
+static bonsai_status place(bonsai_model *m, bsi_placement *p)
+{
+    uint64_t n = m->gguf->n_tensors;
+    p->matrix = calloc((size_t)n, sizeof *p->matrix);
+    p->vector = calloc((size_t)n, sizeof *p->vector);
+    if (!p->matrix || !p->vector) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    for (uint64_t i = 0; i < n; i++) {
+        const bsi_gguf_tensor *t = &m->gguf->tensors[i];
+        bonsai_status st;
+        if (t->n_dims == 2) {
+            bsi_matrix_desc d = {t->name, t->type, (int64_t)t->ne[1], (int64_t)t->ne[0],
+                                 bsi_gguf_tensor_data(m->gguf, i), m->file.mapped};
+            st = p->vt->weight_create(p->owner, &d, &p->matrix[i]);
+        } else if (t->n_dims == 1 && t->type == BONSAI_TENSOR_F32) {
+            st = p->vt->alloc(p->owner, (size_t)t->n_bytes, (void **)&p->vector[i]);
+            if (!st)
+                st = p->vt->upload(p->owner, p->vector[i], bsi_gguf_tensor_data(m->gguf, i),
+                                   (size_t)t->n_bytes);
+        } else {
+            continue;
+        }
+        if (st) return st;
+    }
+    return BONSAI_OK;
+}
+
+bonsai_status bsi_model_placement(bonsai_model *m, bsi_backend *be, const bsi_backend_config *cfg,
+                                  const bsi_placement **out)
+{
+    bonsai_status st = BONSAI_OK;
+    pthread_mutex_lock(&m->lock);
+    bsi_placement *p = NULL;
+    for (int i = 0; i < m->n_placed; i++)
+        if (m->placed[i].vt == be->vt) p = &m->placed[i];
+    if (!p) {
+        if (m->n_placed == BSI_MAX_PLACEMENTS) {
+            st = bsi_fail(BONSAI_ERR_UNSUPPORTED, "too many backends on one model");
+        } else {
+            p = &m->placed[m->n_placed];
+            p->vt = be->vt;
+            /* weights outlive the sessions: a dedicated instance owns them */
+            st = bsi_backend_create(be->vt->name, cfg, &p->owner);
+            if (!st) st = place(m, p);
+            if (st)
+                placement_free(m, p);
+            else
+                m->n_placed++;
+        }
+    }
+    *out = st ? NULL : p;
+    pthread_mutex_unlock(&m->lock);
+    return st;
+}
+
+void bsi_model_retain(bonsai_model *m)
+{
+    atomic_fetch_add(&m->refs, 1);
+}
+
+void bsi_model_release(bonsai_model *model)
+{
+    if (!model || atomic_fetch_sub(&model->refs, 1) != 1) return;
+    for (int i = 0; i < model->n_placed; i++) placement_free(model, &model->placed[i]);
+    bsi_arch_free(&model->a);
+    pthread_mutex_destroy(&model->lock);
     bsi_gguf_free(model->gguf);
     bsi_file_close(&model->file);
     free(model->path);
     free(model);
+}
+
+void bonsai_model_free(bonsai_model *model)
+{
+    bsi_model_release(model);
 }
 
 const char *bonsai_model_architecture(const bonsai_model *model)

@@ -2,8 +2,22 @@
 #ifndef BONSAI_MODEL_H
 #define BONSAI_MODEL_H
 
+#include "arch.h"
 #include "file.h"
 #include "gguf.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define BSI_MAX_PLACEMENTS 4
+
+/* The model's weights placed on one backend, shared by every session on that backend. */
+typedef struct bsi_placement {
+    const bsi_backend_vtable *vt;
+    bsi_backend *owner;  /* the instance that created the weights and frees them */
+    bsi_weight **matrix; /* [n_tensors]: placed matrices (NULL for others) */
+    float **vector;      /* [n_tensors]: 1-D F32 tensors copied to backend memory */
+} bsi_placement;
 
 struct bonsai_model {
     char *path;
@@ -13,6 +27,17 @@ struct bonsai_model {
     const char *name; /* general.name or "" */
     uint64_t n_params;
     bonsai_model_hparams hparams;
+    bsi_model_arch a;
+    _Atomic int refs; /* the caller's reference plus one per session */
+    pthread_mutex_t lock; /* guards placements */
+    bsi_placement placed[BSI_MAX_PLACEMENTS];
+    int n_placed;
 };
+
+/* The model's weights on the backend of `be` (placing them on first use). */
+bonsai_status bsi_model_placement(bonsai_model *m, bsi_backend *be, const bsi_backend_config *cfg,
+                                  const bsi_placement **out);
+void bsi_model_retain(bonsai_model *m);
+void bsi_model_release(bonsai_model *m);
 
 #endif

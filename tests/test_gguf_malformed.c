@@ -224,7 +224,7 @@ static void build_valid(bsi_buf *out, uint32_t alignment, uint32_t version)
     };
     bonsai_value nested = {
         .type = BONSAI_VALUE_ARRAY, .elem_type = BONSAI_VALUE_ARRAY, .count = 3, .v.arrays = inner};
-    assert_int_equal(bsi_gguf_writer_add_string(w, "general.architecture", "llama"), 0);
+    assert_int_equal(bsi_gguf_writer_add_string(w, "general.architecture", "testarch"), 0);
     assert_int_equal(bsi_gguf_writer_add_scalar(w, "t.i16", BONSAI_VALUE_I16, &i16), 0);
     assert_int_equal(bsi_gguf_writer_add_u32(w, "t.u32", 7), 0);
     assert_int_equal(bsi_gguf_writer_add_f32(w, "t.f32", 0.5f), 0);
@@ -1057,7 +1057,7 @@ static void test_load_valid_and_truncated(void **state)
         bonsai_model *m = NULL;
         assert_int_equal(bonsai_model_load(path, &params, &m), BONSAI_OK);
         assert_non_null(m);
-        assert_string_equal(bonsai_model_architecture(m), "llama");
+        assert_string_equal(bonsai_model_architecture(m), "testarch");
         assert_int_equal(bonsai_model_gguf_version(m), 2);
         assert_int_equal(bonsai_model_file_size(m), b.len);
         assert_int_equal(bonsai_model_tensor_count(m), 3);

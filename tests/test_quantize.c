@@ -89,7 +89,7 @@ static void test_blocks_independent(void **state)
 static void write_model(const char *path, bool with_narrow)
 {
     bsi_gguf_writer *w = bsi_gguf_writer_new(0);
-    assert_int_equal(bsi_gguf_writer_add_string(w, "general.architecture", "qwen3"), 0);
+    assert_int_equal(bsi_gguf_writer_add_string(w, "general.architecture", "testarch"), 0);
     const char *toks[] = {"a", "b"};
     assert_int_equal(bsi_gguf_writer_add_string_array(w, "tokenizer.ggml.tokens", 2, toks), 0);
     const uint64_t mat[] = {256, 3}, norm[] = {256}, narrow[] = {64, 2}, f16m[] = {128, 2};
@@ -138,7 +138,7 @@ static void test_quantize_file(void **state)
 
     bonsai_model *m;
     assert_int_equal(bonsai_model_load(out, NULL, &m), 0);
-    assert_string_equal(bonsai_model_architecture(m), "qwen3");
+    assert_string_equal(bonsai_model_architecture(m), "testarch");
     assert_int_equal(bonsai_model_n_vocab(m), 2);
     const uint32_t types[] = {BONSAI_TENSOR_Q1_0, BONSAI_TENSOR_F32, BONSAI_TENSOR_Q1_0,
                               BONSAI_TENSOR_F32};

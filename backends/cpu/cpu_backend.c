@@ -11,6 +11,7 @@
 #include "types.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,8 @@ typedef struct cpu_backend {
     bsi_rope rope_key;
     int64_t rope_pos;
     float rope_cs[1024];
+    float *scores; /* attention scratch, [threads][positions] */
+    size_t scores_bytes;
     char desc[96];
 } cpu_backend;
 
@@ -97,6 +100,7 @@ static void cpu_destroy(bsi_backend *be)
     cpu_backend *b = cpu(be);
     bsi_pool_free(b->pool);
     free(b->act);
+    free(b->scores);
     free(b);
 }
 
@@ -411,6 +415,84 @@ static bonsai_status cpu_add(bsi_backend *be, const float *a, const float *b, fl
     return BONSAI_OK;
 }
 
+/* ---- KV cache and attention ---- */
+
+static bonsai_status cpu_kv_store(bsi_backend *be, void *k_cache, void *v_cache, const float *k,
+                                  const float *v, int64_t n_tok, int64_t dim, int64_t pos)
+{
+    (void)be;
+    uint16_t *kc = (uint16_t *)k_cache + pos * dim, *vc = (uint16_t *)v_cache + pos * dim;
+    for (int64_t i = 0; i < n_tok * dim; i++) {
+        kc[i] = bsi_fp32_to_fp16(k[i]);
+        vc[i] = bsi_fp32_to_fp16(v[i]);
+    }
+    return BONSAI_OK;
+}
+
+typedef struct attn_task {
+    const float *q;
+    const uint16_t *kc, *vc;
+    float *out;
+    int64_t n_tok, pos, n_head, n_head_kv, head_dim, n_ctx_used;
+    float scale;
+    float *scores; /* [threads][n_ctx_used] */
+} attn_task;
+
+/* Work item i = (token, head). */
+static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    attn_task *t = ctx;
+    int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd, group = t->n_head / t->n_head_kv;
+    float *s = t->scores + (size_t)thread * (size_t)t->n_ctx_used;
+    for (int64_t i = begin; i < end; i++) {
+        int64_t tok = i / t->n_head, h = i % t->n_head, kvh = h / group;
+        int64_t n = t->pos + tok + 1; /* causal: positions 0 .. pos + tok */
+        const float *q = t->q + (tok * t->n_head + h) * hd;
+        float max = -INFINITY;
+        for (int64_t p = 0; p < n; p++) {
+            const uint16_t *k = t->kc + p * kv_dim + kvh * hd;
+            float dot = 0;
+            for (int64_t d = 0; d < hd; d++) dot += q[d] * bsi_fp16_to_fp32(k[d]);
+            s[p] = dot * t->scale;
+            if (s[p] > max) max = s[p];
+        }
+        float sum = 0;
+        for (int64_t p = 0; p < n; p++) {
+            s[p] = expf(s[p] - max);
+            sum += s[p];
+        }
+        float *o = t->out + (tok * t->n_head + h) * hd;
+        for (int64_t d = 0; d < hd; d++) o[d] = 0;
+        for (int64_t p = 0; p < n; p++) {
+            const uint16_t *v = t->vc + p * kv_dim + kvh * hd;
+            float w = s[p] / sum;
+            for (int64_t d = 0; d < hd; d++) o[d] += w * bsi_fp16_to_fp32(v[d]);
+        }
+    }
+}
+
+static bonsai_status cpu_attention(bsi_backend *be, const float *q, const void *k_cache,
+                                   const void *v_cache, float *out, int64_t n_tok, int64_t pos,
+                                   int64_t n_head, int64_t n_head_kv, int64_t head_dim, float scale)
+{
+    cpu_backend *b = cpu(be);
+    if (n_head_kv < 1 || n_head % n_head_kv)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "attention: %" PRId64 " heads over %" PRId64
+                        " kv heads", n_head, n_head_kv);
+    int64_t n_ctx_used = pos + n_tok;
+    size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)n_ctx_used * sizeof(float);
+    if (need > b->scores_bytes) {
+        float *p = realloc(b->scores, need);
+        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
+        b->scores = p;
+        b->scores_bytes = need;
+    }
+    attn_task t = {q,        k_cache,  v_cache, out,   n_tok,     pos,       n_head,
+                   n_head_kv, head_dim, n_ctx_used, scale, b->scores};
+    bsi_pool_for(b->pool, n_tok * n_head, 1, attn_range, &t);
+    return BONSAI_OK;
+}
+
 static const bsi_backend_vtable cpu_vtable = {
     .abi = BSI_BACKEND_ABI,
     .name = "cpu",
@@ -431,6 +513,8 @@ static const bsi_backend_vtable cpu_vtable = {
     .softmax = cpu_softmax,
     .silu_mul = cpu_silu_mul,
     .add = cpu_add,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
 };
 
 const bsi_backend_vtable *bsi_cpu_backend(void)

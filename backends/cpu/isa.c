@@ -1,5 +1,6 @@
 #include "isa.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,7 +70,13 @@ bool bsi_isa_available(bsi_isa isa)
     }
 }
 
-bsi_isa bsi_isa_select(bool *forced_ok)
+/* The choice is made once per process: weights packed for one variant are shared by every
+ * session of a model, so a later change of BONSAI_CPU_ISA must not switch variants. */
+static bsi_isa selected;
+static bool selected_as_asked;
+static pthread_once_t select_once = PTHREAD_ONCE_INIT;
+
+static void select_isa(void)
 {
     bsi_isa best = BSI_ISA_SCALAR;
     for (int i = BSI_ISA_COUNT - 1; i > 0; i--)
@@ -77,11 +84,20 @@ bsi_isa bsi_isa_select(bool *forced_ok)
             best = (bsi_isa)i;
             break;
         }
-    if (forced_ok) *forced_ok = true;
+    selected = best;
+    selected_as_asked = true;
     const char *env = getenv("BONSAI_CPU_ISA");
-    if (!env || !*env) return best;
+    if (!env || !*env) return;
     int want = bsi_isa_parse(env);
-    if (want >= 0 && bsi_isa_available((bsi_isa)want)) return (bsi_isa)want;
-    if (forced_ok) *forced_ok = false;
-    return best;
+    if (want >= 0 && bsi_isa_available((bsi_isa)want))
+        selected = (bsi_isa)want;
+    else
+        selected_as_asked = false;
+}
+
+bsi_isa bsi_isa_select(bool *forced_ok)
+{
+    pthread_once(&select_once, select_isa);
+    if (forced_ok) *forced_ok = selected_as_asked;
+    return selected;
 }

@@ -18,7 +18,8 @@ int bsi_isa_parse(const char *name);
 /* Compiled in, and the CPU and the OS support it. */
 bool bsi_isa_available(bsi_isa isa);
 /* The best available ISA, or the one BONSAI_CPU_ISA names when it is available (an unavailable or
- * unknown name falls back to the best, and `*forced_ok` says whether the request was honoured). */
+ * unknown name falls back to the best, and `*forced_ok` says whether the request was honoured).
+ * Decided once per process, at the first call. */
 bsi_isa bsi_isa_select(bool *forced_ok);
 
 #endif

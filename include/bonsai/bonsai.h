@@ -301,6 +301,72 @@ BONSAI_API bonsai_status bonsai_model_tensor_at(const bonsai_model *model, uint6
 BONSAI_API bonsai_status bonsai_model_tensor_find(const bonsai_model *model, const char *name,
                                                   uint64_t *index);
 
+/* ------------------------------------------------------------------------------------------ */
+/** @name Sessions
+ * A session runs a model: it owns a compute backend instance (threads, or a GPU stream), a KV
+ * cache sized for its context, and the logits of its last evaluation. A session is used by one
+ * thread at a time; any number of sessions may run on one model from different threads. A
+ * session keeps its model alive: bonsai_model_free() on a model with sessions only drops the
+ * caller's reference, and the model goes when its last session does. */
+
+typedef struct bonsai_session bonsai_session;
+
+typedef struct bonsai_session_params {
+    uint32_t struct_size; /**< sizeof(bonsai_session_params); set by the init function */
+    uint32_t n_ctx;       /**< context length in tokens (0: the model's, at most 4096) */
+    int32_t n_threads;    /**< CPU threads (0: the number of physical cores) */
+    const char *backend;  /**< "auto" (default), "cpu"; copied */
+    uint32_t kv_type;     /**< KV cache element type: BONSAI_TENSOR_F16 (default) */
+} bonsai_session_params;
+
+/** Fill `params` with the defaults (does nothing when `params` is NULL). */
+BONSAI_API void bonsai_session_params_init(bonsai_session_params *params);
+
+/**
+ * Create a session on `model` (any architecture the runtime supports: "qwen3", "llama"; others
+ * give BONSAI_ERR_UNSUPPORTED). The first session of a backend places the model's weights on it;
+ * later sessions share them. `params` may be NULL for the defaults.
+ */
+BONSAI_API bonsai_status bonsai_session_create(bonsai_model *model,
+                                               const bonsai_session_params *params,
+                                               bonsai_session **out);
+
+/** Release a session (and its model, if it held the last reference). NULL is allowed. */
+BONSAI_API void bonsai_session_free(bonsai_session *session);
+
+/** Flags of bonsai_session_eval(). */
+#define BONSAI_EVAL_ALL_LOGITS 1u /**< keep the logits of every token, not only the last */
+
+/**
+ * Evaluate n_tokens tokens at the next positions (bonsai_session_n_past() onwards) in one batch
+ * and keep the logits of the last token (or of every token with BONSAI_EVAL_ALL_LOGITS).
+ * BONSAI_ERR_CONTEXT_FULL when they do not fit: nothing is evaluated and the session stays as it
+ * was. BONSAI_ERR_OUT_OF_RANGE for a token id outside the vocabulary.
+ */
+BONSAI_API bonsai_status bonsai_session_eval(bonsai_session *session, const int32_t *tokens,
+                                             uint32_t n_tokens, uint32_t flags);
+
+/**
+ * Logits of the last evaluation: `*n_rows` rows (1, or the batch size with
+ * BONSAI_EVAL_ALL_LOGITS) of bonsai_model_n_vocab() floats. Valid until the next call that
+ * changes the session; NULL (and *n_rows 0) before the first evaluation.
+ */
+BONSAI_API const float *bonsai_session_logits(const bonsai_session *session, uint32_t *n_rows);
+
+/** Tokens in the KV cache (the position of the next token). */
+BONSAI_API uint32_t bonsai_session_n_past(const bonsai_session *session);
+/** Context length of the session. */
+BONSAI_API uint32_t bonsai_session_n_ctx(const bonsai_session *session);
+
+/** Keep only the first n_keep tokens of the cache (for prefix reuse and rewinding). */
+BONSAI_API bonsai_status bonsai_session_truncate(bonsai_session *session, uint32_t n_keep);
+
+/** Empty the cache and forget the logits. */
+BONSAI_API void bonsai_session_clear(bonsai_session *session);
+
+/** Description of the session's backend, e.g. "cpu avx2, 2 threads". */
+BONSAI_API const char *bonsai_session_backend(const bonsai_session *session);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,288 @@
+/*
+ * Sessions and the forward pass, written once against the backend table (lib/backend.h), for the
+ * llama and qwen3 blocks of FORMAT.md section 3. Activations live in the backend's memory:
+ * x, h [n_tok][n_embd]; q, att [n_tok][n_head * head_dim]; k, v [n_tok][n_head_kv * head_dim];
+ * g, u [n_tok][n_ff]; KV cache per layer [n_ctx][n_head_kv * head_dim] fp16.
+ */
+#include "model.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_MAX_CTX 4096
+
+typedef struct scratch {
+    float *x, *h, *q, *k, *v, *att, *g, *u, *logits;
+    int64_t n_tok, n_logit_rows; /* capacity */
+} scratch;
+
+struct bonsai_session {
+    bonsai_model *model;
+    const bsi_model_arch *a;
+    bsi_backend *be;
+    const bsi_placement *w;
+    uint32_t n_ctx, n_past;
+    void **k_cache, **v_cache; /* [n_layer] */
+    scratch s;
+    float *logits_host; /* [n_logits][n_vocab] */
+    size_t logits_host_cap;
+    uint32_t n_logits;
+    int32_t *pos; /* host positions of the batch */
+    int64_t pos_cap;
+};
+
+void bonsai_session_params_init(bonsai_session_params *params)
+{
+    if (!params) return;
+    memset(params, 0, sizeof *params);
+    params->struct_size = sizeof *params;
+    params->backend = "auto";
+    params->kv_type = BONSAI_TENSOR_F16;
+}
+
+static void scratch_free(bonsai_session *s)
+{
+    bsi_backend *be = s->be;
+    float **bufs[] = {&s->s.x, &s->s.h, &s->s.q, &s->s.k, &s->s.v,
+                      &s->s.att, &s->s.g, &s->s.u, &s->s.logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (*bufs[i]) be->vt->free(be, *bufs[i]);
+        *bufs[i] = NULL;
+    }
+    s->s.n_tok = s->s.n_logit_rows = 0;
+}
+
+/* Activation buffers for a batch of n_tok tokens with n_rows rows of logits. */
+static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n_rows)
+{
+    if (n_tok <= s->s.n_tok && n_rows <= s->s.n_logit_rows) return BONSAI_OK;
+    if (n_tok < s->s.n_tok) n_tok = s->s.n_tok;
+    if (n_rows < s->s.n_logit_rows) n_rows = s->s.n_logit_rows;
+    scratch_free(s);
+    const bsi_model_arch *a = s->a;
+    size_t f = sizeof(float), E = a->n_embd, Q = (size_t)a->n_head * a->head_dim,
+           KV = (size_t)a->n_head_kv * a->head_dim, F = a->n_ff, N = (size_t)n_tok;
+    struct {
+        float **p;
+        size_t bytes;
+    } want[] = {
+        {&s->s.x, N * E * f},   {&s->s.h, N * E * f},  {&s->s.q, N * Q * f},
+        {&s->s.k, N * KV * f},  {&s->s.v, N * KV * f}, {&s->s.att, N * Q * f},
+        {&s->s.g, N * F * f},   {&s->s.u, N * F * f},
+        {&s->s.logits, (size_t)n_rows * a->n_vocab * f},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        bonsai_status st = s->be->vt->alloc(s->be, want[i].bytes, (void **)want[i].p);
+        if (st) {
+            scratch_free(s);
+            return st;
+        }
+    }
+    s->s.n_tok = n_tok;
+    s->s.n_logit_rows = n_rows;
+    return BONSAI_OK;
+}
+
+bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_params *params,
+                                    bonsai_session **out)
+{
+    if (!out) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_create: out is NULL");
+    *out = NULL;
+    if (!model)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_create: model is NULL");
+    bonsai_session_params defaults;
+    bonsai_session_params_init(&defaults);
+    if (!params) params = &defaults;
+    if (!BSI_STRUCT_SIZE_OK(params, sizeof(bonsai_session_params)))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "bonsai_session_create: params->struct_size is %u; use "
+                        "bonsai_session_params_init()",
+                        params->struct_size);
+    if (model->a.arch == BSI_ARCH_NONE)
+        return bsi_fail(BONSAI_ERR_UNSUPPORTED,
+                        "%s: architecture '%s' cannot be run (supported: qwen3, llama)",
+                        model->path, model->arch[0] ? model->arch : "(none)");
+    if (params->kv_type != BONSAI_TENSOR_F16)
+        return bsi_fail(BONSAI_ERR_UNSUPPORTED, "KV cache type %u is not supported (F16 only)",
+                        params->kv_type);
+    if (params->n_threads < 0 || params->n_threads > 1024)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "n_threads %d", params->n_threads);
+    const bsi_model_arch *a = &model->a;
+    uint32_t n_ctx = params->n_ctx;
+    if (!n_ctx) n_ctx = a->n_ctx_train < DEFAULT_MAX_CTX ? a->n_ctx_train : DEFAULT_MAX_CTX;
+    if (n_ctx > 1u << 20)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "n_ctx %u is too large", n_ctx);
+
+    bonsai_session *s = calloc(1, sizeof *s);
+    if (!s) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    s->model = model;
+    s->a = a;
+    s->n_ctx = n_ctx;
+    bsi_model_retain(model);
+    bsi_backend_config cfg = {.n_threads = params->n_threads};
+    bonsai_status st = bsi_backend_create(params->backend, &cfg, &s->be);
+    if (!st) st = bsi_model_placement(model, s->be, &cfg, &s->w);
+    if (!st) {
+        s->k_cache = calloc(a->n_layer, sizeof *s->k_cache);
+        s->v_cache = calloc(a->n_layer, sizeof *s->v_cache);
+        if (!s->k_cache || !s->v_cache) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    }
+    size_t kv_bytes = (size_t)n_ctx * a->n_head_kv * a->head_dim * sizeof(uint16_t);
+    for (uint32_t l = 0; l < a->n_layer && !st; l++) {
+        st = s->be->vt->alloc(s->be, kv_bytes, &s->k_cache[l]);
+        if (!st) st = s->be->vt->alloc(s->be, kv_bytes, &s->v_cache[l]);
+    }
+    if (st) {
+        bonsai_session_free(s);
+        return st;
+    }
+    *out = s;
+    return BONSAI_OK;
+}
+
+void bonsai_session_free(bonsai_session *s)
+{
+    if (!s) return;
+    if (s->be) {
+        for (uint32_t l = 0; s->k_cache && l < s->a->n_layer; l++) {
+            if (s->k_cache[l]) s->be->vt->free(s->be, s->k_cache[l]);
+            if (s->v_cache && s->v_cache[l]) s->be->vt->free(s->be, s->v_cache[l]);
+        }
+        scratch_free(s);
+        s->be->vt->destroy(s->be);
+    }
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s->logits_host);
+    free(s->pos);
+    bsi_model_release(s->model);
+    free(s);
+}
+
+/* The forward pass of n tokens at positions n_past .. n_past + n - 1; logits of the last
+ * `n_rows` tokens into s->s.logits. */
+static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n, int64_t n_rows)
+{
+    const bsi_model_arch *a = s->a;
+    const bsi_backend_vtable *vt = s->be->vt;
+    bsi_backend *be = s->be;
+    bsi_weight *const *W = s->w->matrix;
+    float *const *V = s->w->vector;
+    scratch *b = &s->s;
+    int64_t E = a->n_embd, hd = a->head_dim, KV = a->n_head_kv * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    bonsai_status st;
+#define TRY(call)                                                                                  \
+    if ((st = (call))) return st
+    TRY(vt->get_rows(be, W[a->tok_embd], tokens, b->x, n));
+    for (uint32_t l = 0; l < a->n_layer; l++) {
+        const bsi_layer *L = &a->layers[l];
+        TRY(vt->rmsnorm(be, b->x, V[L->attn_norm], b->h, E, n, a->eps));
+        TRY(vt->matmul(be, W[L->wq], b->h, b->q, n));
+        TRY(vt->matmul(be, W[L->wk], b->h, b->k, n));
+        TRY(vt->matmul(be, W[L->wv], b->h, b->v, n));
+        if (L->q_norm >= 0) { /* qwen3: per-head RMS norm of q and k */
+            TRY(vt->rmsnorm(be, b->q, V[L->q_norm], b->q, hd, n * a->n_head, a->eps));
+            TRY(vt->rmsnorm(be, b->k, V[L->k_norm], b->k, hd, n * a->n_head_kv, a->eps));
+        }
+        TRY(vt->rope(be, b->q, s->pos, n, a->n_head, hd, &a->rope));
+        TRY(vt->rope(be, b->k, s->pos, n, a->n_head_kv, hd, &a->rope));
+        TRY(vt->kv_store(be, s->k_cache[l], s->v_cache[l], b->k, b->v, n, KV, s->n_past));
+        TRY(vt->attention(be, b->q, s->k_cache[l], s->v_cache[l], b->att, n, s->n_past,
+                          a->n_head, a->n_head_kv, hd, scale));
+        TRY(vt->matmul(be, W[L->wo], b->att, b->h, n));
+        TRY(vt->add(be, b->x, b->h, b->x, n * E));
+        TRY(vt->rmsnorm(be, b->x, V[L->ffn_norm], b->h, E, n, a->eps));
+        TRY(vt->matmul(be, W[L->w_gate], b->h, b->g, n));
+        TRY(vt->matmul(be, W[L->w_up], b->h, b->u, n));
+        TRY(vt->silu_mul(be, b->g, b->u, b->g, n * a->n_ff));
+        TRY(vt->matmul(be, W[L->w_down], b->g, b->h, n));
+        TRY(vt->add(be, b->x, b->h, b->x, n * E));
+    }
+    const float *last = b->x + (n - n_rows) * E;
+    TRY(vt->rmsnorm(be, last, V[a->output_norm], b->h, E, n_rows, a->eps));
+    TRY(vt->matmul(be, W[a->output], b->h, b->logits, n_rows));
+#undef TRY
+    return BONSAI_OK;
+}
+
+bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens,
+                                  uint32_t flags)
+{
+    if (!s || (!tokens && n_tokens))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_eval: NULL argument");
+    if (n_tokens == 0) return BONSAI_OK;
+    if ((uint64_t)s->n_past + n_tokens > s->n_ctx)
+        return bsi_fail(BONSAI_ERR_CONTEXT_FULL,
+                        "the context holds %u tokens: %u in the cache, %u more do not fit",
+                        s->n_ctx, s->n_past, n_tokens);
+    for (uint32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || (uint32_t)tokens[i] >= s->a->n_vocab)
+            return bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
+                            "token %" PRId32 " (at %u) is outside the vocabulary of %u", tokens[i],
+                            i, s->a->n_vocab);
+    int64_t n_rows = flags & BONSAI_EVAL_ALL_LOGITS ? n_tokens : 1;
+    bonsai_status st = scratch_reserve(s, n_tokens, n_rows);
+    if (st) return st;
+    size_t logits_bytes = (size_t)n_rows * s->a->n_vocab * sizeof(float);
+    if (logits_bytes > s->logits_host_cap) {
+        float *p = realloc(s->logits_host, logits_bytes);
+        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", logits_bytes);
+        s->logits_host = p;
+        s->logits_host_cap = logits_bytes;
+    }
+    if (n_tokens > s->pos_cap) {
+        int32_t *p = realloc(s->pos, n_tokens * sizeof *p);
+        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+        s->pos = p;
+        s->pos_cap = n_tokens;
+    }
+    for (uint32_t i = 0; i < n_tokens; i++) s->pos[i] = (int32_t)(s->n_past + i);
+    s->n_logits = 0;
+    st = forward(s, tokens, n_tokens, n_rows);
+    if (!st) st = s->be->vt->download(s->be, s->logits_host, s->s.logits, logits_bytes);
+    if (st) return st; /* the cache beyond n_past may hold partial rows: they are not used */
+    s->n_past += n_tokens;
+    s->n_logits = (uint32_t)n_rows;
+    return BONSAI_OK;
+}
+
+const float *bonsai_session_logits(const bonsai_session *s, uint32_t *n_rows)
+{
+    if (n_rows) *n_rows = s ? s->n_logits : 0;
+    return s && s->n_logits ? s->logits_host : NULL;
+}
+
+uint32_t bonsai_session_n_past(const bonsai_session *s)
+{
+    return s ? s->n_past : 0;
+}
+
+uint32_t bonsai_session_n_ctx(const bonsai_session *s)
+{
+    return s ? s->n_ctx : 0;
+}
+
+bonsai_status bonsai_session_truncate(bonsai_session *s, uint32_t n_keep)
+{
+    if (!s) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_truncate: NULL");
+    if (n_keep > s->n_past)
+        return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "cannot keep %u tokens of %u", n_keep, s->n_past);
+    s->n_past = n_keep;
+    s->n_logits = 0;
+    return BONSAI_OK;
+}
+
+void bonsai_session_clear(bonsai_session *s)
+{
+    if (!s) return;
+    s->n_past = 0;
+    s->n_logits = 0;
+}
+
+const char *bonsai_session_backend(const bonsai_session *s)
+{
+    return s ? s->be->vt->describe(s->be) : "";
+}

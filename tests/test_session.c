@@ -1,0 +1,384 @@
+/*
+ * Sessions on the real stories260K model (llama): logits against a double-precision reference
+ * forward written here from FORMAT.md, greedy continuation, batch vs one by one, context full,
+ * truncation, many sessions on one model from several threads, the model outliving its caller's
+ * reference.
+ */
+#include "test_util.h"
+
+#include "gguf_writer.h"
+#include "model.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <unistd.h>
+
+static const int32_t once_upon_a_time[] = {1, 403, 407, 261, 378}; /* <s> Once upon a time */
+
+static bonsai_model *load_stories(void)
+{
+    bonsai_model *m = NULL;
+    if (bonsai_model_load(test_data("stories260K.gguf"), NULL, &m))
+        fail_msg("%s", bonsai_last_error());
+    return m;
+}
+
+/* ---- the reference: straight from the formulas, in double ---- */
+
+static const float *tensor(const bonsai_model *m, const char *name)
+{
+    int64_t i = bsi_gguf_find_tensor(m->gguf, name);
+    assert_true(i >= 0);
+    assert_int_equal(m->gguf->tensors[i].type, BONSAI_TENSOR_F32);
+    return bsi_gguf_tensor_data(m->gguf, (uint64_t)i);
+}
+
+static void matvec(const float *w, const double *x, double *y, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++) {
+        double s = 0;
+        for (int i = 0; i < cols; i++) s += (double)w[r * cols + i] * x[i];
+        y[r] = s;
+    }
+}
+
+static void rmsnorm(const double *x, const float *w, double *y, int n, double eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    double k = 1.0 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++) y[i] = x[i] * k * w[i];
+}
+
+/* llama RoPE: adjacent pairs (2i, 2i+1) of the first n_rot dims, theta = p base^(-2i/n_rot) */
+static void rope(double *v, int pos, int n_rot, double base)
+{
+    for (int i = 0; i < n_rot / 2; i++) {
+        double th = pos * pow(base, -2.0 * i / n_rot), c = cos(th), s = sin(th);
+        double a = v[2 * i], b = v[2 * i + 1];
+        v[2 * i] = a * c - b * s;
+        v[2 * i + 1] = a * s + b * c;
+    }
+}
+
+/* Logits of every position of tokens[0..n) into out [n][vocab]. */
+static void reference(const bonsai_model *m, const int32_t *tokens, int n, double *out)
+{
+    bonsai_model_hparams h = {.struct_size = sizeof h};
+    assert_int_equal(bonsai_model_hparams_get(m, &h), 0);
+    int E = (int)h.n_embd, F = (int)h.n_ff, H = (int)h.n_head, HK = (int)h.n_head_kv,
+        D = E / H, V = (int)h.n_vocab;
+    double eps = h.rms_eps;
+    double *x = calloc((size_t)n * E, sizeof *x), *hb = malloc((size_t)E * sizeof *hb);
+    double *q = malloc((size_t)H * D * sizeof *q), *att = malloc((size_t)H * D * sizeof *att);
+    double *kc = malloc((size_t)h.n_layer * n * HK * D * sizeof *kc);
+    double *vc = malloc((size_t)h.n_layer * n * HK * D * sizeof *vc);
+    double *g = malloc((size_t)F * sizeof *g), *u = malloc((size_t)F * sizeof *u);
+    double *o = malloc((size_t)E * sizeof *o), *sc = malloc((size_t)n * sizeof *sc);
+    const float *embd = tensor(m, "token_embd.weight");
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < E; i++) x[t * E + i] = embd[tokens[t] * E + i];
+    char name[64];
+#define T(fmt) (snprintf(name, sizeof name, fmt, l), tensor(m, name))
+    for (int t = 0; t < n; t++) { /* token by token: every layer sees the cache up to t */
+        double *xt = x + (size_t)t * E;
+        for (unsigned l = 0; l < h.n_layer; l++) {
+            double *kl = kc + ((size_t)l * n + t) * HK * D, *vl = vc + ((size_t)l * n + t) * HK * D;
+            rmsnorm(xt, T("blk.%u.attn_norm.weight"), hb, E, eps);
+            matvec(T("blk.%u.attn_q.weight"), hb, q, H * D, E);
+            matvec(T("blk.%u.attn_k.weight"), hb, kl, HK * D, E);
+            matvec(T("blk.%u.attn_v.weight"), hb, vl, HK * D, E);
+            for (int hh = 0; hh < H; hh++) rope(q + hh * D, t, (int)h.n_rot, 10000.0);
+            for (int hh = 0; hh < HK; hh++) rope(kl + hh * D, t, (int)h.n_rot, 10000.0);
+            for (int hh = 0; hh < H; hh++) {
+                int kh = hh / (H / HK);
+                double max = -INFINITY, sum = 0;
+                for (int p = 0; p <= t; p++) {
+                    const double *k = kc + ((size_t)l * n + p) * HK * D + kh * D;
+                    double s = 0;
+                    for (int d = 0; d < D; d++) s += q[hh * D + d] * k[d];
+                    sc[p] = s / sqrt((double)D);
+                    if (sc[p] > max) max = sc[p];
+                }
+                for (int p = 0; p <= t; p++) sum += (sc[p] = exp(sc[p] - max));
+                for (int d = 0; d < D; d++) {
+                    double a = 0;
+                    for (int p = 0; p <= t; p++)
+                        a += sc[p] / sum * vc[((size_t)l * n + p) * HK * D + kh * D + d];
+                    att[hh * D + d] = a;
+                }
+            }
+            matvec(T("blk.%u.attn_output.weight"), att, o, E, H * D);
+            for (int i = 0; i < E; i++) xt[i] += o[i];
+            rmsnorm(xt, T("blk.%u.ffn_norm.weight"), hb, E, eps);
+            matvec(T("blk.%u.ffn_gate.weight"), hb, g, F, E);
+            matvec(T("blk.%u.ffn_up.weight"), hb, u, F, E);
+            for (int i = 0; i < F; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+            matvec(T("blk.%u.ffn_down.weight"), g, o, E, F);
+            for (int i = 0; i < E; i++) xt[i] += o[i];
+        }
+        rmsnorm(xt, tensor(m, "output_norm.weight"), hb, E, eps);
+        matvec(tensor(m, "output.weight"), hb, out + (size_t)t * V, V, E);
+    }
+#undef T
+    free(x), free(hb), free(q), free(att), free(kc), free(vc), free(g), free(u), free(o), free(sc);
+}
+
+static void test_logits_match_reference(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    enum { N = 5 };
+    int V = (int)bonsai_model_n_vocab(m);
+    double *ref = malloc((size_t)N * V * sizeof *ref);
+    reference(m, once_upon_a_time, N, ref);
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, NULL, &s), 0);
+    assert_int_equal(bonsai_session_eval(s, once_upon_a_time, N, BONSAI_EVAL_ALL_LOGITS), 0);
+    uint32_t rows;
+    const float *logits = bonsai_session_logits(s, &rows);
+    assert_int_equal(rows, N);
+    double max_err = 0, max_mag = 0;
+    for (int i = 0; i < N * V; i++) {
+        max_err = fmax(max_err, fabs(logits[i] - ref[i]));
+        max_mag = fmax(max_mag, fabs(ref[i]));
+    }
+    print_message("max |logit - reference| = %.3g (logits up to %.3g)\n", max_err, max_mag);
+    assert_true(max_err < 2e-3 * max_mag); /* fp16 KV cache */
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+    free(ref);
+}
+
+static int32_t argmax(const float *v, uint32_t n)
+{
+    int32_t best = 0;
+    for (uint32_t i = 1; i < n; i++)
+        if (v[i] > v[best]) best = (int32_t)i;
+    return best;
+}
+
+/* Greedy continuation of "Once upon a time" into `out`. */
+static void greedy(bonsai_model *m, int32_t *out, int n)
+{
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, NULL, &s), 0);
+    assert_int_equal(bonsai_session_eval(s, once_upon_a_time, 5, 0), 0);
+    for (int i = 0; i < n; i++) {
+        out[i] = argmax(bonsai_session_logits(s, NULL), bonsai_model_n_vocab(m));
+        assert_int_equal(bonsai_session_eval(s, &out[i], 1, 0), 0);
+    }
+    assert_int_equal(bonsai_session_n_past(s), 5 + n);
+    bonsai_session_free(s);
+}
+
+static void test_greedy_story(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    int32_t ids[12];
+    greedy(m, ids, 12);
+    const bonsai_value *toks;
+    assert_int_equal(bonsai_model_meta_get(m, "tokenizer.ggml.tokens", &toks), 0);
+    char text[512] = "";
+    for (int i = 0; i < 12; i++) {
+        const char *piece;
+        assert_int_equal(bonsai_value_array_string(toks, (uint64_t)ids[i], &piece, NULL), 0);
+        strncat(text, piece, sizeof text - strlen(text) - 1);
+    }
+    print_message("Once upon a time%s\n", text);
+    /* the story every llama2.c port tells */
+    assert_string_equal(text, ",\xe2\x96\x81there\xe2\x96\x81was\xe2\x96\x81"
+                              "a\xe2\x96\x81little\xe2\x96\x81girl\xe2\x96\x81named\xe2\x96\x81Lily."
+                              "\xe2\x96\x81She");
+    bonsai_model_free(m);
+}
+
+static void test_batch_equals_one_by_one(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    uint32_t V = bonsai_model_n_vocab(m);
+    bonsai_session *a, *b;
+    assert_int_equal(bonsai_session_create(m, NULL, &a), 0);
+    assert_int_equal(bonsai_session_create(m, NULL, &b), 0);
+    assert_int_equal(bonsai_session_eval(a, once_upon_a_time, 5, BONSAI_EVAL_ALL_LOGITS), 0);
+    const float *all = bonsai_session_logits(a, NULL);
+    for (int t = 0; t < 5; t++) {
+        assert_int_equal(bonsai_session_eval(b, &once_upon_a_time[t], 1, 0), 0);
+        const float *one = bonsai_session_logits(b, NULL);
+        for (uint32_t v = 0; v < V; v++)
+            if (fabsf(one[v] - all[(size_t)t * V + v]) > 1e-3f)
+                fail_msg("position %d token %u: %g one by one, %g in a batch", t, v,
+                         (double)one[v], (double)all[(size_t)t * V + v]);
+    }
+    bonsai_session_free(a);
+    bonsai_session_free(b);
+    bonsai_model_free(m);
+}
+
+static void test_context_full_truncate_clear(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    uint32_t V = bonsai_model_n_vocab(m);
+    bonsai_session_params p;
+    bonsai_session_params_init(&p);
+    p.n_ctx = 7;
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, &p, &s), 0);
+    assert_int_equal(bonsai_session_n_ctx(s), 7);
+    uint32_t rows = 99;
+    assert_null(bonsai_session_logits(s, &rows));
+    assert_int_equal(rows, 0);
+    assert_int_equal(bonsai_session_eval(s, once_upon_a_time, 5, 0), 0);
+    float *after5 = malloc(V * sizeof *after5);
+    memcpy(after5, bonsai_session_logits(s, NULL), V * sizeof *after5);
+    assert_error(bonsai_session_eval(s, once_upon_a_time, 3, 0), BONSAI_ERR_CONTEXT_FULL,
+                 "7 tokens");
+    assert_int_equal(bonsai_session_n_past(s), 5); /* nothing evaluated, still usable */
+    assert_memory_equal(bonsai_session_logits(s, NULL), after5, V * sizeof *after5);
+    int32_t bad = (int32_t)V;
+    assert_error(bonsai_session_eval(s, &bad, 1, 0), BONSAI_ERR_OUT_OF_RANGE, "vocabulary");
+    assert_int_equal(bonsai_session_eval(s, once_upon_a_time, 2, 0), 0);
+    assert_int_equal(bonsai_session_n_past(s), 7);
+
+    /* rewinding to 4 tokens and evaluating the 5th again gives the same logits */
+    assert_int_equal(bonsai_session_truncate(s, 4), 0);
+    assert_null(bonsai_session_logits(s, NULL));
+    assert_error(bonsai_session_truncate(s, 5), BONSAI_ERR_OUT_OF_RANGE, "5");
+    assert_int_equal(bonsai_session_eval(s, &once_upon_a_time[4], 1, 0), 0);
+    assert_memory_equal(bonsai_session_logits(s, NULL), after5, V * sizeof *after5);
+    bonsai_session_clear(s);
+    assert_int_equal(bonsai_session_n_past(s), 0);
+    assert_int_equal(bonsai_session_eval(s, once_upon_a_time, 5, 0), 0);
+    assert_memory_equal(bonsai_session_logits(s, NULL), after5, V * sizeof *after5);
+    free(after5);
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+}
+
+typedef struct job {
+    bonsai_model *m;
+    int32_t ids[10];
+} job;
+
+static void *run_greedy(void *arg)
+{
+    job *j = arg;
+    greedy(j->m, j->ids, 10);
+    return NULL;
+}
+
+static void test_sessions_in_threads(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    int32_t expect[10];
+    greedy(m, expect, 10);
+    enum { THREADS = 4 };
+    job jobs[THREADS];
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        jobs[i].m = m;
+        assert_int_equal(pthread_create(&th[i], NULL, run_greedy, &jobs[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_memory_equal(jobs[i].ids, expect, sizeof expect);
+    }
+    bonsai_model_free(m);
+}
+
+static void test_session_keeps_model(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, NULL, &s), 0);
+    bonsai_model_free(m); /* the session still holds it */
+    assert_int_equal(bonsai_session_eval(s, once_upon_a_time, 5, 0), 0);
+    assert_non_null(strstr(bonsai_session_backend(s), "cpu"));
+    bonsai_session_free(s); /* and frees it now (LeakSanitizer checks) */
+}
+
+static void test_bad_sessions(void **state)
+{
+    (void)state;
+    bonsai_model *m;
+    assert_int_equal(bonsai_model_load(test_data("ggml-vocab-gpt-2.gguf"), NULL, &m), 0);
+    bonsai_session *s = (bonsai_session *)1;
+    assert_error(bonsai_session_create(m, NULL, &s), BONSAI_ERR_UNSUPPORTED, "gpt2");
+    assert_null(s);
+    bonsai_model_free(m);
+    m = load_stories();
+    bonsai_session_params p;
+    bonsai_session_params_init(&p);
+    p.backend = "tpu";
+    assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_UNSUPPORTED, "'tpu'");
+    bonsai_session_params_init(&p);
+    p.kv_type = BONSAI_TENSOR_Q1_0;
+    assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_UNSUPPORTED, "KV cache");
+    bonsai_session_params_init(&p);
+    p.struct_size = 2;
+    assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_INVALID_ARGUMENT, "struct_size");
+    assert_error(bonsai_session_create(NULL, NULL, &s), BONSAI_ERR_INVALID_ARGUMENT, "model");
+    assert_error(bonsai_session_eval(NULL, NULL, 0, 0), BONSAI_ERR_INVALID_ARGUMENT, "NULL");
+    bonsai_session_free(NULL);
+    bonsai_model_free(m);
+}
+
+/* A llama file whose tensors do not match its keys fails to load, naming what is wrong. */
+static void test_arch_checks(void **state)
+{
+    (void)state;
+    bonsai_model *src = load_stories();
+    const char *cases[][2] = {
+        {"blk.3.ffn_up.weight", "'blk.3.ffn_up.weight' is missing"},
+        {"output_norm.weight", "'output_norm.weight' is missing"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        bsi_gguf_writer *w = bsi_gguf_writer_new(0);
+        const bsi_gguf *g = src->gguf;
+        for (uint64_t i = 0; i < g->n_kv; i++)
+            assert_int_equal(bsi_gguf_writer_add_value(w, g->kv[i].key, &g->kv[i].value), 0);
+        for (uint64_t i = 0; i < g->n_tensors; i++) {
+            const bsi_gguf_tensor *t = &g->tensors[i];
+            if (strcmp(t->name, cases[c][0]))
+                assert_int_equal(bsi_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne),
+                                 0);
+        }
+        char path[] = "/tmp/bonsai-arch-XXXXXX";
+        int fd = mkstemp(path);
+        FILE *f = fdopen(fd, "wb");
+        assert_int_equal(bsi_gguf_writer_write_header(w, bsi_file_sink, f), 0);
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+            if (strcmp(g->tensors[i].name, cases[c][0]))
+                assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f,
+                                                            bsi_gguf_tensor_data(g, i),
+                                                            g->tensors[i].n_bytes),
+                                 0);
+        fclose(f);
+        bsi_gguf_writer_free(w);
+        bonsai_model *m = (bonsai_model *)1;
+        assert_error(bonsai_model_load(path, NULL, &m), BONSAI_ERR_CORRUPT, cases[c][1]);
+        assert_null(m);
+        unlink(path);
+    }
+    bonsai_model_free(src);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_match_reference),
+        cmocka_unit_test(test_greedy_story),
+        cmocka_unit_test(test_batch_equals_one_by_one),
+        cmocka_unit_test(test_context_full_truncate_clear),
+        cmocka_unit_test(test_sessions_in_threads),
+        cmocka_unit_test(test_session_keeps_model),
+        cmocka_unit_test(test_bad_sessions),
+        cmocka_unit_test(test_arch_checks),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
