@@ -7,6 +7,8 @@
 #include "test_util.h"
 
 #include "gguf_writer.h"
+#include "half.h"
+#include "quantize.h"
 #include "model.h"
 
 #include <math.h>
@@ -328,6 +330,281 @@ static void test_bad_sessions(void **state)
     bonsai_model_free(m);
 }
 
+/* ---- qwen3: a tiny Bonsai-shaped model made here (Q1_0 matrices, YaRN), against a double
+ * reference of FORMAT.md section 3 ---- */
+
+enum { QL = 2, QE = 256, QF = 512, QH = 4, QKV = 2, QD = 128, QV = 1000 };
+#define Q_BASE 1000000.0
+#define Q_FACTOR 4.0
+#define Q_ORIG 8192
+#define TWO_PI 6.283185307179586
+
+static float gauss(void)
+{
+    float s = 0;
+    for (int i = 0; i < 4; i++) s += test_uniform();
+    return s * 0.866f; /* ~N(0, 1) */
+}
+
+static void write_q1_matrix(bsi_gguf_writer *w, FILE *f, int64_t rows, int64_t cols, float std)
+{
+    float *row = malloc((size_t)cols * sizeof *row);
+    uint8_t *blk = malloc((size_t)cols / 128 * 18);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < cols; i++) row[i] = std * gauss();
+        bsi_quantize_q1_0(row, cols, blk);
+        assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, blk, (size_t)cols / 128 * 18), 0);
+    }
+    free(row);
+    free(blk);
+}
+
+static void write_norm(bsi_gguf_writer *w, FILE *f, int64_t n)
+{
+    float *v = malloc((size_t)n * sizeof *v);
+    for (int64_t i = 0; i < n; i++) v[i] = 1.0f + 0.1f * gauss();
+    assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, v, (size_t)n * 4), 0);
+    free(v);
+}
+
+static void write_tiny_qwen3(const char *path)
+{
+    bsi_gguf_writer *w = bsi_gguf_writer_new(0);
+    assert_int_equal(bsi_gguf_writer_add_string(w, "general.architecture", "qwen3"), 0);
+    const struct {
+        const char *k;
+        uint32_t v;
+    } u[] = {{"qwen3.block_count", QL},          {"qwen3.context_length", 32768},
+             {"qwen3.embedding_length", QE},     {"qwen3.feed_forward_length", QF},
+             {"qwen3.attention.head_count", QH}, {"qwen3.attention.head_count_kv", QKV},
+             {"qwen3.attention.key_length", QD}, {"qwen3.attention.value_length", QD},
+             {"qwen3.rope.scaling.original_context_length", Q_ORIG}};
+    for (size_t i = 0; i < sizeof u / sizeof u[0]; i++)
+        assert_int_equal(bsi_gguf_writer_add_u32(w, u[i].k, u[i].v), 0);
+    assert_int_equal(bsi_gguf_writer_add_f32(w, "qwen3.attention.layer_norm_rms_epsilon", 1e-6f), 0);
+    assert_int_equal(bsi_gguf_writer_add_f32(w, "qwen3.rope.freq_base", (float)Q_BASE), 0);
+    assert_int_equal(bsi_gguf_writer_add_string(w, "qwen3.rope.scaling.type", "yarn"), 0);
+    assert_int_equal(bsi_gguf_writer_add_f32(w, "qwen3.rope.scaling.factor", (float)Q_FACTOR), 0);
+    const uint64_t embd[] = {QE, QV}, vec[] = {QE}, hv[] = {QD}, wq[] = {QE, QH * QD},
+                   wkv[] = {QE, QKV * QD}, wo[] = {QH * QD, QE}, up[] = {QE, QF}, down[] = {QF, QE};
+    assert_int_equal(bsi_gguf_writer_add_tensor(w, "token_embd.weight", BONSAI_TENSOR_Q1_0, 2, embd), 0);
+    assert_int_equal(bsi_gguf_writer_add_tensor(w, "output_norm.weight", BONSAI_TENSOR_F32, 1, vec), 0);
+    for (int l = 0; l < QL; l++) {
+        char n[64];
+#define ADD(suffix, type, nd, ne)                                                                  \
+    snprintf(n, sizeof n, "blk.%d." suffix ".weight", l);                                          \
+    assert_int_equal(bsi_gguf_writer_add_tensor(w, n, type, nd, ne), 0)
+        ADD("attn_norm", BONSAI_TENSOR_F32, 1, vec);
+        ADD("attn_q", BONSAI_TENSOR_Q1_0, 2, wq);
+        ADD("attn_k", BONSAI_TENSOR_Q1_0, 2, wkv);
+        ADD("attn_v", BONSAI_TENSOR_Q1_0, 2, wkv);
+        ADD("attn_output", BONSAI_TENSOR_Q1_0, 2, wo);
+        ADD("attn_q_norm", BONSAI_TENSOR_F32, 1, hv);
+        ADD("attn_k_norm", BONSAI_TENSOR_F32, 1, hv);
+        ADD("ffn_norm", BONSAI_TENSOR_F32, 1, vec);
+        ADD("ffn_gate", BONSAI_TENSOR_Q1_0, 2, up);
+        ADD("ffn_up", BONSAI_TENSOR_Q1_0, 2, up);
+        ADD("ffn_down", BONSAI_TENSOR_Q1_0, 2, down);
+#undef ADD
+    }
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(bsi_gguf_writer_write_header(w, bsi_file_sink, f), 0);
+    write_q1_matrix(w, f, QV, QE, 0.1f); /* logits of a few units: a soft distribution */
+    write_norm(w, f, QE);
+    for (int l = 0; l < QL; l++) {
+        write_norm(w, f, QE);
+        write_q1_matrix(w, f, QH * QD, QE, 1.0f / 16);
+        write_q1_matrix(w, f, QKV * QD, QE, 1.0f / 16);
+        write_q1_matrix(w, f, QKV * QD, QE, 1.0f / 16);
+        write_q1_matrix(w, f, QE, QH * QD, 1.0f / 22.6f);
+        write_norm(w, f, QD);
+        write_norm(w, f, QD);
+        write_norm(w, f, QE);
+        write_q1_matrix(w, f, QF, QE, 1.0f / 16);
+        write_q1_matrix(w, f, QF, QE, 1.0f / 16);
+        write_q1_matrix(w, f, QE, QF, 1.0f / 22.6f);
+    }
+    assert_int_equal(bsi_gguf_writer_finish(w), 0);
+    bsi_gguf_writer_free(w);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Row r of a Q1_0 or F32 tensor, dequantized to double. */
+static void qrow(const bonsai_model *m, const char *name, int64_t r, double *out)
+{
+    int64_t i = bsi_gguf_find_tensor(m->gguf, name);
+    assert_true(i >= 0);
+    const bsi_gguf_tensor *t = &m->gguf->tensors[i];
+    const uint8_t *base = bsi_gguf_tensor_data(m->gguf, (uint64_t)i);
+    int64_t n = (int64_t)t->ne[0];
+    if (t->type == BONSAI_TENSOR_F32) {
+        for (int64_t j = 0; j < n; j++) out[j] = ((const float *)base)[r * n + j];
+        return;
+    }
+    const uint8_t *row = base + (size_t)r * (size_t)(n / 128) * 18;
+    for (int64_t b = 0; b < n / 128; b++) {
+        uint16_t h;
+        memcpy(&h, row + 18 * b, 2);
+        double d = bsi_fp16_to_fp32(h);
+        for (int j = 0; j < 128; j++)
+            out[128 * b + j] = (row[18 * b + 2 + j / 8] >> (j % 8)) & 1 ? d : -d;
+    }
+}
+
+static void qmatvec(const bonsai_model *m, const char *name, const double *x, double *y, int rows,
+                    int cols)
+{
+    double *w = malloc((size_t)cols * sizeof *w);
+    for (int r = 0; r < rows; r++) {
+        qrow(m, name, r, w);
+        double s = 0;
+        for (int i = 0; i < cols; i++) s += w[i] * x[i];
+        y[r] = s;
+    }
+    free(w);
+}
+
+static void qnorm(const bonsai_model *m, const char *name, const double *x, double *y, int n)
+{
+    double *w = malloc((size_t)n * sizeof *w), ss = 0;
+    qrow(m, name, 0, w);
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    double k = 1.0 / sqrt(ss / n + 1e-6);
+    for (int i = 0; i < n; i++) y[i] = x[i] * k * w[i];
+    free(w);
+}
+
+/* NeoX RoPE with YaRN, exactly as FORMAT.md section 3 writes it. */
+static void rope_yarn(double *v, int pos)
+{
+    double s = 1.0 / Q_FACTOR, m = 1.0 + 0.1 * log(Q_FACTOR);
+    double corr_fast = 128.0 * log(Q_ORIG / (32.0 * TWO_PI)) / (2 * log(Q_BASE));
+    double corr_slow = 128.0 * log(Q_ORIG / (1.0 * TWO_PI)) / (2 * log(Q_BASE));
+    double lo = fmax(0, floor(corr_fast)), hi = fmin(127, ceil(corr_slow));
+    for (int i = 0; i < 64; i++) {
+        double te = pos * pow(Q_BASE, -2.0 * i / 128), ti = s * te;
+        double r = 1 - fmin(1, fmax(0, (i - lo) / fmax(0.001, hi - lo)));
+        double th = ti * (1 - r) + te * r, c = cos(th) * m, sn = sin(th) * m;
+        double a = v[i], b = v[i + 64];
+        v[i] = a * c - b * sn;
+        v[i + 64] = a * sn + b * c;
+    }
+}
+
+static void qwen3_reference(const bonsai_model *m, const int32_t *tok, int n, double *out)
+{
+    double *x = malloc((size_t)QE * sizeof *x), *h = malloc((size_t)QE * sizeof *h);
+    double *q = malloc((size_t)QH * QD * sizeof *q), *att = malloc((size_t)QH * QD * sizeof *att);
+    double *kc = malloc((size_t)QL * n * QKV * QD * sizeof *kc);
+    double *vc = malloc((size_t)QL * n * QKV * QD * sizeof *vc);
+    double *g = malloc((size_t)QF * sizeof *g), *u = malloc((size_t)QF * sizeof *u);
+    double *o = malloc((size_t)QE * sizeof *o), *sc = malloc((size_t)n * sizeof *sc);
+    char nm[64];
+#define N(fmt) (snprintf(nm, sizeof nm, fmt, l), nm)
+    for (int t = 0; t < n; t++) {
+        qrow(m, "token_embd.weight", tok[t], x);
+        for (int l = 0; l < QL; l++) {
+            double *kl = kc + ((size_t)l * n + t) * QKV * QD, *vl = vc + ((size_t)l * n + t) * QKV * QD;
+            qnorm(m, N("blk.%d.attn_norm.weight"), x, h, QE);
+            qmatvec(m, N("blk.%d.attn_q.weight"), h, q, QH * QD, QE);
+            qmatvec(m, N("blk.%d.attn_k.weight"), h, kl, QKV * QD, QE);
+            qmatvec(m, N("blk.%d.attn_v.weight"), h, vl, QKV * QD, QE);
+            for (int hh = 0; hh < QH; hh++) {
+                qnorm(m, N("blk.%d.attn_q_norm.weight"), q + hh * QD, q + hh * QD, QD);
+                rope_yarn(q + hh * QD, t);
+            }
+            for (int hh = 0; hh < QKV; hh++) {
+                qnorm(m, N("blk.%d.attn_k_norm.weight"), kl + hh * QD, kl + hh * QD, QD);
+                rope_yarn(kl + hh * QD, t);
+            }
+            for (int hh = 0; hh < QH; hh++) {
+                int kh = hh / (QH / QKV);
+                double max = -INFINITY, sum = 0;
+                for (int p = 0; p <= t; p++) {
+                    const double *k = kc + ((size_t)l * n + p) * QKV * QD + kh * QD;
+                    double d = 0;
+                    for (int i = 0; i < QD; i++) d += q[hh * QD + i] * k[i];
+                    sc[p] = d / sqrt((double)QD);
+                    max = fmax(max, sc[p]);
+                }
+                for (int p = 0; p <= t; p++) sum += (sc[p] = exp(sc[p] - max));
+                for (int i = 0; i < QD; i++) {
+                    double a = 0;
+                    for (int p = 0; p <= t; p++)
+                        a += sc[p] / sum * vc[((size_t)l * n + p) * QKV * QD + kh * QD + i];
+                    att[hh * QD + i] = a;
+                }
+            }
+            qmatvec(m, N("blk.%d.attn_output.weight"), att, o, QE, QH * QD);
+            for (int i = 0; i < QE; i++) x[i] += o[i];
+            qnorm(m, N("blk.%d.ffn_norm.weight"), x, h, QE);
+            qmatvec(m, N("blk.%d.ffn_gate.weight"), h, g, QF, QE);
+            qmatvec(m, N("blk.%d.ffn_up.weight"), h, u, QF, QE);
+            for (int i = 0; i < QF; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+            qmatvec(m, N("blk.%d.ffn_down.weight"), g, o, QE, QF);
+            for (int i = 0; i < QE; i++) x[i] += o[i];
+        }
+        qnorm(m, "output_norm.weight", x, h, QE);
+        qmatvec(m, "token_embd.weight", h, out + (size_t)t * QV, QV, QE); /* tied head */
+    }
+#undef N
+    free(x), free(h), free(q), free(att), free(kc), free(vc), free(g), free(u), free(o), free(sc);
+}
+
+static void test_qwen3_matches_reference(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/bonsai-qwen3-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_tiny_qwen3(path);
+    bonsai_model *m;
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    enum { N = 6 };
+    const int32_t tok[N] = {3, 999, 500, 42, 42, 7};
+    double *ref = malloc((size_t)N * QV * sizeof *ref);
+    qwen3_reference(m, tok, N, ref);
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, NULL, &s), 0);
+    assert_int_equal(bonsai_session_eval(s, tok, N, BONSAI_EVAL_ALL_LOGITS), 0);
+    const float *got = bonsai_session_logits(s, NULL);
+    double kl_sum = 0, max_err = 0, max_mag = 0;
+    int same_top = 0;
+    for (int i = 0; i < N * QV; i++) {
+        max_err = fmax(max_err, fabs(got[i] - ref[i]));
+        max_mag = fmax(max_mag, fabs(ref[i]));
+    }
+    for (int t = 0; t < N; t++) {
+        const double *r = ref + (size_t)t * QV;
+        const float *y = got + (size_t)t * QV;
+        double mr = -INFINITY, my = -INFINITY, zr = 0, zy = 0, kl = 0;
+        int ar = 0, ay = 0;
+        for (int v = 0; v < QV; v++) {
+            if (r[v] > mr) mr = r[v], ar = v;
+            if (y[v] > my) my = y[v], ay = v;
+        }
+        for (int v = 0; v < QV; v++) zr += exp(r[v] - mr), zy += exp(y[v] - my);
+        for (int v = 0; v < QV; v++) {
+            double pr = exp(r[v] - mr) / zr, py = exp(y[v] - my) / zy;
+            if (pr > 0) kl += pr * log(pr / fmax(py, 1e-300));
+        }
+        kl_sum += kl;
+        same_top += ar == ay;
+    }
+    print_message("qwen3 tiny: mean KL %.3g, same top-1 at %d of %d positions, max |logit error| "
+                  "%.3g (logits up to %.3g)\n",
+                  kl_sum / N, same_top, N, max_err, max_mag);
+    assert_true(max_err < 0.05 * max_mag);
+    assert_true(kl_sum / N < 1e-3);
+    assert_true(same_top >= N - 1);
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+    free(ref);
+    unlink(path);
+}
+
 /* A llama file whose tensors do not match its keys fails to load, naming what is wrong. */
 static void test_arch_checks(void **state)
 {
@@ -379,6 +656,7 @@ int main(void)
         cmocka_unit_test(test_session_keeps_model),
         cmocka_unit_test(test_bad_sessions),
         cmocka_unit_test(test_arch_checks),
+        cmocka_unit_test(test_qwen3_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
