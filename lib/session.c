@@ -162,8 +162,10 @@ void bonsai_session_free(bonsai_session *s)
 }
 
 /* The forward pass of n tokens at positions n_past .. n_past + n - 1; logits of the last
- * `n_rows` tokens into s->s.logits. */
-static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n, int64_t n_rows)
+ * `n_rows` tokens into s->s.logits, or (hidden != NULL) their final normalised hidden states
+ * into hidden [n_rows][n_embd] in host memory instead. */
+static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n, int64_t n_rows,
+                             float *hidden)
 {
     const bsi_model_arch *a = s->a;
     const bsi_backend_vtable *vt = s->be->vt;
@@ -203,17 +205,16 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
     }
     const float *last = b->x + (n - n_rows) * E;
     TRY(vt->rmsnorm(be, last, V[a->output_norm], b->h, E, n_rows, a->eps));
+    if (hidden) return vt->download(be, hidden, b->h, (size_t)(n_rows * E) * sizeof(float));
     TRY(vt->matmul(be, W[a->output], b->h, b->logits, n_rows));
 #undef TRY
     return BONSAI_OK;
 }
 
-bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens,
-                                  uint32_t flags)
+/* Checks a batch and makes room for it (activations, n_rows rows of logits, positions). */
+static bonsai_status prepare_batch(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens,
+                                  int64_t n_rows)
 {
-    if (!s || (!tokens && n_tokens))
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_eval: NULL argument");
-    if (n_tokens == 0) return BONSAI_OK;
     if ((uint64_t)s->n_past + n_tokens > s->n_ctx)
         return bsi_fail(BONSAI_ERR_CONTEXT_FULL,
                         "the context holds %u tokens: %u in the cache, %u more do not fit",
@@ -223,7 +224,6 @@ bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint
             return bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
                             "token %" PRId32 " (at %u) is outside the vocabulary of %u", tokens[i],
                             i, s->a->n_vocab);
-    int64_t n_rows = flags & BONSAI_EVAL_ALL_LOGITS ? n_tokens : 1;
     bonsai_status st = scratch_reserve(s, n_tokens, n_rows);
     if (st) return st;
     size_t logits_bytes = (size_t)n_rows * s->a->n_vocab * sizeof(float);
@@ -240,13 +240,61 @@ bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint
         s->pos_cap = n_tokens;
     }
     for (uint32_t i = 0; i < n_tokens; i++) s->pos[i] = (int32_t)(s->n_past + i);
+    return BONSAI_OK;
+}
+
+bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens,
+                                  uint32_t flags)
+{
+    if (!s || (!tokens && n_tokens))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_eval: NULL argument");
+    if (n_tokens == 0) return BONSAI_OK;
+    int64_t n_rows = flags & BONSAI_EVAL_ALL_LOGITS ? n_tokens : 1;
+    bonsai_status st = prepare_batch(s, tokens, n_tokens, n_rows);
+    if (st) return st;
     s->n_logits = 0;
-    st = forward(s, tokens, n_tokens, n_rows);
-    if (!st) st = s->be->vt->download(s->be, s->logits_host, s->s.logits, logits_bytes);
+    st = forward(s, tokens, n_tokens, n_rows, NULL);
+    if (!st)
+        st = s->be->vt->download(s->be, s->logits_host, s->s.logits,
+                                 (size_t)n_rows * s->a->n_vocab * sizeof(float));
     if (st) return st; /* the cache beyond n_past may hold partial rows: they are not used */
     s->n_past += n_tokens;
     s->n_logits = (uint32_t)n_rows;
     return BONSAI_OK;
+}
+
+bonsai_status bonsai_embed(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens, float *out,
+                           uint32_t out_dim)
+{
+    if (!s || !tokens || !out || !n_tokens)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_embed: NULL argument or no tokens");
+    uint32_t E = s->a->n_embd;
+    if (out_dim != E)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "bonsai_embed: out_dim is %u, the model's embedding length is %u", out_dim,
+                        E);
+    bonsai_session_clear(s);
+    /* hidden states only: no rows of logits */
+    bonsai_status st = prepare_batch(s, tokens, n_tokens, 1);
+    if (st) return st;
+    float *hidden = malloc((size_t)n_tokens * E * sizeof *hidden);
+    if (!hidden) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    st = forward(s, tokens, n_tokens, n_tokens, hidden);
+    if (!st) {
+        /* mean over tokens in double, then unit length */
+        double norm = 0;
+        for (uint32_t i = 0; i < E; i++) {
+            double sum = 0;
+            for (uint32_t t = 0; t < n_tokens; t++) sum += hidden[(size_t)t * E + i];
+            out[i] = (float)(sum / n_tokens);
+            norm += (double)out[i] * out[i];
+        }
+        float k = norm > 0 ? (float)(1.0 / sqrt(norm)) : 0.0f;
+        for (uint32_t i = 0; i < E; i++) out[i] *= k;
+    }
+    free(hidden);
+    bonsai_session_clear(s);
+    return st;
 }
 
 const float *bonsai_session_logits(const bonsai_session *s, uint32_t *n_rows)

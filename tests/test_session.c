@@ -330,6 +330,34 @@ static void test_bad_sessions(void **state)
     bonsai_model_free(m);
 }
 
+static void test_embeddings(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, NULL, &s), 0);
+    enum { E = 64 };
+    float a[E], b[E], c[E], d[E];
+    const int32_t other[] = {1, 286, 383, 426}; /* <s> was there . */
+    assert_int_equal(bonsai_embed(s, once_upon_a_time, 5, a, E), 0);
+    assert_int_equal(bonsai_session_n_past(s), 0); /* the cache is left empty */
+    assert_int_equal(bonsai_embed(s, once_upon_a_time, 5, b, E), 0);
+    assert_memory_equal(a, b, sizeof a); /* deterministic */
+    assert_int_equal(bonsai_embed(s, other, 4, c, E), 0);
+    double na = 0, dot_ac = 0;
+    for (int i = 0; i < E; i++) na += (double)a[i] * a[i], dot_ac += (double)a[i] * c[i];
+    assert_true(fabs(na - 1) < 1e-5);  /* unit length */
+    assert_true(dot_ac < 0.9999);       /* different texts, different vectors */
+    /* what the session held before does not matter */
+    assert_int_equal(bonsai_session_eval(s, other, 4, 0), 0);
+    assert_int_equal(bonsai_embed(s, once_upon_a_time, 5, d, E), 0);
+    assert_memory_equal(a, d, sizeof a);
+    assert_error(bonsai_embed(s, once_upon_a_time, 5, d, E - 1), BONSAI_ERR_INVALID_ARGUMENT,
+                 "embedding length");
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+}
+
 /* ---- qwen3: a tiny Bonsai-shaped model made here (Q1_0 matrices, YaRN), against a double
  * reference of FORMAT.md section 3 ---- */
 
@@ -656,6 +684,7 @@ int main(void)
         cmocka_unit_test(test_session_keeps_model),
         cmocka_unit_test(test_bad_sessions),
         cmocka_unit_test(test_arch_checks),
+        cmocka_unit_test(test_embeddings),
         cmocka_unit_test(test_qwen3_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

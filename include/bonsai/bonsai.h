@@ -364,6 +364,15 @@ BONSAI_API bonsai_status bonsai_session_truncate(bonsai_session *session, uint32
 /** Empty the cache and forget the logits. */
 BONSAI_API void bonsai_session_clear(bonsai_session *session);
 
+/**
+ * Embedding of a sequence for retrieval: the model's final hidden state (after the output norm)
+ * of every token, mean-pooled over the tokens and L2-normalised, written to out[0 .. n_embd).
+ * `out_dim` must be the model's embedding length (bonsai_model_hparams_get: n_embd). The
+ * session's cache is cleared first and is empty afterwards. n_tokens must fit the context.
+ */
+BONSAI_API bonsai_status bonsai_embed(bonsai_session *session, const int32_t *tokens,
+                                      uint32_t n_tokens, float *out, uint32_t out_dim);
+
 /** Description of the session's backend, e.g. "cpu avx2, 2 threads". */
 BONSAI_API const char *bonsai_session_backend(const bonsai_session *session);
 
