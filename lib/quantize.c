@@ -23,9 +23,11 @@ void bsi_quantize_q1_0(const float *x, int64_t n, uint8_t *out)
         for (int j = 0; j < 128; j++) sum += fabsf(x[j]);
         uint16_t d = bsi_fp32_to_fp16(sum / 128.0f);
         memcpy(out, &d, 2);
-        memset(out + 2, 0, 16);
-        for (int j = 0; j < 128; j++)
-            if (x[j] >= 0.0f) out[2 + (j >> 3)] |= (uint8_t)(1u << (j & 7));
+        for (int k = 0; k < 16; k++) { /* branch-free: signs of random data mispredict */
+            unsigned v = 0;
+            for (int j = 0; j < 8; j++) v |= (unsigned)(x[8 * k + j] >= 0.0f) << j;
+            out[2 + k] = (uint8_t)v;
+        }
     }
 }
 

@@ -45,7 +45,7 @@ void bonsai_session_params_init(bonsai_session_params *params)
 static void scratch_free(bonsai_session *s)
 {
     bsi_backend *be = s->be;
-    float **bufs[] = {&s->s.x, &s->s.h, &s->s.q, &s->s.k, &s->s.v,
+    float **bufs[] = {&s->s.x,   &s->s.h, &s->s.q, &s->s.k,     &s->s.v,
                       &s->s.att, &s->s.g, &s->s.u, &s->s.logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         if (*bufs[i]) be->vt->free(be, *bufs[i]);
@@ -68,9 +68,14 @@ static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n
         float **p;
         size_t bytes;
     } want[] = {
-        {&s->s.x, N * E * f},   {&s->s.h, N * E * f},  {&s->s.q, N * Q * f},
-        {&s->s.k, N * KV * f},  {&s->s.v, N * KV * f}, {&s->s.att, N * Q * f},
-        {&s->s.g, N * F * f},   {&s->s.u, N * F * f},
+        {&s->s.x, N * E * f},
+        {&s->s.h, N * E * f},
+        {&s->s.q, N * Q * f},
+        {&s->s.k, N * KV * f},
+        {&s->s.v, N * KV * f},
+        {&s->s.att, N * Q * f},
+        {&s->s.g, N * F * f},
+        {&s->s.u, N * F * f},
         {&s->s.logits, (size_t)n_rows * a->n_vocab * f},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
@@ -192,8 +197,8 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
         TRY(vt->rope(be, b->q, s->pos, n, a->n_head, hd, &a->rope));
         TRY(vt->rope(be, b->k, s->pos, n, a->n_head_kv, hd, &a->rope));
         TRY(vt->kv_store(be, s->k_cache[l], s->v_cache[l], b->k, b->v, n, KV, s->n_past));
-        TRY(vt->attention(be, b->q, s->k_cache[l], s->v_cache[l], b->att, n, s->n_past,
-                          a->n_head, a->n_head_kv, hd, scale));
+        TRY(vt->attention(be, b->q, s->k_cache[l], s->v_cache[l], b->att, n, s->n_past, a->n_head,
+                          a->n_head_kv, hd, scale));
         TRY(vt->matmul(be, W[L->wo], b->att, b->h, n));
         TRY(vt->add(be, b->x, b->h, b->x, n * E));
         TRY(vt->rmsnorm(be, b->x, V[L->ffn_norm], b->h, E, n, a->eps));
@@ -213,7 +218,7 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
 
 /* Checks a batch and makes room for it (activations, n_rows rows of logits, positions). */
 static bonsai_status prepare_batch(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens,
-                                  int64_t n_rows)
+                                   int64_t n_rows)
 {
     if ((uint64_t)s->n_past + n_tokens > s->n_ctx)
         return bsi_fail(BONSAI_ERR_CONTEXT_FULL,

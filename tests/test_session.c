@@ -68,8 +68,8 @@ static void reference(const bonsai_model *m, const int32_t *tokens, int n, doubl
 {
     bonsai_model_hparams h = {.struct_size = sizeof h};
     assert_int_equal(bonsai_model_hparams_get(m, &h), 0);
-    int E = (int)h.n_embd, F = (int)h.n_ff, H = (int)h.n_head, HK = (int)h.n_head_kv,
-        D = E / H, V = (int)h.n_vocab;
+    int E = (int)h.n_embd, F = (int)h.n_ff, H = (int)h.n_head, HK = (int)h.n_head_kv, D = E / H,
+        V = (int)h.n_vocab;
     double eps = h.rms_eps;
     double *x = calloc((size_t)n * E, sizeof *x), *hb = malloc((size_t)E * sizeof *hb);
     double *q = malloc((size_t)H * D * sizeof *q), *att = malloc((size_t)H * D * sizeof *att);
@@ -190,9 +190,10 @@ static void test_greedy_story(void **state)
     }
     print_message("Once upon a time%s\n", text);
     /* the story every llama2.c port tells */
-    assert_string_equal(text, ",\xe2\x96\x81there\xe2\x96\x81was\xe2\x96\x81"
-                              "a\xe2\x96\x81little\xe2\x96\x81girl\xe2\x96\x81named\xe2\x96\x81Lily."
-                              "\xe2\x96\x81She");
+    assert_string_equal(text,
+                        ",\xe2\x96\x81there\xe2\x96\x81was\xe2\x96\x81"
+                        "a\xe2\x96\x81little\xe2\x96\x81girl\xe2\x96\x81named\xe2\x96\x81Lily."
+                        "\xe2\x96\x81She");
     bonsai_model_free(m);
 }
 
@@ -211,8 +212,8 @@ static void test_batch_equals_one_by_one(void **state)
         const float *one = bonsai_session_logits(b, NULL);
         for (uint32_t v = 0; v < V; v++)
             if (fabsf(one[v] - all[(size_t)t * V + v]) > 1e-3f)
-                fail_msg("position %d token %u: %g one by one, %g in a batch", t, v,
-                         (double)one[v], (double)all[(size_t)t * V + v]);
+                fail_msg("position %d token %u: %g one by one, %g in a batch", t, v, (double)one[v],
+                         (double)all[(size_t)t * V + v]);
     }
     bonsai_session_free(a);
     bonsai_session_free(b);
@@ -346,8 +347,8 @@ static void test_embeddings(void **state)
     assert_int_equal(bonsai_embed(s, other, 4, c, E), 0);
     double na = 0, dot_ac = 0;
     for (int i = 0; i < E; i++) na += (double)a[i] * a[i], dot_ac += (double)a[i] * c[i];
-    assert_true(fabs(na - 1) < 1e-5);  /* unit length */
-    assert_true(dot_ac < 0.9999);       /* different texts, different vectors */
+    assert_true(fabs(na - 1) < 1e-5); /* unit length */
+    assert_true(dot_ac < 0.9999);     /* different texts, different vectors */
     /* what the session held before does not matter */
     assert_int_equal(bonsai_session_eval(s, other, 4, 0), 0);
     assert_int_equal(bonsai_embed(s, once_upon_a_time, 5, d, E), 0);
@@ -362,10 +363,10 @@ static void test_embeddings(void **state)
  * reference of FORMAT.md section 3 ---- */
 
 enum { QL = 2, QE = 256, QF = 512, QH = 4, QKV = 2, QD = 128, QV = 1000 };
-#define Q_BASE 1000000.0
+#define Q_BASE   1000000.0
 #define Q_FACTOR 4.0
-#define Q_ORIG 8192
-#define TWO_PI 6.283185307179586
+#define Q_ORIG   8192
+#define TWO_PI   6.283185307179586
 
 static float gauss(void)
 {
@@ -381,7 +382,8 @@ static void write_q1_matrix(bsi_gguf_writer *w, FILE *f, int64_t rows, int64_t c
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t i = 0; i < cols; i++) row[i] = std * gauss();
         bsi_quantize_q1_0(row, cols, blk);
-        assert_int_equal(bsi_gguf_writer_write_data(w, bsi_file_sink, f, blk, (size_t)cols / 128 * 18), 0);
+        assert_int_equal(
+            bsi_gguf_writer_write_data(w, bsi_file_sink, f, blk, (size_t)cols / 128 * 18), 0);
     }
     free(row);
     free(blk);
@@ -402,21 +404,28 @@ static void write_tiny_qwen3(const char *path)
     const struct {
         const char *k;
         uint32_t v;
-    } u[] = {{"qwen3.block_count", QL},          {"qwen3.context_length", 32768},
-             {"qwen3.embedding_length", QE},     {"qwen3.feed_forward_length", QF},
-             {"qwen3.attention.head_count", QH}, {"qwen3.attention.head_count_kv", QKV},
-             {"qwen3.attention.key_length", QD}, {"qwen3.attention.value_length", QD},
+    } u[] = {{"qwen3.block_count", QL},
+             {"qwen3.context_length", 32768},
+             {"qwen3.embedding_length", QE},
+             {"qwen3.feed_forward_length", QF},
+             {"qwen3.attention.head_count", QH},
+             {"qwen3.attention.head_count_kv", QKV},
+             {"qwen3.attention.key_length", QD},
+             {"qwen3.attention.value_length", QD},
              {"qwen3.rope.scaling.original_context_length", Q_ORIG}};
     for (size_t i = 0; i < sizeof u / sizeof u[0]; i++)
         assert_int_equal(bsi_gguf_writer_add_u32(w, u[i].k, u[i].v), 0);
-    assert_int_equal(bsi_gguf_writer_add_f32(w, "qwen3.attention.layer_norm_rms_epsilon", 1e-6f), 0);
+    assert_int_equal(bsi_gguf_writer_add_f32(w, "qwen3.attention.layer_norm_rms_epsilon", 1e-6f),
+                     0);
     assert_int_equal(bsi_gguf_writer_add_f32(w, "qwen3.rope.freq_base", (float)Q_BASE), 0);
     assert_int_equal(bsi_gguf_writer_add_string(w, "qwen3.rope.scaling.type", "yarn"), 0);
     assert_int_equal(bsi_gguf_writer_add_f32(w, "qwen3.rope.scaling.factor", (float)Q_FACTOR), 0);
     const uint64_t embd[] = {QE, QV}, vec[] = {QE}, hv[] = {QD}, wq[] = {QE, QH * QD},
                    wkv[] = {QE, QKV * QD}, wo[] = {QH * QD, QE}, up[] = {QE, QF}, down[] = {QF, QE};
-    assert_int_equal(bsi_gguf_writer_add_tensor(w, "token_embd.weight", BONSAI_TENSOR_Q1_0, 2, embd), 0);
-    assert_int_equal(bsi_gguf_writer_add_tensor(w, "output_norm.weight", BONSAI_TENSOR_F32, 1, vec), 0);
+    assert_int_equal(
+        bsi_gguf_writer_add_tensor(w, "token_embd.weight", BONSAI_TENSOR_Q1_0, 2, embd), 0);
+    assert_int_equal(bsi_gguf_writer_add_tensor(w, "output_norm.weight", BONSAI_TENSOR_F32, 1, vec),
+                     0);
     for (int l = 0; l < QL; l++) {
         char n[64];
 #define ADD(suffix, type, nd, ne)                                                                  \
@@ -533,7 +542,8 @@ static void qwen3_reference(const bonsai_model *m, const int32_t *tok, int n, do
     for (int t = 0; t < n; t++) {
         qrow(m, "token_embd.weight", tok[t], x);
         for (int l = 0; l < QL; l++) {
-            double *kl = kc + ((size_t)l * n + t) * QKV * QD, *vl = vc + ((size_t)l * n + t) * QKV * QD;
+            double *kl = kc + ((size_t)l * n + t) * QKV * QD,
+                   *vl = vc + ((size_t)l * n + t) * QKV * QD;
             qnorm(m, N("blk.%d.attn_norm.weight"), x, h, QE);
             qmatvec(m, N("blk.%d.attn_q.weight"), h, q, QH * QD, QE);
             qmatvec(m, N("blk.%d.attn_k.weight"), h, kl, QKV * QD, QE);

@@ -15,6 +15,9 @@ static const command commands[] = {
     {"info", cmd_info, "show a GGUF file's metadata and tensors"},
     {"quantize", cmd_quantize, "convert a model's matrices to Q1_0"},
     {"bench-kernels", cmd_bench_kernels, "measure memory bandwidth and the 1-bit kernels"},
+    {"synth", cmd_synth, "write a Bonsai-shaped test model with random weights"},
+    {"eval", cmd_eval, "evaluate token ids: logits and the greedy next token"},
+    {"bench", cmd_bench, "prompt and generation speed (pp/tg tokens/s)"},
 };
 
 static int usage(FILE *f)
