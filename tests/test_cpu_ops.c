@@ -752,6 +752,53 @@ static void test_bf16(void **state)
     }
 }
 
+/* Attention of one head over an fp16 cache, every ISA against a double reference. */
+static void test_attn_head(void **state)
+{
+    (void)state;
+    static const int64_t dims[] = {8, 64, 128, 12};
+    static const int64_t positions[] = {1, 2, 17, 300};
+    for (int isa = 0; isa < BSI_ISA_COUNT; isa++) {
+        if (!bsi_isa_available((bsi_isa)isa)) continue;
+        const bsi_cpu_ops *ops = bsi_cpu_ops_for((bsi_isa)isa);
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
+            for (size_t pi = 0; pi < sizeof positions / sizeof positions[0]; pi++) {
+                int64_t hd = dims[di], n = positions[pi], stride = hd * 3;
+                float *q = malloc((size_t)hd * sizeof *q), *out = malloc((size_t)hd * sizeof *out);
+                float *scores = malloc((size_t)n * sizeof *scores);
+                uint16_t *k = malloc((size_t)(n * stride) * 2),
+                         *v = malloc((size_t)(n * stride) * 2);
+                for (int64_t i = 0; i < hd; i++) q[i] = test_uniform();
+                for (int64_t i = 0; i < n * stride; i++) {
+                    k[i] = bsi_fp32_to_fp16(test_uniform());
+                    v[i] = bsi_fp32_to_fp16(test_uniform());
+                }
+                for (int64_t i = 0; i < hd; i++) out[i] = nanf("");
+                float scale = 1.0f / sqrtf((float)hd);
+                ops->attn_head(q, k, v, n, stride, hd, scale, scores, out);
+                double *sc = malloc((size_t)n * sizeof *sc), max = -INFINITY, sum = 0;
+                for (int64_t p = 0; p < n; p++) {
+                    double d = 0;
+                    for (int64_t i = 0; i < hd; i++)
+                        d += (double)q[i] * bsi_fp16_to_fp32(k[p * stride + i]);
+                    sc[p] = d * scale;
+                    max = fmax(max, sc[p]);
+                }
+                for (int64_t p = 0; p < n; p++) sum += (sc[p] = exp(sc[p] - max));
+                for (int64_t i = 0; i < hd; i++) {
+                    double r = 0;
+                    for (int64_t p = 0; p < n; p++)
+                        r += sc[p] / sum * bsi_fp16_to_fp32(v[p * stride + i]);
+                    if (!(fabs(out[i] - r) <= 1e-5 * (1 + fabs(r))))
+                        fail_msg("%s attn hd %lld n %lld [%lld]: %g vs %g",
+                                 bsi_isa_name((bsi_isa)isa), (long long)hd, (long long)n,
+                                 (long long)i, (double)out[i], r);
+                }
+                free(q), free(out), free(scores), free(k), free(v), free(sc);
+            }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -770,6 +817,7 @@ int main(void)
         cmocka_unit_test(test_fp16_portable),
         cmocka_unit_test(test_fp16_hardware),
         cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_attn_head),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

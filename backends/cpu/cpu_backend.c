@@ -436,6 +436,7 @@ typedef struct attn_task {
     int64_t n_tok, pos, n_head, n_head_kv, head_dim, n_ctx_used;
     float scale;
     float *scores; /* [threads][n_ctx_used] */
+    const bsi_cpu_ops *ops;
 } attn_task;
 
 /* Work item i = (token, head). */
@@ -443,31 +444,13 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     attn_task *t = ctx;
     int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd, group = t->n_head / t->n_head_kv;
-    float *s = t->scores + (size_t)thread * (size_t)t->n_ctx_used;
+    float *scores = t->scores + (size_t)thread * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
         int64_t tok = i / t->n_head, h = i % t->n_head, kvh = h / group;
-        int64_t n = t->pos + tok + 1; /* causal: positions 0 .. pos + tok */
-        const float *q = t->q + (tok * t->n_head + h) * hd;
-        float max = -INFINITY;
-        for (int64_t p = 0; p < n; p++) {
-            const uint16_t *k = t->kc + p * kv_dim + kvh * hd;
-            float dot = 0;
-            for (int64_t d = 0; d < hd; d++) dot += q[d] * bsi_fp16_to_fp32(k[d]);
-            s[p] = dot * t->scale;
-            if (s[p] > max) max = s[p];
-        }
-        float sum = 0;
-        for (int64_t p = 0; p < n; p++) {
-            s[p] = expf(s[p] - max);
-            sum += s[p];
-        }
-        float *o = t->out + (tok * t->n_head + h) * hd;
-        for (int64_t d = 0; d < hd; d++) o[d] = 0;
-        for (int64_t p = 0; p < n; p++) {
-            const uint16_t *v = t->vc + p * kv_dim + kvh * hd;
-            float w = s[p] / sum;
-            for (int64_t d = 0; d < hd; d++) o[d] += w * bsi_fp16_to_fp32(v[d]);
-        }
+        /* causal: positions 0 .. pos + tok */
+        t->ops->attn_head(t->q + (tok * t->n_head + h) * hd, t->kc + kvh * hd, t->vc + kvh * hd,
+                          t->pos + tok + 1, kv_dim, hd, t->scale, scores,
+                          t->out + (tok * t->n_head + h) * hd);
     }
 }
 
@@ -477,8 +460,9 @@ static bonsai_status cpu_attention(bsi_backend *be, const float *q, const void *
 {
     cpu_backend *b = cpu(be);
     if (n_head_kv < 1 || n_head % n_head_kv)
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "attention: %" PRId64 " heads over %" PRId64
-                        " kv heads", n_head, n_head_kv);
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "attention: %" PRId64 " heads over %" PRId64 " kv heads", n_head,
+                        n_head_kv);
     int64_t n_ctx_used = pos + n_tok;
     size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)n_ctx_used * sizeof(float);
     if (need > b->scores_bytes) {
@@ -487,8 +471,8 @@ static bonsai_status cpu_attention(bsi_backend *be, const float *q, const void *
         b->scores = p;
         b->scores_bytes = need;
     }
-    attn_task t = {q,        k_cache,  v_cache, out,   n_tok,     pos,       n_head,
-                   n_head_kv, head_dim, n_ctx_used, scale, b->scores};
+    attn_task t = {q,         k_cache,  v_cache,    out,   n_tok,     pos,   n_head,
+                   n_head_kv, head_dim, n_ctx_used, scale, b->scores, b->ops};
     bsi_pool_for(b->pool, n_tok * n_head, 1, attn_range, &t);
     return BONSAI_OK;
 }

@@ -37,6 +37,11 @@ typedef struct bsi_cpu_ops {
      * from n_rot to head_dim are left as they are. */
     void (*rope)(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int neox,
                  const float *cs);
+    /* One query head against n_pos cached positions: out[0..hd) = sum_p softmax_p(scale q.k_p)
+     * v_p, with k_p, v_p rows of hd fp16 values `stride` elements apart; scores is scratch for
+     * n_pos floats. */
+    void (*attn_head)(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
+                      int64_t stride, int64_t hd, float scale, float *scores, float *out);
 } bsi_cpu_ops;
 
 /* The ops of `isa` (falls back to the scalar table for an ISA with no variant). */

@@ -316,6 +316,37 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
     }
 }
 
+/* Head dims that are a multiple of 8 go 8 at a time through F16C; others take the scalar path. */
+static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
+                      int64_t stride, int64_t hd, float scale, float *scores, float *out)
+{
+    if (hd % 8) {
+        bsi_cpu_ops_scalar.attn_head(q, k, v, n_pos, stride, hd, scale, scores, out);
+        return;
+    }
+    float max = -INFINITY;
+    for (int64_t p = 0; p < n_pos; p++) {
+        const uint16_t *kp = k + p * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t d = 0; d < hd; d += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d),
+                                  _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kp + d))), acc);
+        scores[p] = hsum(acc) * scale;
+        if (scores[p] > max) max = scores[p];
+    }
+    float sum = 0;
+    for (int64_t p = 0; p < n_pos; p++) sum += (scores[p] = expf(scores[p] - max));
+    float inv = 1.0f / sum;
+    for (int64_t d = 0; d < hd; d += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n_pos; p++)
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(scores[p]),
+                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + p * stride + d))), acc);
+        _mm256_storeu_ps(out + d, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
+    }
+}
+
 const bsi_cpu_ops bsi_cpu_ops_avx2 = {
     .isa = BSI_ISA_AVX2,
     .gemv_f32 = gemv_f32,
@@ -327,4 +358,5 @@ const bsi_cpu_ops bsi_cpu_ops_avx2 = {
     .silu_mul = silu_mul,
     .add = add,
     .rope = rope,
+    .attn_head = attn_head,
 };
