@@ -89,16 +89,20 @@ typedef struct bsi_backend_vtable {
     /* y = a + b, n values (y may alias a or b). */
     bonsai_status (*add)(bsi_backend *be, const float *a, const float *b, float *y, int64_t n);
 
-    /* KV cache of one layer: rows of `dim` fp16 values, one per position ([n_ctx][dim]).
-     * Stores k and v of n_tok tokens ([n_tok][dim] f32) at positions pos .. pos + n_tok - 1. */
-    bonsai_status (*kv_store)(bsi_backend *be, void *k_cache, void *v_cache, const float *k,
-                              const float *v, int64_t n_tok, int64_t dim, int64_t pos);
+    /* KV cache of one layer: one row of `dim` values per position ([n_ctx][row bytes]), fp16
+     * (kv_type BONSAI_TENSOR_F16) or Q8_0 blocks of 32 (BONSAI_TENSOR_Q8_0, dim a multiple of
+     * 32). Stores k and v of n_tok tokens ([n_tok][dim] f32) at positions pos .. pos + n_tok - 1.
+     */
+    bonsai_status (*kv_store)(bsi_backend *be, uint32_t kv_type, void *k_cache, void *v_cache,
+                              const float *k, const float *v, int64_t n_tok, int64_t dim,
+                              int64_t pos);
     /* Causal attention with grouped heads: q [n_tok][n_head][head_dim]; token t sits at position
      * pos + t and attends to cache positions 0 .. pos + t; query head h reads kv head
      * h / (n_head / n_head_kv). out [n_tok][n_head][head_dim] = softmax(q.K^T * scale) V. */
-    bonsai_status (*attention)(bsi_backend *be, const float *q, const void *k_cache,
-                               const void *v_cache, float *out, int64_t n_tok, int64_t pos,
-                               int64_t n_head, int64_t n_head_kv, int64_t head_dim, float scale);
+    bonsai_status (*attention)(bsi_backend *be, uint32_t kv_type, const float *q,
+                               const void *k_cache, const void *v_cache, float *out, int64_t n_tok,
+                               int64_t pos, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                               float scale);
 } bsi_backend_vtable;
 
 /* An instance begins with its table, so lib/ can call through any instance. */

@@ -24,6 +24,7 @@ struct bonsai_session {
     bsi_backend *be;
     const bsi_placement *w;
     uint32_t n_ctx, n_past;
+    uint32_t kv_type;
     void **k_cache, **v_cache; /* [n_layer] */
     scratch s;
     float *logits_host; /* [n_logits][n_vocab] */
@@ -109,9 +110,13 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
         return bsi_fail(BONSAI_ERR_UNSUPPORTED,
                         "%s: architecture '%s' cannot be run (supported: qwen3, llama)",
                         model->path, model->arch[0] ? model->arch : "(none)");
-    if (params->kv_type != BONSAI_TENSOR_F16)
-        return bsi_fail(BONSAI_ERR_UNSUPPORTED, "KV cache type %u is not supported (F16 only)",
+    if (params->kv_type != BONSAI_TENSOR_F16 && params->kv_type != BONSAI_TENSOR_Q8_0)
+        return bsi_fail(BONSAI_ERR_UNSUPPORTED, "KV cache type %u is not supported (F16 or Q8_0)",
                         params->kv_type);
+    if (params->kv_type == BONSAI_TENSOR_Q8_0 && model->a.head_dim % 32)
+        return bsi_fail(BONSAI_ERR_UNSUPPORTED,
+                        "a Q8_0 KV cache needs heads of a multiple of 32 values, not %u",
+                        model->a.head_dim);
     if (params->n_threads < 0 || params->n_threads > 1024)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "n_threads %d", params->n_threads);
     const bsi_model_arch *a = &model->a;
@@ -125,6 +130,7 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     s->model = model;
     s->a = a;
     s->n_ctx = n_ctx;
+    s->kv_type = params->kv_type;
     bsi_model_retain(model);
     bsi_backend_config cfg = {.n_threads = params->n_threads};
     bonsai_status st = bsi_backend_create(params->backend, &cfg, &s->be);
@@ -134,7 +140,9 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
         s->v_cache = calloc(a->n_layer, sizeof *s->v_cache);
         if (!s->k_cache || !s->v_cache) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     }
-    size_t kv_bytes = (size_t)n_ctx * a->n_head_kv * a->head_dim * sizeof(uint16_t);
+    size_t kv_dim = (size_t)a->n_head_kv * a->head_dim;
+    size_t kv_bytes =
+        (size_t)n_ctx * (s->kv_type == BONSAI_TENSOR_Q8_0 ? kv_dim / 32 * 34 : kv_dim * 2);
     for (uint32_t l = 0; l < a->n_layer && !st; l++) {
         st = s->be->vt->alloc(s->be, kv_bytes, &s->k_cache[l]);
         if (!st) st = s->be->vt->alloc(s->be, kv_bytes, &s->v_cache[l]);
@@ -196,9 +204,10 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
         }
         TRY(vt->rope(be, b->q, s->pos, n, a->n_head, hd, &a->rope));
         TRY(vt->rope(be, b->k, s->pos, n, a->n_head_kv, hd, &a->rope));
-        TRY(vt->kv_store(be, s->k_cache[l], s->v_cache[l], b->k, b->v, n, KV, s->n_past));
-        TRY(vt->attention(be, b->q, s->k_cache[l], s->v_cache[l], b->att, n, s->n_past, a->n_head,
-                          a->n_head_kv, hd, scale));
+        TRY(vt->kv_store(be, s->kv_type, s->k_cache[l], s->v_cache[l], b->k, b->v, n, KV,
+                         s->n_past));
+        TRY(vt->attention(be, s->kv_type, b->q, s->k_cache[l], s->v_cache[l], b->att, n, s->n_past,
+                          a->n_head, a->n_head_kv, hd, scale));
         TRY(vt->matmul(be, W[L->wo], b->att, b->h, n));
         TRY(vt->add(be, b->x, b->h, b->x, n * E));
         TRY(vt->rmsnorm(be, b->x, V[L->ffn_norm], b->h, E, n, a->eps));

@@ -322,6 +322,8 @@ static void test_bad_sessions(void **state)
     bonsai_session_params_init(&p);
     p.kv_type = BONSAI_TENSOR_Q1_0;
     assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_UNSUPPORTED, "KV cache");
+    p.kv_type = BONSAI_TENSOR_Q8_0; /* stories260K has heads of 8 */
+    assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_UNSUPPORTED, "multiple of 32");
     bonsai_session_params_init(&p);
     p.struct_size = 2;
     assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_INVALID_ARGUMENT, "struct_size");
@@ -604,40 +606,46 @@ static void test_qwen3_matches_reference(void **state)
     const int32_t tok[N] = {3, 999, 500, 42, 42, 7};
     double *ref = malloc((size_t)N * QV * sizeof *ref);
     qwen3_reference(m, tok, N, ref);
-    bonsai_session *s;
-    assert_int_equal(bonsai_session_create(m, NULL, &s), 0);
-    assert_int_equal(bonsai_session_eval(s, tok, N, BONSAI_EVAL_ALL_LOGITS), 0);
-    const float *got = bonsai_session_logits(s, NULL);
-    double kl_sum = 0, max_err = 0, max_mag = 0;
-    int same_top = 0;
-    for (int i = 0; i < N * QV; i++) {
-        max_err = fmax(max_err, fabs(got[i] - ref[i]));
-        max_mag = fmax(max_mag, fabs(ref[i]));
-    }
-    for (int t = 0; t < N; t++) {
-        const double *r = ref + (size_t)t * QV;
-        const float *y = got + (size_t)t * QV;
-        double mr = -INFINITY, my = -INFINITY, zr = 0, zy = 0, kl = 0;
-        int ar = 0, ay = 0;
-        for (int v = 0; v < QV; v++) {
-            if (r[v] > mr) mr = r[v], ar = v;
-            if (y[v] > my) my = y[v], ay = v;
+    for (int kv = 0; kv < 2; kv++) { /* fp16 and Q8_0 caches */
+        bonsai_session_params sp;
+        bonsai_session_params_init(&sp);
+        sp.kv_type = kv ? BONSAI_TENSOR_Q8_0 : BONSAI_TENSOR_F16;
+        bonsai_session *s;
+        assert_int_equal(bonsai_session_create(m, &sp, &s), 0);
+        assert_int_equal(bonsai_session_eval(s, tok, N, BONSAI_EVAL_ALL_LOGITS), 0);
+        const float *got = bonsai_session_logits(s, NULL);
+        double kl_sum = 0, max_err = 0, max_mag = 0;
+        int same_top = 0;
+        for (int i = 0; i < N * QV; i++) {
+            max_err = fmax(max_err, fabs(got[i] - ref[i]));
+            max_mag = fmax(max_mag, fabs(ref[i]));
         }
-        for (int v = 0; v < QV; v++) zr += exp(r[v] - mr), zy += exp(y[v] - my);
-        for (int v = 0; v < QV; v++) {
-            double pr = exp(r[v] - mr) / zr, py = exp(y[v] - my) / zy;
-            if (pr > 0) kl += pr * log(pr / fmax(py, 1e-300));
+        for (int t = 0; t < N; t++) {
+            const double *r = ref + (size_t)t * QV;
+            const float *y = got + (size_t)t * QV;
+            double mr = -INFINITY, my = -INFINITY, zr = 0, zy = 0, kl = 0;
+            int ar = 0, ay = 0;
+            for (int v = 0; v < QV; v++) {
+                if (r[v] > mr) mr = r[v], ar = v;
+                if (y[v] > my) my = y[v], ay = v;
+            }
+            for (int v = 0; v < QV; v++) zr += exp(r[v] - mr), zy += exp(y[v] - my);
+            for (int v = 0; v < QV; v++) {
+                double pr = exp(r[v] - mr) / zr, py = exp(y[v] - my) / zy;
+                if (pr > 0) kl += pr * log(pr / fmax(py, 1e-300));
+            }
+            kl_sum += kl;
+            same_top += ar == ay;
         }
-        kl_sum += kl;
-        same_top += ar == ay;
+        print_message(
+            "qwen3 tiny, %s KV: mean KL %.3g, same top-1 at %d of %d positions, max |logit error| "
+            "%.3g (logits up to %.3g)\n",
+            kv ? "q8_0" : "f16", kl_sum / N, same_top, N, max_err, max_mag);
+        assert_true(max_err < 0.05 * max_mag);
+        assert_true(kl_sum / N < 1e-3);
+        assert_true(same_top >= N - 1);
+        bonsai_session_free(s);
     }
-    print_message("qwen3 tiny: mean KL %.3g, same top-1 at %d of %d positions, max |logit error| "
-                  "%.3g (logits up to %.3g)\n",
-                  kl_sum / N, same_top, N, max_err, max_mag);
-    assert_true(max_err < 0.05 * max_mag);
-    assert_true(kl_sum / N < 1e-3);
-    assert_true(same_top >= N - 1);
-    bonsai_session_free(s);
     bonsai_model_free(m);
     free(ref);
     unlink(path);

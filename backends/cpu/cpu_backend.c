@@ -35,6 +35,8 @@ typedef struct cpu_backend {
     float rope_cs[1024];
     float *scores; /* attention scratch, [threads][positions] */
     size_t scores_bytes;
+    uint16_t *dequant; /* Q8_0 KV heads as fp16, [threads][2][positions][head_dim] */
+    size_t dequant_bytes;
     char desc[96];
 } cpu_backend;
 
@@ -101,6 +103,7 @@ static void cpu_destroy(bsi_backend *be)
     bsi_pool_free(b->pool);
     free(b->act);
     free(b->scores);
+    free(b->dequant);
     free(b);
 }
 
@@ -417,14 +420,43 @@ static bonsai_status cpu_add(bsi_backend *be, const float *a, const float *b, fl
 
 /* ---- KV cache and attention ---- */
 
-static bonsai_status cpu_kv_store(bsi_backend *be, void *k_cache, void *v_cache, const float *k,
-                                  const float *v, int64_t n_tok, int64_t dim, int64_t pos)
+/* One row of dim values as Q8_0 blocks of 32 (fp16 d = max|x| / 127, q = round(x / d)). */
+static void quantize_q8_0_row(const float *x, int64_t dim, uint8_t *out)
+{
+    for (int64_t b = 0; b < dim / 32; b++, x += 32, out += 34) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        uint16_t h = bsi_fp32_to_fp16(d);
+        memcpy(out, &h, 2);
+        for (int j = 0; j < 32; j++) out[2 + j] = (uint8_t)(int8_t)lrintf(x[j] * id);
+    }
+}
+
+static size_t kv_row_bytes(uint32_t kv_type, int64_t dim)
+{
+    return kv_type == BONSAI_TENSOR_Q8_0 ? (size_t)(dim / 32) * 34 : (size_t)dim * 2;
+}
+
+static bonsai_status cpu_kv_store(bsi_backend *be, uint32_t kv_type, void *k_cache, void *v_cache,
+                                  const float *k, const float *v, int64_t n_tok, int64_t dim,
+                                  int64_t pos)
 {
     (void)be;
-    uint16_t *kc = (uint16_t *)k_cache + pos * dim, *vc = (uint16_t *)v_cache + pos * dim;
-    for (int64_t i = 0; i < n_tok * dim; i++) {
-        kc[i] = bsi_fp32_to_fp16(k[i]);
-        vc[i] = bsi_fp32_to_fp16(v[i]);
+    size_t row = kv_row_bytes(kv_type, dim);
+    uint8_t *kc = (uint8_t *)k_cache + (size_t)pos * row,
+            *vc = (uint8_t *)v_cache + (size_t)pos * row;
+    for (int64_t t = 0; t < n_tok; t++) {
+        if (kv_type == BONSAI_TENSOR_Q8_0) {
+            quantize_q8_0_row(k + t * dim, dim, kc + (size_t)t * row);
+            quantize_q8_0_row(v + t * dim, dim, vc + (size_t)t * row);
+            continue;
+        }
+        uint16_t *kr = (uint16_t *)(kc + (size_t)t * row), *vr = (uint16_t *)(vc + (size_t)t * row);
+        for (int64_t i = 0; i < dim; i++) {
+            kr[i] = bsi_fp32_to_fp16(k[t * dim + i]);
+            vr[i] = bsi_fp32_to_fp16(v[t * dim + i]);
+        }
     }
     return BONSAI_OK;
 }
@@ -437,7 +469,29 @@ typedef struct attn_task {
     float scale;
     float *scores; /* [threads][n_ctx_used] */
     const bsi_cpu_ops *ops;
+    const uint8_t *kq, *vq; /* Q8_0 caches, or NULL */
+    uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
 } attn_task;
+
+/* K and V of kv head kvh at positions [0, n) of Q8_0 caches, as fp16 rows of head_dim. */
+static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k, uint16_t *v)
+{
+    int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd;
+    size_t row = (size_t)(kv_dim / 32) * 34;
+    for (int64_t p = 0; p < n; p++)
+        for (int c = 0; c < 2; c++) {
+            const uint8_t *blk =
+                (c ? t->vq : t->kq) + (size_t)p * row + (size_t)(kvh * hd / 32) * 34;
+            uint16_t *out = (c ? v : k) + p * hd;
+            for (int64_t b = 0; b < hd / 32; b++, blk += 34) {
+                uint16_t h;
+                memcpy(&h, blk, 2);
+                float d = bsi_fp16_to_fp32(h);
+                for (int j = 0; j < 32; j++)
+                    out[32 * b + j] = bsi_fp32_to_fp16(d * (float)(int8_t)blk[2 + j]);
+            }
+        }
+}
 
 /* Work item i = (token, head). */
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
@@ -447,16 +501,24 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
     float *scores = t->scores + (size_t)thread * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
         int64_t tok = i / t->n_head, h = i % t->n_head, kvh = h / group;
-        /* causal: positions 0 .. pos + tok */
-        t->ops->attn_head(t->q + (tok * t->n_head + h) * hd, t->kc + kvh * hd, t->vc + kvh * hd,
-                          t->pos + tok + 1, kv_dim, hd, t->scale, scores,
+        int64_t n = t->pos + tok + 1; /* causal: positions 0 .. pos + tok */
+        const uint16_t *k = t->kc + kvh * hd, *v = t->vc + kvh * hd;
+        int64_t stride = kv_dim;
+        if (t->kq) { /* Q8_0 cache: this head as fp16 first */
+            uint16_t *dk = t->dequant + (size_t)thread * 2 * (size_t)t->n_ctx_used * (size_t)hd;
+            uint16_t *dv = dk + (size_t)t->n_ctx_used * (size_t)hd;
+            dequant_head(t, kvh, n, dk, dv);
+            k = dk, v = dv, stride = hd;
+        }
+        t->ops->attn_head(t->q + (tok * t->n_head + h) * hd, k, v, n, stride, hd, t->scale, scores,
                           t->out + (tok * t->n_head + h) * hd);
     }
 }
 
-static bonsai_status cpu_attention(bsi_backend *be, const float *q, const void *k_cache,
-                                   const void *v_cache, float *out, int64_t n_tok, int64_t pos,
-                                   int64_t n_head, int64_t n_head_kv, int64_t head_dim, float scale)
+static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const float *q,
+                                   const void *k_cache, const void *v_cache, float *out,
+                                   int64_t n_tok, int64_t pos, int64_t n_head, int64_t n_head_kv,
+                                   int64_t head_dim, float scale)
 {
     cpu_backend *b = cpu(be);
     if (n_head_kv < 1 || n_head % n_head_kv)
@@ -471,8 +533,33 @@ static bonsai_status cpu_attention(bsi_backend *be, const float *q, const void *
         b->scores = p;
         b->scores_bytes = need;
     }
-    attn_task t = {q,         k_cache,  v_cache,    out,   n_tok,     pos,   n_head,
-                   n_head_kv, head_dim, n_ctx_used, scale, b->scores, b->ops};
+    attn_task t = {.q = q,
+                   .kc = k_cache,
+                   .vc = v_cache,
+                   .out = out,
+                   .n_tok = n_tok,
+                   .pos = pos,
+                   .n_head = n_head,
+                   .n_head_kv = n_head_kv,
+                   .head_dim = head_dim,
+                   .n_ctx_used = n_ctx_used,
+                   .scale = scale,
+                   .scores = b->scores,
+                   .ops = b->ops};
+    if (kv_type == BONSAI_TENSOR_Q8_0) {
+        size_t bytes = (size_t)bsi_pool_threads(b->pool) * 2 * (size_t)n_ctx_used *
+                       (size_t)head_dim * sizeof(uint16_t);
+        if (bytes > b->dequant_bytes) {
+            uint16_t *p = realloc(b->dequant, bytes);
+            if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", bytes);
+            b->dequant = p;
+            b->dequant_bytes = bytes;
+        }
+        t.kq = k_cache;
+        t.vq = v_cache;
+        t.kc = t.vc = NULL;
+        t.dequant = b->dequant;
+    }
     bsi_pool_for(b->pool, n_tok * n_head, 1, attn_range, &t);
     return BONSAI_OK;
 }

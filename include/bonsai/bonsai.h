@@ -316,7 +316,8 @@ typedef struct bonsai_session_params {
     uint32_t n_ctx;       /**< context length in tokens (0: the model's, at most 4096) */
     int32_t n_threads;    /**< CPU threads (0: the number of physical cores) */
     const char *backend;  /**< "auto" (default), "cpu"; copied */
-    uint32_t kv_type;     /**< KV cache element type: BONSAI_TENSOR_F16 (default) */
+    uint32_t kv_type;     /**< KV cache: BONSAI_TENSOR_F16 (default) or BONSAI_TENSOR_Q8_0
+                               (half the memory; heads of a multiple of 32 values) */
 } bonsai_session_params;
 
 /** Fill `params` with the defaults (does nothing when `params` is NULL). */
