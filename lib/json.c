@@ -366,7 +366,7 @@ static bonsai_status duplicate(const parser *ps, const slot *s)
 static bonsai_status close_object(parser *ps, size_t base, bsi_json *v)
 {
     size_t n = ps->sp - base;
-    const slot *sl = ps->stack + base;
+    const slot *sl = n ? ps->stack + base : NULL; /* the stack may not exist yet */
     if (n > UINT32_MAX / 4) return perr(ps, ps->p, "too many object members");
     member *ms = bsi_arena_alloc(ps->arena, n * sizeof *ms + 1);
     if (!ms) return oom();
