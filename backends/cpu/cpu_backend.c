@@ -502,13 +502,16 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
     for (int64_t i = begin; i < end; i++) {
         int64_t tok = i / t->n_head, h = i % t->n_head, kvh = h / group;
         int64_t n = t->pos + tok + 1; /* causal: positions 0 .. pos + tok */
-        const uint16_t *k = t->kc + kvh * hd, *v = t->vc + kvh * hd;
+        const uint16_t *k, *v;
         int64_t stride = kv_dim;
         if (t->kq) { /* Q8_0 cache: this head as fp16 first */
             uint16_t *dk = t->dequant + (size_t)thread * 2 * (size_t)t->n_ctx_used * (size_t)hd;
             uint16_t *dv = dk + (size_t)t->n_ctx_used * (size_t)hd;
             dequant_head(t, kvh, n, dk, dv);
             k = dk, v = dv, stride = hd;
+        } else {
+            k = t->kc + kvh * hd;
+            v = t->vc + kvh * hd;
         }
         t->ops->attn_head(t->q + (tok * t->n_head + h) * hd, k, v, n, stride, hd, t->scale, scores,
                           t->out + (tok * t->n_head + h) * hd);
