@@ -99,3 +99,43 @@ void bsi_file_close(bsi_file *f)
         free((void *)f->data);
     f->data = NULL;
 }
+
+bonsai_status bsi_atomic_file_open(bsi_atomic_file *af, const char *path)
+{
+    memset(af, 0, sizeof *af);
+    af->path = path;
+    af->tmp = malloc(strlen(path) + 16);
+    if (!af->tmp) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    sprintf(af->tmp, "%s.tmp-XXXXXX", path);
+    int fd = mkstemp(af->tmp);
+    if (fd >= 0) { /* mkstemp makes it private; give it the permissions of a normal file */
+        mode_t mask = umask(0);
+        umask(mask);
+        fchmod(fd, 0666 & ~mask);
+    }
+    if (fd < 0 || !(af->f = fdopen(fd, "wb"))) {
+        bonsai_status st =
+            bsi_fail(BONSAI_ERR_IO, "%s: cannot create: %s", af->tmp, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            remove(af->tmp);
+        }
+        free(af->tmp);
+        af->tmp = NULL;
+        return st;
+    }
+    return BONSAI_OK;
+}
+
+bonsai_status bsi_atomic_file_close(bsi_atomic_file *af, bonsai_status st)
+{
+    if (!af->f) return st;
+    if (fclose(af->f) != 0 && !st) st = bsi_fail(BONSAI_ERR_IO, "%s: write failed", af->path);
+    af->f = NULL;
+    if (!st && rename(af->tmp, af->path) != 0)
+        st = bsi_fail(BONSAI_ERR_IO, "%s: cannot rename into place: %s", af->path, strerror(errno));
+    if (st) remove(af->tmp);
+    free(af->tmp);
+    af->tmp = NULL;
+    return st;
+}

@@ -4,6 +4,8 @@
 
 #include "internal.h"
 
+#include <stdio.h>
+
 typedef struct bsi_file {
     const uint8_t *data;
     uint64_t size;
@@ -15,5 +17,19 @@ typedef struct bsi_file {
 bonsai_status bsi_file_open(const char *path, bool use_mmap, bonsai_progress_fn progress,
                             void *user_data, bsi_file *out);
 void bsi_file_close(bsi_file *f);
+
+/* A file written under a temporary name beside `path` and renamed over it only when complete: a
+ * failure never leaves a partial file behind, and `path` may be a file still mapped for reading
+ * (writing over the input of a conversion is safe). */
+typedef struct bsi_atomic_file {
+    FILE *f;
+    char *tmp;
+    const char *path;
+} bsi_atomic_file;
+
+bonsai_status bsi_atomic_file_open(bsi_atomic_file *af, const char *path);
+/* Closes the file: renamed into place when `st` is BONSAI_OK, removed otherwise. Returns the
+ * final status (a failed close or rename turns BONSAI_OK into BONSAI_ERR_IO). */
+bonsai_status bsi_atomic_file_close(bsi_atomic_file *af, bonsai_status st);
 
 #endif

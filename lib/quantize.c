@@ -131,8 +131,6 @@ bonsai_status bsi_quantize_file(const char *in_path, const char *out_path,
     bsi_gguf *g = NULL;
     bsi_gguf_writer *w = NULL;
     uint32_t *out_type = NULL;
-    FILE *f = NULL;
-    char *tmp = NULL;
     bonsai_status st = bsi_file_open(in_path, true, NULL, NULL, &in);
     if (st) return st;
     if ((st = bsi_gguf_parse(in.data, in.size, in_path, &g))) goto done;
@@ -156,34 +154,13 @@ bonsai_status bsi_quantize_file(const char *in_path, const char *out_path,
         st = bsi_gguf_writer_add_tensor(w, t->name, out_type[i], t->n_dims, t->ne);
     }
     if (st) goto done;
-    /* Written to a temporary file renamed at the end: a failure never leaves a half-written
-     * model, and writing over the input (still mapped) is safe. */
-    tmp = malloc(strlen(out_path) + 16);
-    if (!tmp) {
-        st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
-        goto done;
-    }
-    sprintf(tmp, "%s.tmp-XXXXXX", out_path);
-    int fd = mkstemp(tmp);
-    if (fd >= 0) { /* mkstemp makes it private; give it the permissions of a normal file */
-        mode_t mask = umask(0);
-        umask(mask);
-        fchmod(fd, 0666 & ~mask);
-    }
-    if (fd < 0 || !(f = fdopen(fd, "wb"))) {
-        st = bsi_fail(BONSAI_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        if (fd >= 0) close(fd);
-        goto done;
-    }
-    if (!(st = bsi_gguf_writer_write_header(w, bsi_file_sink, f)) &&
-        !(st = write_tensors(g, out_type, w, f, opt)))
+    bsi_atomic_file out;
+    if ((st = bsi_atomic_file_open(&out, out_path))) goto done;
+    if (!(st = bsi_gguf_writer_write_header(w, bsi_file_sink, out.f)) &&
+        !(st = write_tensors(g, out_type, w, out.f, opt)))
         st = bsi_gguf_writer_finish(w);
-    if (fclose(f) != 0 && !st) st = bsi_fail(BONSAI_ERR_IO, "%s: write failed", out_path);
-    if (!st && rename(tmp, out_path) != 0)
-        st = bsi_fail(BONSAI_ERR_IO, "%s: cannot rename into place: %s", out_path, strerror(errno));
-    if (st) remove(tmp);
+    st = bsi_atomic_file_close(&out, st);
 done:
-    free(tmp);
     bsi_gguf_writer_free(w);
     free(out_type);
     bsi_gguf_free(g);

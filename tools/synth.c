@@ -482,8 +482,6 @@ static bonsai_status synth(const synth_options *o, uint64_t *n_tensors, uint64_t
     bsi_gguf_writer *w = bsi_gguf_writer_new(0);
     tensor_spec *specs = NULL;
     bsi_pool *pool = NULL;
-    char *tmp = NULL;
-    FILE *f = NULL;
     tokenizer tk = {.eos_id = -1, .pad_id = -1, .bos_id = -1};
     writer_state ws = {0};
     bonsai_status st = BONSAI_OK;
@@ -513,39 +511,20 @@ static bonsai_status synth(const synth_options *o, uint64_t *n_tensors, uint64_t
             goto done;
         }
     }
-    /* Written to a temporary file renamed at the end: a failure never leaves a partial model. */
-    tmp = malloc(strlen(o->out) + 16);
-    if (!tmp) {
-        st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
-        goto done;
-    }
-    sprintf(tmp, "%s.tmp-XXXXXX", o->out);
-    int fd = mkstemp(tmp);
-    if (fd >= 0) { /* mkstemp makes it private; give it the permissions of a normal file */
-        mode_t mask = umask(0);
-        umask(mask);
-        fchmod(fd, 0666 & ~mask);
-    }
-    if (fd < 0 || !(f = fdopen(fd, "wb"))) {
-        st = bsi_fail(BONSAI_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        if (fd >= 0) close(fd);
-        goto done;
-    }
+    /* a failure never leaves a partial model */
+    bsi_atomic_file out;
+    if ((st = bsi_atomic_file_open(&out, o->out))) goto done;
     ws.w = w;
-    ws.f = f;
+    ws.f = out.f;
     cli_progress_begin(&ws.progress, &ws.progress_user_data, "synth");
-    if (!(st = bsi_gguf_writer_write_header(w, bsi_file_sink, f)) &&
+    if (!(st = bsi_gguf_writer_write_header(w, bsi_file_sink, out.f)) &&
         !(st = write_tensors(&ws, specs, n_specs, o->seed, pool)))
         st = bsi_gguf_writer_finish(w);
     cli_progress_end();
-    if (fclose(f) != 0 && !st) st = bsi_fail(BONSAI_ERR_IO, "%s: write failed", o->out);
-    if (!st && rename(tmp, o->out) != 0)
-        st = bsi_fail(BONSAI_ERR_IO, "%s: cannot rename into place: %s", o->out, strerror(errno));
-    if (st) remove(tmp);
+    st = bsi_atomic_file_close(&out, st);
     *n_tensors = n_specs;
     *data_bytes = ws.total;
 done:
-    free(tmp);
     bsi_pool_free(pool);
     free(specs);
     bsi_gguf_writer_free(w);
