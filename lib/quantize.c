@@ -1,4 +1,3 @@
-#define _GNU_SOURCE
 #include "quantize.h"
 
 #include "file.h"
@@ -7,14 +6,11 @@
 #include "half.h"
 #include "types.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 void bsi_quantize_q1_0(const float *x, int64_t n, uint8_t *out)
 {

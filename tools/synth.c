@@ -19,8 +19,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define HEAD_DIM     128
 #define CHUNK_BYTES  (8u << 20) /* quantized rows generated per write */
