@@ -18,8 +18,8 @@ static bonsai_status need_tensor(const bonsai_model *m, const char *name, uint64
     uint32_t dims = d1 ? 2 : 1;
     if (t->n_dims != dims || t->ne[0] != d0 || (d1 && t->ne[1] != d1))
         return bsi_fail(BONSAI_ERR_CORRUPT,
-                        "%s: tensor '%s' has shape [%" PRIu64 ", %" PRIu64 "] (%u dims), expected [%" PRIu64
-                        ", %" PRIu64 "]",
+                        "%s: tensor '%s' has shape [%" PRIu64 ", %" PRIu64
+                        "] (%u dims), expected [%" PRIu64 ", %" PRIu64 "]",
                         m->path, name, t->ne[0], t->ne[1], t->n_dims, d0, d1 ? d1 : 1);
     if (!matrix_type && t->type != BONSAI_TENSOR_F32)
         return bsi_fail(BONSAI_ERR_UNSUPPORTED_TYPE, "%s: norm tensor '%s' must be F32, not %s",
@@ -98,12 +98,13 @@ bonsai_status bsi_arch_load(bonsai_model *m)
     a->rope.neox = a->arch == BSI_ARCH_QWEN3;
 
     int64_t te = bsi_gguf_find_tensor(m->gguf, "token_embd.weight");
-    if (te < 0) return bsi_fail(BONSAI_ERR_CORRUPT, "%s: tensor 'token_embd.weight' is missing",
-                                m->path);
+    if (te < 0)
+        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: tensor 'token_embd.weight' is missing", m->path);
     const bsi_gguf_tensor *t = &m->gguf->tensors[te];
     if (t->n_dims != 2 || t->ne[0] != a->n_embd || t->ne[1] == 0 || t->ne[1] > INT32_MAX)
-        return bsi_fail(BONSAI_ERR_CORRUPT, "%s: tensor 'token_embd.weight' has shape [%" PRIu64
-                        ", %" PRIu64 "], expected [%u, n_vocab]",
+        return bsi_fail(BONSAI_ERR_CORRUPT,
+                        "%s: tensor 'token_embd.weight' has shape [%" PRIu64 ", %" PRIu64
+                        "], expected [%u, n_vocab]",
                         m->path, t->ne[0], t->ne[1], a->n_embd);
     a->n_vocab = (uint32_t)t->ne[1];
     if (m->hparams.n_vocab && m->hparams.n_vocab != a->n_vocab)

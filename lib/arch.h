@@ -21,7 +21,7 @@ typedef struct bsi_model_arch {
     float eps;
     bsi_rope rope;
     int64_t tok_embd, output_norm, output; /* output == tok_embd when the head is tied */
-    bsi_layer *layers;                      /* [n_layer] */
+    bsi_layer *layers;                     /* [n_layer] */
 } bsi_model_arch;
 
 struct bonsai_model;

@@ -1,6 +1,8 @@
 /* Model loading and the model-level accessors. */
 #include "model.h"
 
+#include "vocab.h"
+
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -140,6 +142,7 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
     if (!m) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
     atomic_init(&m->refs, 1);
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->vocab_lock, NULL);
     bonsai_status st = BONSAI_OK;
     if (!(m->path = strdup(path))) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
     if (!st)
@@ -188,8 +191,12 @@ static bonsai_status place(bonsai_model *m, bsi_placement *p)
         const bsi_gguf_tensor *t = &m->gguf->tensors[i];
         bonsai_status st;
         if (t->n_dims == 2) {
-            bsi_matrix_desc d = {t->name, t->type, (int64_t)t->ne[1], (int64_t)t->ne[0],
-                                 bsi_gguf_tensor_data(m->gguf, i), m->file.mapped};
+            bsi_matrix_desc d = {t->name,
+                                 t->type,
+                                 (int64_t)t->ne[1],
+                                 (int64_t)t->ne[0],
+                                 bsi_gguf_tensor_data(m->gguf, i),
+                                 m->file.mapped};
             st = p->vt->weight_create(p->owner, &d, &p->matrix[i]);
         } else if (t->n_dims == 1 && t->type == BONSAI_TENSOR_F32) {
             st = p->vt->alloc(p->owner, (size_t)t->n_bytes, (void **)&p->vector[i]);
@@ -242,6 +249,9 @@ void bsi_model_release(bonsai_model *model)
     if (!model || atomic_fetch_sub(&model->refs, 1) != 1) return;
     for (int i = 0; i < model->n_placed; i++) placement_free(model, &model->placed[i]);
     bsi_arch_free(&model->a);
+    bsi_vocab_free(model->vocab);
+    free(model->vocab_error);
+    pthread_mutex_destroy(&model->vocab_lock);
     pthread_mutex_destroy(&model->lock);
     bsi_gguf_free(model->gguf);
     bsi_file_close(&model->file);

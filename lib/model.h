@@ -28,10 +28,16 @@ struct bonsai_model {
     uint64_t n_params;
     bonsai_model_hparams hparams;
     bsi_model_arch a;
-    _Atomic int refs; /* the caller's reference plus one per session */
+    _Atomic int refs;     /* the caller's reference plus one per session */
     pthread_mutex_t lock; /* guards placements */
     bsi_placement placed[BSI_MAX_PLACEMENTS];
     int n_placed;
+    /* the tokenizer's vocabulary, built on first use (vocab.c) */
+    pthread_mutex_t vocab_lock;
+    _Atomic int vocab_done; /* vocab or vocab_status is final */
+    struct bsi_vocab *vocab;
+    bonsai_status vocab_status;
+    char *vocab_error; /* the message of vocab_status */
 };
 
 /* The model's weights on the backend of `be` (placing them on first use). */

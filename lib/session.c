@@ -4,9 +4,12 @@
  * x, h [n_tok][n_embd]; q, att [n_tok][n_head * head_dim]; k, v [n_tok][n_head_kv * head_dim];
  * g, u [n_tok][n_ff]; KV cache per layer [n_ctx][n_head_kv * head_dim] fp16.
  */
+#include "session.h"
+
 #include "model.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +35,8 @@ struct bonsai_session {
     uint32_t n_logits;
     int32_t *pos; /* host positions of the batch */
     int64_t pos_cap;
+    int32_t *history; /* [n_ctx]: the tokens in the cache */
+    atomic_bool cancel;
 };
 
 void bonsai_session_params_init(bonsai_session_params *params)
@@ -138,7 +143,9 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     if (!st) {
         s->k_cache = calloc(a->n_layer, sizeof *s->k_cache);
         s->v_cache = calloc(a->n_layer, sizeof *s->v_cache);
-        if (!s->k_cache || !s->v_cache) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+        s->history = malloc((size_t)n_ctx * sizeof *s->history);
+        if (!s->k_cache || !s->v_cache || !s->history)
+            st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     }
     size_t kv_dim = (size_t)a->n_head_kv * a->head_dim;
     size_t kv_bytes =
@@ -170,6 +177,7 @@ void bonsai_session_free(bonsai_session *s)
     free(s->v_cache);
     free(s->logits_host);
     free(s->pos);
+    free(s->history);
     bsi_model_release(s->model);
     free(s);
 }
@@ -272,6 +280,7 @@ bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint
         st = s->be->vt->download(s->be, s->logits_host, s->s.logits,
                                  (size_t)n_rows * s->a->n_vocab * sizeof(float));
     if (st) return st; /* the cache beyond n_past may hold partial rows: they are not used */
+    memcpy(s->history + s->n_past, tokens, n_tokens * sizeof *tokens);
     s->n_past += n_tokens;
     s->n_logits = (uint32_t)n_rows;
     return BONSAI_OK;
@@ -347,4 +356,25 @@ void bonsai_session_clear(bonsai_session *s)
 const char *bonsai_session_backend(const bonsai_session *s)
 {
     return s ? s->be->vt->describe(s->be) : "";
+}
+
+const int32_t *bonsai_session_tokens(const bonsai_session *s, uint32_t *n)
+{
+    if (n) *n = s ? s->n_past : 0;
+    return s ? s->history : NULL;
+}
+
+void bonsai_session_cancel(bonsai_session *s)
+{
+    if (s) atomic_store(&s->cancel, true);
+}
+
+bool bsi_session_take_cancel(bonsai_session *s)
+{
+    return atomic_exchange(&s->cancel, false);
+}
+
+const bonsai_model *bsi_session_model(const bonsai_session *s)
+{
+    return s->model;
 }

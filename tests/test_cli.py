@@ -437,6 +437,213 @@ class BadFiles(unittest.TestCase):
                 self.assertTrue(r.stderr.startswith("bonsai info: "), r.stderr)
 
 
+class Generate(unittest.TestCase):
+    """bonsai run, chat and eval --perplexity."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="bonsai-gen-")
+        cls.stories = data("stories260K.gguf")
+        cls.qwen = os.path.join(cls.dir, "qwen3-tiny.gguf")
+        r = run("synth", "--arch", "qwen3", "--shape", "tiny", "--tokenizer",
+                data("qwen3-tokenizer.json"), "-o", cls.qwen)
+        assert r.returncode == 0, r.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def test_story(self):
+        r = run("run", "-m", self.stories, "-p", "Once upon a time", "-n", "60", "--temp", "0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith(
+            "Once upon a time, there was a little girl named Lily."), r.stdout)
+        self.assertEqual(r.stderr, "")
+
+    def test_stop_and_stats(self):
+        r = run("run", "-m", self.stories, "-p", "Once upon a time", "-n", "60", "--temp", "0",
+                "--stop", "Lily", "--stats")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "Once upon a time, there was a little girl named \n")
+        self.assertIn("stop: stop string", r.stderr)
+        self.assertIn("prompt: 5 tokens", r.stderr)
+
+    def test_json_mode(self):
+        import json
+        # random weights never close a string of their own accord: the document is finished
+        # within the token limit (-n) however small
+        for seed, n in enumerate((300, 120, 40, 12, 5, 2)):
+            r = run("run", "-m", self.qwen, "-p", "Give me JSON", "--chat", "--json", "-n", str(n),
+                    "--seed", str(seed), "--stats", "-t", "1")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("stop: JSON complete", r.stderr)
+            doc = json.loads(r.stdout)
+            self.assertIsInstance(doc, dict)
+            used = int(r.stderr.split("generated: ")[1].split()[0])
+            self.assertLessEqual(used, n)
+        # and when the context is what runs out
+        r = run("run", "-m", self.qwen, "-p", "Give me JSON", "--chat", "--json", "-c", "64",
+                "--seed", "9", "--stats", "-t", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("stop: JSON complete", r.stderr)
+        self.assertIsInstance(json.loads(r.stdout), dict)
+
+    def test_json_schema(self):
+        import json
+        schema = {"type": "object",
+                  "properties": {"name": {"type": "string"},
+                                 "age": {"type": "integer"},
+                                 "tags": {"type": "array", "items": {"enum": ["a", "b"]}},
+                                 "ok": {"type": "boolean"}},
+                  "required": ["name", "age"]}
+        path = os.path.join(self.dir, "schema.json")
+        with open(path, "w") as f:
+            json.dump(schema, f)
+        for seed in range(4):
+            r = run("run", "-m", self.qwen, "-p", "A person", "--chat", "--schema", path,
+                    "-n", str(400 // (seed + 1)), "--seed", str(seed), "--stats", "-t", "1")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = json.loads(r.stdout)
+            self.assertTrue(set(doc) <= set(schema["properties"]))
+            self.assertIsInstance(doc["name"], str)
+            self.assertIsInstance(doc["age"], int)
+            self.assertTrue(all(t in ("a", "b") for t in doc.get("tags", [])))
+        bad = os.path.join(self.dir, "bad.json")
+        with open(bad, "w") as f:
+            f.write('{"type": "string", "pattern": "^a"}')
+        r = run("run", "-m", self.qwen, "-p", "x", "--schema", bad)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("pattern", r.stderr)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+
+    def test_chat_reuses_the_cache(self):
+        p = subprocess.run([BONSAI, "chat", "-m", self.qwen, "-n", "6", "--stats", "-t", "1",
+                            "--seed", "3"],
+                           input="Hello there\nAnd a second message\n/system Be brief.\nHi\n"
+                                 "/bogus\n/exit\n",
+                           capture_output=True, text=True, errors="replace", timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        import re
+        turns = [tuple(map(int, m)) for m in
+                 re.findall(r"prompt: (\d+) tokens, (\d+) reused, (\d+) evaluated", p.stderr)]
+        self.assertEqual(len(turns), 3, p.stderr)
+        (n1, r1, e1), (n2, r2, e2), (n3, r3, e3) = turns
+        self.assertEqual((r1, e1), (0, n1))
+        # the second turn evaluates only its own tokens (plus the last token of reply 1)
+        self.assertEqual(r2 + e2, n2)
+        self.assertLess(e2, 30)
+        self.assertGreater(r2, n1)
+        self.assertIn("unknown command /bogus", p.stderr)
+
+    def test_perplexity(self):
+        story = run("run", "-m", self.stories, "-p", "Once upon a time", "-n", "300", "--temp",
+                    "0", "-c", "512")
+        self.assertEqual(story.returncode, 0, story.stderr)
+        path = os.path.join(self.dir, "story.txt")
+        with open(path, "w") as f:
+            f.write(story.stdout)
+        r = run("eval", "-m", self.stories, "-f", path, "--perplexity", "-c", "64")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ppl = float(r.stdout.split("PPL = ")[1].split()[0])
+        # the model's own greedy text is very predictable to it
+        self.assertLess(ppl, 3.0, r.stdout)
+        self.assertGreater(ppl, 1.0, r.stdout)
+
+    def test_errors(self):
+        self.assertEqual(run("run", "-p", "x").returncode, 2)
+        self.assertEqual(run("run", "-m", self.stories).returncode, 2)
+        self.assertEqual(run("run", "-m", self.stories, "-p", "x", "--top-k", "abc").returncode, 2)
+        r = run("run", "-m", os.path.join(self.dir, "missing.gguf"), "-p", "x")
+        self.assertEqual(r.returncode, 1)
+        self.assertTrue(r.stderr.startswith("bonsai run: "), r.stderr)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+        self.assertEqual(run("chat").returncode, 2)
+        r = run("run", "-m", self.stories, "-p", "x" * 5000, "-c", "64")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("context", r.stderr)
+
+
+class Tokenize(unittest.TestCase):
+    """bonsai tokenize: ids on one line, special tokens, files, the benchmark, errors."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="bonsai-tok-")
+        cls.stories = data("stories260K.gguf")
+        cls.gpt2 = data("ggml-vocab-gpt-2.gguf")
+        cls.qwen = os.path.join(cls.dir, "qwen3-vocab.gguf")
+        r = run("synth", "--arch", "qwen3", "--shape", "tiny", "--vocab-only", "--tokenizer",
+                data("qwen3-tokenizer.json"), "-o", cls.qwen)
+        assert r.returncode == 0, r.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def ids(self, *args):
+        r = run("tokenize", *args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.endswith("\n"))
+        self.assertEqual(len(r.stdout.splitlines()), 1, r.stdout)
+        return r.stdout.strip()
+
+    def test_stories(self):
+        self.assertEqual(self.ids("-m", self.stories, "Once upon a time"), "1 403 407 261 378")
+        self.assertEqual(self.ids("-m", self.stories, "--no-bos", "Once upon a time"),
+                         "403 407 261 378")
+        # text that starts with a dash comes after --
+        self.assertNotEqual(self.ids("-m", self.stories, "--no-bos", "--", "-x"), "")
+
+    def test_special(self):
+        chat = "<|im_start|>user\nhi<|im_end|>"
+        self.assertEqual(self.ids("-m", self.qwen, "--special", chat), "151644 872 198 6023 151645")
+        plain = self.ids("-m", self.qwen, chat).split()
+        self.assertNotIn("151644", plain)
+        self.assertGreater(len(plain), 5)
+        self.assertEqual(self.ids("-m", self.gpt2, "Hello world"), "15496 995")
+
+    def test_file(self):
+        path = os.path.join(self.dir, "text.bin")
+        with open(path, "wb") as f:
+            f.write(b"caf\xc3\xa9 \xff\xfe bytes\n")
+        ids = self.ids("-m", self.gpt2, "-f", path).split()
+        self.assertTrue(all(i.isdigit() for i in ids))
+        self.assertGreater(len(ids), 5)
+        empty = os.path.join(self.dir, "empty.txt")
+        open(empty, "wb").close()
+        self.assertEqual(self.ids("-m", self.gpt2, "-f", empty), "")
+        self.assertEqual(self.ids("-m", self.stories, "-f", empty), "1")
+
+    def test_bench(self):
+        r = run("tokenize", "-m", self.qwen, "--bench", "The quick brown fox. " * 50)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("MB/s", r.stdout)
+        self.assertIn("tokens/s", r.stdout)
+        self.assertIn("vocabulary: 151669 tokens", r.stdout)
+
+    def test_errors(self):
+        self.assertEqual(run("tokenize").returncode, 2)
+        self.assertEqual(run("tokenize", "-m", self.stories).returncode, 2)
+        self.assertEqual(run("tokenize", "x").returncode, 2)
+        self.assertEqual(run("tokenize", "-m", self.stories, "a", "b").returncode, 2)
+        self.assertEqual(run("tokenize", "-m", self.stories, "--bogus", "a").returncode, 2)
+        path = os.path.join(self.dir, "t.txt")
+        with open(path, "w") as f:
+            f.write("x")
+        self.assertEqual(run("tokenize", "-m", self.stories, "-f", path, "a").returncode, 2)
+        r = run("tokenize", "--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("usage: bonsai tokenize", r.stdout)
+        for args, needle in ((["-m", os.path.join(self.dir, "missing.gguf"), "a"], "missing.gguf"),
+                             (["-m", data("hyllama-dummy.gguf"), "a"], "no tokenizer"),
+                             (["-m", self.stories, "-f", os.path.join(self.dir, "nope")], "nope")):
+            r = run("tokenize", *args)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertTrue(r.stderr.startswith("bonsai tokenize: "), r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+            self.assertIn(needle, r.stderr)
+
+
 if __name__ == "__main__":
     BONSAI = sys.argv.pop(1)
     unittest.main(verbosity=2)

@@ -229,7 +229,7 @@ int cmd_bench_kernels(int argc, char **argv)
         bw[k] = measure_bandwidth(thread_counts[k]);
         if (json)
             printf("{\"kernel\":\"memory_read\",\"isa\":\"-\",\"rows\":0,\"cols\":0,"
-                   "\"threads\":%d,\"gbps\":%.2f,\"bw_fraction\":1.0}\n",
+                   "\"threads\":%d,\"gbps\":%.6g,\"bw_fraction\":1.0}\n",
                    thread_counts[k], bw[k]);
         else
             printf("memory read bandwidth, %d thread%s: %.1f GB/s\n", thread_counts[k],
@@ -276,7 +276,7 @@ int cmd_bench_kernels(int argc, char **argv)
                 if (json)
                     printf("{\"kernel\":\"q1_0_gemv\",\"isa\":\"%s\",\"rows\":%" PRId64
                            ",\"cols\":%" PRId64 ",\"threads\":%d,\"seconds\":%.9f,"
-                           "\"gbps\":%.3f,\"bw_gbps\":%.2f,\"bw_fraction\":%.4f}\n",
+                           "\"gbps\":%.6g,\"bw_gbps\":%.2f,\"bw_fraction\":%.6g}\n",
                            bsi_isa_name((bsi_isa)isa), s->rows, s->cols, thread_counts[k], t, gbps,
                            bw[k], gbps / bw[k]);
                 else
@@ -292,7 +292,7 @@ int cmd_bench_kernels(int argc, char **argv)
                         printf("{\"kernel\":\"q1_0_gemm\",\"isa\":\"%s\",\"rows\":%" PRId64
                                ",\"cols\":%" PRId64 ",\"threads\":%d,\"tokens\":%d,"
                                "\"seconds\":%.9f,\"tok_per_s\":%.1f,\"speedup_vs_gemv\":%.2f,"
-                               "\"gbps\":%.3f,\"bw_fraction\":%.4f}\n",
+                               "\"gbps\":%.6g,\"bw_fraction\":%.6g}\n",
                                bsi_isa_name((bsi_isa)isa), s->rows, s->cols, thread_counts[k],
                                tokens, tg, tok_s, speedup, (double)bytes / tg / 1e9,
                                (double)bytes / tg / 1e9 / bw[k]);

@@ -18,6 +18,9 @@ static const command commands[] = {
     {"synth", cmd_synth, "write a Bonsai-shaped test model with random weights"},
     {"eval", cmd_eval, "evaluate token ids: logits and the greedy next token"},
     {"bench", cmd_bench, "prompt and generation speed (pp/tg tokens/s)"},
+    {"run", cmd_run, "generate text from a prompt, streamed (JSON output optional)"},
+    {"chat", cmd_chat, "talk with a model, multi-turn, in the terminal"},
+    {"tokenize", cmd_tokenize, "print the token ids of a text, or the tokenizer's speed"},
 };
 
 static int usage(FILE *f)

@@ -55,17 +55,134 @@ static int parse_ids(const char *text, int32_t **out, uint32_t *n)
 static void eval_usage(FILE *f)
 {
     fprintf(f, "usage: bonsai eval -m MODEL --ids \"ID ID ...\" [--logits FILE] [--all] [-t N]\n"
+               "       bonsai eval -m MODEL -f TEXT_FILE --perplexity [-c N] [-t N]\n"
                "\n"
                "Evaluate the token ids in one batch and print the greedy next token (id and\n"
                "piece). --logits writes the last position's logits (every position's with --all)\n"
-               "as text, one float per line, position after position. -t sets the threads.\n");
+               "as text, one float per line, position after position. -t sets the threads.\n"
+               "\n"
+               "--perplexity tokenizes the file, cuts it into chunks of -c tokens (default 512),\n"
+               "and scores the second half of each chunk given the first, as llama.cpp's\n"
+               "llama-perplexity does; it prints the running perplexity per chunk and the final\n"
+               "estimate with its standard error.\n");
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = (n + 4096 + 1) * 2;
+            char *p = realloc(buf, cap);
+            if (!p) break;
+            buf = p;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (!got) break;
+    }
+    bool bad = ferror(f) || !buf;
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* Perplexity of a text file, chunk by chunk (see eval_usage). */
+static int perplexity(const char *model_path, const char *text_path, uint32_t n_ctx, int threads)
+{
+    size_t len;
+    char *text = slurp(text_path, &len);
+    if (!text) {
+        fprintf(stderr, "bonsai eval: cannot read %s: %s\n", text_path, strerror(errno));
+        return 1;
+    }
+    bonsai_model *m = NULL;
+    bonsai_session *s = NULL;
+    int32_t *toks = NULL;
+    uint32_t n_tok = 0;
+    int rc = 0;
+    bonsai_session_params sp;
+    bonsai_session_params_init(&sp);
+    sp.n_threads = threads;
+    sp.n_ctx = n_ctx;
+    bonsai_status st = bonsai_model_load(model_path, NULL, &m);
+    if (!st) {
+        st = bonsai_tokenize(m, text, len, BONSAI_TOKENIZE_ADD_BOS, NULL, 0, &n_tok);
+        if (st == BONSAI_ERR_OUT_OF_RANGE) st = BONSAI_OK;
+    }
+    if (!st && !(toks = malloc(((size_t)n_tok + 1) * sizeof *toks))) st = BONSAI_ERR_NO_MEMORY;
+    if (!st) st = bonsai_tokenize(m, text, len, BONSAI_TOKENIZE_ADD_BOS, toks, n_tok, &n_tok);
+    if (!st) st = bonsai_session_create(m, &sp, &s);
+    if (st) {
+        rc = cli_error("eval", st);
+        goto done;
+    }
+    uint32_t n_chunk = n_tok / n_ctx, vocab = bonsai_model_n_vocab(m);
+    if (n_chunk == 0) {
+        fprintf(stderr, "bonsai eval: %s has %u tokens, fewer than one chunk of %u (use -c)\n",
+                text_path, n_tok, n_ctx);
+        rc = 1;
+        goto done;
+    }
+    int32_t bos = bonsai_model_token(m, BONSAI_TOKEN_BOS);
+    bool add_bos = n_tok && toks[0] == bos && bos >= 0;
+    uint32_t first = n_ctx / 2;
+    double nll = 0, nll2 = 0, t0 = now();
+    uint64_t count = 0;
+    printf("%u tokens, %u chunks of %u, scoring positions %u..%u of each\n", n_tok, n_chunk, n_ctx,
+           first + 1, n_ctx - 1);
+    for (uint32_t c = 0; c < n_chunk; c++) {
+        int32_t *chunk = toks + (size_t)c * n_ctx;
+        int32_t saved = chunk[0];
+        if (add_bos) chunk[0] = bos; /* every chunk starts like a document */
+        bonsai_session_clear(s);
+        st = bonsai_session_eval(s, chunk, n_ctx, BONSAI_EVAL_ALL_LOGITS);
+        chunk[0] = saved;
+        if (st) {
+            rc = cli_error("eval", st);
+            goto done;
+        }
+        uint32_t rows;
+        const float *logits = bonsai_session_logits(s, &rows);
+        for (uint32_t j = first; j + 1 < n_ctx; j++) {
+            const float *l = logits + (size_t)j * vocab;
+            double mx = l[0], sum = 0;
+            for (uint32_t v = 1; v < vocab; v++) mx = l[v] > mx ? l[v] : mx;
+            for (uint32_t v = 0; v < vocab; v++) sum += exp(l[v] - mx);
+            double x = log(sum) + mx - l[chunk[j + 1]];
+            nll += x;
+            nll2 += x * x;
+            count++;
+        }
+        printf("[%u]%.4f%s", c + 1, exp(nll / (double)count), c + 1 < n_chunk ? "," : "\n");
+        fflush(stdout);
+    }
+    double mean = nll / (double)count, var = nll2 / (double)count - mean * mean;
+    double err = count > 1 && var > 0 ? sqrt(var / (double)(count - 1)) : 0;
+    printf("PPL = %.4f +/- %.4f (%" PRIu64 " tokens scored, %.1f s)\n", exp(mean), exp(mean) * err,
+           count, now() - t0);
+done:
+    free(text);
+    free(toks);
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+    return rc;
 }
 
 int cmd_eval(int argc, char **argv)
 {
-    const char *model_path = NULL, *ids_text = NULL, *logits_path = NULL;
-    bool all = false;
+    const char *model_path = NULL, *ids_text = NULL, *logits_path = NULL, *text_path = NULL;
+    bool all = false, ppl = false;
     int threads = 0;
+    long n_ctx = 512;
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
             model_path = argv[++i];
@@ -75,7 +192,15 @@ int cmd_eval(int argc, char **argv)
             logits_path = argv[++i];
         else if (!strcmp(argv[i], "--all"))
             all = true;
-        else if (!strcmp(argv[i], "-t") && i + 1 < argc)
+        else if (!strcmp(argv[i], "--perplexity"))
+            ppl = true;
+        else if (!strcmp(argv[i], "-f") && i + 1 < argc)
+            text_path = argv[++i];
+        else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+            char *end;
+            n_ctx = strtol(argv[++i], &end, 10);
+            if (*end || n_ctx < 2 || n_ctx > 1 << 20) n_ctx = -1;
+        } else if (!strcmp(argv[i], "-t") && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             eval_usage(stdout);
@@ -88,6 +213,13 @@ int cmd_eval(int argc, char **argv)
     }
     int32_t *ids;
     uint32_t n;
+    if (ppl || text_path) {
+        if (!model_path || !ppl || !text_path || ids_text || n_ctx < 0 || threads < 0) {
+            eval_usage(stderr);
+            return 2;
+        }
+        return perplexity(model_path, text_path, (uint32_t)n_ctx, threads);
+    }
     if (!model_path || !ids_text || threads < 0) {
         eval_usage(stderr);
         return 2;

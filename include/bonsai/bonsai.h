@@ -377,6 +377,333 @@ BONSAI_API bonsai_status bonsai_embed(bonsai_session *session, const int32_t *to
 /** Description of the session's backend, e.g. "cpu avx2, 2 threads". */
 BONSAI_API const char *bonsai_session_backend(const bonsai_session *session);
 
+/** Tokens evaluated into the cache so far, in order (`*n` = bonsai_session_n_past()); valid until
+ * the next call that changes the session. */
+BONSAI_API const int32_t *bonsai_session_tokens(const bonsai_session *session, uint32_t *n);
+
+/**
+ * Ask a running bonsai_generate() on this session to stop after the current token. The only
+ * session function that may be called from another thread while the session is in use.
+ */
+BONSAI_API void bonsai_session_cancel(bonsai_session *session);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Tokenizer
+ * The model's own tokenizer, read from its tokenizer.ggml.* metadata: byte-level BPE ("gpt2",
+ * pre-tokenizers "qwen2" and "gpt-2", NFC-normalised input) or SentencePiece ("llama", scores and
+ * byte fallback). Built on first use (thread-safe) and kept with the model. Models without a
+ * tokenizer give BONSAI_ERR_UNSUPPORTED. */
+
+/** Flags of bonsai_tokenize(). */
+#define BONSAI_TOKENIZE_ADD_BOS 1u       /**< prepend BOS if the model's tokenizer adds one */
+#define BONSAI_TOKENIZE_PARSE_SPECIAL 2u /**< match special tokens ("<|im_start|>") as text */
+
+/**
+ * Tokenize `len` bytes of UTF-8 `text` into tokens[0 .. n_max). On success *n_tokens is the count.
+ * When n_max is too small the call fails with BONSAI_ERR_OUT_OF_RANGE and, as an exception to
+ * the general rule, sets *n_tokens to the count needed (tokens may be NULL with n_max 0 to ask).
+ * Invalid UTF-8 bytes are tokenized as bytes (never an error).
+ */
+BONSAI_API bonsai_status bonsai_tokenize(const bonsai_model *model, const char *text, size_t len,
+                                         uint32_t flags, int32_t *tokens, uint32_t n_max,
+                                         uint32_t *n_tokens);
+
+/** Flags of bonsai_detokenize() and bonsai_token_to_piece(). */
+#define BONSAI_DETOKENIZE_SPECIAL 1u /**< render control tokens as their text ("<|im_end|>") */
+/** The tokens continue a text (e.g. generated after a prompt): keep the leading space of the
+ * first piece, which is otherwise dropped for SentencePiece models (see bonsai_detokenize()). */
+#define BONSAI_DETOKENIZE_CONTINUATION 2u
+
+/**
+ * The bytes token `token` stands for (possibly an incomplete UTF-8 sequence); control tokens are
+ * empty unless BONSAI_DETOKENIZE_SPECIAL. Writes at most buf_size bytes and a NUL terminator when
+ * there is room; *len is the piece's length. BONSAI_ERR_OUT_OF_RANGE when it does not fit (then
+ * *len is the size needed) or the token is outside the vocabulary.
+ */
+BONSAI_API bonsai_status bonsai_token_to_piece(const bonsai_model *model, int32_t token,
+                                               uint32_t flags, char *buf, size_t buf_size,
+                                               size_t *len);
+
+/**
+ * Text of a token sequence: the pieces concatenated, without the space a SentencePiece tokenizer
+ * adds at the start of the text, so that detokenize(tokenize(x)) == x. Same buffer rules as
+ * bonsai_token_to_piece() (NUL-terminated when there is room; *len needed on OUT_OF_RANGE).
+ */
+BONSAI_API bonsai_status bonsai_detokenize(const bonsai_model *model, const int32_t *tokens,
+                                           uint32_t n_tokens, uint32_t flags, char *buf,
+                                           size_t buf_size, size_t *len);
+
+/** Special tokens; bonsai_model_token() gives -1 where the model has none. */
+typedef enum bonsai_special_token {
+    BONSAI_TOKEN_BOS = 0,
+    BONSAI_TOKEN_EOS = 1,
+    BONSAI_TOKEN_EOT = 2, /**< end of turn ("<|im_end|>" in ChatML models) */
+    BONSAI_TOKEN_PAD = 3,
+} bonsai_special_token;
+
+BONSAI_API int32_t bonsai_model_token(const bonsai_model *model, bonsai_special_token which);
+/** True for tokens that end generation (EOS, EOT and the model's other end-of-generation ids). */
+BONSAI_API bool bonsai_token_is_eog(const bonsai_model *model, int32_t token);
+/** True for control tokens (token_type 3), which detokenize to nothing by default. */
+BONSAI_API bool bonsai_token_is_control(const bonsai_model *model, int32_t token);
+
+/**
+ * Streaming detokenizer: feed tokens one by one and receive text that is always whole UTF-8. A
+ * character whose bytes span several tokens is held until complete; bytes that can never complete
+ * a character come out as U+FFFD. Concatenating every piece and the final flush gives the same
+ * text as bonsai_detokenize() (with invalid bytes replaced).
+ */
+typedef struct bonsai_detokenizer bonsai_detokenizer;
+
+BONSAI_API bonsai_status bonsai_detokenizer_create(const bonsai_model *model, uint32_t flags,
+                                                   bonsai_detokenizer **out);
+/** Add a token; *text / *len are the newly complete text (maybe empty), valid until the next call. */
+BONSAI_API bonsai_status bonsai_detokenizer_push(bonsai_detokenizer *d, int32_t token,
+                                                 const char **text, size_t *len);
+/** Whatever is still held (incomplete sequences as U+FFFD), and start over. */
+BONSAI_API void bonsai_detokenizer_flush(bonsai_detokenizer *d, const char **text, size_t *len);
+BONSAI_API void bonsai_detokenizer_free(bonsai_detokenizer *d);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Sampling
+ * A sampler is a chain of stages applied in order to the candidates (every token with its logit),
+ * ending in a stage that selects a token: greedy, or a seeded random draw ("dist"). The same seed,
+ * chain and logits always give the same tokens. Typical chain (bonsai_sampler_create_default):
+ * penalties, logit bias, top-k, top-p, min-p, temperature, dist. A sampler is used by one thread
+ * at a time. */
+
+typedef struct bonsai_sampler bonsai_sampler;
+
+typedef struct bonsai_token_data {
+    int32_t id;
+    float logit;
+    float p; /**< probability; valid after a stage that computes it (top-p, min-p, dist) */
+} bonsai_token_data;
+
+/** The candidates a stage works on. Stages may reorder, shrink (size) and rewrite logits. */
+typedef struct bonsai_candidates {
+    bonsai_token_data *data;
+    size_t size;
+    bool sorted;      /**< data is sorted by logit, highest first */
+    int32_t selected; /**< index into data of the chosen token, -1 until a stage selects one */
+} bonsai_candidates;
+
+/**
+ * A user stage: edit the candidates (and optionally select one). `history` holds the tokens
+ * accepted so far (prompt and generated), oldest first. Return false to abort sampling
+ * (bonsai_sampler_sample then fails with BONSAI_ERR_ABORTED).
+ */
+typedef bool (*bonsai_sampler_fn)(bonsai_candidates *candidates, const int32_t *history,
+                                  size_t n_history, void *user_data);
+
+typedef struct bonsai_logit_bias {
+    int32_t token;
+    float bias; /**< added to the logit; -INFINITY bans the token */
+} bonsai_logit_bias;
+
+/** An empty chain; `seed` drives its random stages. */
+BONSAI_API bonsai_status bonsai_sampler_create(uint64_t seed, bonsai_sampler **out);
+BONSAI_API void bonsai_sampler_free(bonsai_sampler *sampler);
+
+/* Stages, applied in the order added. Arguments out of range give BONSAI_ERR_INVALID_ARGUMENT. */
+/** Select the highest logit (ties: lowest id). */
+BONSAI_API bonsai_status bonsai_sampler_add_greedy(bonsai_sampler *s);
+/** Select at random from softmax(logits). */
+BONSAI_API bonsai_status bonsai_sampler_add_dist(bonsai_sampler *s);
+/** Divide logits by t (t <= 0: keep only the highest logit, i.e. greedy). */
+BONSAI_API bonsai_status bonsai_sampler_add_temperature(bonsai_sampler *s, float t);
+/** Keep the k highest logits (k <= 0: no-op). */
+BONSAI_API bonsai_status bonsai_sampler_add_top_k(bonsai_sampler *s, int32_t k);
+/** Keep the smallest set of most likely tokens whose probability sums to >= p (at least
+ * min_keep). p >= 1: no-op. */
+BONSAI_API bonsai_status bonsai_sampler_add_top_p(bonsai_sampler *s, float p, size_t min_keep);
+/** Keep tokens whose probability is >= p times the most likely one's (p <= 0: no-op). */
+BONSAI_API bonsai_status bonsai_sampler_add_min_p(bonsai_sampler *s, float p, size_t min_keep);
+/**
+ * Penalties over the last `last_n` accepted tokens (-1: all of them): for a token seen c > 0
+ * times, logit = logit / repeat (if positive) or * repeat (if negative), then
+ * logit -= c * frequency + presence. repeat 1, frequency 0, presence 0 disable them.
+ */
+BONSAI_API bonsai_status bonsai_sampler_add_penalties(bonsai_sampler *s, int32_t last_n,
+                                                      float repeat, float frequency,
+                                                      float presence);
+/** Add fixed biases to some tokens' logits (the array is copied). */
+BONSAI_API bonsai_status bonsai_sampler_add_logit_bias(bonsai_sampler *s,
+                                                       const bonsai_logit_bias *bias, size_t n);
+/** A user stage (see bonsai_sampler_fn). */
+BONSAI_API bonsai_status bonsai_sampler_add_custom(bonsai_sampler *s, bonsai_sampler_fn fn,
+                                                   void *user_data);
+/**
+ * Constrain output to JSON: only tokens whose bytes can continue a valid document keep their
+ * logits (others become -INFINITY), and end-of-generation tokens only once it is complete.
+ * `schema` (JSON text, `schema_len` bytes) is a JSON Schema subset: type object (properties,
+ * required, additionalProperties false implied), string, number, integer, boolean, null, array
+ * (items), enum, nested. NULL asks for any JSON object ("JSON mode"). Add it first in the chain.
+ * Under bonsai_generate*() the document is finished within max_tokens and the context: near the
+ * limit only tokens that leave room for the shortest valid ending are allowed.
+ * BONSAI_ERR_UNSUPPORTED for schema keywords outside the subset, with the keyword named.
+ */
+BONSAI_API bonsai_status bonsai_sampler_add_json(bonsai_sampler *s, const bonsai_model *model,
+                                                 const char *schema, size_t schema_len);
+
+/** Sampler settings in one struct, for bonsai_sampler_create_default(). */
+typedef struct bonsai_sampler_params {
+    uint32_t struct_size;    /**< sizeof(bonsai_sampler_params); set by the init function */
+    uint64_t seed;           /**< default 0 */
+    float temperature;       /**< default 0.8; <= 0: greedy */
+    int32_t top_k;           /**< default 40; <= 0: off */
+    float top_p;             /**< default 0.95; 1: off */
+    float min_p;             /**< default 0.05; 0: off */
+    int32_t penalty_last_n;  /**< default 64; -1: the whole history */
+    float repeat_penalty;    /**< default 1 (off) */
+    float frequency_penalty; /**< default 0 */
+    float presence_penalty;  /**< default 0 */
+} bonsai_sampler_params;
+
+BONSAI_API void bonsai_sampler_params_init(bonsai_sampler_params *params);
+/** A chain: penalties, top-k, top-p, min-p, temperature, dist (or greedy when temperature <= 0). */
+BONSAI_API bonsai_status bonsai_sampler_create_default(const bonsai_sampler_params *params,
+                                                       bonsai_sampler **out);
+
+/**
+ * Run the chain on `logits` (n_vocab floats) and return the chosen token, which is then accepted
+ * (added to the history and to any constraint's state). `logprob` (optional) receives the chosen
+ * token's log-probability under the model's unmodified distribution, log softmax(logits)[token].
+ * BONSAI_ERR_INVALID_STATE when no token can be chosen (every candidate removed, e.g. a JSON
+ * constraint with no valid continuation).
+ */
+BONSAI_API bonsai_status bonsai_sampler_sample(bonsai_sampler *s, const float *logits,
+                                               uint32_t n_vocab, int32_t *token, float *logprob);
+/** Add a token to the history without sampling it (e.g. the prompt, for penalties). A
+ * constraint refuses a token that cannot continue its document (BONSAI_ERR_INVALID_ARGUMENT). */
+BONSAI_API bonsai_status bonsai_sampler_accept(bonsai_sampler *s, int32_t token);
+/** Forget the history and constraint state; the random generator restarts from its seed. */
+BONSAI_API void bonsai_sampler_reset(bonsai_sampler *s);
+/** True when a constraint in the chain has seen a complete document (always false without). */
+BONSAI_API bool bonsai_sampler_done(const bonsai_sampler *s);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Generation */
+
+/**
+ * Called with each generated token and its text: whole UTF-8 characters only (a character split
+ * across tokens arrives with its last token, so `text` may be empty), with stop strings held back
+ * until they can no longer match. Return false to stop (stop reason BONSAI_STOP_CANCELLED).
+ */
+typedef bool (*bonsai_token_fn)(int32_t token, const char *text, size_t len, float logprob,
+                                void *user_data);
+
+typedef enum bonsai_stop_reason {
+    BONSAI_STOP_NONE = 0,
+    BONSAI_STOP_EOG = 1,          /**< the model produced an end-of-generation token */
+    BONSAI_STOP_MAX_TOKENS = 2,   /**< max_tokens reached */
+    BONSAI_STOP_STRING = 3,       /**< a stop string appeared (it is not emitted) */
+    BONSAI_STOP_CANCELLED = 4,    /**< the callback returned false, or bonsai_session_cancel() */
+    BONSAI_STOP_CONTEXT_FULL = 5, /**< the context has no room for another token */
+    BONSAI_STOP_CONSTRAINT = 6,   /**< a constraint (JSON) completed its document */
+} bonsai_stop_reason;
+
+typedef struct bonsai_generate_params {
+    uint32_t struct_size;     /**< sizeof(bonsai_generate_params); set by the init function */
+    uint32_t max_tokens;      /**< tokens to generate at most (default 256; 0: until the end) */
+    bonsai_sampler *sampler;  /**< NULL: greedy. Not freed; its history is not reset */
+    const char *const *stop;  /**< stop strings (copied), n_stop of them */
+    uint32_t n_stop;
+    bonsai_token_fn on_token; /**< optional streaming callback */
+    void *user_data;
+    uint32_t tokenize_flags;  /**< for a text prompt: BONSAI_TOKENIZE_* (default: ADD_BOS) */
+    uint32_t detokenize_flags; /**< for the streamed text: BONSAI_DETOKENIZE_* (default 0) */
+} bonsai_generate_params;
+
+typedef struct bonsai_generate_stats {
+    uint32_t struct_size;     /**< set by the caller to sizeof(bonsai_generate_stats) */
+    uint32_t n_prompt;        /**< prompt tokens */
+    uint32_t n_prompt_reused; /**< of which were already in the cache (common prefix) */
+    uint32_t n_generated;     /**< tokens generated (the end-of-generation token included) */
+    double prompt_ms;         /**< time evaluating the prompt tokens not reused */
+    double generate_ms;       /**< time generating, sampling included */
+    double sample_ms;         /**< of which in the sampler (constraints included) */
+    double prompt_tps;        /**< evaluated prompt tokens per second */
+    double generate_tps;      /**< generated tokens per second */
+    bonsai_stop_reason stop_reason;
+} bonsai_generate_stats;
+
+BONSAI_API void bonsai_generate_params_init(bonsai_generate_params *params);
+
+/**
+ * Generate a continuation of `prompt` (tokens). The prompt is compared with the tokens already in
+ * the session's cache and only what follows their common prefix is evaluated, so a growing
+ * conversation costs only its new tokens. Generated tokens are evaluated into the cache as they
+ * go, except the last one, which no later step needs: the cache holds the prompt and the output
+ * but its last token, and a follow-up prompt that repeats prompt + output (as bonsai_chat does)
+ * evaluates that token with its new ones. Prompt tokens are not added to the sampler's history
+ * (so a constraint only sees generated text); accept them first for penalties over them. Stops at an
+ * end-of-generation token, max_tokens, a stop string, a completed constraint, cancellation, or a
+ * full context (BONSAI_STOP_CONTEXT_FULL; what was generated is kept). BONSAI_ERR_CONTEXT_FULL
+ * when the prompt itself does not fit (the cache is then left as it was). `stats` may be NULL.
+ */
+BONSAI_API bonsai_status bonsai_generate_tokens(bonsai_session *session, const int32_t *prompt,
+                                                uint32_t n_prompt,
+                                                const bonsai_generate_params *params,
+                                                bonsai_generate_stats *stats);
+/** The same with a text prompt, tokenized with params->tokenize_flags. */
+BONSAI_API bonsai_status bonsai_generate(bonsai_session *session, const char *prompt,
+                                         const bonsai_generate_params *params,
+                                         bonsai_generate_stats *stats);
+
+/* ------------------------------------------------------------------------------------------ */
+/** @name Chat
+ * Qwen3 ChatML: "<|im_start|>ROLE\nCONTENT<|im_end|>\n" per message, then the generation prompt
+ * "<|im_start|>assistant\n" (followed by "<think>\n\n</think>\n\n" when thinking is off), exactly
+ * as the model's chat template renders conversations without tools. */
+
+typedef struct bonsai_chat_message {
+    const char *role;    /**< "system", "user", "assistant" or "tool" */
+    const char *content; /**< UTF-8, NUL-terminated */
+} bonsai_chat_message;
+
+#define BONSAI_CHAT_ADD_GENERATION_PROMPT 1u /**< end with the assistant's turn opening */
+#define BONSAI_CHAT_ENABLE_THINKING 2u       /**< let the model think (<think>...</think>) */
+
+/**
+ * Render a conversation to text. Assistant contents containing "</think>" keep their reasoning
+ * only after the last user message, as the template does. Buffer rules as bonsai_detokenize().
+ */
+BONSAI_API bonsai_status bonsai_chat_render(const bonsai_chat_message *messages, size_t n,
+                                            uint32_t flags, char *buf, size_t buf_size,
+                                            size_t *len);
+
+/**
+ * Split an assistant's output into reasoning (inside <think>...</think>) and answer, both trimmed
+ * of surrounding whitespace. Pointers point into `text`; reasoning is empty when there is none.
+ */
+BONSAI_API void bonsai_chat_parse(const char *text, size_t len, const char **reasoning,
+                                  size_t *reasoning_len, const char **content,
+                                  size_t *content_len);
+
+/**
+ * A conversation kept in a session's KV cache. Each turn evaluates only its new tokens: the user
+ * message and the assistant's opening; the reply's tokens are already in the cache. The chat uses
+ * the session exclusively until it is freed (do not evaluate on the session meanwhile).
+ */
+typedef struct bonsai_chat bonsai_chat;
+
+BONSAI_API bonsai_status bonsai_chat_create(bonsai_session *session, const char *system_prompt,
+                                            uint32_t flags, bonsai_chat **out);
+BONSAI_API void bonsai_chat_free(bonsai_chat *chat);
+/** Forget the conversation (and set a new system prompt; NULL for none). */
+BONSAI_API bonsai_status bonsai_chat_reset(bonsai_chat *chat, const char *system_prompt);
+/**
+ * Add a user message and generate the assistant's reply, streamed through params->on_token.
+ * params->tokenize_flags is ignored. The reply (reasoning and answer) is then available from
+ * bonsai_chat_last_reply() until the next call.
+ */
+BONSAI_API bonsai_status bonsai_chat_send(bonsai_chat *chat, const char *user_message,
+                                          const bonsai_generate_params *params,
+                                          bonsai_generate_stats *stats);
+/** Text of the last reply, as generated (parse it with bonsai_chat_parse()). */
+BONSAI_API const char *bonsai_chat_last_reply(const bonsai_chat *chat, size_t *len);
+
 #ifdef __cplusplus
 }
 #endif

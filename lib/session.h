@@ -1,0 +1,14 @@
+/* What the generation and chat code needs of a session beyond the public API (internal). */
+#ifndef BONSAI_SESSION_H
+#define BONSAI_SESSION_H
+
+#include "internal.h"
+
+#include <stdbool.h>
+
+/* True if bonsai_session_cancel() was called since the last call; clears the request. */
+bool bsi_session_take_cancel(bonsai_session *s);
+/* The session's model. */
+const bonsai_model *bsi_session_model(const bonsai_session *s);
+
+#endif
