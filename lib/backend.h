@@ -44,7 +44,7 @@ typedef struct bsi_matrix_desc {
 typedef struct bsi_backend_config {
     int n_threads;       /* CPU: threads of the pool (0: physical cores) */
     const char *cpu_isa; /* CPU: "scalar", "avx2"...; NULL: BONSAI_CPU_ISA or the best */
-    int device;          /* GPU index */
+    int device;          /* GPU index ("cuda:N"; 0 for "cuda") */
 } bsi_backend_config;
 
 typedef struct bsi_backend_vtable {
@@ -110,20 +110,43 @@ struct bsi_backend {
     const bsi_backend_vtable *vt;
 };
 
+/* ---- run-time loaded modules ---- */
+
+/*
+ * What the library gives a module: the module cannot call the library's internal functions (they
+ * are hidden, and the CLI links the core statically), so errors and log messages go through these.
+ */
+typedef struct bsi_module_host {
+    uint32_t abi; /* BSI_BACKEND_ABI of the library */
+    /* Records status and message as the calling thread's last error; returns status. */
+    bonsai_status (*fail)(bonsai_status status, const char *message);
+    void (*log)(bonsai_log_level level, const char *message);
+} bsi_module_host;
+
+/* A module (libbonsai-NAME.so) exports one function under this name. It returns its table, whose
+ * first two fields (abi, name) keep this layout in every ABI, or NULL when it cannot start. */
+#define BSI_MODULE_ENTRY "bonsai_backend_module"
+typedef const bsi_backend_vtable *(*bsi_module_entry_fn)(const bsi_module_host *host);
+
 /* ---- registry.c ---- */
 
 typedef struct bsi_backend_entry {
-    const bsi_backend_vtable *vt;
+    const bsi_backend_vtable *vt; /* NULL when a module was not found or did not load */
+    const char *name;
     int score;
-    char reason[256]; /* why the score is 0 */
+    char reason[1024]; /* why the score is 0 */
+    char path[512];    /* a module's file, "" for built-in backends */
 } bsi_backend_entry;
 
-/* Every backend known to this process, probed once. */
+/* Every backend known to this process (built in, or modules found), probed once. */
 size_t bsi_backends(const bsi_backend_entry **out);
-/* Creates an instance of backend `name` ("auto": the highest score). Fails with a message saying
- * why when the backend is absent or unusable. */
-bonsai_status bsi_backend_create(const char *name, const bsi_backend_config *cfg,
-                                 bsi_backend **out);
+/* Creates an instance of backend `name`: "auto" (the highest score), "cpu", "cuda" or "cuda:N"
+ * (device N, written to cfg->device). Fails with a message saying why when the backend is absent
+ * or unusable. */
+bonsai_status bsi_backend_create(const char *name, bsi_backend_config *cfg, bsi_backend **out);
+/* Splits "cuda:1" into the backend name ("cuda", at most name_size - 1 bytes) and the device (1);
+ * "cpu" gives device 0. BONSAI_ERR_INVALID_ARGUMENT for a malformed name. */
+bonsai_status bsi_backend_parse(const char *spec, char *name, size_t name_size, int *device);
 
 /* The CPU backend's table (backends/cpu). */
 const bsi_backend_vtable *bsi_cpu_backend(void);

@@ -218,15 +218,16 @@ bonsai_status bsi_model_placement(bonsai_model *m, bsi_backend *be, const bsi_ba
     pthread_mutex_lock(&m->lock);
     bsi_placement *p = NULL;
     for (int i = 0; i < m->n_placed; i++)
-        if (m->placed[i].vt == be->vt) p = &m->placed[i];
+        if (m->placed[i].vt == be->vt && m->placed[i].device == cfg->device) p = &m->placed[i];
     if (!p) {
         if (m->n_placed == BSI_MAX_PLACEMENTS) {
             st = bsi_fail(BONSAI_ERR_UNSUPPORTED, "too many backends on one model");
         } else {
             p = &m->placed[m->n_placed];
             p->vt = be->vt;
+            p->device = cfg->device;
             /* weights outlive the sessions: a dedicated instance owns them */
-            st = bsi_backend_create(be->vt->name, cfg, &p->owner);
+            st = be->vt->create(cfg, &p->owner);
             if (!st) st = place(m, p);
             if (st)
                 placement_free(m, p);

@@ -14,6 +14,7 @@
 /* The model's weights placed on one backend, shared by every session on that backend. */
 typedef struct bsi_placement {
     const bsi_backend_vtable *vt;
+    int device;          /* of the backend (GPU index) */
     bsi_backend *owner;  /* the instance that created the weights and frees them */
     bsi_weight **matrix; /* [n_tensors]: placed matrices (NULL for others) */
     float **vector;      /* [n_tensors]: 1-D F32 tensors copied to backend memory */

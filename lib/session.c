@@ -182,11 +182,20 @@ void bonsai_session_free(bonsai_session *s)
     free(s);
 }
 
-/* The forward pass of n tokens at positions n_past .. n_past + n - 1; logits of the last
- * `n_rows` tokens into s->s.logits, or (hidden != NULL) their final normalised hidden states
- * into hidden [n_rows][n_embd] in host memory instead. */
-static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n, int64_t n_rows,
-                             float *hidden)
+/* A run of the batch's tokens that belongs to one session: tokens [first, first + n) go to the
+ * cache of `s` at positions s->n_past onwards. One run for a session's own evaluation; one per
+ * session (of one token each) for bonsai_batch_eval. */
+typedef struct fwd_run {
+    bonsai_session *s;
+    int64_t first, n;
+} fwd_run;
+
+/* The forward pass of the n tokens of `runs` (computed on `s`'s backend, with its scratch and
+ * the positions in s->pos); logits of the last `n_rows` tokens into s->s.logits, or
+ * (hidden != NULL) their final normalised hidden states into hidden [n_rows][n_embd] in host
+ * memory instead. */
+static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int64_t n,
+                                  const fwd_run *runs, size_t n_runs, int64_t n_rows, float *hidden)
 {
     const bsi_model_arch *a = s->a;
     const bsi_backend_vtable *vt = s->be->vt;
@@ -194,7 +203,7 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
     bsi_weight *const *W = s->w->matrix;
     float *const *V = s->w->vector;
     scratch *b = &s->s;
-    int64_t E = a->n_embd, hd = a->head_dim, KV = a->n_head_kv * hd;
+    int64_t E = a->n_embd, hd = a->head_dim, KV = a->n_head_kv * hd, Q = a->n_head * hd;
     float scale = 1.0f / sqrtf((float)hd);
     bonsai_status st;
 #define TRY(call)                                                                                  \
@@ -212,10 +221,16 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
         }
         TRY(vt->rope(be, b->q, s->pos, n, a->n_head, hd, &a->rope));
         TRY(vt->rope(be, b->k, s->pos, n, a->n_head_kv, hd, &a->rope));
-        TRY(vt->kv_store(be, s->kv_type, s->k_cache[l], s->v_cache[l], b->k, b->v, n, KV,
-                         s->n_past));
-        TRY(vt->attention(be, s->kv_type, b->q, s->k_cache[l], s->v_cache[l], b->att, n, s->n_past,
-                          a->n_head, a->n_head_kv, hd, scale));
+        for (size_t r = 0; r < n_runs; r++) {
+            const fwd_run *run = &runs[r];
+            bonsai_session *rs = run->s;
+            TRY(vt->kv_store(be, rs->kv_type, rs->k_cache[l], rs->v_cache[l],
+                             b->k + run->first * KV, b->v + run->first * KV, run->n, KV,
+                             rs->n_past));
+            TRY(vt->attention(be, rs->kv_type, b->q + run->first * Q, rs->k_cache[l],
+                              rs->v_cache[l], b->att + run->first * Q, run->n, rs->n_past,
+                              a->n_head, a->n_head_kv, hd, scale));
+        }
         TRY(vt->matmul(be, W[L->wo], b->att, b->h, n));
         TRY(vt->add(be, b->x, b->h, b->x, n * E));
         TRY(vt->rmsnorm(be, b->x, V[L->ffn_norm], b->h, E, n, a->eps));
@@ -233,11 +248,21 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
     return BONSAI_OK;
 }
 
-/* Checks a batch and makes room for it (activations, n_rows rows of logits, positions). */
-static bonsai_status prepare_batch(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens,
-                                   int64_t n_rows)
+/* The forward pass of n tokens of one session at positions n_past .. n_past + n - 1. */
+static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n, int64_t n_rows,
+                             float *hidden)
 {
-    if ((uint64_t)s->n_past + n_tokens > s->n_ctx)
+    fwd_run run = {s, 0, n};
+    return forward_runs(s, tokens, n, &run, 1, n_rows, hidden);
+}
+
+/* Checks a batch and makes room for it (activations, n_rows rows of logits, positions). With
+ * own_tokens the tokens go to this session's cache, whose room is checked; else (a batch of
+ * several sessions) the caller checks each session. */
+static bonsai_status prepare_batch(bonsai_session *s, const int32_t *tokens, uint32_t n_tokens,
+                                   int64_t n_rows, bool own_tokens)
+{
+    if (own_tokens && (uint64_t)s->n_past + n_tokens > s->n_ctx)
         return bsi_fail(BONSAI_ERR_CONTEXT_FULL,
                         "the context holds %u tokens: %u in the cache, %u more do not fit",
                         s->n_ctx, s->n_past, n_tokens);
@@ -272,7 +297,7 @@ bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_eval: NULL argument");
     if (n_tokens == 0) return BONSAI_OK;
     int64_t n_rows = flags & BONSAI_EVAL_ALL_LOGITS ? n_tokens : 1;
-    bonsai_status st = prepare_batch(s, tokens, n_tokens, n_rows);
+    bonsai_status st = prepare_batch(s, tokens, n_tokens, n_rows, true);
     if (st) return st;
     s->n_logits = 0;
     st = forward(s, tokens, n_tokens, n_rows, NULL);
@@ -298,7 +323,7 @@ bonsai_status bonsai_embed(bonsai_session *s, const int32_t *tokens, uint32_t n_
                         E);
     bonsai_session_clear(s);
     /* hidden states only: no rows of logits */
-    bonsai_status st = prepare_batch(s, tokens, n_tokens, 1);
+    bonsai_status st = prepare_batch(s, tokens, n_tokens, 1, true);
     if (st) return st;
     float *hidden = malloc((size_t)n_tokens * E * sizeof *hidden);
     if (!hidden) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
@@ -377,4 +402,77 @@ bool bsi_session_take_cancel(bonsai_session *s)
 const bonsai_model *bsi_session_model(const bonsai_session *s)
 {
     return s->model;
+}
+
+bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items, uint32_t flags)
+{
+    static const char fn[] = "bonsai_batch_eval";
+    if (!items || !n_items) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: no items", fn);
+    if (flags) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: unknown flags %#x", fn, flags);
+    bonsai_session *lead = items[0].session;
+    if (!lead) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: item 0 has no session", fn);
+    /* every session: the lead's model and backend, once, with room for its token */
+    for (uint32_t i = 0; i < n_items; i++) {
+        bonsai_session *s = items[i].session;
+        if (!s) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: item %u has no session", fn, i);
+        if (s->model != lead->model || s->w != lead->w)
+            return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                            "%s: item %u: every session of a batch must run the same model on the "
+                            "same backend and device",
+                            fn, i);
+        for (uint32_t j = 0; j < i; j++)
+            if (items[j].session == s)
+                return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                                "%s: items %u and %u are the same session", fn, j, i);
+        if (s->n_past >= s->n_ctx)
+            return bsi_fail(BONSAI_ERR_CONTEXT_FULL,
+                            "%s: item %u: the session's context of %u tokens is full", fn, i,
+                            s->n_ctx);
+        if (items[i].token < 0 || (uint32_t)items[i].token >= lead->a->n_vocab)
+            return bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
+                            "%s: item %u: token %" PRId32 " is outside the vocabulary of %u", fn, i,
+                            items[i].token, lead->a->n_vocab);
+    }
+    int32_t *tokens = malloc(n_items * sizeof *tokens);
+    fwd_run *runs = malloc(n_items * sizeof *runs);
+    bonsai_status st = tokens && runs ? BONSAI_OK : bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    for (uint32_t i = 0; i < n_items && !st; i++) {
+        tokens[i] = items[i].token;
+        runs[i] = (fwd_run){items[i].session, i, 1};
+    }
+    /* on the lead's backend instance: its scratch, one row of logits per item */
+    if (!st) st = prepare_batch(lead, tokens, n_items, n_items, false);
+    if (!st) {
+        for (uint32_t i = 0; i < n_items; i++) lead->pos[i] = (int32_t)items[i].session->n_past;
+        lead->n_logits = 0;
+        st = forward_runs(lead, tokens, n_items, runs, n_items, n_items, NULL);
+    }
+    if (!st)
+        st = lead->be->vt->download(lead->be, lead->logits_host, lead->s.logits,
+                                    (size_t)n_items * lead->a->n_vocab * sizeof(float));
+    /* each session's own logits (the lead's row 0 stays where it is) */
+    size_t row = (size_t)lead->a->n_vocab * sizeof(float);
+    for (uint32_t i = 1; i < n_items && !st; i++) {
+        bonsai_session *s = items[i].session;
+        if (row > s->logits_host_cap) {
+            float *p = realloc(s->logits_host, row);
+            if (!p) {
+                st = bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", row);
+                break;
+            }
+            s->logits_host = p;
+            s->logits_host_cap = row;
+        }
+    }
+    if (!st) {
+        for (uint32_t i = n_items; i-- > 0;) { /* row 0 last: it is the lead's own buffer */
+            bonsai_session *s = items[i].session;
+            if (i) memcpy(s->logits_host, (char *)lead->logits_host + i * row, row);
+            s->history[s->n_past++] = items[i].token;
+            s->n_logits = 1;
+        }
+    }
+    free(tokens);
+    free(runs);
+    return st;
 }

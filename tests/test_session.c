@@ -691,6 +691,110 @@ static void test_arch_checks(void **state)
     bonsai_model_free(src);
 }
 
+/* bonsai_batch_eval: sessions at different positions stepped together give the logits each
+ * would get alone; bad batches change nothing. */
+static void check_batch_eval(bonsai_model *m, uint32_t V, uint32_t kv_type, float tol)
+{
+    enum { S = 5, STEPS = 6 };
+    bonsai_session_params sp;
+    bonsai_session_params_init(&sp);
+    sp.n_ctx = 64;
+    sp.kv_type = kv_type;
+    bonsai_session *batched[S], *alone[S];
+    int32_t prompt[16];
+    for (int i = 0; i < 16; i++) prompt[i] = (int32_t)(test_rand() % V);
+    for (int k = 0; k < S; k++) {
+        assert_int_equal(bonsai_session_create(m, &sp, &batched[k]), 0);
+        assert_int_equal(bonsai_session_create(m, &sp, &alone[k]), 0);
+        /* different lengths: different positions in the same batch */
+        assert_int_equal(bonsai_session_eval(batched[k], prompt, (uint32_t)(3 + 2 * k), 0), 0);
+        assert_int_equal(bonsai_session_eval(alone[k], prompt, (uint32_t)(3 + 2 * k), 0), 0);
+    }
+    for (int step = 0; step < STEPS; step++) {
+        bonsai_batch_item items[S];
+        for (int k = 0; k < S; k++) {
+            /* a rotating order: the lead session changes */
+            int j = (k + step) % S;
+            items[k].session = batched[j];
+            items[k].token = argmax(bonsai_session_logits(batched[j], NULL), V);
+        }
+        if (bonsai_batch_eval(items, S, 0)) fail_msg("%s", bonsai_last_error());
+        for (int k = 0; k < S; k++) {
+            int j = (k + step) % S;
+            assert_int_equal(bonsai_session_eval(alone[j], &items[k].token, 1, 0), 0);
+        }
+        for (int k = 0; k < S; k++) {
+            uint32_t rows = 0;
+            const float *b = bonsai_session_logits(batched[k], &rows);
+            const float *a = bonsai_session_logits(alone[k], NULL);
+            assert_int_equal(rows, 1);
+            assert_int_equal(bonsai_session_n_past(batched[k]), bonsai_session_n_past(alone[k]));
+            for (uint32_t v = 0; v < V; v++)
+                if (!(fabsf(a[v] - b[v]) <= tol * fmaxf(1.0f, fabsf(a[v]))))
+                    fail_msg("step %d session %d token %u: %g alone, %g in a batch", step, k, v,
+                             (double)a[v], (double)b[v]);
+            uint32_t na, nb;
+            const int32_t *ha = bonsai_session_tokens(alone[k], &na),
+                          *hb = bonsai_session_tokens(batched[k], &nb);
+            assert_int_equal(na, nb);
+            assert_memory_equal(ha, hb, na * sizeof *ha);
+        }
+    }
+    /* refusals leave every session as it was */
+    uint32_t before = bonsai_session_n_past(batched[1]);
+    bonsai_batch_item twice[2] = {{batched[1], 1}, {batched[1], 2}};
+    assert_error(bonsai_batch_eval(twice, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "same session");
+    bonsai_batch_item bad_token[2] = {{batched[1], 1}, {batched[2], (int32_t)V}};
+    assert_error(bonsai_batch_eval(bad_token, 2, 0), BONSAI_ERR_OUT_OF_RANGE, "item 1");
+    assert_error(bonsai_batch_eval(bad_token, 0, 0), BONSAI_ERR_INVALID_ARGUMENT, "no items");
+    assert_error(bonsai_batch_eval(twice, 1, 7), BONSAI_ERR_INVALID_ARGUMENT, "flags");
+    bonsai_batch_item none[1] = {{NULL, 1}};
+    assert_error(bonsai_batch_eval(none, 1, 0), BONSAI_ERR_INVALID_ARGUMENT, "no session");
+    assert_int_equal(bonsai_session_n_past(batched[1]), before);
+    /* a full session */
+    assert_int_equal(bonsai_session_truncate(batched[3], 0), 0);
+    int32_t fill[64];
+    for (int i = 0; i < 64; i++) fill[i] = (int32_t)(i % V);
+    assert_int_equal(bonsai_session_eval(batched[3], fill, 64, 0), 0);
+    bonsai_batch_item full[2] = {{batched[1], 1}, {batched[3], 1}};
+    assert_error(bonsai_batch_eval(full, 2, 0), BONSAI_ERR_CONTEXT_FULL, "item 1");
+    assert_int_equal(bonsai_session_n_past(batched[1]), before);
+    for (int k = 0; k < S; k++) {
+        bonsai_session_free(batched[k]);
+        bonsai_session_free(alone[k]);
+    }
+}
+
+static void test_batch_eval(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    check_batch_eval(m, bonsai_model_n_vocab(m), BONSAI_TENSOR_F16, 1e-4f);
+    /* sessions of another model cannot join */
+    bonsai_model *other = load_stories();
+    bonsai_session *a, *b;
+    assert_int_equal(bonsai_session_create(m, NULL, &a), 0);
+    assert_int_equal(bonsai_session_create(other, NULL, &b), 0);
+    bonsai_batch_item mixed[2] = {{a, 1}, {b, 1}};
+    assert_error(bonsai_batch_eval(mixed, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "same model");
+    bonsai_session_free(a);
+    bonsai_session_free(b);
+    bonsai_model_free(other);
+    bonsai_model_free(m);
+
+    /* Q1_0 weights: the batch takes the matrix-matrix kernels, one token the matrix-vector ones */
+    char path[] = "/tmp/bonsai-qwen3-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_tiny_qwen3(path);
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    check_batch_eval(m, QV, BONSAI_TENSOR_F16, 2e-3f);
+    check_batch_eval(m, QV, BONSAI_TENSOR_Q8_0, 2e-3f);
+    bonsai_model_free(m);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -704,6 +808,7 @@ int main(void)
         cmocka_unit_test(test_arch_checks),
         cmocka_unit_test(test_embeddings),
         cmocka_unit_test(test_qwen3_matches_reference),
+        cmocka_unit_test(test_batch_eval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

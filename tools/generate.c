@@ -13,7 +13,7 @@
 
 /* Options shared by run and chat. */
 typedef struct gen_opts {
-    const char *model, *prompt, *prompt_file, *schema_file, *system;
+    const char *model, *prompt, *prompt_file, *schema_file, *system, *backend;
     const char *stop[MAX_STOP];
     uint32_t n_stop;
     long n_predict; /* -1: until the end */
@@ -133,6 +133,9 @@ static int parse_common(const char *cmd, int argc, char **argv, int *i, gen_opts
     } else if (IS("-t") || IS("--threads")) {
         if (!v) goto missing;
         ok = parse_long(v, 0, 1024, &o->threads);
+    } else if (IS("--backend")) {
+        if (!v) goto missing;
+        o->backend = v;
     } else if (IS("--schema")) {
         if (!v) goto missing;
         o->schema_file = v;
@@ -253,6 +256,7 @@ static bonsai_status open_session(const gen_opts *o, bonsai_model **m, bonsai_se
     sp.n_ctx = (uint32_t)o->n_ctx;
     sp.n_threads = (int32_t)o->threads;
     sp.kv_type = o->kv_type;
+    if (o->backend) sp.backend = o->backend;
     bonsai_status st = bonsai_model_load(o->model, NULL, m);
     if (!st) st = bonsai_session_create(*m, &sp, s);
     return st;
@@ -295,7 +299,8 @@ static void run_usage(FILE *f)
             "usage: bonsai run -m MODEL (-p PROMPT | -f FILE) [-n N] [--temp T] [--top-k K]\n"
             "                  [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
             "                  [--presence-penalty P] [--frequency-penalty P] [--seed S]\n"
-            "                  [-c N] [-t N] [--json | --schema FILE] [--chat] [--think]\n"
+            "                  [-c N] [-t N] [--backend NAME] [--json | --schema FILE] [--chat]\n"
+            "                  [--think]\n"
             "                  [-sys TEXT] [--stop TEXT]... [--special] [--no-display-prompt]\n"
             "                  [--stats]\n"
             "\n"
@@ -308,7 +313,8 @@ static void run_usage(FILE *f)
             "--special lets PROMPT contain special tokens such as <|im_start|>. A plain prompt\n"
             "is printed before its continuation unless --no-display-prompt. --stop ends the\n"
             "output before TEXT (repeatable). --stats prints token counts and speeds to\n"
-            "stderr. Ctrl-C stops the generation.\n");
+            "stderr. --backend picks where it runs: auto (default), cpu, cuda or cuda:N.\n"
+            "Ctrl-C stops the generation.\n");
 }
 
 int cmd_run(int argc, char **argv)
@@ -406,16 +412,17 @@ int cmd_run(int argc, char **argv)
 
 static void chat_usage(FILE *f)
 {
-    fprintf(f, "usage: bonsai chat -m MODEL [-sys TEXT] [--think] [-n N] [--temp T] [--top-k K]\n"
-               "                   [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S]\n"
-               "                   [-c N] [-t N] [--json | --schema FILE] [--stats]\n"
-               "\n"
-               "Talk with the model. Each line you type is a message (end a line with \\ to go\n"
-               "on to the next); the conversation stays in the model's cache, so each turn only\n"
-               "evaluates the new message. Commands: /reset (forget the conversation),\n"
-               "/system TEXT (set the system prompt and reset), /exit. Ctrl-C stops a reply;\n"
-               "Ctrl-D or Ctrl-C at the prompt exits. --stats prints token counts and speeds\n"
-               "after each reply.\n");
+    fprintf(f,
+            "usage: bonsai chat -m MODEL [-sys TEXT] [--think] [-n N] [--temp T] [--top-k K]\n"
+            "                   [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S]\n"
+            "                   [-c N] [-t N] [--backend NAME] [--json | --schema FILE] [--stats]\n"
+            "\n"
+            "Talk with the model. Each line you type is a message (end a line with \\ to go\n"
+            "on to the next); the conversation stays in the model's cache, so each turn only\n"
+            "evaluates the new message. Commands: /reset (forget the conversation),\n"
+            "/system TEXT (set the system prompt and reset), /exit. Ctrl-C stops a reply;\n"
+            "Ctrl-D or Ctrl-C at the prompt exits. --stats prints token counts and speeds\n"
+            "after each reply.\n");
 }
 
 /* Reads one message (lines ending in '\' continue it) into *buf; false at the end of input. */

@@ -194,11 +194,28 @@ static void info_usage(FILE *f)
 {
     fprintf(f,
             "usage: bonsai info [--no-metadata] [--no-tensors] MODEL.gguf\n"
+            "       bonsai info --backends\n"
             "\n"
             "Validate a GGUF file and print a summary (architecture, parameter count, vocabulary,\n"
             "hyper-parameters), every metadata key with its type and value (long arrays and\n"
             "strings are shortened) and a table of tensors with type, dimensions and sizes.\n"
-            "Exits with status 1 and the library's error message when the file is invalid.\n");
+            "Exits with status 1 and the library's error message when the file is invalid.\n"
+            "--backends lists the compute backends instead: whether each is usable, its\n"
+            "preference score and, when it is not usable, why.\n");
+}
+
+static int print_backends(void)
+{
+    uint32_t n = bonsai_backend_count();
+    printf("%-8s %-8s %5s  %s\n", "backend", "status", "score", "detail");
+    for (uint32_t i = 0; i < n; i++) {
+        bonsai_backend_info b = {.struct_size = sizeof b};
+        if (bonsai_backend_get(i, &b)) continue;
+        const char *detail = b.usable ? b.path : b.reason;
+        printf("%-8s %-8s %5d  %s\n", b.name, b.usable ? "usable" : "unusable", (int)b.score,
+               detail && *detail ? detail : (b.usable ? "built in" : ""));
+    }
+    return 0;
 }
 
 int cmd_info(int argc, char **argv)
@@ -209,6 +226,12 @@ int cmd_info(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             info_usage(stdout);
             return 0;
+        } else if (!strcmp(argv[i], "--backends")) {
+            if (argc != 2) {
+                fprintf(stderr, "bonsai info: --backends takes no other argument\n");
+                return 2;
+            }
+            return print_backends();
         } else if (!strcmp(argv[i], "--no-metadata"))
             metadata = false;
         else if (!strcmp(argv[i], "--no-tensors"))

@@ -54,17 +54,19 @@ static int parse_ids(const char *text, int32_t **out, uint32_t *n)
 
 static void eval_usage(FILE *f)
 {
-    fprintf(f, "usage: bonsai eval -m MODEL --ids \"ID ID ...\" [--logits FILE] [--all] [-t N]\n"
-               "       bonsai eval -m MODEL -f TEXT_FILE --perplexity [-c N] [-t N]\n"
-               "\n"
-               "Evaluate the token ids in one batch and print the greedy next token (id and\n"
-               "piece). --logits writes the last position's logits (every position's with --all)\n"
-               "as text, one float per line, position after position. -t sets the threads.\n"
-               "\n"
-               "--perplexity tokenizes the file, cuts it into chunks of -c tokens (default 512),\n"
-               "and scores the second half of each chunk given the first, as llama.cpp's\n"
-               "llama-perplexity does; it prints the running perplexity per chunk and the final\n"
-               "estimate with its standard error.\n");
+    fprintf(f,
+            "usage: bonsai eval -m MODEL --ids \"ID ID ...\" [--logits FILE] [--all] [-t N]\n"
+            "                  [--backend NAME]\n"
+            "       bonsai eval -m MODEL -f TEXT_FILE --perplexity [-c N] [-t N] [--backend NAME]\n"
+            "\n"
+            "Evaluate the token ids in one batch and print the greedy next token (id and\n"
+            "piece). --logits writes the last position's logits (every position's with --all)\n"
+            "as text, one float per line, position after position. -t sets the threads.\n"
+            "\n"
+            "--perplexity tokenizes the file, cuts it into chunks of -c tokens (default 512),\n"
+            "and scores the second half of each chunk given the first, as llama.cpp's\n"
+            "llama-perplexity does; it prints the running perplexity per chunk and the final\n"
+            "estimate with its standard error.\n");
 }
 
 static char *slurp(const char *path, size_t *len)
@@ -96,7 +98,8 @@ static char *slurp(const char *path, size_t *len)
 }
 
 /* Perplexity of a text file, chunk by chunk (see eval_usage). */
-static int perplexity(const char *model_path, const char *text_path, uint32_t n_ctx, int threads)
+static int perplexity(const char *model_path, const char *text_path, uint32_t n_ctx, int threads,
+                      const char *backend)
 {
     size_t len;
     char *text = slurp(text_path, &len);
@@ -113,6 +116,7 @@ static int perplexity(const char *model_path, const char *text_path, uint32_t n_
     bonsai_session_params_init(&sp);
     sp.n_threads = threads;
     sp.n_ctx = n_ctx;
+    if (backend) sp.backend = backend;
     bonsai_status st = bonsai_model_load(model_path, NULL, &m);
     if (!st) {
         st = bonsai_tokenize(m, text, len, BONSAI_TOKENIZE_ADD_BOS, NULL, 0, &n_tok);
@@ -182,6 +186,7 @@ int cmd_eval(int argc, char **argv)
     const char *model_path = NULL, *ids_text = NULL, *logits_path = NULL, *text_path = NULL;
     bool all = false, ppl = false;
     int threads = 0;
+    const char *backend = NULL;
     long n_ctx = 512;
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
@@ -202,6 +207,8 @@ int cmd_eval(int argc, char **argv)
             if (*end || n_ctx < 2 || n_ctx > 1 << 20) n_ctx = -1;
         } else if (!strcmp(argv[i], "-t") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
+            backend = argv[++i];
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             eval_usage(stdout);
             return 0;
@@ -218,7 +225,7 @@ int cmd_eval(int argc, char **argv)
             eval_usage(stderr);
             return 2;
         }
-        return perplexity(model_path, text_path, (uint32_t)n_ctx, threads);
+        return perplexity(model_path, text_path, (uint32_t)n_ctx, threads, backend);
     }
     if (!model_path || !ids_text || threads < 0) {
         eval_usage(stderr);
@@ -234,6 +241,7 @@ int cmd_eval(int argc, char **argv)
     bonsai_session_params_init(&sp);
     sp.n_threads = threads;
     sp.n_ctx = n;
+    if (backend) sp.backend = backend;
     int rc = 0;
     bonsai_status st = bonsai_model_load(model_path, NULL, &m);
     if (!st) st = bonsai_session_create(m, &sp, &s);
@@ -298,18 +306,56 @@ static stats summarize(double *v, int n)
 static void bench_usage(FILE *f)
 {
     fprintf(f,
-            "usage: bonsai bench -m MODEL [-p 512] [-n 128] [-r 5] [-t N] [--json]\n"
+            "usage: bonsai bench -m MODEL [-p 512] [-n 128] [-r 5] [-t N] [--backend NAME]\n"
+            "                    [--sessions 1,4,16,64] [--json]\n"
             "\n"
             "Prompt processing (one batch of -p tokens) and generation (-n tokens one at a\n"
             "time) in tokens/s, like llama-bench: one warm-up, then -r repetitions, reported as\n"
             "median, min and max. Token ids are fixed pseudo-random ones; each repetition\n"
-            "starts from an empty cache. -p 0 or -n 0 skips that test.\n");
+            "starts from an empty cache. -p 0 or -n 0 skips that test. --backend picks where\n"
+            "it runs: auto (default), cpu, cuda or cuda:N. --sessions also generates -n tokens\n"
+            "in each of that many sessions at once, stepped together in one batch per token\n"
+            "(continuous batching), and reports the aggregate tokens/s.\n");
+}
+
+/* `count` sessions generating n tokens each, stepped together with bonsai_batch_eval: the median
+ * over reps of the aggregate tokens/s (after a warm-up). */
+static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params *base, int count,
+                                    int n, int reps, const int32_t *ids, uint32_t vocab,
+                                    double *out)
+{
+    bonsai_session_params sp = *base;
+    sp.n_ctx = (uint32_t)n + 1;
+    bonsai_session **ss = calloc((size_t)count, sizeof *ss);
+    bonsai_batch_item *items = calloc((size_t)count, sizeof *items);
+    double *rates = calloc((size_t)reps, sizeof *rates);
+    bonsai_status st = ss && items && rates ? BONSAI_OK : BONSAI_ERR_NO_MEMORY;
+    for (int i = 0; i < count && !st; i++) st = bonsai_session_create(m, &sp, &ss[i]);
+    for (int r = -1; r < reps && !st; r++) {
+        for (int i = 0; i < count; i++) bonsai_session_clear(ss[i]);
+        double t0 = now();
+        for (int k = 0; k < n && !st; k++) {
+            for (int i = 0; i < count; i++) {
+                items[i].session = ss[i];
+                items[i].token = (int32_t)((ids[k] + (uint32_t)i) % vocab);
+            }
+            st = bonsai_batch_eval(items, (uint32_t)count, 0);
+        }
+        if (r >= 0) rates[r] = (double)count * n / (now() - t0);
+    }
+    if (!st) *out = summarize(rates, reps).median;
+    for (int i = 0; ss && i < count; i++) bonsai_session_free(ss[i]);
+    free(ss);
+    free(items);
+    free(rates);
+    return st;
 }
 
 int cmd_bench(int argc, char **argv)
 {
     const char *model_path = NULL;
     int p = 512, n = 128, reps = 5, threads = 0;
+    const char *backend = NULL, *sessions_list = NULL;
     bool json = false;
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
@@ -322,6 +368,10 @@ int cmd_bench(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
+            backend = argv[++i];
+        else if (!strcmp(argv[i], "--sessions") && i + 1 < argc)
+            sessions_list = argv[++i];
         else if (!strcmp(argv[i], "--json"))
             json = true;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -333,8 +383,21 @@ int cmd_bench(int argc, char **argv)
             return 2;
         }
     }
+    int counts[16], n_counts = 0;
+    if (sessions_list) { /* "1,4,16,64" */
+        for (const char *q = sessions_list; *q;) {
+            char *end;
+            long c = strtol(q, &end, 10);
+            if (end == q || c < 1 || c > 1024 || n_counts == 16 || (*end && *end != ',')) {
+                fprintf(stderr, "bonsai bench: --sessions takes counts 1..1024 such as 1,4,16\n");
+                return 2;
+            }
+            counts[n_counts++] = (int)c;
+            q = *end ? end + 1 : end;
+        }
+    }
     if (!model_path || p < 0 || n < 0 || p + n < 1 || p > 65536 || n > 65536 || reps < 1 ||
-        reps > 1000 || threads < 0) {
+        reps > 1000 || threads < 0 || (n_counts && n < 1)) {
         bench_usage(stderr);
         return 2;
     }
@@ -344,6 +407,7 @@ int cmd_bench(int argc, char **argv)
     bonsai_session_params_init(&sp);
     sp.n_threads = threads;
     sp.n_ctx = (uint32_t)(p > n + 1 ? p : n + 1);
+    if (backend) sp.backend = backend;
     bonsai_status st = bonsai_model_load(model_path, NULL, &m);
     if (!st) st = bonsai_session_create(m, &sp, &s);
     if (st) {
@@ -372,6 +436,10 @@ int cmd_bench(int argc, char **argv)
             if (r >= 0) tg[r] = n / (now() - t0);
         }
     }
+    /* concurrent sessions stepped together (bonsai_batch_eval): aggregate tokens/s */
+    double agg[16] = {0};
+    for (int c = 0; c < n_counts && !st; c++)
+        st = bench_sessions(m, &sp, counts[c], n, reps, ids, vocab, &agg[c]);
     int rc = 0;
     if (st) {
         rc = cli_error("bench", st);
@@ -388,6 +456,11 @@ int cmd_bench(int argc, char **argv)
                    model_path, bonsai_model_architecture(m), bonsai_model_file_size(m),
                    bonsai_model_n_params(m), bonsai_session_backend(s), reps, p, sp_.median,
                    sp_.min, sp_.max, n, sg.median, sg.min, sg.max);
+            for (int c = 0; c < n_counts; c++)
+                printf("{\"model\":\"%s\",\"backend\":\"%s\",\"sessions\":%d,\"tg\":%d,"
+                       "\"aggregate_tok_s\":%.2f,\"per_session_tok_s\":%.2f}\n",
+                       model_path, bonsai_session_backend(s), counts[c], n, agg[c],
+                       agg[c] / counts[c]);
         } else {
             double np = (double)bonsai_model_n_params(m);
             printf("model:    %s (%s, %.2f MiB, %.3f %s parameters, %u layers)\n", model_path,
@@ -400,6 +473,10 @@ int cmd_bench(int argc, char **argv)
             if (n)
                 printf("tg%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", n, sg.median,
                        reps, sg.min, sg.max);
+            for (int c = 0; c < n_counts; c++)
+                printf("tg%-5d  %9.2f tok/s  aggregate of %d sessions stepped together "
+                       "(%.2f each, median of %d)\n",
+                       n, agg[c], counts[c], agg[c] / counts[c], reps);
         }
     }
     free(ids);

@@ -302,6 +302,27 @@ BONSAI_API bonsai_status bonsai_model_tensor_find(const bonsai_model *model, con
                                                   uint64_t *index);
 
 /* ------------------------------------------------------------------------------------------ */
+/** @name Backends
+ * Where sessions compute: "cpu" (built in, always usable) and "cuda" (a module loaded at run
+ * time, usable when it was built and an NVIDIA driver and GPU are present). The list is made
+ * once per process, on first use. */
+
+typedef struct bonsai_backend_info {
+    uint32_t struct_size; /**< set by the caller to sizeof(bonsai_backend_info) */
+    const char *name;     /**< "cpu", "cuda" */
+    bool usable;          /**< sessions can use it */
+    int32_t score;        /**< preference of "auto": the usable backend with the highest wins */
+    const char *reason;   /**< why it is not usable ("" when it is) */
+    const char *path;     /**< the module's file for loaded backends, "" for built-in ones */
+} bonsai_backend_info;
+
+/** Number of backends this library knows of (usable or not). */
+BONSAI_API uint32_t bonsai_backend_count(void);
+/** Describe backend `index` (0 .. bonsai_backend_count() - 1); strings stay valid for the life
+ * of the process. The caller sets out->struct_size. */
+BONSAI_API bonsai_status bonsai_backend_get(uint32_t index, bonsai_backend_info *out);
+
+/* ------------------------------------------------------------------------------------------ */
 /** @name Sessions
  * A session runs a model: it owns a compute backend instance (threads, or a GPU stream), a KV
  * cache sized for its context, and the logits of its last evaluation. A session is used by one
@@ -315,7 +336,8 @@ typedef struct bonsai_session_params {
     uint32_t struct_size; /**< sizeof(bonsai_session_params); set by the init function */
     uint32_t n_ctx;       /**< context length in tokens (0: the model's, at most 4096) */
     int32_t n_threads;    /**< CPU threads (0: the number of physical cores) */
-    const char *backend;  /**< "auto" (default), "cpu"; copied */
+    const char *backend;  /**< "auto" (default: the best usable), "cpu", "cuda", "cuda:N"
+                               (GPU N); a named backend that cannot be used fails; copied */
     uint32_t kv_type;     /**< KV cache: BONSAI_TENSOR_F16 (default) or BONSAI_TENSOR_Q8_0
                                (half the memory; heads of a multiple of 32 values) */
 } bonsai_session_params;
@@ -373,6 +395,26 @@ BONSAI_API void bonsai_session_clear(bonsai_session *session);
  */
 BONSAI_API bonsai_status bonsai_embed(bonsai_session *session, const int32_t *tokens,
                                       uint32_t n_tokens, float *out, uint32_t out_dim);
+
+/** One session's next token in a batch (bonsai_batch_eval()). */
+typedef struct bonsai_batch_item {
+    bonsai_session *session;
+    int32_t token;
+} bonsai_batch_item;
+
+/**
+ * Continuous batching: evaluate one token for each of several sessions in a single forward pass,
+ * so the weights are read once for all of them (a server stepping many conversations together).
+ * Each item's token goes to its session's cache at the session's next position, and each
+ * session's logits become that token's (as bonsai_session_eval() of the one token would give).
+ * Every session must run the same model on the same backend and device, appear once, and have
+ * room for its token; otherwise nothing is evaluated (BONSAI_ERR_INVALID_ARGUMENT,
+ * BONSAI_ERR_CONTEXT_FULL, BONSAI_ERR_OUT_OF_RANGE). The computation runs on the first item's
+ * session; no session of the batch may be in use by another thread during the call. `flags`
+ * must be 0.
+ */
+BONSAI_API bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items,
+                                           uint32_t flags);
 
 /** Description of the session's backend, e.g. "cpu avx2, 2 threads". */
 BONSAI_API const char *bonsai_session_backend(const bonsai_session *session);

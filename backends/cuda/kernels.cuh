@@ -1,0 +1,470 @@
+/*
+ * CUDA kernels of the backend's operations (backends/cuda/cuda_backend.cu launches them). Shapes
+ * follow lib/backend.h: activations [n_tok][n] f32 row-major; weights `rows` rows of `cols`.
+ *
+ * Q1_0 weights are repacked at upload into two arrays:
+ *   bits   [rows][cols / 32] u32: word c holds weights 32c .. 32c+31, bit j = weight 32c + j
+ *          (the file's bytes read as little-endian words: bit j of byte j/8, as FORMAT.md says);
+ *   scales [rows][cols / 128] fp16.
+ * so a warp reads one row's sign words and scales with aligned loads.
+ */
+#ifndef BONSAI_CUDA_KERNELS_CUH
+#define BONSAI_CUDA_KERNELS_CUH
+
+#include <cuda_fp16.h>
+#include <mma.h>
+#include <stdint.h>
+
+namespace bsi_cuda {
+
+constexpr int QK = 128;          /* weights per Q1_0 block */
+constexpr int WARP = 32;
+constexpr int GEMV_MAX_TOK = 8;  /* up to this many tokens: the matrix-vector kernel */
+constexpr int GEMV_ROWS = 4;     /* rows per warp in the matrix-vector kernel */
+constexpr int GEMV_WARPS = 8;    /* warps per block */
+
+enum wtype : uint32_t { T_F32 = 0, T_F16 = 1, T_Q8_0 = 8, T_BF16 = 30, T_Q1_0 = 41 };
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float bf16_to_f32(uint16_t h)
+{
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+__device__ __forceinline__ float half_bits_to_f32(uint16_t h)
+{
+    return __half2float(__ushort_as_half(h));
+}
+
+/* Element i of row r of a weight in the file layout (F32, F16, BF16, Q8_0) or the Q1_0 repacked
+ * layout. */
+struct wview {
+    uint32_t type;
+    int64_t rows, cols;
+    const uint8_t *data;    /* file layout (not Q1_0) */
+    const uint32_t *bits;   /* Q1_0 */
+    const __half *scales;   /* Q1_0 */
+    size_t row_bytes;       /* file layout */
+};
+
+__device__ __forceinline__ float weight_at(const wview &w, int64_t r, int64_t i)
+{
+    switch (w.type) {
+    case T_F32: return ((const float *)(w.data + r * w.row_bytes))[i];
+    case T_F16: return half_bits_to_f32(((const uint16_t *)(w.data + r * w.row_bytes))[i]);
+    case T_BF16: return bf16_to_f32(((const uint16_t *)(w.data + r * w.row_bytes))[i]);
+    case T_Q8_0: {
+        const uint8_t *blk = w.data + r * w.row_bytes + (i / 32) * 34;
+        uint16_t d = (uint16_t)(blk[0] | blk[1] << 8);
+        return half_bits_to_f32(d) * (float)(int8_t)blk[2 + i % 32];
+    }
+    default: { /* Q1_0 */
+        int64_t words = w.cols / 32;
+        uint32_t word = w.bits[r * words + i / 32];
+        float d = __half2float(w.scales[r * (w.cols / QK) + i / QK]);
+        return (word >> (i % 32)) & 1u ? d : -d;
+    }
+    }
+}
+
+/* ---- Q1_0 matrix x few vectors ----
+ * Each warp takes GEMV_ROWS rows; lane j handles weight j of every 32-weight word, so the warp
+ * reads the activations coalesced and each word once per row. Per block of 128 the partial sums
+ * are scaled by the row's d. */
+template <int NT>
+__global__ void q1_gemv(const uint32_t *__restrict__ bits, const __half *__restrict__ scales,
+                        const float *__restrict__ x, float *__restrict__ y, int rows, int cols)
+{
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    int r0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
+    if (r0 >= rows) return;
+    int words = cols / 32, nb = cols / QK;
+    float acc[GEMV_ROWS][NT];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        float part[GEMV_ROWS][NT];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) part[r][t] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < QK / 32; c++) {
+            int word = b * (QK / 32) + c;
+            float xv[NT];
+#pragma unroll
+            for (int t = 0; t < NT; t++) xv[t] = x[(size_t)t * cols + word * 32 + lane];
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) {
+                int row = r0 + r < rows ? r0 + r : rows - 1;
+                uint32_t wbits = __ldg(bits + (size_t)row * words + word);
+                bool plus = (wbits >> lane) & 1u;
+#pragma unroll
+                for (int t = 0; t < NT; t++) part[r][t] += plus ? xv[t] : -xv[t];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            int row = r0 + r < rows ? r0 + r : rows - 1;
+            float d = __half2float(scales[(size_t)row * nb + b]);
+#pragma unroll
+            for (int t = 0; t < NT; t++) acc[r][t] += d * part[r][t];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float v = warp_sum(acc[r][t]);
+            if (lane == 0 && r0 + r < rows) y[(size_t)t * rows + r0 + r] = v;
+        }
+}
+
+/* ---- Q1_0 matrix x many vectors: tensor cores ----
+ * A block computes a 64-row x 64-token tile of y. Per weight block of 128 columns, the 64 rows
+ * are expanded to fp16 (+-d, exact) and the 64 tokens' activations converted to fp16 in shared
+ * memory; four warps each multiply a 32 x 32 quarter with 16x16x16 WMMA fragments (fp32
+ * accumulators). */
+constexpr int MM_BM = 64, MM_BN = 64, MM_LD = QK + 8, MM_THREADS = 128;
+
+__global__ void q1_gemm_wmma(const uint32_t *__restrict__ bits, const __half *__restrict__ scales,
+                             const float *__restrict__ x, float *__restrict__ y, int rows,
+                             int cols, int n_tok)
+{
+    using namespace nvcuda;
+    __shared__ __align__(32) unsigned char smem[2 * MM_BM * MM_LD * sizeof(__half)];
+    __half *ws = (__half *)smem;           /* [MM_BM][MM_LD] */
+    __half *xs = ws + MM_BM * MM_LD;       /* [MM_BN][MM_LD] */
+    float *cs = (float *)smem;             /* [MM_BN][MM_BM + 4], after the k loop */
+    int row0 = blockIdx.x * MM_BM, tok0 = blockIdx.y * MM_BN;
+    int warp = threadIdx.x / WARP;
+    int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+    int words = cols / 32, nb = cols / QK;
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+
+    for (int b = 0; b < nb; b++) {
+        /* weights: 64 rows x 4 words; thread i expands (row i / 2, words 2 (i % 2) ..) */
+        for (int task = threadIdx.x; task < MM_BM * 4; task += MM_THREADS) {
+            int r = task / 4, c = task % 4, row = row0 + r;
+            __half *dst = ws + r * MM_LD + c * 32;
+            if (row < rows) {
+                uint32_t wb = bits[(size_t)row * words + b * 4 + c];
+                __half d = scales[(size_t)row * nb + b], nd = __hneg(d);
+#pragma unroll
+                for (int j = 0; j < 32; j++) dst[j] = (wb >> j) & 1u ? d : nd;
+            } else {
+#pragma unroll
+                for (int j = 0; j < 32; j++) dst[j] = __float2half(0.0f);
+            }
+        }
+        /* activations: 64 tokens x 128 values */
+        for (int i = threadIdx.x; i < MM_BN * QK / 4; i += MM_THREADS) {
+            int t = i / (QK / 4), k = (i % (QK / 4)) * 4, tok = tok0 + t;
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (tok < n_tok) v = *(const float4 *)(x + (size_t)tok * cols + b * QK + k);
+            __half *dst = xs + t * MM_LD + k;
+            dst[0] = __float2half(v.x);
+            dst[1] = __float2half(v.y);
+            dst[2] = __float2half(v.z);
+            dst[3] = __float2half(v.w);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < QK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(fa[i], ws + (wm + 16 * i) * MM_LD + kk, MM_LD);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(fb[j], xs + (wn + 16 * j) * MM_LD + kk, MM_LD);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    /* C[row][tok] -> cs[tok][row] (column-major C), then y[tok][row] with bounds */
+    constexpr int CLD = MM_BM + 4;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(cs + (wn + 16 * j) * CLD + wm + 16 * i, acc[i][j], CLD,
+                                    wmma::mem_col_major);
+    __syncthreads();
+    for (int i = threadIdx.x; i < MM_BM * MM_BN; i += MM_THREADS) {
+        int t = i / MM_BM, r = i % MM_BM;
+        if (tok0 + t < n_tok && row0 + r < rows) y[(size_t)(tok0 + t) * rows + row0 + r] = cs[t * CLD + r];
+    }
+}
+
+/* ---- other weight types: a warp per row, every token ---- */
+__global__ void dense_matmul(wview w, const float *__restrict__ x, float *__restrict__ y,
+                             int n_tok)
+{
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x / WARP) + warp;
+    if (row >= w.rows) return;
+    for (int t = 0; t < n_tok; t++) {
+        float s = 0.0f;
+        for (int64_t i = lane; i < w.cols; i += WARP) s += weight_at(w, row, i) * x[t * w.cols + i];
+        s = warp_sum(s);
+        if (lane == 0) y[(int64_t)t * w.rows + row] = s;
+    }
+}
+
+/* y[t] = row ids[t] of w. */
+__global__ void get_rows(wview w, const int32_t *__restrict__ ids, float *__restrict__ y)
+{
+    int t = blockIdx.y;
+    int64_t r = ids[t];
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < w.cols;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[t * w.cols + i] = weight_at(w, r, i);
+}
+
+/* One block per row: y = x / sqrt(mean(x^2) + eps) * w (y may alias x). */
+__global__ void rmsnorm(const float *x, const float *__restrict__ w, float *y, int n, float eps)
+{
+    __shared__ float part[32];
+    const float *xr = x + (size_t)blockIdx.x * n;
+    float *yr = y + (size_t)blockIdx.x * n;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+    s = warp_sum(s);
+    if (threadIdx.x % WARP == 0) part[threadIdx.x / WARP] = s;
+    __syncthreads();
+    if (threadIdx.x < WARP) {
+        float v = threadIdx.x < blockDim.x / WARP ? part[threadIdx.x] : 0.0f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) part[0] = v;
+    }
+    __syncthreads();
+    float scale = rsqrtf(part[0] / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * scale * w[i];
+}
+
+/* RoPE angles as FORMAT.md section 3 (and the CPU's bsi_rope_table): per pair i of n_rot,
+ * theta_e = pos * base^(-2i/n_rot), blended with theta_e / factor by the YaRN ramp; cos and sin
+ * scaled by m = 1 + 0.1 ln(factor). Computed in double, as the CPU does. */
+struct rope_params {
+    int n_rot, neox;
+    double freq_base, factor, lo, hi, m;
+    int yarn;
+};
+
+__global__ void rope(float *x, const int32_t *__restrict__ pos, int n_heads, int head_dim,
+                     rope_params p)
+{
+    int t = blockIdx.x, h = blockIdx.y;
+    for (int i = threadIdx.x; i < p.n_rot / 2; i += blockDim.x) {
+        double inv_freq = pow(p.freq_base, -2.0 * (double)i / (double)p.n_rot);
+        double theta_e = (double)pos[t] * inv_freq, theta = theta_e;
+        if (p.yarn) {
+            double ramp = ((double)i - p.lo) / fmax(0.001, p.hi - p.lo);
+            double r = 1.0 - fmin(fmax(ramp, 0.0), 1.0);
+            theta = theta_e / p.factor * (1.0 - r) + theta_e * r;
+        }
+        float c = (float)(cos(theta) * p.m), s = (float)(sin(theta) * p.m);
+        float *v = x + ((size_t)t * n_heads + h) * head_dim;
+        int a = p.neox ? i : 2 * i, b = p.neox ? i + p.n_rot / 2 : 2 * i + 1;
+        float x0 = v[a], x1 = v[b];
+        v[a] = x0 * c - x1 * s;
+        v[b] = x0 * s + x1 * c;
+    }
+}
+
+/* One block per row. */
+__global__ void softmax(float *x, int n)
+{
+    __shared__ float part[32];
+    __shared__ float shared_val;
+    float *xr = x + (size_t)blockIdx.x * n;
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, xr[i]);
+    m = warp_max(m);
+    if (threadIdx.x % WARP == 0) part[threadIdx.x / WARP] = m;
+    __syncthreads();
+    if (threadIdx.x < WARP) {
+        float v = threadIdx.x < blockDim.x / WARP ? part[threadIdx.x] : -INFINITY;
+        v = warp_max(v);
+        if (threadIdx.x == 0) shared_val = v;
+    }
+    __syncthreads();
+    m = shared_val;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float e = m == -INFINITY ? 0.0f : __expf(xr[i] - m);
+        xr[i] = e;
+        s += e;
+    }
+    s = warp_sum(s);
+    __syncthreads();
+    if (threadIdx.x % WARP == 0) part[threadIdx.x / WARP] = s;
+    __syncthreads();
+    if (threadIdx.x < WARP) {
+        float v = threadIdx.x < blockDim.x / WARP ? part[threadIdx.x] : 0.0f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) shared_val = v;
+    }
+    __syncthreads();
+    float inv = shared_val > 0.0f ? 1.0f / shared_val : 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] *= inv;
+}
+
+__global__ void silu_mul(const float *g, const float *u, float *y, int64_t n)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = g[i];
+        y[i] = v / (1.0f + __expf(-v)) * u[i];
+    }
+}
+
+__global__ void add(const float *a, const float *b, float *y, int64_t n)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = a[i] + b[i];
+}
+
+/* KV cache rows, fp16: [pos][dim]. */
+__global__ void kv_store_f16(__half *kc, __half *vc, const float *k, const float *v, int n_tok,
+                             int dim, int pos)
+{
+    int64_t n = (int64_t)n_tok * dim;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        kc[(int64_t)pos * dim + i] = __float2half(k[i]);
+        vc[(int64_t)pos * dim + i] = __float2half(v[i]);
+    }
+}
+
+/* KV cache rows, Q8_0 blocks of 32 (fp16 d = max|x| / 127, q = round(x * 127 / max|x|)):
+ * a warp per block of 32 values of k or v. */
+__global__ void kv_store_q8_0(uint8_t *kc, uint8_t *vc, const float *k, const float *v, int n_tok,
+                              int dim, int pos)
+{
+    int lane = threadIdx.x % WARP;
+    int64_t blocks = (int64_t)n_tok * (dim / 32);
+    int64_t job = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP;
+    if (job >= 2 * blocks) return;
+    bool is_v = job >= blocks;
+    int64_t b = is_v ? job - blocks : job;
+    int64_t t = b / (dim / 32), blk = b % (dim / 32);
+    float xv = (is_v ? v : k)[t * dim + blk * 32 + lane];
+    float amax = warp_max(fabsf(xv));
+    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    uint8_t *out = (is_v ? vc : kc) + (size_t)(pos + t) * (size_t)(dim / 32) * 34 + blk * 34;
+    if (lane == 0) {
+        __half d = __float2half(amax / 127.0f);
+        uint16_t bitsv = __half_as_ushort(d);
+        out[0] = (uint8_t)(bitsv & 0xff);
+        out[1] = (uint8_t)(bitsv >> 8);
+    }
+    out[2 + lane] = (uint8_t)(int8_t)__float2int_rn(xv * id);
+}
+
+/* Element d of kv head h at position p of a cache row of kv_dim values. */
+template <bool Q8>
+__device__ __forceinline__ float kv_at(const void *cache, int64_t p, int kv_dim, int idx)
+{
+    if (!Q8) return __half2float(((const __half *)cache)[p * kv_dim + idx]);
+    const uint8_t *blk = (const uint8_t *)cache + (size_t)p * (kv_dim / 32) * 34 + (idx / 32) * 34;
+    uint16_t d = (uint16_t)(blk[0] | blk[1] << 8);
+    return half_bits_to_f32(d) * (float)(int8_t)blk[2 + idx % 32];
+}
+
+/* Causal attention: a block per (query head, token), ATT_WARPS warps splitting the positions,
+ * each with an online softmax over its positions (running max, sum and weighted V); the warps'
+ * partial results are merged at the end. Lane l holds dimensions l, l + 32, ... of the head. */
+constexpr int ATT_WARPS = 4, ATT_MAX_HD = 256;
+
+template <bool Q8>
+__global__ void attention(const float *__restrict__ q, const void *__restrict__ kc,
+                          const void *__restrict__ vc, float *__restrict__ out, int pos,
+                          int n_head, int n_head_kv, int head_dim, float scale)
+{
+    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+    __shared__ float sm_acc[ATT_WARPS][ATT_MAX_HD];
+    constexpr int PER = ATT_MAX_HD / WARP;
+    int h = blockIdx.x, t = blockIdx.y;
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    int kvh = h / (n_head / n_head_kv), kv_dim = n_head_kv * head_dim;
+    const float *qh = q + ((size_t)t * n_head + h) * head_dim;
+    float qv[PER], acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int d = lane + WARP * i;
+        qv[i] = d < head_dim ? qh[d] * scale : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    int n_pos = pos + t + 1;
+    for (int p = warp; p < n_pos; p += ATT_WARPS) {
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int d = lane + WARP * i;
+            if (d < head_dim) s += qv[i] * kv_at<Q8>(kc, p, kv_dim, kvh * head_dim + d);
+        }
+        s = warp_sum(s);
+        float m_new = fmaxf(m, s);
+        float corr = __expf(m - m_new), e = __expf(s - m_new);
+        l = l * corr + e;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int d = lane + WARP * i;
+            float vv = d < head_dim ? kv_at<Q8>(vc, p, kv_dim, kvh * head_dim + d) : 0.0f;
+            acc[i] = acc[i] * corr + e * vv;
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int d = lane + WARP * i;
+        if (d < head_dim) sm_acc[warp][d] = acc[i];
+    }
+    __syncthreads();
+    float mm = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, sm_m[w]);
+    float ll = 0.0f;
+    for (int w = 0; w < ATT_WARPS; w++)
+        if (sm_m[w] > -INFINITY) ll += sm_l[w] * __expf(sm_m[w] - mm);
+    float *oh = out + ((size_t)t * n_head + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float v = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (sm_m[w] > -INFINITY) v += sm_acc[w][d] * __expf(sm_m[w] - mm);
+        oh[d] = v / ll;
+    }
+}
+
+} // namespace bsi_cuda
+
+#endif

@@ -1,0 +1,558 @@
+/*
+ * The CUDA backend.
+ *
+ *   test_cuda registry   how the library finds the module and reports it (runs everywhere)
+ *   test_cuda gpu        every operation against the CPU's scalar reference on random data, and
+ *                        whole models on the GPU against the CPU; exits 77 (skipped) when no
+ *                        usable GPU is present, or fails then if BONSAI_REQUIRE_GPU=1
+ */
+#include "test_util.h"
+
+#include "backend.h"
+#include "half.h"
+#include "q1.h"
+
+#include <math.h>
+
+static const bsi_backend_entry *find_entry(const char *name)
+{
+    const bsi_backend_entry *list;
+    size_t n = bsi_backends(&list);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(list[i].name, name)) return &list[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Registry */
+
+static void test_listing(void **state)
+{
+    (void)state;
+    uint32_t n = bonsai_backend_count();
+    assert_true(n >= 2);
+    bonsai_backend_info cpu = {.struct_size = sizeof cpu};
+    assert_int_equal(bonsai_backend_get(0, &cpu), 0);
+    assert_string_equal(cpu.name, "cpu");
+    assert_true(cpu.usable);
+    assert_string_equal(cpu.path, "");
+    const bsi_backend_entry *e = find_entry("cuda");
+    assert_non_null(e);
+    bonsai_backend_info cuda = {.struct_size = sizeof cuda};
+    assert_int_equal(bonsai_backend_get((uint32_t)(e - find_entry("cpu")), &cuda), 0);
+    assert_string_equal(cuda.name, "cuda");
+    const char *built = getenv("BONSAI_TEST_CUDA_BUILT");
+    if (built && !strcmp(built, "1")) {
+        /* the module was built and BONSAI_BACKEND_PATH points at it: found and loaded */
+        assert_non_null(strstr(cuda.path, "libbonsai-cuda.so"));
+        assert_non_null(e->vt);
+    }
+    if (!cuda.usable) assert_true(strlen(cuda.reason) > 0);
+    print_message("cuda: %s%s (%s)\n", cuda.usable ? "usable" : "unusable: ", cuda.reason,
+                  cuda.path[0] ? cuda.path : "no module");
+    assert_error(bonsai_backend_get(n, &cuda), BONSAI_ERR_OUT_OF_RANGE, "backend");
+    bonsai_backend_info old = {.struct_size = 4};
+    assert_int_equal(bonsai_backend_get(0, &old), 0); /* an older caller's struct: nothing past */
+    assert_error(bonsai_backend_get(0, NULL), BONSAI_ERR_INVALID_ARGUMENT, "struct_size");
+}
+
+static void test_parse(void **state)
+{
+    (void)state;
+    char name[16];
+    int dev = -1;
+    assert_int_equal(bsi_backend_parse("cuda:3", name, sizeof name, &dev), 0);
+    assert_string_equal(name, "cuda");
+    assert_int_equal(dev, 3);
+    assert_int_equal(bsi_backend_parse("cpu", name, sizeof name, &dev), 0);
+    assert_string_equal(name, "cpu");
+    assert_int_equal(dev, 0);
+    assert_error(bsi_backend_parse("cuda:", name, sizeof name, &dev), BONSAI_ERR_INVALID_ARGUMENT,
+                 "number");
+    assert_error(bsi_backend_parse("cuda:1x", name, sizeof name, &dev), BONSAI_ERR_INVALID_ARGUMENT,
+                 "number");
+    assert_error(bsi_backend_parse("cuda:-1", name, sizeof name, &dev), BONSAI_ERR_INVALID_ARGUMENT,
+                 "number");
+    assert_error(bsi_backend_parse(":1", name, sizeof name, &dev), BONSAI_ERR_INVALID_ARGUMENT,
+                 "not a backend");
+    assert_error(bsi_backend_parse("averyveryverylongname", name, sizeof name, &dev),
+                 BONSAI_ERR_INVALID_ARGUMENT, "not a backend");
+}
+
+/* Sessions asking for CUDA: honoured where it is usable, a clear refusal otherwise. */
+static void test_sessions(void **state)
+{
+    (void)state;
+    bonsai_model *m;
+    assert_int_equal(bonsai_model_load(test_data("stories260K.gguf"), NULL, &m), 0);
+    bonsai_session_params p;
+    bonsai_session_params_init(&p);
+    bonsai_session *s = NULL;
+    const bsi_backend_entry *e = find_entry("cuda");
+    bool usable = e && e->vt && e->score > 0;
+    p.backend = "cuda";
+    if (usable) {
+        assert_int_equal(bonsai_session_create(m, &p, &s), 0);
+        assert_non_null(strstr(bonsai_session_backend(s), "cuda:0"));
+        bonsai_session_free(s);
+    } else {
+        assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_UNSUPPORTED, e->reason);
+        assert_null(s);
+        assert_non_null(strstr(bonsai_last_error(), "'cuda' is not usable"));
+    }
+    p.backend = "cuda:1000";
+    assert_int_equal(bonsai_session_create(m, &p, &s) != 0, 1);
+    assert_null(s);
+    p.backend = "cuda:x";
+    assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_INVALID_ARGUMENT, "number");
+    p.backend = "tpu";
+    assert_error(bonsai_session_create(m, &p, &s), BONSAI_ERR_UNSUPPORTED, "not available");
+    p.backend = "auto";
+    assert_int_equal(bonsai_session_create(m, &p, &s), 0);
+    assert_non_null(strstr(bonsai_session_backend(s), usable ? "cuda" : "cpu"));
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Operations against the CPU's scalar reference */
+
+static bsi_backend *gpu, *ref;
+
+static int setup_backends(void **state)
+{
+    (void)state;
+    bsi_backend_config c = {.n_threads = 2, .cpu_isa = "scalar"};
+    if (bsi_backend_create("cpu", &c, &ref)) return -1;
+    bsi_backend_config g = {0};
+    return bsi_backend_create("cuda", &g, &gpu) ? -1 : 0;
+}
+
+static int teardown_backends(void **state)
+{
+    (void)state;
+    if (gpu) gpu->vt->destroy(gpu);
+    if (ref) ref->vt->destroy(ref);
+    return 0;
+}
+
+/* A device copy of n floats. */
+static float *dev_floats(const float *host, size_t n)
+{
+    void *d = NULL;
+    assert_int_equal(gpu->vt->alloc(gpu, n * sizeof(float), &d), 0);
+    if (host) assert_int_equal(gpu->vt->upload(gpu, d, host, n * sizeof(float)), 0);
+    return d;
+}
+
+static float *host_copy(const float *dev, size_t n)
+{
+    float *h = malloc(n * sizeof *h);
+    assert_non_null(h);
+    for (size_t i = 0; i < n; i++) h[i] = NAN; /* poisoned */
+    assert_int_equal(gpu->vt->download(gpu, h, dev, n * sizeof(float)), 0);
+    return h;
+}
+
+static float *random_floats(size_t n, float scale)
+{
+    float *p = malloc(n * sizeof *p);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) p[i] = scale * test_uniform();
+    return p;
+}
+
+/* Random Q1_0 rows (scales 0.01 .. 0.03). */
+static uint8_t *random_q1(int64_t rows, int64_t cols)
+{
+    size_t bytes = (size_t)rows * (size_t)(cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
+    uint8_t *w = malloc(bytes);
+    assert_non_null(w);
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)test_rand();
+    for (size_t b = 0; b < bytes; b += BSI_Q1_BLOCK_BYTES) {
+        uint16_t h = bsi_fp32_to_fp16(0.01f + 0.01f * fabsf(test_uniform()) * 2);
+        memcpy(w + b, &h, 2);
+    }
+    return w;
+}
+
+/* y (GPU) against yr (reference): |y - yr| <= tol * bound per element. */
+static void compare(const char *what, const float *y, const float *yr, const float *bound, size_t n,
+                    double tol)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)y[i] - (double)yr[i]);
+        double lim = tol * (bound ? (double)bound[i] : fmax(1.0, fabs((double)yr[i])));
+        if (!(err <= lim))
+            fail_msg("%s: element %zu is %.9g, reference %.9g (allowed error %.3g)", what, i,
+                     (double)y[i], (double)yr[i], lim);
+        if (lim > 0 && err / lim > worst) worst = err / lim;
+    }
+    print_message("  %-44s ok (worst error %.2f of the allowance)\n", what, worst);
+}
+
+/* One matrix product on both backends; bound[i] = sum_j |w_j x_j|. */
+static void check_matmul(uint32_t type, const void *wdata, int64_t rows, int64_t cols,
+                         int64_t n_tok, double tol)
+{
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s %lldx%lld, %lld token%s", bonsai_tensor_type_name(type),
+             (long long)rows, (long long)cols, (long long)n_tok, n_tok == 1 ? "" : "s");
+    bsi_matrix_desc d = {what, type, rows, cols, wdata, false};
+    bsi_weight *wg, *wr;
+    assert_int_equal(gpu->vt->weight_create(gpu, &d, &wg), 0);
+    assert_int_equal(ref->vt->weight_create(ref, &d, &wr), 0);
+    size_t nx = (size_t)(n_tok * cols), ny = (size_t)(n_tok * rows);
+    float *x = random_floats(nx, 2.0f);
+    float *yr = malloc(ny * sizeof *yr), *bound = malloc(ny * sizeof *bound);
+    float *ax = malloc(nx * sizeof *ax);
+    assert_true(yr && bound && ax);
+    for (size_t i = 0; i < nx; i++) ax[i] = fabsf(x[i]);
+    assert_int_equal(ref->vt->matmul(ref, wr, x, yr, n_tok), 0);
+    float *dx = dev_floats(x, nx), *dy = dev_floats(NULL, ny);
+    assert_int_equal(gpu->vt->matmul(gpu, wg, dx, dy, n_tok), 0);
+    float *y = host_copy(dy, ny);
+    /* bound: sum_j |w_j| |x_j|, rows read back through the reference */
+    float *wrow = malloc((size_t)cols * sizeof *wrow);
+    assert_non_null(wrow);
+    for (int64_t r = 0; r < rows; r++) {
+        int32_t id = (int32_t)r;
+        assert_int_equal(ref->vt->get_rows(ref, wr, &id, wrow, 1), 0);
+        for (int64_t t = 0; t < n_tok; t++) {
+            double s = 0;
+            for (int64_t j = 0; j < cols; j++) s += fabs((double)wrow[j]) * ax[t * cols + j];
+            bound[t * rows + r] = (float)s;
+        }
+    }
+    free(wrow);
+    compare(what, y, yr, bound, ny, tol);
+    gpu->vt->free(gpu, dx);
+    gpu->vt->free(gpu, dy);
+    gpu->vt->weight_free(gpu, wg);
+    ref->vt->weight_free(ref, wr);
+    free(x), free(ax), free(y), free(yr), free(bound);
+}
+
+static void test_q1_matmul(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {
+        {1, 128, 1},    {33, 256, 1},   {2048, 2048, 1}, {6144, 2048, 2},  {2048, 6144, 3},
+        {1000, 384, 8}, {777, 1024, 9}, {300, 512, 64},  {2048, 2048, 65}, {129, 4096, 130},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        uint8_t *w = random_q1(shapes[i][0], shapes[i][1]);
+        /* fp32 activations up to 8 tokens; fp16 activations on tensor cores beyond */
+        check_matmul(BONSAI_TENSOR_Q1_0, w, shapes[i][0], shapes[i][1], shapes[i][2],
+                     shapes[i][2] <= 8 ? 1e-5 : 2e-3);
+        free(w);
+    }
+}
+
+static void test_dense_matmul(void **state)
+{
+    (void)state;
+    enum { ROWS = 67, COLS = 256 };
+    float *f = random_floats((size_t)ROWS * COLS, 1.0f);
+    uint16_t *h = malloc((size_t)ROWS * COLS * 2), *bf = malloc((size_t)ROWS * COLS * 2);
+    uint8_t *q8 = malloc((size_t)ROWS * (COLS / 32) * 34);
+    for (size_t i = 0; i < (size_t)ROWS * COLS; i++) {
+        h[i] = bsi_fp32_to_fp16(f[i]);
+        uint32_t u;
+        memcpy(&u, &f[i], 4);
+        bf[i] = (uint16_t)(u >> 16);
+    }
+    for (size_t b = 0; b < (size_t)ROWS * (COLS / 32); b++) {
+        uint16_t d = bsi_fp32_to_fp16(0.01f);
+        memcpy(q8 + 34 * b, &d, 2);
+        for (int j = 0; j < 32; j++) q8[34 * b + 2 + j] = (uint8_t)test_rand();
+    }
+    const void *data[] = {f, h, bf, q8};
+    const uint32_t types[] = {BONSAI_TENSOR_F32, BONSAI_TENSOR_F16, BONSAI_TENSOR_BF16,
+                              BONSAI_TENSOR_Q8_0};
+    for (int k = 0; k < 4; k++) {
+        check_matmul(types[k], data[k], ROWS, COLS, 1, 1e-5);
+        check_matmul(types[k], data[k], ROWS, COLS, 5, 1e-5);
+    }
+    free(f), free(h), free(bf), free(q8);
+}
+
+static void test_get_rows(void **state)
+{
+    (void)state;
+    enum { ROWS = 50, COLS = 384, N = 7 };
+    uint8_t *w = random_q1(ROWS, COLS);
+    float *f = random_floats((size_t)ROWS * COLS, 1.0f);
+    const void *data[] = {w, f};
+    const uint32_t types[] = {BONSAI_TENSOR_Q1_0, BONSAI_TENSOR_F32};
+    int32_t ids[N] = {0, 49, 3, 3, 17, 48, 1};
+    for (int k = 0; k < 2; k++) {
+        bsi_matrix_desc d = {"rows", types[k], ROWS, COLS, data[k], false};
+        bsi_weight *wg, *wr;
+        assert_int_equal(gpu->vt->weight_create(gpu, &d, &wg), 0);
+        assert_int_equal(ref->vt->weight_create(ref, &d, &wr), 0);
+        float *yr = malloc(sizeof(float) * N * COLS), *dy = dev_floats(NULL, N * COLS);
+        assert_int_equal(ref->vt->get_rows(ref, wr, ids, yr, N), 0);
+        assert_int_equal(gpu->vt->get_rows(gpu, wg, ids, dy, N), 0);
+        float *y = host_copy(dy, N * COLS);
+        assert_memory_equal(y, yr, sizeof(float) * N * COLS); /* exact */
+        int32_t bad = ROWS;
+        assert_error(gpu->vt->get_rows(gpu, wg, &bad, dy, 1), BONSAI_ERR_OUT_OF_RANGE, "token id");
+        print_message("  get_rows %-35s ok (exact)\n", bonsai_tensor_type_name(types[k]));
+        gpu->vt->free(gpu, dy);
+        gpu->vt->weight_free(gpu, wg);
+        ref->vt->weight_free(ref, wr);
+        free(y), free(yr);
+    }
+    free(w), free(f);
+}
+
+static void test_small_ops(void **state)
+{
+    (void)state;
+    enum { N = 2048, ROWS = 5 };
+    float *x = random_floats(N * ROWS, 3.0f), *w = random_floats(N, 1.0f);
+    float *dx = dev_floats(x, N * ROWS), *dw = dev_floats(w, N), *dy = dev_floats(NULL, N * ROWS);
+    float *yr = malloc(sizeof(float) * N * ROWS);
+
+    assert_int_equal(ref->vt->rmsnorm(ref, x, w, yr, N, ROWS, 1e-6f), 0);
+    assert_int_equal(gpu->vt->rmsnorm(gpu, dx, dw, dy, N, ROWS, 1e-6f), 0);
+    float *y = host_copy(dy, N * ROWS);
+    compare("rmsnorm 5 x 2048", y, yr, NULL, N * ROWS, 1e-5);
+    free(y);
+    /* in place, as the forward pass does for q and k heads */
+    assert_int_equal(gpu->vt->rmsnorm(gpu, dx, dw, dx, 128, N * ROWS / 128, 1e-6f), 0);
+    assert_int_equal(ref->vt->rmsnorm(ref, x, w, yr, 128, N * ROWS / 128, 1e-6f), 0);
+    y = host_copy(dx, N * ROWS);
+    compare("rmsnorm in place, heads of 128", y, yr, NULL, N * ROWS, 1e-5);
+    free(y);
+    assert_int_equal(gpu->vt->upload(gpu, dx, x, sizeof(float) * N * ROWS), 0);
+
+    float *u = random_floats(N * ROWS, 3.0f), *du = dev_floats(u, N * ROWS);
+    assert_int_equal(ref->vt->silu_mul(ref, x, u, yr, N * ROWS), 0);
+    assert_int_equal(gpu->vt->silu_mul(gpu, dx, du, dy, N * ROWS), 0);
+    y = host_copy(dy, N * ROWS);
+    compare("silu_mul", y, yr, NULL, N * ROWS, 1e-5);
+    free(y);
+    assert_int_equal(ref->vt->add(ref, x, u, yr, N * ROWS), 0);
+    assert_int_equal(gpu->vt->add(gpu, dx, du, dy, N * ROWS), 0);
+    y = host_copy(dy, N * ROWS);
+    compare("add", y, yr, NULL, N * ROWS, 1e-6);
+    free(y);
+    memcpy(yr, x, sizeof(float) * N * ROWS);
+    assert_int_equal(ref->vt->softmax(ref, yr, N, ROWS), 0);
+    assert_int_equal(gpu->vt->softmax(gpu, dx, N, ROWS), 0);
+    y = host_copy(dx, N * ROWS);
+    compare("softmax 5 x 2048", y, yr, NULL, N * ROWS, 1e-5);
+    free(y);
+
+    /* RoPE: Qwen3 (NeoX pairs, YaRN) and llama (adjacent pairs) at far positions */
+    bsi_rope qwen = {.n_rot = 128,
+                     .neox = 1,
+                     .freq_base = 1e6f,
+                     .yarn_factor = 4,
+                     .yarn_orig_ctx = 8192,
+                     .yarn_beta_fast = 32,
+                     .yarn_beta_slow = 1};
+    bsi_rope llama = {.n_rot = 8, .neox = 0, .freq_base = 10000};
+    int32_t pos[4] = {0, 1, 4095, 30000};
+    for (int k = 0; k < 2; k++) {
+        const bsi_rope *r = k ? &llama : &qwen;
+        int64_t hd = k ? 8 : 128, heads = 4;
+        size_t n = (size_t)(4 * heads * hd);
+        float *v = random_floats(n, 2.0f), *dv = dev_floats(v, n);
+        assert_int_equal(ref->vt->rope(ref, v, pos, 4, heads, hd, r), 0);
+        assert_int_equal(gpu->vt->rope(gpu, dv, pos, 4, heads, hd, r), 0);
+        y = host_copy(dv, n);
+        compare(k ? "rope llama (adjacent pairs)" : "rope qwen3 (NeoX, YaRN)", y, v, NULL, n, 2e-5);
+        gpu->vt->free(gpu, dv);
+        free(v), free(y);
+    }
+    gpu->vt->free(gpu, dx), gpu->vt->free(gpu, dw), gpu->vt->free(gpu, dy), gpu->vt->free(gpu, du);
+    free(x), free(w), free(u), free(yr);
+}
+
+/* KV cache stores and attention: the same cache contents on both, then the same queries. */
+static void check_attention(uint32_t kv_type, int64_t n_head, int64_t n_kv, int64_t hd,
+                            int64_t n_ctx, int64_t pos, int64_t n_tok)
+{
+    int64_t kv_dim = n_kv * hd;
+    size_t row = kv_type == BONSAI_TENSOR_Q8_0 ? (size_t)(kv_dim / 32) * 34 : (size_t)kv_dim * 2;
+    void *kr = calloc((size_t)n_ctx, row), *vr = calloc((size_t)n_ctx, row);
+    void *kg, *vg;
+    assert_int_equal(gpu->vt->alloc(gpu, (size_t)n_ctx * row, &kg), 0);
+    assert_int_equal(gpu->vt->alloc(gpu, (size_t)n_ctx * row, &vg), 0);
+    /* the cache up to pos + n_tok, written in two batches */
+    int64_t total = pos + n_tok;
+    float *k = random_floats((size_t)(total * kv_dim), 2.0f),
+          *v = random_floats((size_t)(total * kv_dim), 2.0f);
+    float *dk = dev_floats(k, (size_t)(total * kv_dim)),
+          *dv = dev_floats(v, (size_t)(total * kv_dim));
+    int64_t first = total / 3;
+    assert_int_equal(ref->vt->kv_store(ref, kv_type, kr, vr, k, v, first, kv_dim, 0), 0);
+    assert_int_equal(ref->vt->kv_store(ref, kv_type, kr, vr, k + first * kv_dim, v + first * kv_dim,
+                                       total - first, kv_dim, first),
+                     0);
+    assert_int_equal(gpu->vt->kv_store(gpu, kv_type, kg, vg, dk, dv, first, kv_dim, 0), 0);
+    assert_int_equal(gpu->vt->kv_store(gpu, kv_type, kg, vg, dk + first * kv_dim,
+                                       dv + first * kv_dim, total - first, kv_dim, first),
+                     0);
+    /* the stored rows themselves */
+    uint8_t *kc = malloc((size_t)total * row);
+    assert_int_equal(gpu->vt->download(gpu, kc, kg, (size_t)total * row), 0);
+    size_t differ = 0;
+    for (size_t i = 0; i < (size_t)total * row; i++) differ += kc[i] != ((uint8_t *)kr)[i];
+    /* fp16 conversion is exact; Q8_0 may round a value at a .5 boundary differently */
+    if (kv_type == BONSAI_TENSOR_F16)
+        assert_int_equal(differ, 0);
+    else
+        assert_true(differ <= (size_t)total * row / 1000);
+
+    size_t nq = (size_t)(n_tok * n_head * hd);
+    float *q = random_floats(nq, 2.0f), *dq = dev_floats(q, nq), *dout = dev_floats(NULL, nq);
+    float *outr = malloc(nq * sizeof *outr);
+    float scale = 1.0f / sqrtf((float)hd);
+    assert_int_equal(
+        ref->vt->attention(ref, kv_type, q, kr, vr, outr, n_tok, pos, n_head, n_kv, hd, scale), 0);
+    assert_int_equal(
+        gpu->vt->attention(gpu, kv_type, dq, kg, vg, dout, n_tok, pos, n_head, n_kv, hd, scale), 0);
+    float *out = host_copy(dout, nq);
+    char what[96];
+    snprintf(what, sizeof what, "attention %s %lld/%lld heads of %lld, %lld+%lld",
+             kv_type == BONSAI_TENSOR_Q8_0 ? "q8_0" : "f16", (long long)n_head, (long long)n_kv,
+             (long long)hd, (long long)pos, (long long)n_tok);
+    compare(what, out, outr, NULL, nq, kv_type == BONSAI_TENSOR_Q8_0 ? 2e-2 : 1e-4);
+    gpu->vt->free(gpu, kg), gpu->vt->free(gpu, vg), gpu->vt->free(gpu, dk), gpu->vt->free(gpu, dv);
+    gpu->vt->free(gpu, dq), gpu->vt->free(gpu, dout);
+    free(kr), free(vr), free(k), free(v), free(kc), free(q), free(outr), free(out);
+}
+
+static void test_attention(void **state)
+{
+    (void)state;
+    check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 64, 0, 1);
+    check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 512, 300, 1);
+    check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 512, 100, 37);
+    check_attention(BONSAI_TENSOR_F16, 8, 4, 8, 64, 10, 5); /* stories260K's heads */
+    check_attention(BONSAI_TENSOR_Q8_0, 32, 8, 128, 256, 200, 3);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Whole models: the GPU against the CPU */
+
+/* Mean KL divergence of the next-token distributions (CPU as the truth) and top-1 agreement over
+ * n positions of logits [n][vocab]. */
+static void kl_top1(const float *a, const float *b, uint32_t n, uint32_t vocab, double *kl,
+                    double *top1)
+{
+    double sum_kl = 0;
+    uint32_t same = 0;
+    for (uint32_t p = 0; p < n; p++) {
+        const float *x = a + (size_t)p * vocab, *y = b + (size_t)p * vocab;
+        double mx = -INFINITY, my = -INFINITY;
+        uint32_t ax = 0, ay = 0;
+        for (uint32_t i = 0; i < vocab; i++) {
+            if (x[i] > mx) mx = x[i], ax = i;
+            if (y[i] > my) my = y[i], ay = i;
+        }
+        double sx = 0, sy = 0;
+        for (uint32_t i = 0; i < vocab; i++) sx += exp(x[i] - mx), sy += exp(y[i] - my);
+        double lx = log(sx), ly = log(sy), k = 0;
+        for (uint32_t i = 0; i < vocab; i++) {
+            double px = exp(x[i] - mx - lx);
+            k += px * ((x[i] - mx - lx) - (y[i] - my - ly));
+        }
+        sum_kl += k;
+        same += ax == ay;
+    }
+    *kl = sum_kl / n;
+    *top1 = (double)same / n;
+}
+
+static float *eval_all(bonsai_model *m, const char *backend, const int32_t *ids, uint32_t n,
+                       bool one_by_one)
+{
+    bonsai_session_params p;
+    bonsai_session_params_init(&p);
+    p.backend = backend;
+    p.n_ctx = n;
+    bonsai_session *s;
+    if (bonsai_session_create(m, &p, &s)) fail_msg("%s", bonsai_last_error());
+    uint32_t vocab = bonsai_model_n_vocab(m);
+    float *out = malloc((size_t)n * vocab * sizeof *out);
+    assert_non_null(out);
+    if (one_by_one) {
+        for (uint32_t i = 0; i < n; i++) {
+            assert_int_equal(bonsai_session_eval(s, ids + i, 1, 0), 0);
+            uint32_t rows;
+            memcpy(out + (size_t)i * vocab, bonsai_session_logits(s, &rows), vocab * sizeof *out);
+        }
+    } else {
+        assert_int_equal(bonsai_session_eval(s, ids, n, BONSAI_EVAL_ALL_LOGITS), 0);
+        uint32_t rows;
+        memcpy(out, bonsai_session_logits(s, &rows), (size_t)n * vocab * sizeof *out);
+    }
+    bonsai_session_free(s);
+    return out;
+}
+
+static void check_model(const char *path)
+{
+    bonsai_model *m;
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    enum { N = 64 };
+    uint32_t vocab = bonsai_model_n_vocab(m);
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
+    float *cpu = eval_all(m, "cpu", ids, N, false);
+    float *batch = eval_all(m, "cuda", ids, N, false);
+    float *step = eval_all(m, "cuda", ids, N, true);
+    double kl, top1;
+    kl_top1(cpu, batch, N, vocab, &kl, &top1);
+    print_message("  %s: GPU batch vs CPU: mean KL %.3g, same top-1 %.1f%%\n", path, kl,
+                  100 * top1);
+    assert_true(kl < 1e-3 && top1 >= 0.99);
+    kl_top1(cpu, step, N, vocab, &kl, &top1);
+    print_message("  %s: GPU token by token vs CPU: mean KL %.3g, same top-1 %.1f%%\n", path, kl,
+                  100 * top1);
+    assert_true(kl < 1e-3 && top1 >= 0.99);
+    free(cpu), free(batch), free(step);
+    bonsai_model_free(m);
+}
+
+static void test_models(void **state)
+{
+    (void)state;
+    check_model(test_data("stories260K.gguf"));
+    const char *tiny = getenv("BONSAI_TEST_QWEN3_TINY");
+    if (tiny && *tiny) check_model(tiny);
+    const char *big = getenv("BONSAI_TEST_QWEN3_1B7"); /* optional: bonsai synth --shape 1.7b */
+    if (big && *big) check_model(big);
+}
+
+int main(int argc, char **argv)
+{
+    const char *what = argc > 1 ? argv[1] : "registry";
+    if (!strcmp(what, "registry")) {
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_listing),
+            cmocka_unit_test(test_parse),
+            cmocka_unit_test(test_sessions),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+    }
+    const bsi_backend_entry *e = find_entry("cuda");
+    if (!e || !e->vt || e->score <= 0) {
+        const char *req = getenv("BONSAI_REQUIRE_GPU");
+        fprintf(stderr, "%s: no usable CUDA backend: %s\n",
+                req && !strcmp(req, "1") ? "FAIL" : "SKIP", e ? e->reason : "not registered");
+        return req && !strcmp(req, "1") ? 1 : 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_q1_matmul), cmocka_unit_test(test_dense_matmul),
+        cmocka_unit_test(test_get_rows),  cmocka_unit_test(test_small_ops),
+        cmocka_unit_test(test_attention), cmocka_unit_test(test_models),
+    };
+    return cmocka_run_group_tests(tests, setup_backends, teardown_backends);
+}
