@@ -118,7 +118,7 @@ bonsai_status bsi_arch_load(bonsai_model *m)
     if (bsi_gguf_find_tensor(m->gguf, "output.weight") >= 0 &&
         (st = need_tensor(m, "output.weight", E, a->n_vocab, true, &a->output)))
         return st;
-    a->layers = calloc(a->n_layer, sizeof *a->layers);
+    a->layers = bsi_calloc(a->n_layer, sizeof *a->layers);
     if (!a->layers) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", m->path);
     for (uint32_t l = 0; l < a->n_layer && !st; l++) {
         bsi_layer *L = &a->layers[l];

@@ -1,4 +1,5 @@
 #include "arena.h"
+#include "alloc.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@ struct bsi_arena {
 
 bsi_arena *bsi_arena_new(void)
 {
-    return calloc(1, sizeof(bsi_arena));
+    return bsi_calloc(1, sizeof(bsi_arena));
 }
 
 void bsi_arena_free(bsi_arena *a)
@@ -39,7 +40,7 @@ void *bsi_arena_alloc(bsi_arena *a, size_t n)
     chunk *c = a->head;
     if (!c || c->cap - c->used < n) {
         size_t cap = n > ARENA_CHUNK ? n : ARENA_CHUNK;
-        chunk *fresh = malloc(sizeof(chunk) + cap);
+        chunk *fresh = bsi_malloc(sizeof(chunk) + cap);
         if (!fresh) return NULL;
         fresh->used = 0;
         fresh->cap = cap;

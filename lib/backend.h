@@ -17,7 +17,7 @@
 
 #include "internal.h"
 
-#define BSI_BACKEND_ABI 1 /* bumped whenever this table changes; modules must match */
+#define BSI_BACKEND_ABI 2 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -67,6 +67,9 @@ typedef struct bsi_backend_vtable {
     /* Weights: placed once (and repacked if the backend wants), freed with the model. */
     bonsai_status (*weight_create)(bsi_backend *be, const bsi_matrix_desc *desc, bsi_weight **out);
     void (*weight_free)(bsi_backend *be, bsi_weight *w);
+    /* Optional: bytes weight_create would allocate for `desc` (for memory caps); NULL means the
+     * tensor's size. */
+    uint64_t (*weight_bytes)(bsi_backend *be, const bsi_matrix_desc *desc);
 
     /* y[t][0..rows) = W x[t][0..cols) for t < n_tok. n_tok = 1 is decode, more is a prompt. */
     bonsai_status (*matmul)(bsi_backend *be, const bsi_weight *w, const float *x, float *y,

@@ -4,6 +4,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "session.h"
+#include "vocab.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,7 @@ static void sb_add(strbuf *b, const char *p, size_t n)
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n + 1) cap *= 2;
-        char *d = realloc(b->data, cap);
+        char *d = bsi_realloc(b->data, cap);
         if (!d) {
             b->oom = true;
             return;
@@ -36,6 +37,39 @@ static void sb_add(strbuf *b, const char *p, size_t n)
 static void sb_str(strbuf *b, const char *s)
 {
     sb_add(b, s, strlen(s));
+}
+
+/* Spans [v[2k], v[2k + 1]) of rendered text that are message contents, not template markup. */
+typedef struct spans {
+    size_t *v;
+    size_t n, cap;
+    bool oom;
+} spans;
+
+static void span_add(spans *sp, size_t a, size_t b)
+{
+    if (!sp || sp->oom || b <= a) return;
+    if (sp->n == sp->cap) {
+        size_t cap = sp->cap ? 2 * sp->cap : 16;
+        size_t *v = bsi_realloc(sp->v, 2 * cap * sizeof *v);
+        if (!v) {
+            sp->oom = true;
+            return;
+        }
+        sp->v = v;
+        sp->cap = cap;
+    }
+    sp->v[2 * sp->n] = a;
+    sp->v[2 * sp->n + 1] = b;
+    sp->n++;
+}
+
+/* Appends message content: text that is never parsed for control tokens. */
+static void sb_content(strbuf *b, spans *sp, const char *p, size_t n)
+{
+    size_t at = b->len;
+    sb_add(b, p, n);
+    span_add(sp, at, b->len);
 }
 
 static bool starts_with(const char *s, size_t n, const char *prefix)
@@ -81,7 +115,8 @@ static bool is_tool_response(const char *c)
     return starts_with(c, n, "<tool_response>") && ends_with(c, n, "</tool_response>");
 }
 
-static bonsai_status render(const bonsai_chat_message *m, size_t n, uint32_t flags, strbuf *out)
+static bonsai_status render(const bonsai_chat_message *m, size_t n, uint32_t flags, strbuf *out,
+                            spans *content)
 {
     static const char *const roles[] = {"system", "user", "assistant", "tool"};
     for (size_t i = 0; i < n; i++) {
@@ -97,7 +132,7 @@ static bonsai_status render(const bonsai_chat_message *m, size_t n, uint32_t fla
     }
     if (n && !strcmp(m[0].role, "system")) {
         sb_str(out, "<|im_start|>system\n");
-        sb_str(out, m[0].content);
+        sb_content(out, content, m[0].content, strlen(m[0].content));
         sb_str(out, "<|im_end|>\n");
     }
     /* the last user message that is not a tool response: reasoning is kept after it */
@@ -114,19 +149,19 @@ static bonsai_status render(const bonsai_chat_message *m, size_t n, uint32_t fla
             sb_str(out, "<|im_start|>");
             sb_str(out, role);
             sb_str(out, "\n");
-            sb_add(out, c, cn);
+            sb_content(out, content, c, cn);
             sb_str(out, "<|im_end|>\n");
         } else if (!strcmp(role, "assistant")) {
-            const char *content = c, *reason = "";
-            size_t content_n = cn, reason_n = 0;
+            const char *answer = c, *reason = "";
+            size_t answer_n = cn, reason_n = 0;
             const char *end = find(c, cn, "</think>");
             if (end) {
                 /* content: after the last </think>; reasoning: before the first one, after the
                  * last <think> there */
                 const char *last = find_last(c, cn, "</think>");
-                content = last + 8;
-                content_n = cn - (size_t)(content - c);
-                strip(&content, &content_n, "\n", true, false);
+                answer = last + 8;
+                answer_n = cn - (size_t)(answer - c);
+                strip(&answer, &answer_n, "\n", true, false);
                 reason = c;
                 reason_n = (size_t)(end - c);
                 strip(&reason, &reason_n, "\n", false, true);
@@ -140,17 +175,17 @@ static bonsai_status render(const bonsai_chat_message *m, size_t n, uint32_t fla
             sb_str(out, "<|im_start|>assistant\n");
             if (i > last_query && (i == n - 1 || reason_n)) {
                 strip(&reason, &reason_n, "\n", true, true);
-                strip(&content, &content_n, "\n", true, false);
+                strip(&answer, &answer_n, "\n", true, false);
                 sb_str(out, "<think>\n");
-                sb_add(out, reason, reason_n);
+                sb_content(out, content, reason, reason_n);
                 sb_str(out, "\n</think>\n\n");
             }
-            sb_add(out, content, content_n);
+            sb_content(out, content, answer, answer_n);
             sb_str(out, "<|im_end|>\n");
         } else if (!strcmp(role, "tool")) {
             if (i == 0 || strcmp(m[i - 1].role, "tool")) sb_str(out, "<|im_start|>user");
             sb_str(out, "\n<tool_response>\n");
-            sb_add(out, c, cn);
+            sb_content(out, content, c, cn);
             sb_str(out, "\n</tool_response>");
             if (i == n - 1 || strcmp(m[i + 1].role, "tool")) sb_str(out, "<|im_end|>\n");
         }
@@ -160,7 +195,8 @@ static bonsai_status render(const bonsai_chat_message *m, size_t n, uint32_t fla
         if (!(flags & BONSAI_CHAT_ENABLE_THINKING)) sb_str(out, "<think>\n\n</think>\n\n");
     }
     sb_add(out, "", 0);
-    return out->oom ? bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory") : BONSAI_OK;
+    return out->oom || (content && content->oom) ? bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory")
+                                                 : BONSAI_OK;
 }
 
 bonsai_status bonsai_chat_render(const bonsai_chat_message *messages, size_t n, uint32_t flags,
@@ -169,7 +205,7 @@ bonsai_status bonsai_chat_render(const bonsai_chat_message *messages, size_t n, 
     if ((!messages && n) || !len || (!buf && buf_size))
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_chat_render: NULL argument");
     strbuf out = {0};
-    bonsai_status st = render(messages, n, flags, &out);
+    bonsai_status st = render(messages, n, flags, &out, NULL);
     if (!st) {
         *len = out.len;
         if (out.len > buf_size)
@@ -180,6 +216,36 @@ bonsai_status bonsai_chat_render(const bonsai_chat_message *messages, size_t n, 
             memcpy(buf, out.data, out.len < buf_size ? out.len + 1 : out.len);
     }
     free(out.data);
+    return st;
+}
+
+bonsai_status bonsai_chat_tokenize(const bonsai_model *model, const bonsai_chat_message *messages,
+                                   size_t n, uint32_t flags, int32_t *tokens, uint32_t n_max,
+                                   uint32_t *n_tokens)
+{
+    if (!model || (!messages && n) || !n_tokens || (!tokens && n_max))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_chat_tokenize: NULL argument");
+    strbuf text = {0};
+    spans content = {0};
+    int32_t *toks = NULL;
+    uint32_t count = 0;
+    bonsai_status st = render(messages, n, flags, &text, &content);
+    if (!st)
+        st = bsi_tokenize_markup(model, text.data, text.len, BONSAI_TOKENIZE_ADD_BOS, content.v,
+                                 content.n, &toks, &count);
+    if (!st) {
+        *n_tokens = count;
+        if (count > n_max)
+            st = bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
+                          "bonsai_chat_tokenize: the conversation has %u tokens, more than n_max "
+                          "(%u)",
+                          count, n_max);
+        else if (count)
+            memcpy(tokens, toks, count * sizeof *toks);
+    }
+    free(toks);
+    free(text.data);
+    free(content.v);
     return st;
 }
 
@@ -244,7 +310,7 @@ static bonsai_status chat_push(bonsai_chat *c, const int32_t *t, uint32_t n)
         uint64_t cap = c->cap ? c->cap : 1024;
         while (cap < c->n_tokens + (uint64_t)n) cap *= 2;
         if (cap > UINT32_MAX) return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "conversation too long");
-        int32_t *p = realloc(c->tokens, cap * sizeof *p);
+        int32_t *p = bsi_realloc(c->tokens, cap * sizeof *p);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         c->tokens = p;
         c->cap = (uint32_t)cap;
@@ -257,7 +323,8 @@ static bonsai_status chat_push(bonsai_chat *c, const int32_t *t, uint32_t n)
 static bonsai_status set_system(bonsai_chat *c, const char *system)
 {
     char *copy = NULL;
-    if (system && !(copy = strdup(system))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    if (system && !(copy = bsi_strdup(system)))
+        return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     free(c->system);
     c->system = copy;
     c->n_tokens = 0;
@@ -275,7 +342,7 @@ bonsai_status bonsai_chat_create(bonsai_session *session, const char *system_pro
     if (flags & ~(uint32_t)BONSAI_CHAT_ENABLE_THINKING)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_chat_create: unknown flags 0x%x",
                         flags);
-    bonsai_chat *c = calloc(1, sizeof *c);
+    bonsai_chat *c = bsi_calloc(1, sizeof *c);
     if (!c) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     c->s = session;
     c->flags = flags;
@@ -344,18 +411,18 @@ bonsai_status bonsai_chat_send(bonsai_chat *c, const char *user_message,
         sb_str(&text, last == bonsai_model_token(model, BONSAI_TOKEN_EOT) ? "\n" : "<|im_end|>\n");
     }
     msgs[n_msgs++] = (bonsai_chat_message){"user", user_message};
-    bonsai_status st = render(msgs, n_msgs, render_flags, &text);
+    spans content = {0};
+    bonsai_status st = render(msgs, n_msgs, render_flags, &text, &content);
 
+    /* control tokens are parsed in the template's markup only: a message that contains
+     * "<|im_end|>" stays text and cannot forge turns */
     uint32_t n_new = 0;
     int32_t *toks = NULL;
-    if (!st) {
-        st = bonsai_tokenize(model, text.data, text.len, tok_flags, NULL, 0, &n_new);
-        if (st == BONSAI_ERR_OUT_OF_RANGE) st = BONSAI_OK;
-    }
-    if (!st && !(toks = malloc((n_new ? n_new : 1) * sizeof *toks)))
-        st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
-    if (!st) st = bonsai_tokenize(model, text.data, text.len, tok_flags, toks, n_new, &n_new);
+    if (!st)
+        st = bsi_tokenize_markup(model, text.data, text.len, tok_flags, content.v, content.n, &toks,
+                                 &n_new);
     free(text.data);
+    free(content.v);
     c->n_turn_start = c->n_tokens;
     if (!st) st = chat_push(c, toks, n_new);
     free(toks);
@@ -366,6 +433,7 @@ bonsai_status bonsai_chat_send(bonsai_chat *c, const char *user_message,
                       c->n_tokens, bonsai_session_n_ctx(c->s));
     if (!st) {
         c->reply.len = 0;
+        c->reply.oom = false; /* a failure of an earlier send is over */
         c->user_fn = p.on_token;
         c->user_data = p.user_data;
         c->oom = false;
@@ -373,7 +441,7 @@ bonsai_status bonsai_chat_send(bonsai_chat *c, const char *user_message,
         p.user_data = c;
         /* chat_on_token appends to c->tokens, so generate from a stable copy of the prompt */
         uint32_t n_prompt = c->n_tokens;
-        int32_t *prompt = malloc(n_prompt * sizeof *prompt);
+        int32_t *prompt = bsi_malloc(n_prompt * sizeof *prompt);
         if (!prompt)
             st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         else {

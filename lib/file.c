@@ -73,7 +73,7 @@ bonsai_status bsi_file_open(const char *path, bool use_mmap, bonsai_progress_fn 
         bsi_log(BONSAI_LOG_WARN, "%s: mmap failed (%s); reading the file instead", path,
                 strerror(errno));
     }
-    uint8_t *buf = malloc((size_t)size);
+    uint8_t *buf = bsi_malloc((size_t)size);
     if (!buf) {
         close(fd);
         return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: cannot allocate %" PRIu64 " bytes to read it",
@@ -104,7 +104,7 @@ bonsai_status bsi_atomic_file_open(bsi_atomic_file *af, const char *path)
 {
     memset(af, 0, sizeof *af);
     af->path = path;
-    af->tmp = malloc(strlen(path) + 16);
+    af->tmp = bsi_malloc(strlen(path) + 16);
     if (!af->tmp) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     sprintf(af->tmp, "%s.tmp-XXXXXX", path);
     int fd = mkstemp(af->tmp);

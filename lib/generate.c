@@ -39,7 +39,7 @@ static bonsai_status text_append(text_buf *b, const char *p, size_t n)
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n + 1) cap *= 2;
-        char *d = realloc(b->data, cap);
+        char *d = bsi_realloc(b->data, cap);
         if (!d) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         b->data = d;
         b->cap = cap;
@@ -96,9 +96,15 @@ static bonsai_status eval_prompt(bonsai_session *s, const int32_t *prompt, uint3
     bonsai_status st = bonsai_session_truncate(s, lcp);
     if (st) return st;
     *n_reused = lcp;
+    uint32_t chunk = PROMPT_CHUNK;
     for (uint32_t at = lcp; at < n;) {
-        uint32_t k = n - at < PROMPT_CHUNK ? n - at : PROMPT_CHUNK;
-        if ((st = bonsai_session_eval(s, prompt + at, k, 0))) return st;
+        uint32_t k = n - at < chunk ? n - at : chunk;
+        st = bonsai_session_eval(s, prompt + at, k, 0);
+        if (st == BONSAI_ERR_NO_MEMORY && k > 1) { /* a memory cap: smaller batches */
+            chunk = k / 2;
+            continue;
+        }
+        if (st) return st;
         at += k;
     }
     return BONSAI_OK;
@@ -154,13 +160,21 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
         if (!st) st = bonsai_sampler_add_greedy(greedy);
         sampler = greedy;
     }
-    (void)bsi_session_take_cancel(s); /* a request from before this call does not count */
     double t0 = now_ms();
-    if (!st) st = eval_prompt(s, prompt, n_prompt, &st_out.n_prompt_reused);
+    bonsai_stop_reason reason = BONSAI_STOP_NONE;
+    if (!st) {
+        /* a cancel request stops the prompt too (between layers of the forward pass) */
+        bsi_session_stop_on_cancel(s, true);
+        st = eval_prompt(s, prompt, n_prompt, &st_out.n_prompt_reused);
+        bsi_session_stop_on_cancel(s, false);
+        if (st == BONSAI_ERR_ABORTED && bsi_session_take_cancel(s)) {
+            st = BONSAI_OK;
+            reason = BONSAI_STOP_CANCELLED;
+        }
+    }
     double t1 = now_ms();
     st_out.prompt_ms = t1 - t0;
 
-    bonsai_stop_reason reason = BONSAI_STOP_NONE;
     while (!st && reason == BONSAI_STOP_NONE) {
         if (bsi_session_take_cancel(s)) {
             reason = BONSAI_STOP_CANCELLED;
@@ -219,6 +233,8 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
         if (reason != BONSAI_STOP_NONE) break;
         st = bonsai_session_eval(s, &tok, 1, 0);
     }
+    /* a request that came in as this generation ended does not carry over to the next */
+    (void)bsi_session_take_cancel(s);
     st_out.stop_reason = reason;
     st_out.generate_ms = now_ms() - t1;
     uint32_t n_eval = n_prompt - st_out.n_prompt_reused;
@@ -252,7 +268,7 @@ bonsai_status bonsai_generate(bonsai_session *s, const char *prompt,
     uint32_t n = 0;
     bonsai_status st = bonsai_tokenize(model, prompt, len, flags, NULL, 0, &n);
     if (st && st != BONSAI_ERR_OUT_OF_RANGE) return st;
-    int32_t *tokens = malloc((n ? n : 1) * sizeof *tokens);
+    int32_t *tokens = bsi_malloc((n ? n : 1) * sizeof *tokens);
     if (!tokens) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     st = bonsai_tokenize(model, prompt, len, flags, tokens, n, &n);
     if (!st) st = bonsai_generate_tokens(s, tokens, n, params, stats);

@@ -389,7 +389,7 @@ static bonsai_status check_tensor_data(reader *r, bsi_gguf *g)
                             ") extends past the end of the file (%" PRIu64 " bytes of tensor data)",
                             r->label, t->name, t->n_bytes, t->offset, data_size);
     }
-    const bsi_gguf_tensor **order = malloc((size_t)g->n_tensors * sizeof *order);
+    const bsi_gguf_tensor **order = bsi_malloc((size_t)g->n_tensors * sizeof *order);
     if (!order) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", r->label);
     for (uint64_t i = 0; i < g->n_tensors; i++) order[i] = &g->tensors[i];
     qsort(order, (size_t)g->n_tensors, sizeof *order, cmp_by_offset);
@@ -435,7 +435,7 @@ static bonsai_status read_tensors(reader *r, bsi_gguf *g)
 bonsai_status bsi_gguf_parse(const uint8_t *data, uint64_t size, const char *label, bsi_gguf **out)
 {
     *out = NULL;
-    bsi_gguf *g = calloc(1, sizeof *g);
+    bsi_gguf *g = bsi_calloc(1, sizeof *g);
     bsi_arena *arena = bsi_arena_new();
     if (!g || !arena) {
         free(g);

@@ -33,7 +33,7 @@ bonsai_status bsi_buf_sink(void *buf, const void *data, size_t n)
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n) cap = cap > SIZE_MAX / 2 ? b->len + n : cap * 2;
-        uint8_t *p = realloc(b->data, cap);
+        uint8_t *p = bsi_realloc(b->data, cap);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory growing a buffer");
         b->data = p;
         b->cap = cap;
@@ -58,7 +58,7 @@ bonsai_status bsi_file_sink(void *file, const void *data, size_t n)
 bsi_gguf_writer *bsi_gguf_writer_new(uint32_t alignment)
 {
     if (alignment && (alignment & (alignment - 1))) return NULL;
-    bsi_gguf_writer *w = calloc(1, sizeof *w);
+    bsi_gguf_writer *w = bsi_calloc(1, sizeof *w);
     if (!w) return NULL;
     w->version = 3;
     w->alignment = alignment ? alignment : BSI_GGUF_DEFAULT_ALIGNMENT;
@@ -140,10 +140,10 @@ static bonsai_status begin_kv(bsi_gguf_writer *w, const char *key, uint32_t type
     for (uint64_t i = 0; i < w->n_kv; i++)
         if (!strcmp(w->keys[i], key))
             return bsi_fail(BONSAI_ERR_DUPLICATE, "gguf writer: key '%s' added twice", key);
-    char **keys = realloc(w->keys, (size_t)(w->n_kv + 1) * sizeof *keys);
+    char **keys = bsi_realloc(w->keys, (size_t)(w->n_kv + 1) * sizeof *keys);
     if (!keys) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     w->keys = keys;
-    if (!(keys[w->n_kv] = strdup(key))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    if (!(keys[w->n_kv] = bsi_strdup(key))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     w->n_kv++;
     bonsai_status st = put_str(&w->meta, key, strlen(key));
     return st ? st : put_u32(&w->meta, type);
@@ -251,10 +251,10 @@ bonsai_status bsi_gguf_writer_add_tensor(bsi_gguf_writer *w, const char *name, u
     t.offset = (w->data_size + a - 1) / a * a;
     if (bsi_add_overflow(t.offset, t.n_bytes, &w->data_size))
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "gguf writer: data too large");
-    wtensor *ts = realloc(w->tensors, (size_t)(w->n_tensors + 1) * sizeof *ts);
+    wtensor *ts = bsi_realloc(w->tensors, (size_t)(w->n_tensors + 1) * sizeof *ts);
     if (!ts) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     w->tensors = ts;
-    if (!(t.name = strdup(name))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    if (!(t.name = bsi_strdup(name))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     ts[w->n_tensors++] = t;
     return BONSAI_OK;
 }

@@ -2,6 +2,7 @@
 #ifndef BONSAI_INTERNAL_H
 #define BONSAI_INTERNAL_H
 
+#include "alloc.h"
 #include "bonsai/bonsai.h"
 
 #include <stddef.h>

@@ -245,7 +245,7 @@ static double c_strtod(const char *text, size_t len)
 {
     const char *dp = localeconv()->decimal_point;
     if (!dp || (dp[0] == '.' && !dp[1]) || !memchr(text, '.', len)) return strtod(text, NULL);
-    char tmp[512], *buf = len + strlen(dp) < sizeof tmp ? tmp : malloc(len + strlen(dp) + 1);
+    char tmp[512], *buf = len + strlen(dp) < sizeof tmp ? tmp : bsi_malloc(len + strlen(dp) + 1);
     if (!buf) return strtod(text, NULL); /* out of memory: best effort */
     const char *dot = memchr(text, '.', len);
     size_t k = (size_t)(dot - text);
@@ -335,7 +335,7 @@ static bonsai_status push(parser *ps, const slot *s)
 {
     if (ps->sp == ps->cap) {
         size_t cap = ps->cap ? ps->cap * 2 : 256;
-        slot *st = realloc(ps->stack, cap * sizeof *st);
+        slot *st = bsi_realloc(ps->stack, cap * sizeof *st);
         if (!st) return oom();
         ps->stack = st;
         ps->cap = cap;

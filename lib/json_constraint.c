@@ -850,9 +850,8 @@ struct bsi_jvocab {
     uint64_t *plain; /* tokens of plain string characters only */
     uint32_t *eog;   /* EOG ids */
     uint32_t n_eog;
-    int32_t byte_tok[256]; /* the text token of exactly this one byte, or -1 */
-    trie all;              /* every text token */
-    trie nonplain;         /* text tokens that are not plain */
+    trie all;      /* every text token */
+    trie nonplain; /* text tokens that are not plain */
 };
 
 typedef struct sort_ent {
@@ -911,9 +910,9 @@ static bonsai_status trie_build(trie *t, const sort_ent *e, uint32_t n, uint32_t
     for (uint32_t k = 0; k < n; k++) total += e[k].len - (k ? common_prefix(&e[k - 1], &e[k]) : 0);
     if (total >= UINT32_MAX)
         return bsi_fail(BONSAI_ERR_UNSUPPORTED, "vocabulary too large for the JSON constraint");
-    t->ids = malloc((n ? n : 1) * sizeof *t->ids);
-    t->nodes = malloc((size_t)(total ? total : 1) * sizeof *t->nodes);
-    uint32_t *open = malloc(((size_t)max_len + 1) * sizeof *open); /* the node at each depth */
+    t->ids = bsi_malloc((n ? n : 1) * sizeof *t->ids);
+    t->nodes = bsi_malloc((size_t)(total ? total : 1) * sizeof *t->nodes);
+    uint32_t *open = bsi_malloc(((size_t)max_len + 1) * sizeof *open); /* the node at each depth */
     bonsai_status st = BONSAI_OK;
     if (!t->ids || !open || !t->nodes) {
         st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory building the JSON token structure");
@@ -1006,19 +1005,19 @@ bonsai_status bsi_jvocab_build(uint32_t n_tokens, bsi_jtok_fn fn, void *ctx, bsi
     if (!fn || !out || n_tokens > (uint32_t)INT32_MAX)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bsi_jvocab_build: bad arguments");
     *out = NULL;
-    bsi_jvocab *v = calloc(1, sizeof *v);
+    bsi_jvocab *v = bsi_calloc(1, sizeof *v);
     sort_ent *ents = NULL;
     if (!v) goto oom;
     v->n = n_tokens;
     v->words = (n_tokens + 63) / 64;
-    v->kind = calloc(n_tokens ? n_tokens : 1, 1);
-    v->off = calloc((size_t)n_tokens + 1, sizeof *v->off);
-    v->plain = calloc(v->words ? v->words : 1, sizeof *v->plain);
-    v->eog = calloc(n_tokens ? n_tokens : 1, sizeof *v->eog);
-    ents = malloc((n_tokens ? n_tokens : 1) * sizeof *ents);
+    v->kind = bsi_calloc(n_tokens ? n_tokens : 1, 1);
+    v->off = bsi_calloc((size_t)n_tokens + 1, sizeof *v->off);
+    v->plain = bsi_calloc(v->words ? v->words : 1, sizeof *v->plain);
+    v->eog = bsi_calloc(n_tokens ? n_tokens : 1, sizeof *v->eog);
+    ents = bsi_malloc((n_tokens ? n_tokens : 1) * sizeof *ents);
     if (!v->kind || !v->off || !v->plain || !v->eog || !ents) goto oom;
     size_t blob_cap = (size_t)n_tokens * 8 + 64, blob_n = 0;
-    v->blob = malloc(blob_cap);
+    v->blob = bsi_malloc(blob_cap);
     if (!v->blob) goto oom;
     for (uint32_t id = 0; id < n_tokens; id++) {
         const uint8_t *b = NULL;
@@ -1030,7 +1029,7 @@ bonsai_status bsi_jvocab_build(uint32_t n_tokens, bsi_jtok_fn fn, void *ctx, bsi
         v->kind[id] = (uint8_t)k;
         if (blob_cap - blob_n < len) {
             while (blob_cap - blob_n < len) blob_cap *= 2;
-            uint8_t *q = realloc(v->blob, blob_cap);
+            uint8_t *q = bsi_realloc(v->blob, blob_cap);
             if (!q) goto oom;
             v->blob = q;
         }
@@ -1044,13 +1043,10 @@ bonsai_status bsi_jvocab_build(uint32_t n_tokens, bsi_jtok_fn fn, void *ctx, bsi
         }
     }
     uint32_t n_text = 0, max_len = 0;
-    for (int b = 0; b < 256; b++) v->byte_tok[b] = -1;
     for (uint32_t id = 0; id < n_tokens; id++) {
         uint32_t len = v->off[id + 1] - v->off[id];
         if (v->kind[id] == BSI_JTOK_EOG) v->eog[v->n_eog++] = id;
         if (v->kind[id] != BSI_JTOK_TEXT || !len) continue;
-        if (len == 1 && v->byte_tok[v->blob[v->off[id]]] < 0)
-            v->byte_tok[v->blob[v->off[id]]] = (int32_t)id;
         ents[n_text].p = v->blob + v->off[id];
         ents[n_text].len = len;
         ents[n_text].id = id;
@@ -1059,7 +1055,7 @@ bonsai_status bsi_jvocab_build(uint32_t n_tokens, bsi_jtok_fn fn, void *ctx, bsi
         if (plain_bytes(v->blob + v->off[id], len)) v->plain[id / 64] |= 1ull << (id % 64);
     }
     v->max_len = max_len;
-    sort_ent *tmp = malloc((n_text ? n_text : 1) * sizeof *tmp);
+    sort_ent *tmp = bsi_malloc((n_text ? n_text : 1) * sizeof *tmp);
     if (!tmp) goto oom;
     radix_sort(ents, tmp, n_text, 0); /* ids ascending, so equal strings stay by id */
     free(tmp);
@@ -1189,12 +1185,37 @@ bool bsi_jvocab_is_plain(const bsi_jvocab *v, int32_t id)
     return id >= 0 && (uint32_t)id < v->n && (v->plain[id / 64] >> (id % 64) & 1);
 }
 
-int32_t bsi_jvocab_byte_token(const bsi_jvocab *v, uint8_t byte)
-{
-    return v->byte_tok[byte];
-}
-
 int32_t bsi_jvocab_eog_token(const bsi_jvocab *v)
 {
     return v->n_eog ? (int32_t)v->eog[0] : -1;
+}
+
+size_t bsi_jvocab_spell(const bsi_jvocab *v, const uint8_t *p, size_t n, int32_t *first)
+{
+    const trie *t = &v->all;
+    size_t tokens = 0;
+    if (first) *first = -1;
+    for (size_t at = 0; at < n;) {
+        /* the longest token that p[at ..] starts with: down the trie, children by sibling jumps */
+        uint32_t lo = 0, hi = t->n_nodes; /* the children of the current node */
+        size_t best_len = 0;
+        int32_t best = -1;
+        for (size_t d = 0; at + d < n && lo < hi;) {
+            uint32_t j = lo;
+            while (j < hi && t->nodes[j].byte != p[at + d]) j = t->nodes[j].end;
+            if (j >= hi) break;
+            d++;
+            if (t->nodes[j].n_here) {
+                best_len = d;
+                best = (int32_t)t->ids[t->nodes[j].tok];
+            }
+            lo = j + 1;
+            hi = t->nodes[j].end;
+        }
+        if (!best_len) return SIZE_MAX;
+        if (!tokens && first) *first = best;
+        tokens++;
+        at += best_len;
+    }
+    return tokens;
 }

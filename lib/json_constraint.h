@@ -152,8 +152,9 @@ bsi_jtok_kind bsi_jvocab_kind(const bsi_jvocab *v, int32_t id);
 /* Made only of characters a string may hold as they are (complete UTF-8, no quote, backslash or
  * control character). */
 bool bsi_jvocab_is_plain(const bsi_jvocab *v, int32_t id);
-/* The text token made of exactly `byte` (the lowest id), or -1. */
-int32_t bsi_jvocab_byte_token(const bsi_jvocab *v, uint8_t byte);
+/* Tokens that spell p[0 .. n) taking the longest token at each step (an upper bound on the
+ * fewest), and the first of them in *first; SIZE_MAX when some byte has no token. */
+size_t bsi_jvocab_spell(const bsi_jvocab *v, const uint8_t *p, size_t n, int32_t *first);
 /* An end-of-generation token, or -1. */
 int32_t bsi_jvocab_eog_token(const bsi_jvocab *v);
 

@@ -42,15 +42,21 @@ typedef struct jstage {
  * leaving enough tokens to finish the document. */
 #define BUDGET_ZONE 64
 
-/* Tokens needed to end the document from `st` (the bytes of bsi_jstate_finish, one token each at
- * worst, and an end-of-generation token if the document is not closed by them), or SIZE_MAX when
- * unknown. The finishing bytes are in j->finish. */
-static size_t finish_cost(jstage *j, const bsi_jstate *st, size_t *n_bytes)
+/* Tokens needed to end the document from `st`: the bytes of bsi_jstate_finish spelled with the
+ * vocabulary's longest tokens, and an end-of-generation token if they leave the document only
+ * complete (a top-level number); SIZE_MAX when unknown. *first: the first of those tokens. */
+static size_t finish_cost(jstage *j, const bsi_jstate *st, int32_t *first)
 {
     bool closed = false;
     size_t n = bsi_jstate_finish(j->schema, st, j->finish, sizeof j->finish, &closed);
-    if (n_bytes) *n_bytes = n;
-    return n == SIZE_MAX ? SIZE_MAX : n + !closed;
+    if (first) *first = -1;
+    if (n == SIZE_MAX) return SIZE_MAX;
+    if (n == 0) {
+        if (first && !closed) *first = bsi_jvocab_eog_token(j->vocab);
+        return !closed;
+    }
+    size_t tokens = bsi_jvocab_spell(j->vocab, j->finish, n, first);
+    return tokens == SIZE_MAX ? SIZE_MAX : tokens + !closed;
 }
 
 /* Whether `token` (allowed by the grammar) leaves enough tokens to finish the document. */
@@ -68,11 +74,9 @@ static bool fits_budget(jstage *j, int32_t token)
  * quickest ending. */
 static void mask_budget(jstage *j, uint64_t *mask)
 {
-    size_t n_bytes;
-    size_t cost = finish_cost(j, &j->st, &n_bytes);
+    int32_t quickest;
+    size_t cost = finish_cost(j, &j->st, &quickest);
     if (cost == SIZE_MAX || (uint64_t)cost + BUDGET_ZONE < j->budget) return;
-    int32_t quickest =
-        n_bytes ? bsi_jvocab_byte_token(j->vocab, j->finish[0]) : bsi_jvocab_eog_token(j->vocab);
     bool in_string = bsi_jstate_in_string(&j->st);
     bool plain_fits = cost < j->budget; /* plain characters in a string change nothing */
     bool any = false;
@@ -202,14 +206,14 @@ bonsai_status bonsai_sampler_add_json(bonsai_sampler *s, const bonsai_model *mod
     if (!s || !model)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_sampler_add_json: %s is NULL",
                         !s ? "sampler" : "model");
-    jstage *j = calloc(1, sizeof *j);
+    jstage *j = bsi_calloc(1, sizeof *j);
     if (!j) return bsi_fail(BONSAI_ERR_NO_MEMORY, "bonsai_sampler_add_json: out of memory");
     bonsai_status st = bsi_jschema_compile(schema, schema_len, &j->schema);
     if (!st) st = bsi_jvocab_from_model(model, &j->vocab);
     if (!st) {
         uint32_t n = bsi_jvocab_n(j->vocab);
-        j->mask = malloc(((size_t)n + 63) / 64 * sizeof *j->mask + 8);
-        j->scratch = malloc(bsi_jvocab_scratch_size(j->vocab));
+        j->mask = bsi_malloc(((size_t)n + 63) / 64 * sizeof *j->mask + 8);
+        j->scratch = bsi_malloc(bsi_jvocab_scratch_size(j->vocab));
         if (!j->mask || !j->scratch)
             st = bsi_fail(BONSAI_ERR_NO_MEMORY, "bonsai_sampler_add_json: out of memory");
     }

@@ -21,7 +21,7 @@ static void buf_put(jbuf *b, const void *src, size_t n)
     if (b->cap - b->n < n) {
         size_t cap = b->cap ? b->cap : 64;
         while (cap - b->n < n) cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
+        uint8_t *p = bsi_realloc(b->p, cap);
         if (!p) {
             b->oom = true;
             return;
@@ -161,7 +161,7 @@ static bool grow(void **p, uint32_t *cap, uint32_t need, size_t elem)
     if (need <= *cap) return true;
     uint32_t cap2 = *cap ? *cap : 16;
     while (cap2 < need) cap2 *= 2;
-    void *q = realloc(*p, (size_t)cap2 * elem);
+    void *q = bsi_realloc(*p, (size_t)cap2 * elem);
     if (!q) return false;
     *p = q;
     *cap = cap2;
@@ -249,7 +249,7 @@ static bonsai_status compile_enum(jcomp *c, jnode *node, const bsi_json *values,
                                   const bsi_json *single, uint8_t types, bool typed)
 {
     bsi_jschema *s = c->s;
-    jstr *list = calloc(n_values ? n_values : 1, sizeof *list);
+    jstr *list = bsi_calloc(n_values ? n_values : 1, sizeof *list);
     if (!list) return comp_oom();
     jbuf b = {0};
     size_t n = 0;
@@ -521,7 +521,7 @@ bonsai_status bsi_jschema_compile(const char *text, size_t len, bsi_jschema **ou
 {
     if (!out) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "JSON schema: NULL output");
     *out = NULL;
-    bsi_jschema *s = calloc(1, sizeof *s);
+    bsi_jschema *s = bsi_calloc(1, sizeof *s);
     if (!s) return comp_oom();
     s->arena = bsi_arena_new();
     if (!s->arena || !grow((void **)&s->nodes, &s->cap_nodes, 2, sizeof(jnode))) {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* The size of bonsai_model_params in ABI 1: callers built against that header pass this. */
 #define BSI_MODEL_PARAMS_V1_SIZE                                                                   \
@@ -135,19 +136,36 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
                         "bonsai_model_load: params->struct_size is %u; use "
                         "bonsai_model_params_init()",
                         params->struct_size);
+    /* fields a caller's older struct lacks keep their defaults */
+    bonsai_model_params given;
+    bonsai_model_params_init(&given);
+    memcpy(&given, params, params->struct_size);
+    params = &given;
+    if (!params->use_mmap && params->max_memory) {
+        struct stat sb;
+        if (stat(path, &sb) == 0 && (uint64_t)sb.st_size > params->max_memory)
+            return bsi_fail(BONSAI_ERR_NO_MEMORY,
+                            "%s: reading the file (%" PRIu64 " bytes) exceeds the model's memory "
+                            "cap of %" PRIu64 " bytes (map it instead: use_mmap)",
+                            path, (uint64_t)sb.st_size, params->max_memory);
+    }
     if (!report(params, 0.0f))
         return bsi_fail(BONSAI_ERR_ABORTED, "%s: loading aborted by the progress callback", path);
 
-    bonsai_model *m = calloc(1, sizeof *m);
+    bonsai_model *m = bsi_calloc(1, sizeof *m);
     if (!m) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
     atomic_init(&m->refs, 1);
+    m->mem_cap = params->max_memory;
+    atomic_init(&m->mem_used, 0);
     pthread_mutex_init(&m->lock, NULL);
     pthread_mutex_init(&m->vocab_lock, NULL);
     bonsai_status st = BONSAI_OK;
-    if (!(m->path = strdup(path))) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
+    if (!(m->path = bsi_strdup(path)))
+        st = bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
     if (!st)
         st = bsi_file_open(path, params->use_mmap, params->progress, params->progress_user_data,
                            &m->file);
+    if (!st && !m->file.mapped) st = bsi_model_charge(m, m->file.size, "the file's contents");
     if (!st) st = bsi_gguf_parse(m->file.data, m->file.size, m->path, &m->gguf);
     if (!st) st = opt_string(m, "general.architecture", &m->arch);
     if (!st) st = opt_string(m, "general.name", &m->name);
@@ -169,6 +187,24 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
     return BONSAI_OK;
 }
 
+bonsai_status bsi_model_charge(bonsai_model *m, uint64_t bytes, const char *what)
+{
+    uint64_t used = atomic_load(&m->mem_used);
+    for (;;) {
+        if (m->mem_cap && (used + bytes < used || used + bytes > m->mem_cap))
+            return bsi_fail(BONSAI_ERR_NO_MEMORY,
+                            "%s: %s (%" PRIu64 " bytes) exceeds the model's memory cap of %" PRIu64
+                            " bytes (%" PRIu64 " in use)",
+                            m->path, what, bytes, m->mem_cap, used);
+        if (atomic_compare_exchange_weak(&m->mem_used, &used, used + bytes)) return BONSAI_OK;
+    }
+}
+
+void bsi_model_uncharge(bonsai_model *m, uint64_t bytes)
+{
+    atomic_fetch_sub(&m->mem_used, bytes);
+}
+
 static void placement_free(bonsai_model *m, bsi_placement *p)
 {
     for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
@@ -178,25 +214,50 @@ static void placement_free(bonsai_model *m, bsi_placement *p)
     free(p->matrix);
     free(p->vector);
     if (p->owner) p->vt->destroy(p->owner);
+    bsi_model_uncharge(m, p->charged);
     memset(p, 0, sizeof *p);
+}
+
+/* The matrix of 2-D tensor i as the backends see it. */
+static bsi_matrix_desc matrix_desc(const bonsai_model *m, uint64_t i)
+{
+    const bsi_gguf_tensor *t = &m->gguf->tensors[i];
+    bsi_matrix_desc d = {t->name,
+                         t->type,
+                         (int64_t)t->ne[1],
+                         (int64_t)t->ne[0],
+                         bsi_gguf_tensor_data(m->gguf, i),
+                         m->file.mapped};
+    return d;
 }
 
 static bonsai_status place(bonsai_model *m, bsi_placement *p)
 {
     uint64_t n = m->gguf->n_tensors;
-    p->matrix = calloc((size_t)n, sizeof *p->matrix);
-    p->vector = calloc((size_t)n, sizeof *p->vector);
+    /* what the backend will hold, against the model's memory cap, before allocating any */
+    uint64_t bytes = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const bsi_gguf_tensor *t = &m->gguf->tensors[i];
+        if (t->n_dims == 2) {
+            bsi_matrix_desc d = matrix_desc(m, i);
+            bytes += p->vt->weight_bytes ? p->vt->weight_bytes(p->owner, &d) : t->n_bytes;
+        } else if (t->n_dims == 1 && t->type == BONSAI_TENSOR_F32) {
+            bytes += t->n_bytes;
+        }
+    }
+    char what[96];
+    snprintf(what, sizeof what, "the weights on backend %s", p->vt->name);
+    bonsai_status cst = bsi_model_charge(m, bytes, what);
+    if (cst) return cst;
+    p->charged = bytes;
+    p->matrix = bsi_calloc((size_t)n, sizeof *p->matrix);
+    p->vector = bsi_calloc((size_t)n, sizeof *p->vector);
     if (!p->matrix || !p->vector) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     for (uint64_t i = 0; i < n; i++) {
         const bsi_gguf_tensor *t = &m->gguf->tensors[i];
         bonsai_status st;
         if (t->n_dims == 2) {
-            bsi_matrix_desc d = {t->name,
-                                 t->type,
-                                 (int64_t)t->ne[1],
-                                 (int64_t)t->ne[0],
-                                 bsi_gguf_tensor_data(m->gguf, i),
-                                 m->file.mapped};
+            bsi_matrix_desc d = matrix_desc(m, i);
             st = p->vt->weight_create(p->owner, &d, &p->matrix[i]);
         } else if (t->n_dims == 1 && t->type == BONSAI_TENSOR_F32) {
             st = p->vt->alloc(p->owner, (size_t)t->n_bytes, (void **)&p->vector[i]);

@@ -15,6 +15,7 @@
 typedef struct bsi_placement {
     const bsi_backend_vtable *vt;
     int device;          /* of the backend (GPU index) */
+    uint64_t charged;    /* bytes counted against the model's memory cap */
     bsi_backend *owner;  /* the instance that created the weights and frees them */
     bsi_weight **matrix; /* [n_tensors]: placed matrices (NULL for others) */
     float **vector;      /* [n_tensors]: 1-D F32 tensors copied to backend memory */
@@ -39,7 +40,13 @@ struct bonsai_model {
     struct bsi_vocab *vocab;
     bonsai_status vocab_status;
     char *vocab_error; /* the message of vocab_status */
+    uint64_t mem_cap;  /* bonsai_model_params.max_memory (0: none) */
+    _Atomic uint64_t mem_used;
 };
+
+/* Counts `bytes` of `what` against the model's memory cap (BONSAI_ERR_NO_MEMORY past it). */
+bonsai_status bsi_model_charge(bonsai_model *m, uint64_t bytes, const char *what);
+void bsi_model_uncharge(bonsai_model *m, uint64_t bytes);
 
 /* The model's weights on the backend of `be` (placing them on first use). */
 bonsai_status bsi_model_placement(bonsai_model *m, bsi_backend *be, const bsi_backend_config *cfg,

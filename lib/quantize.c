@@ -95,8 +95,8 @@ static bonsai_status write_tensors(const bsi_gguf *g, const uint32_t *out_type, 
             int64_t n = (int64_t)t->ne[0], n_rows = (int64_t)(t->n_elements / t->ne[0]);
             size_t in_row = (size_t)(t->n_bytes / (uint64_t)n_rows);
             size_t out_row = (size_t)(n / 128) * 18;
-            float *r2 = realloc(row, (size_t)n * sizeof *row);
-            uint8_t *b2 = realloc(blocks, out_row);
+            float *r2 = bsi_realloc(row, (size_t)n * sizeof *row);
+            uint8_t *b2 = bsi_realloc(blocks, out_row);
             if (r2) row = r2;
             if (b2) blocks = b2;
             if (!r2 || !b2) {
@@ -130,7 +130,7 @@ bonsai_status bsi_quantize_file(const char *in_path, const char *out_path,
     bonsai_status st = bsi_file_open(in_path, true, NULL, NULL, &in);
     if (st) return st;
     if ((st = bsi_gguf_parse(in.data, in.size, in_path, &g))) goto done;
-    out_type = calloc((size_t)g->n_tensors + 1, sizeof *out_type);
+    out_type = bsi_calloc((size_t)g->n_tensors + 1, sizeof *out_type);
     if (!out_type) {
         st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         goto done;

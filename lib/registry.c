@@ -101,7 +101,7 @@ static void find_module(const char *name)
     if (!e) return;
     const char *env = getenv("BONSAI_BACKEND_PATH");
     if (env) {
-        char *list = strdup(env);
+        char *list = bsi_strdup(env);
         for (char *save = NULL, *dir = list ? strtok_r(list, ":", &save) : NULL; dir;
              dir = strtok_r(NULL, ":", &save)) {
             if (dir[0] != '/') {

@@ -44,7 +44,7 @@ static bonsai_status grow(void **p, size_t *cap, size_t need, size_t elem, size_
     size_t n = *cap ? *cap : min_cap;
     while (n < need) n = n > SIZE_MAX / 2 ? need : n * 2;
     if (n > SIZE_MAX / elem) return bsi_fail(BONSAI_ERR_NO_MEMORY, "sampler: array too large");
-    void *q = realloc(*p, n * elem);
+    void *q = bsi_realloc(*p, n * elem);
     if (!q) return bsi_fail(BONSAI_ERR_NO_MEMORY, "sampler: out of memory (%zu bytes)", n * elem);
     *p = q;
     *cap = n;
@@ -272,7 +272,7 @@ static bonsai_status map_reserve(tok_map *m, size_t extra)
     if (need <= m->cap) return BONSAI_OK;
     size_t cap = 16;
     while (cap < need) cap *= 2;
-    tok_entry *e = malloc(cap * sizeof *e);
+    tok_entry *e = bsi_malloc(cap * sizeof *e);
     if (!e) return bsi_fail(BONSAI_ERR_NO_MEMORY, "sampler: out of memory");
     for (size_t i = 0; i < cap; i++) e[i].key = -1;
     tok_map grown = {e, cap, 0};
@@ -689,7 +689,7 @@ bonsai_status bonsai_sampler_create(uint64_t seed, bonsai_sampler **out)
 {
     if (!out) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_sampler_create: out is NULL");
     *out = NULL;
-    bonsai_sampler *s = calloc(1, sizeof *s);
+    bonsai_sampler *s = bsi_calloc(1, sizeof *s);
     if (!s) return bsi_fail(BONSAI_ERR_NO_MEMORY, "bonsai_sampler_create: out of memory");
     s->seed = seed;
     rng_seed(s);
@@ -717,7 +717,7 @@ void bonsai_sampler_free(bonsai_sampler *s)
 static bonsai_status add_copy(bonsai_sampler *s, const bsi_sampler_stage_vt *vt, const void *init,
                               size_t size)
 {
-    void *ctx = malloc(size);
+    void *ctx = bsi_malloc(size);
     if (!ctx) return bsi_fail(BONSAI_ERR_NO_MEMORY, "sampler: out of memory");
     memcpy(ctx, init, size);
     return bsi_sampler_add_stage(s, vt, ctx);
@@ -826,7 +826,7 @@ bonsai_status bonsai_sampler_add_penalties(bonsai_sampler *s, int32_t last_n, fl
     NEED_SAMPLER("bonsai_sampler_add_penalties");
     bonsai_status st = check_penalties(fn, last_n, repeat, frequency, presence);
     if (st || !penalties_enabled(last_n, repeat, frequency, presence)) return st;
-    penalties_stage *ps = calloc(1, sizeof *ps);
+    penalties_stage *ps = bsi_calloc(1, sizeof *ps);
     if (!ps) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", fn);
     *ps = (penalties_stage){.owner = s,
                             .last_n = last_n,
@@ -858,7 +858,7 @@ bonsai_status bonsai_sampler_add_logit_bias(bonsai_sampler *s, const bonsai_logi
                             "%s: bias[%zu].bias is %g; it must be finite or -INFINITY", fn, i,
                             (double)bias[i].bias);
     }
-    bias_stage *bs = calloc(1, sizeof *bs);
+    bias_stage *bs = bsi_calloc(1, sizeof *bs);
     if (!bs) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", fn);
     bs->owner = s;
     bonsai_status st = map_reserve(&bs->bias, n);

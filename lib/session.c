@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,8 @@ typedef struct scratch {
 
 struct bonsai_session {
     bonsai_model *model;
+    uint64_t mem_cap;   /* bonsai_session_params.max_memory (0: none) */
+    uint64_t mem_fixed; /* bytes of the KV cache and the token history */
     const bsi_model_arch *a;
     bsi_backend *be;
     const bsi_placement *w;
@@ -37,6 +40,7 @@ struct bonsai_session {
     int64_t pos_cap;
     int32_t *history; /* [n_ctx]: the tokens in the cache */
     atomic_bool cancel;
+    bool stop_on_cancel; /* a generation's prompt: the forward pass stops between layers */
 };
 
 void bonsai_session_params_init(bonsai_session_params *params)
@@ -60,12 +64,29 @@ static void scratch_free(bonsai_session *s)
     s->s.n_tok = s->s.n_logit_rows = 0;
 }
 
+/* Bytes of activations for n_tok tokens and of n_rows rows of logits (backend and host). */
+static uint64_t scratch_bytes(const bsi_model_arch *a, int64_t n_tok, int64_t n_rows)
+{
+    uint64_t E = a->n_embd, Q = (uint64_t)a->n_head * a->head_dim,
+             KV = (uint64_t)a->n_head_kv * a->head_dim, F = a->n_ff;
+    return sizeof(float) * ((uint64_t)n_tok * (2 * E + 2 * Q + 2 * KV + 2 * F) +
+                            2 * (uint64_t)n_rows * a->n_vocab) +
+           (uint64_t)n_tok * sizeof(int32_t);
+}
+
 /* Activation buffers for a batch of n_tok tokens with n_rows rows of logits. */
 static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n_rows)
 {
     if (n_tok <= s->s.n_tok && n_rows <= s->s.n_logit_rows) return BONSAI_OK;
     if (n_tok < s->s.n_tok) n_tok = s->s.n_tok;
     if (n_rows < s->s.n_logit_rows) n_rows = s->s.n_logit_rows;
+    uint64_t need = s->mem_fixed + scratch_bytes(s->a, n_tok, n_rows);
+    if (s->mem_cap && need > s->mem_cap)
+        return bsi_fail(BONSAI_ERR_NO_MEMORY,
+                        "a batch of %" PRId64 " tokens (%" PRId64 " rows of logits) needs %" PRIu64
+                        " bytes with the KV cache, over the session's memory cap of %" PRIu64
+                        " bytes; use smaller batches",
+                        n_tok, n_rows, need, s->mem_cap);
     scratch_free(s);
     const bsi_model_arch *a = s->a;
     size_t f = sizeof(float), E = a->n_embd, Q = (size_t)a->n_head * a->head_dim,
@@ -106,11 +127,16 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     bonsai_session_params defaults;
     bonsai_session_params_init(&defaults);
     if (!params) params = &defaults;
-    if (!BSI_STRUCT_SIZE_OK(params, sizeof(bonsai_session_params)))
+    if (!BSI_STRUCT_SIZE_OK(params, offsetof(bonsai_session_params, max_memory)))
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                         "bonsai_session_create: params->struct_size is %u; use "
                         "bonsai_session_params_init()",
                         params->struct_size);
+    /* fields a caller's older struct lacks keep their defaults */
+    bonsai_session_params given;
+    bonsai_session_params_init(&given);
+    memcpy(&given, params, params->struct_size);
+    params = &given;
     if (model->a.arch == BSI_ARCH_NONE)
         return bsi_fail(BONSAI_ERR_UNSUPPORTED,
                         "%s: architecture '%s' cannot be run (supported: qwen3, llama)",
@@ -130,9 +156,21 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     if (n_ctx > 1u << 20)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "n_ctx %u is too large", n_ctx);
 
-    bonsai_session *s = calloc(1, sizeof *s);
+    size_t kv_row = (size_t)a->n_head_kv * a->head_dim;
+    kv_row = params->kv_type == BONSAI_TENSOR_Q8_0 ? kv_row / 32 * 34 : kv_row * 2;
+    uint64_t fixed = 2 * (uint64_t)a->n_layer * n_ctx * kv_row + (uint64_t)n_ctx * sizeof(int32_t);
+    if (params->max_memory && fixed + scratch_bytes(a, 1, 1) > params->max_memory)
+        return bsi_fail(BONSAI_ERR_NO_MEMORY,
+                        "a context of %u tokens needs %" PRIu64 " bytes of KV cache (and %" PRIu64
+                        " for one token's activations), over the session's memory cap of %" PRIu64
+                        " bytes; use a smaller n_ctx or kv_type Q8_0",
+                        n_ctx, fixed, scratch_bytes(a, 1, 1), params->max_memory);
+
+    bonsai_session *s = bsi_calloc(1, sizeof *s);
     if (!s) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     s->model = model;
+    s->mem_cap = params->max_memory;
+    s->mem_fixed = fixed;
     s->a = a;
     s->n_ctx = n_ctx;
     s->kv_type = params->kv_type;
@@ -141,9 +179,9 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     bonsai_status st = bsi_backend_create(params->backend, &cfg, &s->be);
     if (!st) st = bsi_model_placement(model, s->be, &cfg, &s->w);
     if (!st) {
-        s->k_cache = calloc(a->n_layer, sizeof *s->k_cache);
-        s->v_cache = calloc(a->n_layer, sizeof *s->v_cache);
-        s->history = malloc((size_t)n_ctx * sizeof *s->history);
+        s->k_cache = bsi_calloc(a->n_layer, sizeof *s->k_cache);
+        s->v_cache = bsi_calloc(a->n_layer, sizeof *s->v_cache);
+        s->history = bsi_malloc((size_t)n_ctx * sizeof *s->history);
         if (!s->k_cache || !s->v_cache || !s->history)
             st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     }
@@ -210,6 +248,8 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
     if ((st = (call))) return st
     TRY(vt->get_rows(be, W[a->tok_embd], tokens, b->x, n));
     for (uint32_t l = 0; l < a->n_layer; l++) {
+        if (s->stop_on_cancel && atomic_load_explicit(&s->cancel, memory_order_relaxed))
+            return bsi_fail(BONSAI_ERR_ABORTED, "cancelled");
         const bsi_layer *L = &a->layers[l];
         TRY(vt->rmsnorm(be, b->x, V[L->attn_norm], b->h, E, n, a->eps));
         TRY(vt->matmul(be, W[L->wq], b->h, b->q, n));
@@ -275,13 +315,13 @@ static bonsai_status prepare_batch(bonsai_session *s, const int32_t *tokens, uin
     if (st) return st;
     size_t logits_bytes = (size_t)n_rows * s->a->n_vocab * sizeof(float);
     if (logits_bytes > s->logits_host_cap) {
-        float *p = realloc(s->logits_host, logits_bytes);
+        float *p = bsi_realloc(s->logits_host, logits_bytes);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", logits_bytes);
         s->logits_host = p;
         s->logits_host_cap = logits_bytes;
     }
     if (n_tokens > s->pos_cap) {
-        int32_t *p = realloc(s->pos, n_tokens * sizeof *p);
+        int32_t *p = bsi_realloc(s->pos, n_tokens * sizeof *p);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         s->pos = p;
         s->pos_cap = n_tokens;
@@ -325,7 +365,7 @@ bonsai_status bonsai_embed(bonsai_session *s, const int32_t *tokens, uint32_t n_
     /* hidden states only: no rows of logits */
     bonsai_status st = prepare_batch(s, tokens, n_tokens, 1, true);
     if (st) return st;
-    float *hidden = malloc((size_t)n_tokens * E * sizeof *hidden);
+    float *hidden = bsi_malloc((size_t)n_tokens * E * sizeof *hidden);
     if (!hidden) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     st = forward(s, tokens, n_tokens, n_tokens, hidden);
     if (!st) {
@@ -399,6 +439,11 @@ bool bsi_session_take_cancel(bonsai_session *s)
     return atomic_exchange(&s->cancel, false);
 }
 
+void bsi_session_stop_on_cancel(bonsai_session *s, bool on)
+{
+    s->stop_on_cancel = on;
+}
+
 const bonsai_model *bsi_session_model(const bonsai_session *s)
 {
     return s->model;
@@ -433,8 +478,8 @@ bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items
                             "%s: item %u: token %" PRId32 " is outside the vocabulary of %u", fn, i,
                             items[i].token, lead->a->n_vocab);
     }
-    int32_t *tokens = malloc(n_items * sizeof *tokens);
-    fwd_run *runs = malloc(n_items * sizeof *runs);
+    int32_t *tokens = bsi_malloc(n_items * sizeof *tokens);
+    fwd_run *runs = bsi_malloc(n_items * sizeof *runs);
     bonsai_status st = tokens && runs ? BONSAI_OK : bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     for (uint32_t i = 0; i < n_items && !st; i++) {
         tokens[i] = items[i].token;
@@ -455,7 +500,7 @@ bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items
     for (uint32_t i = 1; i < n_items && !st; i++) {
         bonsai_session *s = items[i].session;
         if (row > s->logits_host_cap) {
-            float *p = realloc(s->logits_host, row);
+            float *p = bsi_realloc(s->logits_host, row);
             if (!p) {
                 st = bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", row);
                 break;

@@ -8,6 +8,9 @@
 
 /* True if bonsai_session_cancel() was called since the last call; clears the request. */
 bool bsi_session_take_cancel(bonsai_session *s);
+/* While on, evaluations of more than one token check for a cancel request between layers and
+ * fail with BONSAI_ERR_ABORTED (the cache is left as it was). */
+void bsi_session_stop_on_cancel(bonsai_session *s, bool on);
 /* The session's model. */
 const bonsai_model *bsi_session_model(const bonsai_session *s);
 

@@ -38,9 +38,20 @@ static bonsai_status fragment(const bsi_vocab *v, bsi_bpe_state *bpe, const uint
     return bsi_spm_encode(v, t, len, v->add_space_prefix && after_special, out);
 }
 
-static bonsai_status encode(const bsi_vocab *v, const uint8_t *t, size_t len, uint32_t flags,
-                            bsi_ids *out)
+/* Whether [a, b) overlaps one of the sorted, disjoint spans [plain[2k], plain[2k + 1]), moving
+ * *k past the spans that end before a (callers ask with a growing a). */
+static bool in_plain(const size_t *plain, size_t n_plain, size_t *k, size_t a, size_t b)
 {
+    while (*k < n_plain && plain[2 * *k + 1] <= a) ++*k;
+    return *k < n_plain && plain[2 * *k] < b;
+}
+
+/* plain: n_plain spans of the text where control tokens are not parsed (a chat's message
+ * contents), or NULL. */
+static bonsai_status encode(const bsi_vocab *v, const uint8_t *t, size_t len, uint32_t flags,
+                            const size_t *plain, size_t n_plain, bsi_ids *out)
+{
+    size_t k_plain = 0;
     bonsai_status st = BONSAI_OK;
     bsi_bpe_state *bpe = NULL;
     if (v->kind == BSI_VOCAB_BPE && len && (st = bsi_bpe_state_new(v, len, &bpe))) return st;
@@ -55,6 +66,12 @@ static bonsai_status encode(const bsi_vocab *v, const uint8_t *t, size_t len, ui
             continue;
         }
         int32_t id = match_special(v, t + i, len - i, parse, &mlen);
+        if (id >= 0 && v->type[id] != BSI_TOKEN_USER_DEFINED && plain &&
+            in_plain(plain, n_plain, &k_plain, i, i + mlen)) {
+            /* a control token's text inside a message: ordinary text; a user-defined token
+             * matches everywhere, as it would without PARSE_SPECIAL */
+            id = match_special(v, t + i, len - i, false, &mlen);
+        }
         if (id < 0) {
             i++;
             continue;
@@ -82,7 +99,7 @@ bonsai_status bonsai_tokenize(const bonsai_model *model, const char *text, size_
     bonsai_status st = bsi_vocab_get(model, &v);
     if (st) return st;
     bsi_ids ids = {0};
-    st = encode(v, (const uint8_t *)text, len, flags, &ids);
+    st = encode(v, (const uint8_t *)text, len, flags, NULL, 0, &ids);
     if (!st && ids.n > UINT32_MAX)
         st = bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "bonsai_tokenize: %zu tokens is too many", ids.n);
     if (!st) {
@@ -96,6 +113,30 @@ bonsai_status bonsai_tokenize(const bonsai_model *model, const char *text, size_
     }
     free(ids.v);
     return st;
+}
+
+bonsai_status bsi_tokenize_markup(const bonsai_model *model, const char *text, size_t len,
+                                  uint32_t flags, const size_t *plain, size_t n_plain,
+                                  int32_t **tokens, uint32_t *n_tokens)
+{
+    *tokens = NULL;
+    const bsi_vocab *v;
+    bonsai_status st = bsi_vocab_get(model, &v);
+    if (st) return st;
+    bsi_ids ids = {0};
+    st = encode(v, (const uint8_t *)text, len, flags | BONSAI_TOKENIZE_PARSE_SPECIAL, plain,
+                n_plain, &ids);
+    if (!st && ids.n > UINT32_MAX)
+        st = bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "%zu tokens is too many", ids.n);
+    if (st) {
+        free(ids.v);
+        return st;
+    }
+    if (!ids.v && !(ids.v = bsi_malloc(sizeof *ids.v)))
+        return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    *tokens = ids.v;
+    *n_tokens = (uint32_t)ids.n;
+    return BONSAI_OK;
 }
 
 /* ---- detokenization ---- */
@@ -248,7 +289,7 @@ bonsai_status bonsai_detokenizer_create(const bonsai_model *model, uint32_t flag
     const bsi_vocab *v;
     bonsai_status st = bsi_vocab_get(model, &v);
     if (st) return st;
-    bonsai_detokenizer *d = calloc(1, sizeof *d);
+    bonsai_detokenizer *d = bsi_calloc(1, sizeof *d);
     if (!d) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     d->model = (bonsai_model *)model;
     bsi_model_retain(d->model);
@@ -264,9 +305,9 @@ static bonsai_status reserve(bonsai_detokenizer *d, size_t n)
     if (n <= d->cap && d->out) return BONSAI_OK;
     size_t cap = d->cap ? d->cap : 64;
     while (cap < n) cap *= 2;
-    uint8_t *in = realloc(d->in, cap);
+    uint8_t *in = bsi_realloc(d->in, cap);
     if (in) d->in = in;
-    char *out = realloc(d->out, 3 * cap + 1);
+    char *out = bsi_realloc(d->out, 3 * cap + 1);
     if (out) d->out = out;
     if (!in || !out) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     d->cap = cap;

@@ -63,23 +63,25 @@ struct bsi_bpe_state {
     /* NFC text */
     uint8_t *nfc;
     size_t nfc_n, nfc_cap;
+    utf8proc_int32_t *cp; /* code points of a run being normalised */
+    size_t cp_cap;
 };
 
 bonsai_status bsi_bpe_state_new(const bsi_vocab *v, size_t text_len, bsi_bpe_state **out)
 {
-    bsi_bpe_state *s = calloc(1, sizeof *s);
+    bsi_bpe_state *s = bsi_calloc(1, sizeof *s);
     if (!s) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
-    s->md = pcre2_match_data_create_from_pattern(v->re, NULL);
+    s->md = pcre2_match_data_create_from_pattern(v->re, v->re_mem);
     /* The default limit (10 million steps) stops the pre-tokenizer in a run of whitespace of some
      * megabytes (\s*[\r\n]+ tries every length). These patterns backtrack at most over the run
      * they then consume, so the work stays linear without it. */
-    s->mc = pcre2_match_context_create(NULL);
+    s->mc = pcre2_match_context_create(v->re_mem);
     if (s->mc) pcre2_set_match_limit(s->mc, UINT32_MAX);
     /* about one slot per 4 bytes of text: a short prompt does not pay for a large cache */
     uint32_t slots = CACHE_MIN_SLOTS;
     while (slots < CACHE_MAX_SLOTS && slots < text_len / 4) slots *= 2;
     s->cache_mask = slots - 1;
-    s->cache = calloc(slots, sizeof *s->cache);
+    s->cache = bsi_calloc(slots, sizeof *s->cache);
     if (!s->md || !s->mc || !s->cache) {
         bsi_bpe_state_free(s);
         return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
@@ -98,6 +100,7 @@ void bsi_bpe_state_free(bsi_bpe_state *s)
     free(s->prev);
     free(s->heap);
     free(s->cache);
+    free(s->cp);
     free(s->keys);
     free(s->cache_ids.v);
     free(s->nfc);
@@ -109,11 +112,11 @@ static bonsai_status reserve(bsi_bpe_state *s, size_t n)
     if (n <= s->cap) return BONSAI_OK;
     size_t cap = s->cap ? s->cap : 64;
     while (cap < n) cap *= 2;
-    int32_t *id = realloc(s->id, cap * sizeof *id);
+    int32_t *id = bsi_realloc(s->id, cap * sizeof *id);
     if (id) s->id = id;
-    uint32_t *len = realloc(s->len, cap * sizeof *len);
+    uint32_t *len = bsi_realloc(s->len, cap * sizeof *len);
     if (len) s->len = len;
-    int32_t *prev = realloc(s->prev, cap * sizeof *prev);
+    int32_t *prev = bsi_realloc(s->prev, cap * sizeof *prev);
     if (prev) s->prev = prev;
     if (!id || !len || !prev)
         return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory (a piece of %zu bytes)", n);
@@ -127,7 +130,7 @@ static bonsai_status heap_push(bsi_bpe_state *s, uint64_t key)
 {
     if (s->heap_n == s->heap_cap) {
         size_t cap = s->heap_cap ? s->heap_cap * 2 : 128;
-        uint64_t *h = realloc(s->heap, cap * sizeof *h);
+        uint64_t *h = bsi_realloc(s->heap, cap * sizeof *h);
         if (!h) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         s->heap = h;
         s->heap_cap = cap;
@@ -234,7 +237,7 @@ static bonsai_status piece(const bsi_vocab *v, bsi_bpe_state *s, const uint8_t *
     if (st || s->cache_used >= (s->cache_mask + 1) / 4 * 3) return st;
     if (s->keys_n + n > s->keys_cap) {
         size_t cap = s->keys_cap ? s->keys_cap * 2 : 16384;
-        uint8_t *k = realloc(s->keys, cap);
+        uint8_t *k = bsi_realloc(s->keys, cap);
         if (!k) return BONSAI_OK; /* the cache is optional */
         s->keys = k;
         s->keys_cap = cap;
@@ -280,7 +283,7 @@ static bonsai_status nfc_append(bsi_bpe_state *s, const uint8_t *t, size_t n)
     if (s->nfc_n + n > s->nfc_cap) {
         size_t cap = s->nfc_cap ? s->nfc_cap : 4096;
         while (cap < s->nfc_n + n) cap *= 2;
-        uint8_t *p = realloc(s->nfc, cap);
+        uint8_t *p = bsi_realloc(s->nfc, cap);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         s->nfc = p;
         s->nfc_cap = cap;
@@ -288,6 +291,26 @@ static bonsai_status nfc_append(bsi_bpe_state *s, const uint8_t *t, size_t n)
     memcpy(s->nfc + s->nfc_n, t, n);
     s->nfc_n += n;
     return BONSAI_OK;
+}
+
+/* Appends run t[0 .. n) (valid UTF-8) in NFC: utf8proc decomposes it into code points in the
+ * state's buffer (so it allocates nothing itself), composes and re-encodes them in place. */
+static bonsai_status nfc_run(bsi_bpe_state *s, const uint8_t *t, size_t n)
+{
+    const utf8proc_option_t opt = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
+    utf8proc_ssize_t need = utf8proc_decompose(t, (utf8proc_ssize_t)n, NULL, 0, opt);
+    if (need < 0) return nfc_append(s, t, n); /* not valid UTF-8: cannot happen here */
+    if ((size_t)need + 1 > s->cp_cap) {
+        size_t cap = (size_t)need + 1 < 256 ? 256 : (size_t)need + 1;
+        utf8proc_int32_t *p = bsi_realloc(s->cp, cap * sizeof *p);
+        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+        s->cp = p;
+        s->cp_cap = cap;
+    }
+    need = utf8proc_decompose(t, (utf8proc_ssize_t)n, s->cp, need, opt);
+    utf8proc_ssize_t m = need < 0 ? need : utf8proc_reencode(s->cp, need, opt);
+    if (m < 0) return nfc_append(s, t, n);
+    return nfc_append(s, (const uint8_t *)s->cp, (size_t)m);
 }
 
 /*
@@ -315,14 +338,7 @@ static bonsai_status nfc(bsi_bpe_state *s, const uint8_t *t, size_t n)
             end += k;
         }
         if ((st = nfc_append(s, t + copied, start - copied))) return st;
-        utf8proc_uint8_t *out = NULL;
-        utf8proc_ssize_t m = utf8proc_map(t + start, (utf8proc_ssize_t)(end - start), &out,
-                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-        if (m >= 0 && out)
-            st = nfc_append(s, out, (size_t)m);
-        else /* cannot happen on valid UTF-8 (out of memory): the text as it is */
-            st = nfc_append(s, t + start, end - start);
-        free(out);
+        st = nfc_run(s, t + start, end - start);
         if (st) return st;
         copied = i = end;
     }

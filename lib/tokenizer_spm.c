@@ -39,7 +39,7 @@ static bonsai_status try_pair(spm *s, int32_t left, int32_t right)
     if (id < 0) return BONSAI_OK;
     if (s->heap_n == s->heap_cap) {
         size_t cap = s->heap_cap ? s->heap_cap * 2 : 64;
-        bigram *h = realloc(s->heap, cap * sizeof *h);
+        bigram *h = bsi_realloc(s->heap, cap * sizeof *h);
         if (!h) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         s->heap = h;
         s->heap_cap = cap;
@@ -98,12 +98,12 @@ bonsai_status bsi_spm_encode(const bsi_vocab *v, const uint8_t *text, size_t len
     if (len > (INT32_MAX - 3) / 3)
         return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "a text of %zu bytes is too long", len);
     size_t cap = 3 * len + 3, n = 0;
-    uint8_t *buf = malloc(cap);
+    uint8_t *buf = bsi_malloc(cap);
     spm s = {.v = v, .text = buf};
-    s.start = malloc(cap * sizeof *s.start);
-    s.len = malloc(cap * sizeof *s.len);
-    s.prev = malloc(cap * sizeof *s.prev);
-    s.next = malloc(cap * sizeof *s.next);
+    s.start = bsi_malloc(cap * sizeof *s.start);
+    s.len = bsi_malloc(cap * sizeof *s.len);
+    s.prev = bsi_malloc(cap * sizeof *s.prev);
+    s.next = bsi_malloc(cap * sizeof *s.next);
     bonsai_status st = BONSAI_OK;
     if (!buf || !s.start || !s.len || !s.prev || !s.next) {
         st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");

@@ -11,6 +11,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* PCRE2's allocations, through the library's allocator. */
+static void *pcre_alloc(PCRE2_SIZE size, void *ctx)
+{
+    (void)ctx;
+    return bsi_malloc(size);
+}
+
+static void pcre_free(void *p, void *ctx)
+{
+    (void)ctx;
+    free(p);
+}
+
 /* ---- helpers ---- */
 
 /* s[0 .. len) for an error message: at most 48 bytes, anything but printable ASCII as '?'. */
@@ -44,7 +57,7 @@ bonsai_status bsi_ids_grow(bsi_ids *ids, size_t more)
             return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory (token array)");
         cap *= 2;
     }
-    int32_t *v = realloc(ids->v, cap * sizeof *v);
+    int32_t *v = bsi_realloc(ids->v, cap * sizeof *v);
     if (!v) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory (%zu tokens)", cap);
     ids->v = v;
     ids->cap = cap;
@@ -199,8 +212,8 @@ static bonsai_status build_pieces(const reader *r, bsi_vocab *v)
     if (total >= UINT32_MAX)
         return bsi_fail(BONSAI_ERR_CORRUPT, "%s: the token texts total %" PRIu64 " bytes", r->path,
                         total);
-    v->piece_off = malloc(((size_t)v->n + 1) * sizeof *v->piece_off);
-    v->pieces = malloc(total ? (size_t)total : 1);
+    v->piece_off = bsi_malloc(((size_t)v->n + 1) * sizeof *v->piece_off);
+    v->pieces = bsi_malloc(total ? (size_t)total : 1);
     if (!v->piece_off || !v->pieces) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     uint32_t cp_of_byte[256];
     int16_t byte_of_cp[324];
@@ -263,7 +276,7 @@ static bonsai_status build_pieces(const reader *r, bsi_vocab *v)
 static bonsai_status build_text_index(bsi_vocab *v)
 {
     uint64_t cap = pow2_at_least((uint64_t)v->n + v->n / 2); /* at most 2/3 full */
-    v->by_text = calloc((size_t)cap, sizeof *v->by_text);
+    v->by_text = bsi_calloc((size_t)cap, sizeof *v->by_text);
     if (!v->by_text) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     v->by_text_mask = cap - 1;
     for (uint32_t id = 0; id < v->n; id++) {
@@ -294,7 +307,7 @@ static bonsai_status build_merges(const reader *r, bsi_vocab *v)
         return bsi_fail(BONSAI_ERR_CORRUPT, "%s: %" PRIu64 " merges is too many", r->path,
                         merges->count);
     uint64_t cap = pow2_at_least(merges->count + merges->count / 2);
-    v->merges = malloc((size_t)cap * sizeof *v->merges);
+    v->merges = bsi_malloc((size_t)cap * sizeof *v->merges);
     if (!v->merges) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     v->merges_mask = cap - 1;
     for (uint64_t i = 0; i < cap; i++) v->merges[i].key = UINT64_MAX;
@@ -316,7 +329,7 @@ static bonsai_status build_merges(const reader *r, bsi_vocab *v)
         if (len > buf_size) {
             free(buf);
             buf_size = len * 2;
-            if (!(buf = malloc(buf_size))) {
+            if (!(buf = bsi_malloc(buf_size))) {
                 st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
                 break;
             }
@@ -365,8 +378,8 @@ static bonsai_status build_specials(bsi_vocab *v)
             v->text[i].len)
             count++;
     }
-    special_key *keys = malloc((count ? count : 1) * sizeof *keys);
-    v->special = malloc((count ? count : 1) * sizeof *v->special);
+    special_key *keys = bsi_malloc((count ? count : 1) * sizeof *keys);
+    v->special = bsi_malloc((count ? count : 1) * sizeof *v->special);
     if (!keys || !v->special) {
         free(keys);
         return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
@@ -471,7 +484,7 @@ static bonsai_status build(const bonsai_model *m, bsi_vocab **out)
         (st = opt_string(&r, "tokenizer.ggml.pre", &pre)))
         return st;
 
-    bsi_vocab *v = calloc(1, sizeof *v);
+    bsi_vocab *v = bsi_calloc(1, sizeof *v);
     if (!v) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     *out = v;
     v->n = n;
@@ -503,7 +516,7 @@ static bonsai_status build(const bonsai_model *m, bsi_vocab **out)
          (st = opt_bool(&r, "tokenizer.ggml.add_space_prefix", &v->add_space_prefix))))
         return st;
 
-    if (!(v->type = malloc(n))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    if (!(v->type = bsi_malloc(n))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     for (uint32_t i = 0; i < n; i++) {
         int32_t t = BSI_TOKEN_NORMAL;
         if (types) memcpy(&t, types->v.raw + 4 * (size_t)i, 4);
@@ -516,8 +529,14 @@ static bonsai_status build(const bonsai_model *m, bsi_vocab **out)
         if ((st = build_merges(&r, v))) return st;
         int err;
         PCRE2_SIZE at;
+        v->re_mem = pcre2_general_context_create(pcre_alloc, pcre_free, NULL);
+        pcre2_compile_context *cc = v->re_mem ? pcre2_compile_context_create(v->re_mem) : NULL;
+        if (!cc) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
         v->re = pcre2_compile((PCRE2_SPTR)bsi_bpe_pattern(v->pre), PCRE2_ZERO_TERMINATED,
-                              PCRE2_UTF | PCRE2_UCP, &err, &at, NULL);
+                              PCRE2_UTF | PCRE2_UCP, &err, &at, cc);
+        pcre2_compile_context_free(cc);
+        if (!v->re && err == PCRE2_ERROR_NOMEMORY)
+            return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory compiling the pre-tokenizer");
         if (!v->re) {
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(err, msg, sizeof msg);
@@ -533,6 +552,7 @@ void bsi_vocab_free(bsi_vocab *v)
 {
     if (!v) return;
     if (v->re) pcre2_code_free(v->re);
+    if (v->re_mem) pcre2_general_context_free(v->re_mem);
     free(v->type);
     free(v->piece_off);
     free(v->pieces);
@@ -540,6 +560,16 @@ void bsi_vocab_free(bsi_vocab *v)
     free(v->merges);
     free(v->special);
     free(v);
+}
+
+/* Heap bytes of a built vocabulary (for the model's memory cap). */
+static uint64_t vocab_bytes(const bsi_vocab *v)
+{
+    uint64_t b = (uint64_t)v->n * (1 + 4) + 4 + v->piece_off[v->n];
+    b += (v->by_text_mask + 1) * sizeof *v->by_text;
+    if (v->merges) b += (v->merges_mask + 1) * sizeof *v->merges;
+    b += (uint64_t)v->special_start[256] * sizeof *v->special;
+    return b;
 }
 
 bonsai_status bsi_vocab_get(const bonsai_model *cm, const bsi_vocab **out)
@@ -552,10 +582,22 @@ bonsai_status bsi_vocab_get(const bonsai_model *cm, const bsi_vocab **out)
         if (!atomic_load_explicit(&m->vocab_done, memory_order_relaxed)) {
             bsi_vocab *v = NULL;
             bonsai_status st = build(m, &v);
+            uint64_t bytes = 0;
+            if (!st) {
+                bytes = vocab_bytes(v);
+                st = bsi_model_charge(m, bytes, "the tokenizer's tables");
+            }
+            if (st == BONSAI_ERR_NO_MEMORY) {
+                /* not a property of the file: a later call tries again */
+                bsi_vocab_free(v);
+                pthread_mutex_unlock(&m->vocab_lock);
+                return st;
+            }
             if (st) {
                 bsi_vocab_free(v);
                 m->vocab_status = st;
-                m->vocab_error = strdup(bonsai_last_error());
+                /* without memory for the message, the status alone is kept */
+                m->vocab_error = bsi_strdup(bonsai_last_error());
             } else {
                 m->vocab = v;
             }

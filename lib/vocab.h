@@ -21,4 +21,11 @@ const uint8_t *bsi_vocab_bytes(const bsi_vocab *v, int32_t id, bool special, siz
 bool bsi_vocab_is_eog(const bsi_vocab *v, int32_t id);
 bool bsi_vocab_is_control(const bsi_vocab *v, int32_t id);
 
+/* Tokenizes text with control tokens parsed (BONSAI_TOKENIZE_PARSE_SPECIAL) except inside the
+ * n_plain spans [plain[2k], plain[2k + 1]) (sorted, disjoint): a rendered chat whose message
+ * contents must stay text. *tokens is allocated (free()), also when empty. */
+bonsai_status bsi_tokenize_markup(const bonsai_model *model, const char *text, size_t len,
+                                  uint32_t flags, const size_t *plain, size_t n_plain,
+                                  int32_t **tokens, uint32_t *n_tokens);
+
 #endif

@@ -67,6 +67,8 @@ struct bsi_vocab {
     uint8_t special_first[256]; /* bit 0: a user-defined token starts with this byte; bit 1: any */
 
     pcre2_code *re; /* the pre-tokenizer (BPE) */
+    /* PCRE2's memory comes from the library's allocator (alloc.h) through this context */
+    pcre2_general_context *re_mem;
 };
 
 /* A fast 64-bit hash of a byte string. */

@@ -372,6 +372,8 @@ int cmd_run(int argc, char **argv)
     gp.on_token = print_piece;
     if (o.special) gp.tokenize_flags |= BONSAI_TOKENIZE_PARSE_SPECIAL;
     const char *prompt = o.prompt;
+    int32_t *chat_tokens = NULL;
+    uint32_t n_chat = 0;
     if (!st && o.chat) {
         bonsai_chat_message msgs[2];
         size_t n = 0, len = 0;
@@ -379,22 +381,34 @@ int cmd_run(int argc, char **argv)
         msgs[n++] = (bonsai_chat_message){"user", o.prompt};
         uint32_t flags =
             BONSAI_CHAT_ADD_GENERATION_PROMPT | (o.think ? BONSAI_CHAT_ENABLE_THINKING : 0);
-        st = bonsai_chat_render(msgs, n, flags, NULL, 0, &len);
-        if (st == BONSAI_ERR_OUT_OF_RANGE) {
-            if (!(rendered = malloc(len + 1)))
-                st = BONSAI_ERR_NO_MEMORY;
-            else
-                st = bonsai_chat_render(msgs, n, flags, rendered, len + 1, &len);
+        if (o.special) { /* the prompt may hold special tokens: parse the whole text */
+            st = bonsai_chat_render(msgs, n, flags, NULL, 0, &len);
+            if (st == BONSAI_ERR_OUT_OF_RANGE) {
+                if (!(rendered = malloc(len + 1)))
+                    st = BONSAI_ERR_NO_MEMORY;
+                else
+                    st = bonsai_chat_render(msgs, n, flags, rendered, len + 1, &len);
+            }
+            prompt = rendered;
+        } else { /* the template's markup only: the message stays text */
+            st = bonsai_chat_tokenize(m, msgs, n, flags, NULL, 0, &n_chat);
+            if (st == BONSAI_ERR_OUT_OF_RANGE) {
+                if (!(chat_tokens = malloc(((size_t)n_chat + 1) * sizeof *chat_tokens)))
+                    st = BONSAI_ERR_NO_MEMORY;
+                else
+                    st = bonsai_chat_tokenize(m, msgs, n, flags, chat_tokens, n_chat, &n_chat);
+            }
         }
-        prompt = rendered;
-        gp.tokenize_flags |= BONSAI_TOKENIZE_PARSE_SPECIAL;
     }
     bonsai_generate_stats stats = {.struct_size = sizeof stats};
     if (!st) {
         g_session = s;
         catch_sigint();
         if (o.echo && !o.chat && !o.json && !o.schema_file) fputs(prompt, stdout);
-        st = bonsai_generate(s, prompt, &gp, &stats);
+        if (chat_tokens)
+            st = bonsai_generate_tokens(s, chat_tokens, n_chat, &gp, &stats);
+        else
+            st = bonsai_generate(s, prompt, &gp, &stats);
         g_session = NULL;
         putchar('\n');
     }
@@ -403,6 +417,7 @@ int cmd_run(int argc, char **argv)
     else if (o.stats)
         print_stats(&stats);
     free(rendered);
+    free(chat_tokens);
     free(file_text);
     bonsai_sampler_free(smp);
     bonsai_session_free(s);

@@ -64,7 +64,7 @@ static int cpu_probe(char *reason, size_t size)
 static bonsai_status cpu_create(const bsi_backend_config *cfg, bsi_backend **out)
 {
     *out = NULL;
-    cpu_backend *b = calloc(1, sizeof *b);
+    cpu_backend *b = bsi_calloc(1, sizeof *b);
     if (!b) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory creating the CPU backend");
     b->base.vt = bsi_cpu_backend();
     bool forced_ok;
@@ -116,7 +116,7 @@ static bonsai_status cpu_alloc(bsi_backend *be, size_t bytes, void **out)
 {
     (void)be;
     size_t size = (bytes + ALIGN - 1) / ALIGN * ALIGN;
-    *out = size ? aligned_alloc(ALIGN, size) : NULL;
+    *out = size ? bsi_aligned_alloc(ALIGN, size) : NULL;
     if (!*out && size)
         return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes of host memory", bytes);
     return BONSAI_OK;
@@ -178,7 +178,7 @@ static bonsai_status cpu_weight_create(bsi_backend *be, const bsi_matrix_desc *d
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                         "tensor '%s': %" PRId64 " x %" PRId64 " is not a valid %s matrix", d->name,
                         d->rows, d->cols, tn);
-    bsi_weight *w = calloc(1, sizeof *w);
+    bsi_weight *w = bsi_calloc(1, sizeof *w);
     if (!w) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     w->type = d->type;
     w->rows = d->rows;
@@ -188,7 +188,7 @@ static bonsai_status cpu_weight_create(bsi_backend *be, const bsi_matrix_desc *d
         w->row_bytes = (size_t)(d->cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
         if (b->q1->pack) {
             size_t bytes = bsi_q1_packed_bytes(b->q1, d->rows, d->cols);
-            w->packed = aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
+            w->packed = bsi_aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
             if (!w->packed) {
                 free(w);
                 return bsi_fail(BONSAI_ERR_NO_MEMORY,
@@ -210,6 +210,14 @@ static bonsai_status cpu_weight_create(bsi_backend *be, const bsi_matrix_desc *d
     }
     *out = w;
     return BONSAI_OK;
+}
+
+static uint64_t cpu_weight_bytes(bsi_backend *be, const bsi_matrix_desc *d)
+{
+    /* only Q1_0 matrices are copied (repacked); the others are read from the file */
+    const bsi_q1_kernels *k = cpu(be)->q1;
+    if (d->type != BONSAI_TENSOR_Q1_0 || !k->pack) return 0;
+    return bsi_q1_packed_bytes(k, d->rows, d->cols);
 }
 
 static void cpu_weight_free(bsi_backend *be, bsi_weight *w)
@@ -280,7 +288,7 @@ static bonsai_status cpu_matmul(bsi_backend *be, const bsi_weight *w, const floa
     size_t lut = bsi_q1_lut_bytes(b->q1, w->cols);
     size_t need = bsi_q8_act_bytes(w->cols, n_tok, lut);
     if (need > b->act_bytes) {
-        void *p = realloc(b->act, need);
+        void *p = bsi_realloc(b->act, need);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
         b->act = p;
         b->act_bytes = need;
@@ -531,7 +539,7 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
     int64_t n_ctx_used = pos + n_tok;
     size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)n_ctx_used * sizeof(float);
     if (need > b->scores_bytes) {
-        float *p = realloc(b->scores, need);
+        float *p = bsi_realloc(b->scores, need);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
         b->scores = p;
         b->scores_bytes = need;
@@ -553,7 +561,7 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
         size_t bytes = (size_t)bsi_pool_threads(b->pool) * 2 * (size_t)n_ctx_used *
                        (size_t)head_dim * sizeof(uint16_t);
         if (bytes > b->dequant_bytes) {
-            uint16_t *p = realloc(b->dequant, bytes);
+            uint16_t *p = bsi_realloc(b->dequant, bytes);
             if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", bytes);
             b->dequant = p;
             b->dequant_bytes = bytes;
@@ -580,6 +588,7 @@ static const bsi_backend_vtable cpu_vtable = {
     .download = cpu_copy,
     .weight_create = cpu_weight_create,
     .weight_free = cpu_weight_free,
+    .weight_bytes = cpu_weight_bytes,
     .matmul = cpu_matmul,
     .get_rows = cpu_get_rows,
     .rmsnorm = cpu_rmsnorm,

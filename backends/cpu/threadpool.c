@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "threadpool.h"
+#include "alloc.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -92,20 +93,21 @@ static void *worker_main(void *arg)
 bsi_pool *bsi_pool_new(int n_threads)
 {
     if (n_threads < 1) n_threads = 1;
-    bsi_pool *p = calloc(1, sizeof *p);
+    bsi_pool *p = bsi_calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n_threads = n_threads;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     if (n_threads > 1) {
-        p->threads = calloc((size_t)n_threads - 1, sizeof *p->threads);
+        p->threads = bsi_calloc((size_t)n_threads - 1, sizeof *p->threads);
         if (!p->threads) {
+            p->n_threads = 1; /* no workers to join */
             bsi_pool_free(p);
             return NULL;
         }
     }
     for (int i = 1; i < n_threads; i++) {
-        worker_arg *wa = malloc(sizeof *wa);
+        worker_arg *wa = bsi_malloc(sizeof *wa);
         if (wa) *wa = (worker_arg){.pool = p, .index = i};
         if (!wa || pthread_create(&p->threads[i - 1], NULL, worker_main, wa) != 0) {
             free(wa);

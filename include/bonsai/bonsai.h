@@ -158,6 +158,10 @@ typedef struct bonsai_model_params {
     bool use_mmap;               /**< map the file (default true); false reads it into memory */
     bonsai_progress_fn progress; /**< optional */
     void *progress_user_data;
+    /** Most bytes the model may take besides the file's mapping (0, the default: no cap): the
+     * file itself when read (use_mmap false), the weights each backend copies or repacks (host
+     * or GPU memory), the tokenizer's tables. Exceeding it fails with BONSAI_ERR_NO_MEMORY. */
+    uint64_t max_memory;
 } bonsai_model_params;
 
 /** Fill `params` with the defaults (does nothing when `params` is NULL). */
@@ -340,6 +344,10 @@ typedef struct bonsai_session_params {
                                (GPU N); a named backend that cannot be used fails; copied */
     uint32_t kv_type;     /**< KV cache: BONSAI_TENSOR_F16 (default) or BONSAI_TENSOR_Q8_0
                                (half the memory; heads of a multiple of 32 values) */
+    /** Most bytes the session may take (0, the default: no cap): its KV cache, and activations
+     * and logits for its largest batch. A cache that does not fit fails the creation; a batch
+     * that does not fit fails with BONSAI_ERR_NO_MEMORY and the session stays usable. */
+    uint64_t max_memory;
 } bonsai_session_params;
 
 /** Fill `params` with the defaults (does nothing when `params` is NULL). */
@@ -424,8 +432,11 @@ BONSAI_API const char *bonsai_session_backend(const bonsai_session *session);
 BONSAI_API const int32_t *bonsai_session_tokens(const bonsai_session *session, uint32_t *n);
 
 /**
- * Ask a running bonsai_generate() on this session to stop after the current token. The only
- * session function that may be called from another thread while the session is in use.
+ * Stop the generation running on this session: after the current token, or between layers while
+ * it evaluates its prompt (the stop reason is then BONSAI_STOP_CANCELLED). When none is running,
+ * the next bonsai_generate*() on the session stops at once; a generation clears the request as it
+ * ends. The only session function that may be called from another thread while the session is
+ * in use.
  */
 BONSAI_API void bonsai_session_cancel(bonsai_session *session);
 
@@ -582,7 +593,8 @@ BONSAI_API bonsai_status bonsai_sampler_add_custom(bonsai_sampler *s, bonsai_sam
  * required, additionalProperties false implied), string, number, integer, boolean, null, array
  * (items), enum, nested. NULL asks for any JSON object ("JSON mode"). Add it first in the chain.
  * Under bonsai_generate*() the document is finished within max_tokens and the context: near the
- * limit only tokens that leave room for the shortest valid ending are allowed.
+ * limit only tokens that leave room for the shortest valid ending are allowed (so max_tokens
+ * must leave room for the shortest document the schema allows, counted in tokens).
  * BONSAI_ERR_UNSUPPORTED for schema keywords outside the subset, with the keyword named.
  */
 BONSAI_API bonsai_status bonsai_sampler_add_json(bonsai_sampler *s, const bonsai_model *model,
@@ -714,6 +726,18 @@ typedef struct bonsai_chat_message {
 BONSAI_API bonsai_status bonsai_chat_render(const bonsai_chat_message *messages, size_t n,
                                             uint32_t flags, char *buf, size_t buf_size,
                                             size_t *len);
+
+/**
+ * Render a conversation (as bonsai_chat_render()) and tokenize it for the model, ready for
+ * bonsai_generate_tokens(): the template's markup becomes its control tokens, while message
+ * contents are always text, so a message containing "<|im_end|>" cannot forge a turn (tokenizing
+ * the rendered text with BONSAI_TOKENIZE_PARSE_SPECIAL would let it). BOS is added when the
+ * model's tokenizer adds one. Buffer rules as bonsai_tokenize().
+ */
+BONSAI_API bonsai_status bonsai_chat_tokenize(const bonsai_model *model,
+                                              const bonsai_chat_message *messages, size_t n,
+                                              uint32_t flags, int32_t *tokens, uint32_t n_max,
+                                              uint32_t *n_tokens);
 
 /**
  * Split an assistant's output into reasoning (inside <think>...</think>) and answer, both trimmed
