@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""`meson install` into a staging directory, then build examples/model_info.c out of tree with
-nothing but `pkg-config --cflags --libs bonsai`, and run it on a real model."""
+"""`meson install` into a staging directory, then build the examples out of tree with nothing but
+`pkg-config --cflags --libs bonsai` (as examples/README.md tells users to), and run model_info and
+simple on a real model."""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,16 +26,36 @@ with tempfile.TemporaryDirectory() as stage:
                PKG_CONFIG_SYSROOT_DIR=stage)
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "bonsai"], env=env, check=True,
                            capture_output=True, text=True).stdout.split()
-    exe = os.path.join(stage, "model_info")
     cc = os.environ.get("CC", "cc")
-    subprocess.run([cc, "-std=c11", "-Wall", "-Werror",
-                    os.path.join(source_root, "examples", "model_info.c"), *flags, "-o", exe],
-                   check=True)
+    examples = os.path.join(source_root, "examples")
+
+    def build(source, compiler, *std):
+        exe = os.path.join(stage, os.path.splitext(source)[0])
+        subprocess.run([compiler, *std, "-Wall", "-Wextra", "-Werror",
+                        os.path.join(examples, source), *flags, "-o", exe], check=True)
+        return exe
+
     libdir = [f[2:] for f in flags if f.startswith("-L")][0]
-    out = subprocess.run([exe, model], env=dict(os.environ, LD_LIBRARY_PATH=libdir),
+    run_env = dict(os.environ, LD_LIBRARY_PATH=libdir)
+    out = subprocess.run([build("model_info.c", cc, "-std=c11"), model], env=run_env,
                          check=True, capture_output=True, text=True).stdout
     print(out, end="")
     assert "architecture 'llama'" in out and "48 tensors" in out, out
+
+    # the first example users read: greedy, so the real model's known story
+    r = subprocess.run([build("simple.c", cc, "-std=c11"), "-n", "16", "--temp", "0", model,
+                        "Once upon a time"], env=run_env, check=True, capture_output=True,
+                       text=True)
+    print(r.stdout, end="")
+    assert r.stdout.startswith("Once upon a time, there was a little girl named Lily."), r.stdout
+    assert "generated: 16 tokens" in r.stderr, r.stderr
+
+    # the other examples compile the same way (C++17 one: only with a C++ compiler)
+    for source in ("chat.c", "json_extract.c", "rag.c"):
+        build(source, cc, "-std=c11")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx):
+        build("embed_game.cpp", cxx, "-std=c++17", "-pthread")
     headers = [f for _, _, fs in os.walk(stage) for f in fs if f.endswith(".h")]
     assert sorted(headers) == ["bonsai.h", "bonsai_version.h"], headers
     print("install: ok")
