@@ -745,11 +745,12 @@ static bonsai_status check_temperature(const char *what, float t)
     return BONSAI_OK;
 }
 
+/* (0, 1] keeps a share of the mass; larger values keep everything (as the header says) */
 static bonsai_status check_top_p(const char *what, float p)
 {
-    if (!(p > 0 && p <= 1))
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s is %g; it must be in (0, 1]", what,
-                        (double)p);
+    if (!(p > 0) || isinf(p))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s is %g; it must be above 0 (1 or more: off)",
+                        what, (double)p);
     return BONSAI_OK;
 }
 

@@ -1008,10 +1008,11 @@ static void test_bad_arguments(void **state)
     assert_error(bonsai_sampler_add_temperature(s, NAN), INVAL, "t is nan");
     assert_error(bonsai_sampler_add_temperature(s, INFINITY), INVAL, "finite");
     assert_error(bonsai_sampler_add_top_k(NULL, 5), INVAL, "NULL");
-    assert_error(bonsai_sampler_add_top_p(s, 0.0f, 1), INVAL, "(0, 1]");
-    assert_error(bonsai_sampler_add_top_p(s, -0.5f, 1), INVAL, "(0, 1]");
-    assert_error(bonsai_sampler_add_top_p(s, 1.5f, 1), INVAL, "(0, 1]");
-    assert_error(bonsai_sampler_add_top_p(s, NAN, 1), INVAL, "(0, 1]");
+    assert_error(bonsai_sampler_add_top_p(s, 0.0f, 1), INVAL, "above 0");
+    assert_error(bonsai_sampler_add_top_p(s, -0.5f, 1), INVAL, "above 0");
+    assert_error(bonsai_sampler_add_top_p(s, NAN, 1), INVAL, "above 0");
+    assert_error(bonsai_sampler_add_top_p(s, INFINITY, 1), INVAL, "above 0");
+    assert_int_equal(bonsai_sampler_add_top_p(s, 1.5f, 1), BONSAI_OK); /* off, as documented */
     assert_error(bonsai_sampler_add_min_p(s, 1.5f, 1), INVAL, "at most 1");
     assert_error(bonsai_sampler_add_min_p(s, NAN, 1), INVAL, "at most 1");
     assert_error(bonsai_sampler_add_penalties(s, -2, 1.1f, 0, 0), INVAL, "last_n is -2");

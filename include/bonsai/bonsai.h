@@ -642,7 +642,8 @@ BONSAI_API bool bonsai_sampler_done(const bonsai_sampler *s);
 /**
  * Called with each generated token and its text: whole UTF-8 characters only (a character split
  * across tokens arrives with its last token, so `text` may be empty), with stop strings held back
- * until they can no longer match. Return false to stop (stop reason BONSAI_STOP_CANCELLED).
+ * until they can no longer match. `text` is exactly `len` bytes, not NUL-terminated, and valid
+ * during the call only. Return false to stop (stop reason BONSAI_STOP_CANCELLED).
  */
 typedef bool (*bonsai_token_fn)(int32_t token, const char *text, size_t len, float logprob,
                                 void *user_data);
