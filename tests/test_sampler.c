@@ -1052,9 +1052,9 @@ static void test_bad_arguments(void **state)
     params.struct_size = sizeof params + 4;
     assert_error(bonsai_sampler_create_default(&params, &s), INVAL, "struct_size");
     bonsai_sampler_params_init(&params);
-    params.top_p = 2.0f;
+    params.top_p = -2.0f;
     params.temperature = 0; /* checked even when greedy does not use it */
-    assert_error(bonsai_sampler_create_default(&params, &s), INVAL, "top_p is 2");
+    assert_error(bonsai_sampler_create_default(&params, &s), INVAL, "top_p is -2");
     bonsai_sampler_params_init(&params);
     params.temperature = NAN;
     assert_error(bonsai_sampler_create_default(&params, &s), INVAL, "temperature is nan");
