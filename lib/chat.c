@@ -212,7 +212,7 @@ bonsai_status bonsai_chat_render(const bonsai_chat_message *messages, size_t n, 
             st = bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
                           "bonsai_chat_render: the text needs %zu bytes, the buffer has %zu",
                           out.len, buf_size);
-        else
+        else if (buf_size) /* with the terminator when it fits */
             memcpy(buf, out.data, out.len < buf_size ? out.len + 1 : out.len);
     }
     free(out.data);

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the GGUF fuzzer (tests/fuzz/corpus/gguf).
+"""Writes the seed corpora of the GGUF fuzzer (tests/fuzz/corpus/gguf) and the model fuzzer
+(tests/fuzz/corpus/model).
 
 Small valid GGUF v2/v3 files covering every value type, nested arrays, each supported tensor type
 and a non-default alignment, plus a few invalid ones that stop at different checks. The output is
-deterministic: running it again rewrites identical files. Usage: make_corpus.py [output-dir]
+deterministic: running it again rewrites identical files.
+Usage: make_corpus.py [gguf-dir [model-dir]]
 """
 import os
 import struct
@@ -43,6 +45,25 @@ def tensor_bytes(ttype, ne):
     return n // block * size
 
 
+def tensor_data(ttype, n, seed):
+    """n bytes of a tensor: small finite values (so a model built from them computes sensible
+    numbers), a fixed pattern for other types."""
+    vals = [((i * 37 + seed) % 101 - 50) / 200.0 for i in range(n)]
+    if ttype == T_F32:
+        return struct.pack("<%df" % (n // 4), *vals[:n // 4])
+    if ttype in (T_F16, T_BF16):
+        if ttype == T_F16:
+            return struct.pack("<%de" % (n // 2), *vals[:n // 2])
+        return b"".join(struct.pack("<f", v)[2:] for v in vals[:n // 2])
+    if ttype == T_Q8_0:
+        return b"".join(struct.pack("<e", 0.01) + bytes((i * 37 + j + seed) & 0xFF
+                                                        for j in range(32)) for i in range(n // 34))
+    if ttype == T_Q1_0:
+        return b"".join(struct.pack("<e", 0.02) + bytes((i * 91 + j * 37 + seed) & 0xFF
+                                                        for j in range(16)) for i in range(n // 18))
+    return bytes((i * 37 + seed) & 0xFF for i in range(n))
+
+
 def gguf(kvs=(), tensors=(), version=3, alignment=32):
     """kvs: (key, type, value); tensors: (name, type, ne). Data bytes follow a fixed pattern."""
     out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs))
@@ -54,7 +75,7 @@ def gguf(kvs=(), tensors=(), version=3, alignment=32):
         out += gstr(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne)
         out += struct.pack("<IQ", ttype, offset)
         n = tensor_bytes(ttype, ne)
-        data += b"\0" * (offset - len(data)) + bytes((i * 37 + len(name)) & 0xFF for i in range(n))
+        data += b"\0" * (offset - len(data)) + tensor_data(ttype, n, len(name))
         offset += n
     if tensors:
         out += b"\0" * (-len(out) % alignment) + data
@@ -118,15 +139,95 @@ def corpus():
     return files
 
 
+def byte_unicode():
+    """GPT-2's byte-to-unicode map: the token text of each byte in a byte-level BPE vocabulary."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def model_corpus():
+    """Small models the runtime can load and run, for the model fuzzer (corpus/model): a llama
+    with SentencePiece and F32/F16/Q8_0 weights, and a qwen3 with byte-level BPE, a chat
+    template's special tokens and Q1_0 weights."""
+    files = {}
+    # llama: 8-wide, 2 heads of 4 (1 kv head), ffn 16, 1 layer, SPM vocabulary with bytes
+    spm = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % b for b in range(256)] + \
+        ["\u2581the", "\u2581a", "e", "t", "\u2581"]
+    types = [2, 3, 3] + [6] * 256 + [1] * 5
+    E, H, KV, F, V = 8, 2, 1, 16, len(spm)
+    kvs = [
+        ("general.architecture", STRING, "llama"), ("llama.context_length", U32, 64),
+        ("llama.embedding_length", U32, E), ("llama.feed_forward_length", U32, F),
+        ("llama.block_count", U32, 1), ("llama.attention.head_count", U32, H),
+        ("llama.attention.head_count_kv", U32, KV), ("llama.rope.dimension_count", U32, E // H),
+        ("llama.attention.layer_norm_rms_epsilon", F32, 1e-5),
+        ("tokenizer.ggml.model", STRING, "llama"),
+        ("tokenizer.ggml.tokens", ARRAY, (STRING, spm)),
+        ("tokenizer.ggml.scores", ARRAY, (F32, [0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0])),
+        ("tokenizer.ggml.token_type", ARRAY, (I32, types)),
+        ("tokenizer.ggml.bos_token_id", U32, 1), ("tokenizer.ggml.eos_token_id", U32, 2),
+    ]
+    hd = E // H
+    tensors = [("token_embd.weight", T_F32, [E, V]), ("output_norm.weight", T_F32, [E]),
+               ("output.weight", T_F16, [E, V]),
+               ("blk.0.attn_norm.weight", T_F32, [E]), ("blk.0.attn_q.weight", T_F32, [E, H * hd]),
+               ("blk.0.attn_k.weight", T_F32, [E, KV * hd]),
+               ("blk.0.attn_v.weight", T_F32, [E, KV * hd]),
+               ("blk.0.attn_output.weight", T_F32, [H * hd, E]),
+               ("blk.0.ffn_norm.weight", T_F32, [E]), ("blk.0.ffn_gate.weight", T_F16, [E, F]),
+               ("blk.0.ffn_up.weight", T_F16, [E, F]), ("blk.0.ffn_down.weight", T_F32, [F, E])]
+    files["llama-spm.gguf"] = gguf(kvs, tensors)
+    # qwen3: 128-wide, 1 head of 128, ffn 128, 1 layer, byte-level BPE with a few merges
+    bu = byte_unicode()
+    toks = [bu[b] for b in range(256)] + ["he", "ll", "hell", "hello", "\u0120w"]
+    merges = ["h e", "l l", "he ll", "hell o", "\u0120 w"]
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    V = len(toks) + len(special)
+    E = 128
+    qk = [
+        ("general.architecture", STRING, "qwen3"), ("qwen3.context_length", U32, 64),
+        ("qwen3.embedding_length", U32, E), ("qwen3.feed_forward_length", U32, E),
+        ("qwen3.block_count", U32, 1), ("qwen3.attention.head_count", U32, 1),
+        ("qwen3.attention.head_count_kv", U32, 1), ("qwen3.attention.key_length", U32, 128),
+        ("qwen3.attention.value_length", U32, 128), ("qwen3.rope.freq_base", F32, 1e6),
+        ("qwen3.rope.scaling.type", STRING, "yarn"), ("qwen3.rope.scaling.factor", F32, 4.0),
+        ("qwen3.rope.scaling.original_context_length", U32, 32),
+        ("qwen3.attention.layer_norm_rms_epsilon", F32, 1e-6),
+        ("tokenizer.ggml.model", STRING, "gpt2"), ("tokenizer.ggml.pre", STRING, "qwen2"),
+        ("tokenizer.ggml.tokens", ARRAY, (STRING, toks + special)),
+        ("tokenizer.ggml.token_type", ARRAY, (I32, [1] * len(toks) + [3, 3, 3, 4, 4])),
+        ("tokenizer.ggml.merges", ARRAY, (STRING, merges)),
+        ("tokenizer.ggml.eos_token_id", U32, len(toks) + 2),
+        ("tokenizer.ggml.padding_token_id", U32, len(toks)),
+        ("tokenizer.ggml.add_bos_token", BOOL, 0),
+    ]
+    qt = [("token_embd.weight", T_Q1_0, [E, V]), ("output_norm.weight", T_F32, [E])]
+    for name, shape in [("attn_norm", [E]), ("attn_q", [E, 128]), ("attn_k", [E, 128]),
+                        ("attn_v", [E, 128]), ("attn_output", [128, E]), ("attn_q_norm", [128]),
+                        ("attn_k_norm", [128]), ("ffn_norm", [E]), ("ffn_gate", [E, E]),
+                        ("ffn_up", [E, E]), ("ffn_down", [E, E])]:
+        qt.append(("blk.0.%s.weight" % name, T_F32 if len(shape) == 1 else T_Q1_0, shape))
+    files["qwen3-bpe.gguf"] = gguf(qk, qt)
+    return files
+
+
 def main():
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "corpus", "gguf")
-    os.makedirs(out_dir, exist_ok=True)
-    for name, data in sorted(corpus().items()):
-        assert len(data) < 4096, name
-        with open(os.path.join(out_dir, name), "wb") as f:
-            f.write(data)
-        print(f"{name}: {len(data)} bytes")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "corpus", "gguf")
+    model_dir = sys.argv[2] if len(sys.argv) > 2 else os.path.join(here, "corpus", "model")
+    for d, files, limit in ((out_dir, corpus(), 4096), (model_dir, model_corpus(), 65536)):
+        os.makedirs(d, exist_ok=True)
+        for name, data in sorted(files.items()):
+            assert len(data) < limit, name
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+            print(f"{name}: {len(data)} bytes")
 
 
 if __name__ == "__main__":
