@@ -328,8 +328,14 @@ def test_embed_game():
     m = re.search(r"finished at frame (\d+) .*: cancelled, (\d+) tokens.*text arrived in (\d+) "
                   r"frames", out)
     check(m is not None, "generation not reported as cancelled", out)
-    # pieces reached the frame loop while it kept running: several frames got text
-    check(int(m.group(3)) >= 2, "all the text arrived in one frame: the frame loop blocked", out)
+    # pieces reached the frame loop while it kept running: several frames got text (when the
+    # machine was fast enough to produce two tokens within the budget: not under sanitizers)
+    if int(m.group(2)) >= 2:
+        check(int(m.group(3)) >= 2, "all the text arrived in one frame: the frame loop blocked",
+              out)
+    slowest = re.search(r"slowest frame ([0-9.]+) ms", out)
+    check(slowest is not None and float(slowest.group(1)) < 50, "a frame waited for the model",
+          out)
     check(int(m.group(1)) < 16 + 60, "the worker took more than a second to stop", out)
     # no budget: the trained model's story, streamed across frames, until the token limit
     out, _ = run("--frames", "0", "-n", "24", STORIES)

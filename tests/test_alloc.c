@@ -12,17 +12,6 @@
 
 #include <math.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
 typedef struct scenario {
     const char *path;
     bool json; /* with a JSON-constrained generation (a vocabulary with byte tokens) */

@@ -14,6 +14,18 @@
 
 #include "bonsai/bonsai.h"
 
+/* 1 in builds with AddressSanitizer (tests shrink their slowest loops there). */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
+
 /*
  * Path of a file of the shared test data (../shared/data, or BONSAI_TEST_DATA as set by
  * `meson test`). When the file is missing the test is skipped with a message, unless
