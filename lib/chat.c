@@ -3,6 +3,7 @@
  * the <think> parser, and a conversation kept in a session's KV cache.
  */
 #define _POSIX_C_SOURCE 200809L
+#include "handle.h"
 #include "session.h"
 #include "vocab.h"
 
@@ -291,6 +292,7 @@ void bonsai_chat_parse(const char *text, size_t len, const char **reasoning, siz
 /* ---- the chat object ---- */
 
 struct bonsai_chat {
+    uint32_t magic; /* BSI_MAGIC_CHAT (handle.h) */
     bonsai_session *s;
     uint32_t flags;
     char *system;
@@ -342,8 +344,10 @@ bonsai_status bonsai_chat_create(bonsai_session *session, const char *system_pro
     if (flags & ~(uint32_t)BONSAI_CHAT_ENABLE_THINKING)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_chat_create: unknown flags 0x%x",
                         flags);
+    if (!bsi_session_alive(session, "bonsai_chat_create")) return BONSAI_ERR_INVALID_ARGUMENT;
     bonsai_chat *c = bsi_calloc(1, sizeof *c);
     if (!c) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    c->magic = BSI_MAGIC_CHAT;
     c->s = session;
     c->flags = flags;
     bonsai_status st = set_system(c, system_prompt);
@@ -357,16 +361,18 @@ bonsai_status bonsai_chat_create(bonsai_session *session, const char *system_pro
 
 void bonsai_chat_free(bonsai_chat *c)
 {
-    if (!c) return;
+    if (!c || !bsi_handle_alive(&c->magic, BSI_MAGIC_CHAT, "bonsai_chat_free")) return;
     free(c->system);
     free(c->tokens);
     free(c->reply.data);
-    free(c);
+    bsi_handle_retire(c, &c->magic);
 }
 
 bonsai_status bonsai_chat_reset(bonsai_chat *c, const char *system_prompt)
 {
     if (!c) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_chat_reset: NULL");
+    if (!bsi_handle_alive(&c->magic, BSI_MAGIC_CHAT, "bonsai_chat_reset"))
+        return BONSAI_ERR_INVALID_ARGUMENT;
     return set_system(c, system_prompt);
 }
 
@@ -383,6 +389,8 @@ bonsai_status bonsai_chat_send(bonsai_chat *c, const char *user_message,
 {
     if (!c || !user_message)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_chat_send: NULL argument");
+    if (!bsi_handle_alive(&c->magic, BSI_MAGIC_CHAT, "bonsai_chat_send"))
+        return BONSAI_ERR_INVALID_ARGUMENT;
     bonsai_generate_params p;
     bonsai_generate_params_init(&p);
     if (params) {

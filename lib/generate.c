@@ -116,6 +116,7 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
 {
     if (!s || !prompt)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_generate_tokens: NULL argument");
+    if (!bsi_session_alive(s, "bonsai_generate_tokens")) return BONSAI_ERR_INVALID_ARGUMENT;
     if (!n_prompt)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                         "bonsai_generate_tokens: the prompt needs at least one token");

@@ -1,6 +1,7 @@
 /* Model loading and the model-level accessors. */
 #include "model.h"
 
+#include "handle.h"
 #include "vocab.h"
 
 #include <inttypes.h>
@@ -154,6 +155,7 @@ bonsai_status bonsai_model_load(const char *path, const bonsai_model_params *par
 
     bonsai_model *m = bsi_calloc(1, sizeof *m);
     if (!m) return bsi_fail(BONSAI_ERR_NO_MEMORY, "%s: out of memory", path);
+    m->magic = BSI_MAGIC_MODEL;
     atomic_init(&m->refs, 1);
     m->mem_cap = params->max_memory;
     atomic_init(&m->mem_used, 0);
@@ -318,11 +320,23 @@ void bsi_model_release(bonsai_model *model)
     bsi_gguf_free(model->gguf);
     bsi_file_close(&model->file);
     free(model->path);
-    free(model);
+    bsi_handle_retire(model, &model->magic);
 }
 
 void bonsai_model_free(bonsai_model *model)
 {
+    if (!model || !bsi_handle_alive(&model->magic, BSI_MAGIC_MODEL, "bonsai_model_free")) return;
+    if (BSI_CHECK_HANDLES) {
+        /* the caller's reference goes once: a second call would take a session's */
+        if (model->caller_released) {
+            bsi_log(BONSAI_LOG_ERROR, "bonsai_model_free: the model was already freed (its "
+                                      "sessions keep it alive)");
+            bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                     "bonsai_model_free: the model was already freed (its sessions keep it alive)");
+            return;
+        }
+        model->caller_released = true;
+    }
     bsi_model_release(model);
 }
 

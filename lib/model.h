@@ -22,6 +22,8 @@ typedef struct bsi_placement {
 } bsi_placement;
 
 struct bonsai_model {
+    uint32_t magic; /* BSI_MAGIC_MODEL (handle.h) */
+    bool caller_released; /* bonsai_model_free() was called (debug builds check it) */
     char *path;
     bsi_file file;
     bsi_gguf *gguf;

@@ -2,6 +2,8 @@
  * the seeded random generator. See sampler.h for how a chain runs. */
 #include "sampler.h"
 
+#include "handle.h"
+
 #include "internal.h"
 
 #include <math.h>
@@ -20,6 +22,7 @@ typedef struct vocab_max {
 } vocab_max;
 
 struct bonsai_sampler {
+    uint32_t magic; /* BSI_MAGIC_SAMPLER (handle.h) */
     uint64_t seed;
     uint64_t rng[4]; /* xoshiro256** */
     bsi_stage *stages;
@@ -691,6 +694,7 @@ bonsai_status bonsai_sampler_create(uint64_t seed, bonsai_sampler **out)
     *out = NULL;
     bonsai_sampler *s = bsi_calloc(1, sizeof *s);
     if (!s) return bsi_fail(BONSAI_ERR_NO_MEMORY, "bonsai_sampler_create: out of memory");
+    s->magic = BSI_MAGIC_SAMPLER;
     s->seed = seed;
     rng_seed(s);
     *out = s;
@@ -699,18 +703,20 @@ bonsai_status bonsai_sampler_create(uint64_t seed, bonsai_sampler **out)
 
 void bonsai_sampler_free(bonsai_sampler *s)
 {
-    if (!s) return;
+    if (!s || !bsi_handle_alive(&s->magic, BSI_MAGIC_SAMPLER, "bonsai_sampler_free")) return;
     for (size_t i = 0; i < s->n_stages; i++)
         if (s->stages[i].vt->free) s->stages[i].vt->free(s->stages[i].ctx);
     free(s->stages);
     free(s->cand);
     free(s->hist);
-    free(s);
+    bsi_handle_retire(s, &s->magic);
 }
 
 #define NEED_SAMPLER(fn)                                                                           \
     do {                                                                                           \
         if (!s) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, fn ": sampler is NULL");              \
+        if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SAMPLER, fn))                                   \
+            return BONSAI_ERR_INVALID_ARGUMENT;                                                    \
     } while (0)
 
 /* Adds a built-in stage whose ctx is a malloc'ed copy of `size` bytes at `init`. */
@@ -749,8 +755,8 @@ static bonsai_status check_temperature(const char *what, float t)
 static bonsai_status check_top_p(const char *what, float p)
 {
     if (!(p > 0) || isinf(p))
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s is %g; it must be above 0 (1 or more: off)",
-                        what, (double)p);
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                        "%s is %g; it must be above 0 (1 or more: off)", what, (double)p);
     return BONSAI_OK;
 }
 
@@ -1243,6 +1249,7 @@ bonsai_status bonsai_sampler_sample(bonsai_sampler *s, const float *logits, uint
                         !s        ? "sampler"
                         : !logits ? "logits"
                                   : "token");
+    if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SAMPLER, fn)) return BONSAI_ERR_INVALID_ARGUMENT;
     if (n_vocab == 0 || n_vocab > INT32_MAX)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: n_vocab is %u", fn, n_vocab);
     bonsai_status st = grow((void **)&s->cand, &s->cand_cap, n_vocab, sizeof *s->cand, n_vocab);

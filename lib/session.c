@@ -6,6 +6,7 @@
  */
 #include "session.h"
 
+#include "handle.h"
 #include "model.h"
 
 #include <inttypes.h>
@@ -23,6 +24,7 @@ typedef struct scratch {
 } scratch;
 
 struct bonsai_session {
+    uint32_t magic; /* BSI_MAGIC_SESSION (handle.h) */
     bonsai_model *model;
     uint64_t mem_cap;   /* bonsai_session_params.max_memory (0: none) */
     uint64_t mem_fixed; /* bytes of the KV cache and the token history */
@@ -168,6 +170,7 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
 
     bonsai_session *s = bsi_calloc(1, sizeof *s);
     if (!s) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    s->magic = BSI_MAGIC_SESSION;
     s->model = model;
     s->mem_cap = params->max_memory;
     s->mem_fixed = fixed;
@@ -202,7 +205,7 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
 
 void bonsai_session_free(bonsai_session *s)
 {
-    if (!s) return;
+    if (!s || !bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, "bonsai_session_free")) return;
     if (s->be) {
         for (uint32_t l = 0; s->k_cache && l < s->a->n_layer; l++) {
             if (s->k_cache[l]) s->be->vt->free(s->be, s->k_cache[l]);
@@ -217,7 +220,7 @@ void bonsai_session_free(bonsai_session *s)
     free(s->pos);
     free(s->history);
     bsi_model_release(s->model);
-    free(s);
+    bsi_handle_retire(s, &s->magic);
 }
 
 /* A run of the batch's tokens that belongs to one session: tokens [first, first + n) go to the
@@ -335,6 +338,8 @@ bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint
 {
     if (!s || (!tokens && n_tokens))
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_session_eval: NULL argument");
+    if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, "bonsai_session_eval"))
+        return BONSAI_ERR_INVALID_ARGUMENT;
     if (n_tokens == 0) return BONSAI_OK;
     int64_t n_rows = flags & BONSAI_EVAL_ALL_LOGITS ? n_tokens : 1;
     bonsai_status st = prepare_batch(s, tokens, n_tokens, n_rows, true);
@@ -356,6 +361,8 @@ bonsai_status bonsai_embed(bonsai_session *s, const int32_t *tokens, uint32_t n_
 {
     if (!s || !tokens || !out || !n_tokens)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_embed: NULL argument or no tokens");
+    if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, "bonsai_embed"))
+        return BONSAI_ERR_INVALID_ARGUMENT;
     uint32_t E = s->a->n_embd;
     if (out_dim != E)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
@@ -444,6 +451,11 @@ void bsi_session_stop_on_cancel(bonsai_session *s, bool on)
     s->stop_on_cancel = on;
 }
 
+bool bsi_session_alive(const bonsai_session *s, const char *fn)
+{
+    return bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn);
+}
+
 const bonsai_model *bsi_session_model(const bonsai_session *s)
 {
     return s->model;
@@ -460,6 +472,7 @@ bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items
     for (uint32_t i = 0; i < n_items; i++) {
         bonsai_session *s = items[i].session;
         if (!s) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: item %u has no session", fn, i);
+        if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn)) return BONSAI_ERR_INVALID_ARGUMENT;
         if (s->model != lead->model || s->w != lead->w)
             return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                             "%s: item %u: every session of a batch must run the same model on the "

@@ -11,6 +11,8 @@ bool bsi_session_take_cancel(bonsai_session *s);
 /* While on, evaluations of more than one token check for a cancel request between layers and
  * fail with BONSAI_ERR_ABORTED (the cache is left as it was). */
 void bsi_session_stop_on_cancel(bonsai_session *s, bool on);
+/* Whether s is a live session (handle.h; always true in release builds); records the error. */
+bool bsi_session_alive(const bonsai_session *s, const char *fn);
 /* The session's model. */
 const bonsai_model *bsi_session_model(const bonsai_session *s);
 

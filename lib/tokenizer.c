@@ -5,6 +5,7 @@
  */
 #include "vocab_impl.h"
 
+#include "handle.h"
 #include "model.h"
 #include "utf8.h"
 
@@ -262,6 +263,7 @@ bool bonsai_token_is_control(const bonsai_model *model, int32_t token)
 /* ---- streaming ---- */
 
 struct bonsai_detokenizer {
+    uint32_t magic;      /* BSI_MAGIC_DETOK (handle.h) */
     bonsai_model *model; /* a reference: the vocabulary lives with it */
     const bsi_vocab *v;
     uint32_t flags;
@@ -291,6 +293,7 @@ bonsai_status bonsai_detokenizer_create(const bonsai_model *model, uint32_t flag
     if (st) return st;
     bonsai_detokenizer *d = bsi_calloc(1, sizeof *d);
     if (!d) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    d->magic = BSI_MAGIC_DETOK;
     d->model = (bonsai_model *)model;
     bsi_model_retain(d->model);
     d->v = v;
@@ -320,6 +323,8 @@ bonsai_status bonsai_detokenizer_push(bonsai_detokenizer *d, int32_t token, cons
     if (text) *text = NULL;
     if (!d || !text || !len)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_detokenizer_push: NULL argument");
+    if (!bsi_handle_alive(&d->magic, BSI_MAGIC_DETOK, "bonsai_detokenizer_push"))
+        return BONSAI_ERR_INVALID_ARGUMENT;
     bonsai_status st = check_token(d->v, token, "bonsai_detokenizer_push");
     if (st) return st;
     size_t n;
@@ -375,9 +380,9 @@ void bonsai_detokenizer_flush(bonsai_detokenizer *d, const char **text, size_t *
 
 void bonsai_detokenizer_free(bonsai_detokenizer *d)
 {
-    if (!d) return;
+    if (!d || !bsi_handle_alive(&d->magic, BSI_MAGIC_DETOK, "bonsai_detokenizer_free")) return;
     bsi_model_release(d->model);
     free(d->in);
     free(d->out);
-    free(d);
+    bsi_handle_retire(d, &d->magic);
 }
