@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`bonsai info` on real files and on broken ones: right output, clean failures, never a crash."""
+"""The `bonsai` tool: every command on real files and on broken ones (right output, clean failures,
+never a crash), its option parser and help pages, and its progress bars."""
 import os
 import random
 import shutil
@@ -25,6 +26,31 @@ def data(name):
 def run(*args):
     return subprocess.run([BONSAI, *args], capture_output=True, text=True, errors="replace",
                           timeout=120)
+
+
+def run_pty(*args, stdout_pty=False):
+    """Runs bonsai with standard error on a pseudo-terminal (and standard output too when
+    stdout_pty): (exit code, what the terminal showed, stdout when it was a pipe)."""
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen([BONSAI, *args], stdin=subprocess.DEVNULL,
+                         stdout=slave if stdout_pty else subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    shown = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the program closed the terminal (it exited)
+            break
+        if not chunk:
+            break
+        shown.append(chunk)
+    os.close(master)
+    out = p.stdout.read().decode(errors="replace") if p.stdout else ""
+    if p.stdout:
+        p.stdout.close()
+    p.wait(timeout=120)
+    return p.returncode, b"".join(shown).decode(errors="replace"), out
 
 
 class Info(unittest.TestCase):
@@ -63,7 +89,7 @@ class Info(unittest.TestCase):
         self.assertEqual(run("info", "--bogus", "x").returncode, 2)
         r = run("info", "--help")
         self.assertEqual(r.returncode, 0)
-        self.assertIn("usage: bonsai info", r.stdout)
+        self.assertIn("SYNOPSIS\n    bonsai info ", r.stdout)
         r = run("version")
         self.assertEqual(r.returncode, 0)
         self.assertIn("bonsai ", r.stdout)
@@ -348,7 +374,7 @@ class Synth(unittest.TestCase):
         self.assertFalse(os.path.exists(out))
         r = run("synth", "--help")
         self.assertEqual(r.returncode, 0)
-        self.assertIn("usage: bonsai synth", r.stdout)
+        self.assertIn("SYNOPSIS\n    bonsai synth ", r.stdout)
 
     def test_missing_or_bad_tokenizer(self):
         d = tempfile.mkdtemp(dir=self.dir)
@@ -633,7 +659,7 @@ class Tokenize(unittest.TestCase):
         self.assertEqual(run("tokenize", "-m", self.stories, "-f", path, "a").returncode, 2)
         r = run("tokenize", "--help")
         self.assertEqual(r.returncode, 0)
-        self.assertIn("usage: bonsai tokenize", r.stdout)
+        self.assertIn("SYNOPSIS\n    bonsai tokenize ", r.stdout)
         for args, needle in ((["-m", os.path.join(self.dir, "missing.gguf"), "a"], "missing.gguf"),
                              (["-m", data("hyllama-dummy.gguf"), "a"], "no tokenizer"),
                              (["-m", self.stories, "-f", os.path.join(self.dir, "nope")], "nope")):
@@ -642,6 +668,369 @@ class Tokenize(unittest.TestCase):
             self.assertTrue(r.stderr.startswith("bonsai tokenize: "), r.stderr)
             self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
             self.assertIn(needle, r.stderr)
+
+
+# Every option of every command (all names): True when it takes a value. The help pages must list
+# exactly these, and the parser must know each of them.
+GENERATE_OPTIONS = {
+    "-m": True, "--model": True, "-sys": True, "--system-prompt": True, "--think": False,
+    "-n": True, "--n-predict": True, "--temp": True, "--top-k": True, "--top-p": True,
+    "--min-p": True, "--repeat-penalty": True, "--repeat-last-n": True,
+    "--presence-penalty": True, "--frequency-penalty": True, "-s": True, "--seed": True,
+    "-c": True, "--ctx-size": True, "-t": True, "--threads": True, "--backend": True,
+    "--cache-type-k": True, "--kv-type": True, "--json": False, "--schema": True, "-r": True,
+    "--reverse-prompt": True, "--stop": True, "--stats": False,
+}
+OPTIONS = {
+    "info": {"--no-metadata": False, "--no-tensors": False, "--backends": False},
+    "quantize": {"--type": True, "--keep": False},
+    "bench-kernels": {"--json": False, "--threads": True, "--isa": True, "--quick": False,
+                      "--tokens": True},
+    "synth": {"--arch": True, "--shape": True, "--tokenizer": True, "-o": True, "--output": True,
+              "--seed": True, "--tokenizer-config": True, "--vocab-only": False,
+              "--threads": True},
+    "eval": {"-m": True, "--model": True, "--ids": True, "--logits": True, "--all": False,
+             "--perplexity": False, "-f": True, "--file": True, "-c": True, "--ctx-size": True,
+             "-t": True, "--threads": True, "--backend": True},
+    "bench": {"-m": True, "--model": True, "-p": True, "--n-prompt": True, "-n": True,
+              "--n-gen": True, "-r": True, "--repetitions": True, "-t": True, "--threads": True,
+              "--backend": True, "--sessions": True, "--json": False},
+    "run": dict(GENERATE_OPTIONS, **{"-p": True, "--prompt": True, "-f": True, "--file": True,
+                                     "--chat": False, "--special": False,
+                                     "--no-display-prompt": False}),
+    "chat": GENERATE_OPTIONS,
+    "tokenize": {"-m": True, "--model": True, "-f": True, "--file": True, "--special": False,
+                 "--no-bos": False, "--bench": False},
+    "version": {},
+    "help": {},
+}
+SECTIONS = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES"]
+
+
+def help_page(cmd):
+    """The page of `bonsai help CMD` as {section: text}, checking the sections' order."""
+    r = run("help", cmd)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr
+    sections, order = {}, []
+    for line in r.stdout.splitlines():
+        if line and not line[0].isspace():
+            order.append(line)
+            sections[line] = []
+        else:
+            sections[order[-1]].append(line)
+    expected = SECTIONS if cmd not in ("info", "quantize", "tokenize", "help") else \
+        SECTIONS[:3] + ["ARGUMENTS"] + SECTIONS[3:]
+    assert order == expected, (cmd, order)
+    return r.stdout, {k: "\n".join(v) for k, v in sections.items()}
+
+
+def option_blocks(options_text):
+    """{name: (placeholder or None, help text)} for every name of every option of a page."""
+    blocks, current = {}, None
+    for line in options_text.splitlines():
+        if line.startswith("    -"):
+            words = line.strip().split(", ")
+            last = words[-1].split(" ", 1)
+            value = last[1] if len(last) > 1 else None
+            current = words[:-1] + [last[0]]
+            for name in current:
+                blocks[name] = [value, ""]
+        elif current and line.startswith("        "):
+            for name in current:
+                blocks[name][1] += " " + line.strip()
+    return {k: (v[0], v[1].strip()) for k, v in blocks.items()}
+
+
+class Help(unittest.TestCase):
+    """bonsai help, bonsai help CMD, bonsai CMD --help: generated from the option tables."""
+
+    def test_list(self):
+        r = run("help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        listed = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("  ")]
+        self.assertEqual(listed, list(OPTIONS))
+        for alias in ("--help", "-h"):
+            self.assertEqual(run(alias).stdout, r.stdout)
+        bare = run()
+        self.assertEqual(bare.returncode, 2)
+        self.assertEqual(bare.stdout, "")
+        self.assertEqual(bare.stderr, r.stdout)
+        self.assertEqual(run("--version").stdout, run("version").stdout)
+
+    def test_pages(self):
+        for cmd, options in OPTIONS.items():
+            with self.subTest(cmd=cmd):
+                page, sections = help_page(cmd)
+                self.assertIn(f"bonsai {cmd} - ", sections["NAME"])
+                self.assertIn(f"    bonsai {cmd}", sections["SYNOPSIS"])
+                self.assertGreater(len(sections["DESCRIPTION"].split()), 15)
+                self.assertIn("        bonsai " + cmd, sections["EXAMPLES"])
+                codes = [line.split()[0] for line in sections["EXIT STATUS"].splitlines()
+                         if line.startswith("    ") and not line.startswith("     ")]
+                self.assertIn("0", codes)
+                self.assertIn("2", codes)
+                blocks = option_blocks(sections["OPTIONS"])
+                # exactly the options of the table, each with a help text, and a placeholder
+                # when it takes a value
+                self.assertEqual(set(blocks), set(options) | {"-h", "--help"})
+                for name, takes_value in options.items():
+                    value, text = blocks[name]
+                    self.assertEqual(value is not None, takes_value, name)
+                    self.assertTrue(text, name)
+                # --help and -h print the same page
+                for flag in ("--help", "-h"):
+                    r = run(cmd, flag)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertEqual(r.stdout, page)
+                # arguments are read in order: help before an error, an error before help
+                self.assertEqual(run(cmd, "--help", "--no-such-option").stdout, page)
+                self.assertEqual(run(cmd, "--no-such-option", "--help").returncode, 2)
+
+    def test_defaults_and_ranges(self):
+        def block(cmd, name):
+            return option_blocks(help_page(cmd)[1]["OPTIONS"])[name][1]
+        for cmd, name, text in (("run", "--temp", "default: 0.5"),
+                                ("run", "--top-k", "default: 20"),
+                                ("run", "--top-p", "default: 0.85"),
+                                ("run", "--min-p", "default: 0"),
+                                ("run", "--repeat-last-n", "default: 64"),
+                                ("run", "-n", "-1 to 1073741824"),
+                                ("run", "--kv-type", "one of f16, q8_0; default: f16"),
+                                ("run", "--stop", "at most 16"),
+                                ("chat", "-t", "0 to 1024"), ("run", "-m", "required"),
+                                ("bench", "-p", "default: 512"), ("bench", "-n", "default: 128"),
+                                ("bench", "-r", "1 to 1000; default: 5"),
+                                ("bench", "--sessions", "up to 16 values, each 1 to 1024"),
+                                ("eval", "-c", "2 to 1048576; default: 512"),
+                                ("bench-kernels", "--tokens", "2 to 4096; default: 512"),
+                                ("synth", "--shape", "one of tiny, 1.7b, 4b, 8b"),
+                                ("synth", "--seed", "default: 0"),
+                                ("quantize", "--type", "required; one of q1_0")):
+            with self.subTest(cmd=cmd, name=name):
+                self.assertIn(text, block(cmd, name))
+
+    def test_unknown(self):
+        for args in (["help", "no-such-command"], ["help", "run", "chat"], ["no-such-command"],
+                     ["help", "\x1b[2J"]):
+            r = run(*args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertEqual(r.stdout, "")
+            self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)
+            self.assertNotIn("\x1b", r.stderr)
+        self.assertIn("unknown command 'no-such-command'",
+                      run("help", "no-such-command").stderr)
+
+
+class Usage(unittest.TestCase):
+    """Usage errors: exit status 2, nothing on stdout, one line on stderr naming what is wrong."""
+
+    def usage_error(self, cmd, *args, needle=None):
+        r = run(cmd, *args)
+        self.assertEqual(r.returncode, 2, (cmd, args, r.stderr))
+        self.assertEqual(r.stdout, "", (cmd, args))
+        self.assertEqual(len(r.stderr.splitlines()), 1, (cmd, args, r.stderr))
+        self.assertTrue(r.stderr.startswith(f"bonsai {cmd}: "), r.stderr)
+        if needle:
+            self.assertIn(needle, r.stderr, (cmd, args))
+        return r.stderr
+
+    def test_unknown_option(self):
+        for cmd in OPTIONS:
+            self.usage_error(cmd, "--no-such-option", "x",
+                             needle="unknown option '--no-such-option'")
+            self.usage_error(cmd, "-Z", needle="'-Z'")
+
+    def test_missing_value(self):
+        # the value is missing when the option is last: every name of every option is known
+        for cmd, options in OPTIONS.items():
+            for name, takes_value in options.items():
+                if takes_value:
+                    self.usage_error(cmd, name, needle=f"missing value for {name}")
+                elif name.startswith("--"):
+                    self.usage_error(cmd, name + "=1", needle=f"{name} takes no value")
+
+    def test_bad_values(self):
+        m = ["-m", "model.gguf"]
+        for cmd, args, needle in (
+                ("run", m + ["-p", "x", "-n", "-2"], "bad value '-2' for -n"),
+                ("run", m + ["-p", "x", "--n-predict", "1073741825"], "for --n-predict"),
+                ("run", m + ["-p", "x", "--top-k", "abc"], "bad value 'abc' for --top-k"),
+                ("run", m + ["-p", "x", "--top-k", "-1"], "for --top-k"),
+                ("run", m + ["-p", "x", "--temp", "nan"], "bad value 'nan' for --temp"),
+                ("run", m + ["-p", "x", "--temp", "inf"], "for --temp"),
+                ("run", m + ["-p", "x", "--top-p", "0.5x"], "for --top-p"),
+                ("run", m + ["-p", "x", "--repeat-last-n", "-2"], "for --repeat-last-n"),
+                ("run", m + ["-p", "x", "-c", "1048577"], "for -c"),
+                ("run", m + ["-p", "x", "--seed", "-1"], "bad value '-1' for --seed"),
+                ("run", m + ["-p", "x", "-s", "18446744073709551616"], "for -s"),
+                ("run", m + ["-p", "x", "--kv-type", "q4_0"], "expected one of f16, q8_0"),
+                ("chat", m + ["-t", "1025"], "bad value '1025' for -t"),
+                ("chat", m + ["--threads", " 4"], "for --threads"),
+                ("chat", m + ["--cache-type-k", "bf16"], "for --cache-type-k"),
+                ("eval", m + ["--ids", "1", "-c", "1"], "bad value '1' for -c"),
+                ("eval", m + ["--ids", "1", "-t", "-1"], "for -t"),
+                ("eval", m + ["--ids", "1 -5"], "--ids"),
+                ("bench", m + ["-r", "0"], "bad value '0' for -r"),
+                ("bench", m + ["-p", "65537"], "for -p"),
+                ("bench", m + ["-n", "x"], "for -n"),
+                ("bench", m + ["--sessions", "0"], "for --sessions"),
+                ("bench", m + ["--sessions", "1,,4"], "for --sessions"),
+                ("bench", m + ["--sessions", ",".join(["1"] * 17)], "up to 16"),
+                ("bench", m + ["-p", "0", "-n", "0"], "nothing to do"),
+                ("bench-kernels", ["--threads", "0"], "bad value '0' for --threads"),
+                ("bench-kernels", ["--threads", "257"], "1 to 256"),
+                ("bench-kernels", ["--tokens", "1"], "for --tokens"),
+                ("synth", ["--threads", "300"], "for --threads"),
+                ("synth", ["--seed", "x"], "bad value 'x' for --seed"),
+                ("synth", ["--shape", "2b"], "expected one of tiny, 1.7b, 4b, 8b"),
+                ("synth", ["--arch", "llama"], "bad value 'llama' for --arch"),
+                ("quantize", ["a", "b", "--type", "q4_0"], "bad value 'q4_0' for --type"),
+                ("info", ["a.gguf", "b.gguf"], "unexpected argument 'b.gguf'"),
+                ("info", ["--backends", "a.gguf"], "--backends"),
+                ("info", [], "missing MODEL.gguf"),
+                ("quantize", ["a", "--type", "q1_0"], "missing OUT.gguf"),
+                ("quantize", ["a", "b"], "missing required option --type"),
+                ("tokenize", ["x"], "missing required option --model MODEL"),
+                ("tokenize", m + ["a", "b"], "unexpected argument 'b'"),
+                ("tokenize", m, "missing TEXT or -f FILE"),
+                ("run", m, "missing -p PROMPT or -f FILE"),
+                ("run", m + ["-p", "x", "--json", "--schema", "s.json"], "exclude"),
+                ("version", ["extra"], "unexpected argument 'extra'"),
+                ("help", ["run", "chat"], "unexpected argument 'chat'")):
+            with self.subTest(cmd=cmd, args=args):
+                self.usage_error(cmd, *args, needle=needle)
+
+    def test_stop_capacity(self):
+        stops = [a for i in range(17) for a in ("--stop", f"s{i}")]
+        self.usage_error("run", "-m", "m.gguf", "-p", "x", *stops, needle="at most 16")
+
+    def test_hostile_values_stay_on_one_line(self):
+        err = self.usage_error("run", "-m", "m", "-p", "x", "--top-k", "1\n\x1b[31m2" + "9" * 200)
+        self.assertNotIn("\x1b", err)
+        self.assertIn("\\x0a\\x1b[31m2", err)
+        self.assertLess(len(err), 200)
+
+
+class Parser(unittest.TestCase):
+    """The syntax the parser accepts, through commands that run."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stories = data("stories260K.gguf")
+
+    def test_forms(self):
+        base = run("run", "-m", self.stories, "-p", "Once upon a time", "-n", "12", "--temp", "0")
+        self.assertEqual(base.returncode, 0, base.stderr)
+        for args in (["--model=" + self.stories, "--prompt=Once upon a time", "--n-predict=12",
+                      "--temp=0"],
+                     # options in any order; a repeated option: the last one counts
+                     ["--temp", "1", "-n", "3", "-p", "Once upon a time", "-m", self.stories,
+                      "-n", "12", "--temp", "0"],
+                     ["-m", self.stories, "-p", "Once upon a time", "-n", "12", "--temp", "-1",
+                      "--kv-type", "F16", "--repeat-last-n", "-1"]):
+            r = run("run", *args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, base.stdout, args)
+        # a value that looks like an option is a value
+        r = run("run", "-m", self.stories, "-p", "--help", "-n", "1", "--temp", "0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("--help"), r.stdout)
+        # options after the file, and "--"
+        r = run("info", self.stories, "--no-metadata", "--no-tensors")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout.splitlines()), 10, r.stdout)
+        r = run("info", "--no-tensors", "--", "--no-metadata")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--no-metadata", r.stderr)
+
+    def test_sessions_list(self):
+        import json
+        r = run("bench", "-m", self.stories, "-p", "0", "-n", "4", "-r", "1", "--sessions",
+                "1, 3", "--json", "-t", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual([row.get("sessions") for row in rows], [None, 1, 3])
+
+
+class Progress(unittest.TestCase):
+    """Progress bars on standard error when it is a terminal, never otherwise."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="bonsai-progress-")
+        cls.stories = data("stories260K.gguf")
+        cls.story = os.path.join(cls.dir, "story.txt")
+        r = run("run", "-m", cls.stories, "-p", "Once upon a time", "-n", "300", "--temp", "0",
+                "-c", "512")
+        assert r.returncode == 0, r.stderr
+        with open(cls.story, "w") as f:
+            f.write(r.stdout)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def bar(self, label, args, pty_stdout=False):
+        code, shown, out = run_pty(*args, stdout_pty=pty_stdout)
+        self.assertEqual(code, 0, shown)
+        self.assertIn(f"\r{label} [", shown)
+        self.assertIn(f"\r{label} [{'#' * 30}] 100%", shown)
+        # and none when standard error is not a terminal
+        r = run(*args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("\r", r.stderr)
+        self.assertNotIn(f"{label} [", r.stderr)
+        return shown, out, r
+
+    def test_model_load(self):
+        m = self.stories
+        for args in (["info", "--no-metadata", "--no-tensors", m],
+                     ["run", "-m", m, "-p", "Once", "-n", "4", "--temp", "0"],
+                     ["eval", "-m", m, "--ids", "1 403"],
+                     ["bench", "-m", m, "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
+                     ["tokenize", "-m", m, "Once"]):
+            with self.subTest(cmd=args[0]):
+                shown, out, plain = self.bar("load", args)
+                if args[0] != "bench":  # (times differ)
+                    self.assertEqual(out, plain.stdout)
+                self.assertEqual(plain.stderr, "")
+        # chat loads too (its messages from a pipe)
+        shown, out, _ = self.bar("load", ["chat", "-m", m, "-n", "2", "--seed", "1"])
+
+    def test_not_when_only_stdout_is_a_terminal(self):
+        import pty
+        master, slave = pty.openpty()
+        p = subprocess.run([BONSAI, "info", "--no-metadata", "--no-tensors", self.stories],
+                           stdout=slave, stderr=subprocess.PIPE, timeout=120)
+        os.close(slave)
+        os.close(master)
+        self.assertEqual(p.returncode, 0)
+        self.assertEqual(p.stderr, b"")
+
+    def test_perplexity(self):
+        args = ["eval", "-m", self.stories, "-f", self.story, "--perplexity", "-c", "64"]
+        shown, out, plain = self.bar("perplexity", args)
+        import re
+        def untimed(text):
+            return re.sub(r"scored, [0-9.]+ s\)", "scored)", text)
+        self.assertEqual(untimed(out), untimed(plain.stdout))  # the per-chunk line as it comes
+        self.assertIn("[1]", out)
+        self.assertIn("\rperplexity [#######", shown)  # 25%: one chunk of four
+        # both on one terminal: the per-chunk line comes after the bar
+        code, shown, _ = run_pty(*args, stdout_pty=True)
+        self.assertEqual(code, 0, shown)
+        self.assertLess(shown.index(f"perplexity [{'#' * 30}] 100%"), shown.index("[1]"))
+        self.assertIn("PPL = ", shown)
+
+    def test_quantize(self):
+        out = os.path.join(self.dir, "q.gguf")
+        self.bar("quantize", ["quantize", self.stories, out, "--type", "q1_0", "--keep"])
+
+    def test_synth(self):
+        out = os.path.join(self.dir, "tiny.gguf")
+        self.bar("synth", ["synth", "--arch", "qwen3", "--shape", "tiny", "--tokenizer",
+                           data("qwen3-tokenizer.json"), "-o", out, "--threads", "2"])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 
 #include "bonsai/bonsai.h"
 
+#include "args.h"
+
 #include <stdio.h>
 
 /* Prints "bonsai CMD: <last error> (<status>)" to stderr and returns the exit code 1. */
@@ -18,14 +20,12 @@ void cli_print_escaped(FILE *f, const char *s, uint64_t len, uint64_t max);
 void cli_progress_begin(bonsai_progress_fn *fn, void **user_data, const char *label);
 void cli_progress_end(void);
 
-int cmd_info(int argc, char **argv);
-int cmd_quantize(int argc, char **argv);
-int cmd_bench_kernels(int argc, char **argv);
-int cmd_synth(int argc, char **argv);
-int cmd_eval(int argc, char **argv);
-int cmd_bench(int argc, char **argv);
-int cmd_run(int argc, char **argv);
-int cmd_chat(int argc, char **argv);
-int cmd_tokenize(int argc, char **argv);
+/* bonsai_model_load with a progress bar ("load") on stderr when it is a terminal. */
+bonsai_status cli_load_model(const char *path, bonsai_model **out);
+
+/* The commands (each in its own file). */
+extern const cli_command cli_info_command, cli_quantize_command, cli_bench_kernels_command,
+    cli_synth_command, cli_eval_command, cli_bench_command, cli_run_command, cli_chat_command,
+    cli_tokenize_command;
 
 #endif

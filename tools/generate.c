@@ -2,8 +2,11 @@
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 
+#include "internal.h"
+
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -11,17 +14,259 @@
 
 #define MAX_STOP 16
 
-/* Options shared by run and chat. */
+/* Options of run and chat (chat has no prompt options). */
 typedef struct gen_opts {
     const char *model, *prompt, *prompt_file, *schema_file, *system, *backend;
     const char *stop[MAX_STOP];
     uint32_t n_stop;
-    long n_predict; /* -1: until the end */
-    bonsai_sampler_params sp;
-    bool seed_set, json, chat, think, stats, special, echo;
-    long n_ctx, threads;
-    uint32_t kv_type;
+    int64_t n_predict; /* -1: until the end */
+    int64_t top_k, repeat_last_n, n_ctx, threads;
+    float temp, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
+    uint64_t seed;
+    bool seed_set; /* --seed was given */
+    int kv_type;   /* index in kv_types */
+    bool json, chat, think, stats, special, no_display_prompt;
 } gen_opts;
+
+static const char *const kv_types[] = {"f16", "q8_0", NULL};
+static const uint32_t kv_type_values[] = {BONSAI_TENSOR_F16, BONSAI_TENSOR_Q8_0};
+
+static int cmd_run(int argc, char **argv);
+static int cmd_chat(int argc, char **argv);
+
+/* The options run and chat share, in the order of the help page. */
+#define OPTION_MODEL                                                                               \
+    {                                                                                              \
+        .names = "-m, --model", .value = "MODEL", .kind = CLI_STRING,                              \
+        .offset = offsetof(gen_opts, model), .required = true, .help = "The GGUF model."           \
+    }
+#define OPTIONS_COMMON                                                                             \
+    {.names = "-sys, --system-prompt",                                                             \
+     .value = "TEXT",                                                                              \
+     .kind = CLI_STRING,                                                                           \
+     .offset = offsetof(gen_opts, system),                                                         \
+     .help = "The system prompt of the chat format."},                                             \
+        {.names = "--think",                                                                       \
+         .kind = CLI_FLAG,                                                                         \
+         .offset = offsetof(gen_opts, think),                                                      \
+         .help = "Let the model think before it answers (the chat format's thinking mode)."},      \
+        {.names = "-n, --n-predict",                                                               \
+         .value = "N",                                                                             \
+         .kind = CLI_INT,                                                                          \
+         .offset = offsetof(gen_opts, n_predict),                                                  \
+         .min = -1,                                                                                \
+         .max = 1 << 30,                                                                           \
+         .def = "-1, until the model ends or the context is full",                                 \
+         .help = "The most tokens generated (per reply in a chat)."},                              \
+        {.names = "--temp",                                                                        \
+         .value = "T",                                                                             \
+         .kind = CLI_FLOAT,                                                                        \
+         .offset = offsetof(gen_opts, temp),                                                       \
+         .def = "0.5",                                                                             \
+         .help = "The sampling temperature; 0 or less is greedy."},                                \
+        {.names = "--top-k",                                                                       \
+         .value = "K",                                                                             \
+         .kind = CLI_INT,                                                                          \
+         .offset = offsetof(gen_opts, top_k),                                                      \
+         .min = 0,                                                                                 \
+         .max = 1 << 30,                                                                           \
+         .def = "20",                                                                              \
+         .help = "Sample from the K most likely tokens; 0 is off."},                               \
+        {.names = "--top-p",                                                                       \
+         .value = "P",                                                                             \
+         .kind = CLI_FLOAT,                                                                        \
+         .offset = offsetof(gen_opts, top_p),                                                      \
+         .def = "0.85",                                                                            \
+         .help = "Nucleus sampling: the smallest set of tokens whose probabilities reach P; 1 "    \
+                 "or more is off."},                                                               \
+        {.names = "--min-p",                                                                       \
+         .value = "P",                                                                             \
+         .kind = CLI_FLOAT,                                                                        \
+         .offset = offsetof(gen_opts, min_p),                                                      \
+         .def = "0",                                                                               \
+         .help = "Drop tokens less likely than P times the most likely one; 0 is off."},           \
+        {.names = "--repeat-penalty",                                                              \
+         .value = "R",                                                                             \
+         .kind = CLI_FLOAT,                                                                        \
+         .offset = offsetof(gen_opts, repeat_penalty),                                             \
+         .def = "1, off",                                                                          \
+         .help = "Divide the positive logits of recent tokens by R and multiply the negative "     \
+                 "ones."},                                                                         \
+        {.names = "--repeat-last-n",                                                               \
+         .value = "N",                                                                             \
+         .kind = CLI_INT,                                                                          \
+         .offset = offsetof(gen_opts, repeat_last_n),                                              \
+         .min = -1,                                                                                \
+         .max = 1 << 20,                                                                           \
+         .def = "64",                                                                              \
+         .help = "The recent tokens the penalties look at; -1 is the whole context."},             \
+        {.names = "--presence-penalty",                                                            \
+         .value = "P",                                                                             \
+         .kind = CLI_FLOAT,                                                                        \
+         .offset = offsetof(gen_opts, presence_penalty),                                           \
+         .def = "0",                                                                               \
+         .help = "Subtract P from the logit of every recent token."},                              \
+        {.names = "--frequency-penalty",                                                           \
+         .value = "P",                                                                             \
+         .kind = CLI_FLOAT,                                                                        \
+         .offset = offsetof(gen_opts, frequency_penalty),                                          \
+         .def = "0",                                                                               \
+         .help = "Subtract P times its count from the logit of every recent token."},              \
+        {.names = "-s, --seed",                                                                    \
+         .value = "S",                                                                             \
+         .kind = CLI_U64,                                                                          \
+         .offset = offsetof(gen_opts, seed),                                                       \
+         .def = "random",                                                                          \
+         .help = "The seed of the sampler: the same seed, model and options give the same "        \
+                 "text."},                                                                         \
+        {.names = "-c, --ctx-size",                                                                \
+         .value = "N",                                                                             \
+         .kind = CLI_INT,                                                                          \
+         .offset = offsetof(gen_opts, n_ctx),                                                      \
+         .min = 0,                                                                                 \
+         .max = 1 << 20,                                                                           \
+         .def = "0, the model's context length, at most 4096",                                     \
+         .help = "The context: the most tokens of prompt and output together."},                   \
+        {.names = "-t, --threads",                                                                 \
+         .value = "N",                                                                             \
+         .kind = CLI_INT,                                                                          \
+         .offset = offsetof(gen_opts, threads),                                                    \
+         .min = 0,                                                                                 \
+         .max = 1024,                                                                              \
+         .def = "0, one per physical core",                                                        \
+         .help = "Threads of the CPU backend."},                                                   \
+        {.names = "--backend",                                                                     \
+         .value = "NAME",                                                                          \
+         .kind = CLI_STRING,                                                                       \
+         .offset = offsetof(gen_opts, backend),                                                    \
+         .def = "auto",                                                                            \
+         .help = "Where it runs: auto, cpu, cuda or cuda:N."},                                     \
+        {.names = "--cache-type-k, --kv-type",                                                     \
+         .value = "TYPE",                                                                          \
+         .kind = CLI_CHOICE,                                                                       \
+         .offset = offsetof(gen_opts, kv_type),                                                    \
+         .choices = kv_types,                                                                      \
+         .def = "f16",                                                                             \
+         .help = "The type of the KV cache."},                                                     \
+        {.names = "--json",                                                                        \
+         .kind = CLI_FLAG,                                                                         \
+         .offset = offsetof(gen_opts, json),                                                       \
+         .help = "Constrain the output to a JSON object."},                                        \
+        {.names = "--schema",                                                                      \
+         .value = "FILE",                                                                          \
+         .kind = CLI_STRING,                                                                       \
+         .offset = offsetof(gen_opts, schema_file),                                                \
+         .help = "Constrain the output to the JSON Schema in FILE (a subset: see the API "         \
+                 "guide); excludes --json."},                                                      \
+        {.names = "-r, --reverse-prompt, --stop",                                                  \
+         .value = "TEXT",                                                                          \
+         .kind = CLI_LIST,                                                                         \
+         .offset = offsetof(gen_opts, stop),                                                       \
+         .count_offset = offsetof(gen_opts, n_stop),                                               \
+         .capacity = MAX_STOP,                                                                     \
+         .help = "End the output before TEXT."},                                                   \
+    {                                                                                              \
+        .names = "--stats", .kind = CLI_FLAG, .offset = offsetof(gen_opts, stats),                 \
+        .help = "Print token counts and speeds to standard error (after each reply in a chat)."    \
+    }
+
+static const cli_option run_options[] = {
+    OPTION_MODEL,
+    {.names = "-p, --prompt",
+     .value = "PROMPT",
+     .kind = CLI_STRING,
+     .offset = offsetof(gen_opts, prompt),
+     .help = "The prompt (or -f)."},
+    {.names = "-f, --file",
+     .value = "FILE",
+     .kind = CLI_STRING,
+     .offset = offsetof(gen_opts, prompt_file),
+     .help = "Read the prompt from FILE (or -p)."},
+    {.names = "--chat",
+     .kind = CLI_FLAG,
+     .offset = offsetof(gen_opts, chat),
+     .help = "Wrap the prompt in the model's chat format as a user message."},
+    {.names = "--special",
+     .kind = CLI_FLAG,
+     .offset = offsetof(gen_opts, special),
+     .help = "Let the prompt contain special tokens such as <|im_start|>."},
+    {.names = "--no-display-prompt",
+     .kind = CLI_FLAG,
+     .offset = offsetof(gen_opts, no_display_prompt),
+     .help = "Do not print a plain prompt before its continuation."},
+    OPTIONS_COMMON,
+};
+
+static const cli_option chat_options[] = {OPTION_MODEL, OPTIONS_COMMON};
+
+const cli_command cli_run_command = {
+    .name = "run",
+    .summary = "generate text from a prompt, streamed (JSON output optional)",
+    .synopsis = "-m MODEL (-p PROMPT | -f FILE) [-n N] [--temp T] [--top-k K] [--top-p P] "
+                "[--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--presence-penalty P] "
+                "[--frequency-penalty P] [--seed S] [-c N] [-t N] [--backend NAME] "
+                "[--kv-type f16|q8_0] [--json | --schema FILE] [--chat] [--think] [-sys TEXT] "
+                "[--stop TEXT]... [--special] [--no-display-prompt] [--stats]",
+    .description =
+        "Generates a continuation of PROMPT and streams it to standard output as it comes "
+        "(whole UTF-8 characters only). Option names follow llama.cpp's llama-cli.\n\n"
+        "Sampling defaults are PrismML's for Bonsai: --temp 0.5 --top-k 20 --top-p 0.85 --min-p "
+        "0, no penalties; --temp 0 is greedy; without --seed the seed is random. The chain is: "
+        "the JSON constraint, penalties, top-k, top-p, min-p, temperature, the draw.\n\n"
+        "--chat wraps the prompt in the model's chat format as a user message (with -sys as the "
+        "system prompt); thinking is off unless --think. --json constrains the output to a JSON "
+        "object, --schema FILE to a JSON Schema; generation then ends when the document is "
+        "complete, and the document is finished within -n and the context.\n\n"
+        "A plain prompt is printed before its continuation (not with --chat, --json, --schema or "
+        "--no-display-prompt). While the model loads, a progress bar is drawn on standard error "
+        "when it is a terminal. Ctrl-C stops the generation; what was generated stays printed.",
+    .options = run_options,
+    .n_options = sizeof run_options / sizeof run_options[0],
+    .exit_status = "0\tthe text was generated (also when stopped by Ctrl-C)\n"
+                   "1\tthe model could not be loaded or run, the prompt does not fit the context, "
+                   "a file could not be read (one line on standard error)\n"
+                   "2\ta usage error (one line on standard error)",
+    .examples = "Greedy, 60 tokens:\n"
+                "$ bonsai run -m stories260K.gguf -p \"Once upon a time\" -n 60 --temp 0\n"
+                "A JSON answer in the chat format:\n"
+                "$ bonsai run -m Bonsai-1.7B.gguf --chat --json -p \"Describe a cat as JSON.\"\n"
+                "A prompt from a file, stopping at \"The End\", with speeds:\n"
+                "$ bonsai run -m model.gguf -f prompt.txt --stop \"The End\" --stats",
+    .opts_size = sizeof(gen_opts),
+    .run = cmd_run,
+};
+
+const cli_command cli_chat_command = {
+    .name = "chat",
+    .summary = "talk with a model, multi-turn, in the terminal",
+    .synopsis = "-m MODEL [-sys TEXT] [--think] [-n N] [--temp T] [--top-k K] [--top-p P] "
+                "[--min-p P] [--repeat-penalty R] [--seed S] [-c N] [-t N] [--backend NAME] "
+                "[--json | --schema FILE] [--stop TEXT]... [--stats]",
+    .description =
+        "Talk with the model. Each line you type is a message (end a line with \\ to go on to "
+        "the next); the conversation stays in the model's cache, so each turn only evaluates the "
+        "new message. The sampling options are those of bonsai run.\n\n"
+        "Commands: /reset forgets the conversation (keeping the system prompt); /system TEXT sets "
+        "the system prompt (empty: none) and starts over; /exit or /quit leaves; //text sends a "
+        "message that starts with /. Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt "
+        "leaves.\n\n"
+        "When the conversation no longer fits the context, the turn fails with a message and the "
+        "conversation is kept: /reset, or use a larger -c. While the model loads, a progress bar "
+        "is drawn on standard error when it is a terminal.",
+    .options = chat_options,
+    .n_options = sizeof chat_options / sizeof chat_options[0],
+    .exit_status =
+        "0\tthe conversation ended (end of input, /exit)\n"
+        "1\tthe model could not be loaded, or a turn failed other than by a full context "
+        "(one line on standard error)\n"
+        "2\ta usage error (one line on standard error)",
+    .examples = "A conversation with a system prompt:\n"
+                "$ bonsai chat -m Bonsai-1.7B.gguf -sys \"You are terse.\" --stats\n"
+                "Messages from a file, one per line:\n"
+                "$ bonsai chat -m model.gguf -n 64 --seed 1 < questions.txt",
+    .opts_size = sizeof(gen_opts),
+    .run = cmd_chat,
+};
 
 static bonsai_session *volatile g_session; /* for the SIGINT handler */
 
@@ -46,139 +291,20 @@ static void catch_sigint(void)
 
 static void opts_init(gen_opts *o)
 {
+    bonsai_sampler_params sp;
+    bonsai_sampler_params_init(&sp);
     memset(o, 0, sizeof *o);
     o->n_predict = -1;
-    o->echo = true;
-    o->kv_type = BONSAI_TENSOR_F16;
-    bonsai_sampler_params_init(&o->sp);
     /* PrismML's defaults for Bonsai */
-    o->sp.temperature = 0.5f;
-    o->sp.top_k = 20;
-    o->sp.top_p = 0.85f;
-    o->sp.min_p = 0.0f;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_float(const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || v != v) return false;
-    *out = v;
-    return true;
-}
-
-/* Parses one shared option at argv[*i]: 1 if taken, 0 if not an option of ours, -1 on a bad
- * value (message printed). */
-static int parse_common(const char *cmd, int argc, char **argv, int *i, gen_opts *o)
-{
-    const char *a = argv[*i];
-    const char *v = *i + 1 < argc ? argv[*i + 1] : NULL;
-    long l = 0;
-    bool ok = true;
-#define IS(name) (!strcmp(a, name))
-    if (IS("-m") || IS("--model")) {
-        if (!v) goto missing;
-        o->model = v;
-    } else if (IS("-n") || IS("--n-predict")) {
-        if (!v) goto missing;
-        ok = parse_long(v, -1, 1L << 30, &o->n_predict);
-    } else if (IS("--temp")) {
-        if (!v) goto missing;
-        ok = parse_float(v, &o->sp.temperature);
-    } else if (IS("--top-k")) {
-        if (!v) goto missing;
-        ok = parse_long(v, 0, 1L << 30, &l);
-        o->sp.top_k = (int32_t)l;
-    } else if (IS("--top-p")) {
-        if (!v) goto missing;
-        ok = parse_float(v, &o->sp.top_p);
-    } else if (IS("--min-p")) {
-        if (!v) goto missing;
-        ok = parse_float(v, &o->sp.min_p);
-    } else if (IS("--repeat-penalty")) {
-        if (!v) goto missing;
-        ok = parse_float(v, &o->sp.repeat_penalty);
-    } else if (IS("--repeat-last-n")) {
-        if (!v) goto missing;
-        ok = parse_long(v, -1, 1L << 20, &l);
-        o->sp.penalty_last_n = (int32_t)l;
-    } else if (IS("--presence-penalty")) {
-        if (!v) goto missing;
-        ok = parse_float(v, &o->sp.presence_penalty);
-    } else if (IS("--frequency-penalty")) {
-        if (!v) goto missing;
-        ok = parse_float(v, &o->sp.frequency_penalty);
-    } else if (IS("--seed") || IS("-s")) {
-        if (!v) goto missing;
-        char *end;
-        errno = 0;
-        unsigned long long s = strtoull(v, &end, 10);
-        ok = !errno && end != v && !*end && v[0] != '-';
-        o->sp.seed = s;
-        o->seed_set = true;
-    } else if (IS("-c") || IS("--ctx-size")) {
-        if (!v) goto missing;
-        ok = parse_long(v, 0, 1L << 20, &o->n_ctx);
-    } else if (IS("-t") || IS("--threads")) {
-        if (!v) goto missing;
-        ok = parse_long(v, 0, 1024, &o->threads);
-    } else if (IS("--backend")) {
-        if (!v) goto missing;
-        o->backend = v;
-    } else if (IS("--schema")) {
-        if (!v) goto missing;
-        o->schema_file = v;
-    } else if (IS("-sys") || IS("--system-prompt")) {
-        if (!v) goto missing;
-        o->system = v;
-    } else if (IS("-r") || IS("--reverse-prompt") || IS("--stop")) {
-        if (!v) goto missing;
-        if (o->n_stop == MAX_STOP) {
-            fprintf(stderr, "bonsai %s: at most %d stop strings\n", cmd, MAX_STOP);
-            return -1;
-        }
-        o->stop[o->n_stop++] = v;
-    } else if (IS("--cache-type-k") || IS("--kv-type")) {
-        if (!v) goto missing;
-        if (!strcmp(v, "f16"))
-            o->kv_type = BONSAI_TENSOR_F16;
-        else if (!strcmp(v, "q8_0"))
-            o->kv_type = BONSAI_TENSOR_Q8_0;
-        else
-            ok = false;
-    } else if (IS("--json")) {
-        o->json = true;
-        return 1;
-    } else if (IS("--think")) {
-        o->think = true;
-        return 1;
-    } else if (IS("--stats")) {
-        o->stats = true;
-        return 1;
-    } else {
-        return 0;
-    }
-#undef IS
-    if (!ok) {
-        fprintf(stderr, "bonsai %s: bad value '%s' for %s\n", cmd, v, a);
-        return -1;
-    }
-    (*i)++;
-    return 1;
-missing:
-    fprintf(stderr, "bonsai %s: %s needs a value\n", cmd, a);
-    return -1;
+    o->temp = 0.5f;
+    o->top_k = 20;
+    o->top_p = 0.85f;
+    o->min_p = 0.0f;
+    /* the library's for the rest */
+    o->repeat_penalty = sp.repeat_penalty;
+    o->repeat_last_n = sp.penalty_last_n;
+    o->presence_penalty = sp.presence_penalty;
+    o->frequency_penalty = sp.frequency_penalty;
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -213,17 +339,26 @@ static char *read_file(const char *path, size_t *len)
  * temperature and the draw (or greedy at temperature <= 0). */
 static bonsai_status make_sampler(const gen_opts *o, const bonsai_model *m, bonsai_sampler **out)
 {
-    bonsai_sampler_params sp = o->sp;
-    if (!o->seed_set) sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    bonsai_sampler_params sp;
+    bonsai_sampler_params_init(&sp);
+    sp.seed = o->seed_set ? o->seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    sp.temperature = o->temp;
+    sp.top_k = (int32_t)o->top_k;
+    sp.top_p = o->top_p;
+    sp.min_p = o->min_p;
+    sp.repeat_penalty = o->repeat_penalty;
+    sp.penalty_last_n = (int32_t)o->repeat_last_n;
+    sp.presence_penalty = o->presence_penalty;
+    sp.frequency_penalty = o->frequency_penalty;
     bonsai_sampler *s = NULL;
     bonsai_status st = bonsai_sampler_create(sp.seed, &s);
     if (!st && (o->json || o->schema_file)) {
         size_t len = 0;
         char *schema = NULL;
         if (o->schema_file && !(schema = read_file(o->schema_file, &len))) {
-            fprintf(stderr, "cannot read %s: %s\n", o->schema_file, strerror(errno));
+            st = bsi_fail(BONSAI_ERR_IO, "cannot read %s: %s", o->schema_file, strerror(errno));
             bonsai_sampler_free(s);
-            return BONSAI_ERR_IO;
+            return st;
         }
         st = bonsai_sampler_add_json(s, m, schema, len);
         free(schema);
@@ -255,9 +390,9 @@ static bonsai_status open_session(const gen_opts *o, bonsai_model **m, bonsai_se
     bonsai_session_params_init(&sp);
     sp.n_ctx = (uint32_t)o->n_ctx;
     sp.n_threads = (int32_t)o->threads;
-    sp.kv_type = o->kv_type;
+    sp.kv_type = kv_type_values[o->kv_type];
     if (o->backend) sp.backend = o->backend;
-    bonsai_status st = bonsai_model_load(o->model, NULL, m);
+    bonsai_status st = cli_load_model(o->model, m);
     if (!st) st = bonsai_session_create(*m, &sp, s);
     return st;
 }
@@ -293,61 +428,19 @@ static void print_stats(const bonsai_generate_stats *st)
             st->n_generated ? st->sample_ms / st->n_generated : 0.0, stop_name(st->stop_reason));
 }
 
-static void run_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: bonsai run -m MODEL (-p PROMPT | -f FILE) [-n N] [--temp T] [--top-k K]\n"
-            "                  [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
-            "                  [--presence-penalty P] [--frequency-penalty P] [--seed S]\n"
-            "                  [-c N] [-t N] [--backend NAME] [--json | --schema FILE] [--chat]\n"
-            "                  [--think]\n"
-            "                  [-sys TEXT] [--stop TEXT]... [--special] [--no-display-prompt]\n"
-            "                  [--stats]\n"
-            "\n"
-            "Generate a continuation of PROMPT and stream it to stdout. -n limits the new tokens\n"
-            "(-1, the default: until the model ends or the context is full). Sampling defaults\n"
-            "are PrismML's for Bonsai: --temp 0.5 --top-k 20 --top-p 0.85 --min-p 0; --temp 0\n"
-            "is greedy; without --seed the seed is random. --chat wraps the prompt in the\n"
-            "model's chat format (thinking off unless --think; -sys sets a system prompt).\n"
-            "--json constrains the output to a JSON object, --schema FILE to a JSON Schema.\n"
-            "--special lets PROMPT contain special tokens such as <|im_start|>. A plain prompt\n"
-            "is printed before its continuation unless --no-display-prompt. --stop ends the\n"
-            "output before TEXT (repeatable). --stats prints token counts and speeds to\n"
-            "stderr. --backend picks where it runs: auto (default), cpu, cuda or cuda:N.\n"
-            "Ctrl-C stops the generation.\n");
-}
-
-int cmd_run(int argc, char **argv)
+static int cmd_run(int argc, char **argv)
 {
     gen_opts o;
     opts_init(&o);
-    for (int i = 1; i < argc; i++) {
-        int r = parse_common("run", argc, argv, &i, &o);
-        if (r < 0) return 2;
-        if (r) continue;
-        if ((!strcmp(argv[i], "-p") || !strcmp(argv[i], "--prompt")) && i + 1 < argc)
-            o.prompt = argv[++i];
-        else if ((!strcmp(argv[i], "-f") || !strcmp(argv[i], "--file")) && i + 1 < argc)
-            o.prompt_file = argv[++i];
-        else if (!strcmp(argv[i], "--chat"))
-            o.chat = true;
-        else if (!strcmp(argv[i], "--special"))
-            o.special = true;
-        else if (!strcmp(argv[i], "--no-display-prompt"))
-            o.echo = false;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            run_usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "bonsai run: unknown argument '%s'\n", argv[i]);
-            run_usage(stderr);
-            return 2;
-        }
-    }
-    if (!o.model || !o.prompt == !o.prompt_file || (o.json && o.schema_file)) {
-        run_usage(stderr);
-        return 2;
-    }
+    cli_parsed parsed;
+    int prc;
+    if (!cli_begin(&cli_run_command, argc, argv, &o, &parsed, &prc)) return prc;
+    o.seed_set = cli_given(&cli_run_command, &parsed, "--seed");
+    if (!o.prompt == !o.prompt_file)
+        return cli_usage_error(&cli_run_command, o.prompt ? "-p and -f exclude each other"
+                                                          : "missing -p PROMPT or -f FILE");
+    if (o.json && o.schema_file)
+        return cli_usage_error(&cli_run_command, "--json and --schema exclude each other");
     char *file_text = NULL;
     if (o.prompt_file) {
         if (!(file_text = read_file(o.prompt_file, NULL))) {
@@ -404,7 +497,7 @@ int cmd_run(int argc, char **argv)
     if (!st) {
         g_session = s;
         catch_sigint();
-        if (o.echo && !o.chat && !o.json && !o.schema_file) fputs(prompt, stdout);
+        if (!o.no_display_prompt && !o.chat && !o.json && !o.schema_file) fputs(prompt, stdout);
         if (chat_tokens)
             st = bonsai_generate_tokens(s, chat_tokens, n_chat, &gp, &stats);
         else
@@ -423,21 +516,6 @@ int cmd_run(int argc, char **argv)
     bonsai_session_free(s);
     bonsai_model_free(m);
     return rc;
-}
-
-static void chat_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: bonsai chat -m MODEL [-sys TEXT] [--think] [-n N] [--temp T] [--top-k K]\n"
-            "                   [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S]\n"
-            "                   [-c N] [-t N] [--backend NAME] [--json | --schema FILE] [--stats]\n"
-            "\n"
-            "Talk with the model. Each line you type is a message (end a line with \\ to go\n"
-            "on to the next); the conversation stays in the model's cache, so each turn only\n"
-            "evaluates the new message. Commands: /reset (forget the conversation),\n"
-            "/system TEXT (set the system prompt and reset), /exit. Ctrl-C stops a reply;\n"
-            "Ctrl-D or Ctrl-C at the prompt exits. --stats prints token counts and speeds\n"
-            "after each reply.\n");
 }
 
 /* Reads one message (lines ending in '\' continue it) into *buf; false at the end of input. */
@@ -472,26 +550,16 @@ static bool read_message(char **buf, size_t *cap, bool tty)
     return got && *buf;
 }
 
-int cmd_chat(int argc, char **argv)
+static int cmd_chat(int argc, char **argv)
 {
     gen_opts o;
     opts_init(&o);
-    for (int i = 1; i < argc; i++) {
-        int r = parse_common("chat", argc, argv, &i, &o);
-        if (r < 0) return 2;
-        if (r) continue;
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            chat_usage(stdout);
-            return 0;
-        }
-        fprintf(stderr, "bonsai chat: unknown argument '%s'\n", argv[i]);
-        chat_usage(stderr);
-        return 2;
-    }
-    if (!o.model || (o.json && o.schema_file)) {
-        chat_usage(stderr);
-        return 2;
-    }
+    cli_parsed parsed;
+    int prc;
+    if (!cli_begin(&cli_chat_command, argc, argv, &o, &parsed, &prc)) return prc;
+    o.seed_set = cli_given(&cli_chat_command, &parsed, "--seed");
+    if (o.json && o.schema_file)
+        return cli_usage_error(&cli_chat_command, "--json and --schema exclude each other");
     bool tty = isatty(STDIN_FILENO) && isatty(STDOUT_FILENO);
     bonsai_model *m = NULL;
     bonsai_session *s = NULL;

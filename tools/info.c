@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -190,20 +191,6 @@ static void print_tensors(const bonsai_model *m)
     }
 }
 
-static void info_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: bonsai info [--no-metadata] [--no-tensors] MODEL.gguf\n"
-            "       bonsai info --backends\n"
-            "\n"
-            "Validate a GGUF file and print a summary (architecture, parameter count, vocabulary,\n"
-            "hyper-parameters), every metadata key with its type and value (long arrays and\n"
-            "strings are shortened) and a table of tensors with type, dimensions and sizes.\n"
-            "Exits with status 1 and the library's error message when the file is invalid.\n"
-            "--backends lists the compute backends instead: whether each is usable, its\n"
-            "preference score and, when it is not usable, why.\n");
-}
-
 static int print_backends(void)
 {
     uint32_t n = bonsai_backend_count();
@@ -218,44 +205,87 @@ static int print_backends(void)
     return 0;
 }
 
-int cmd_info(int argc, char **argv)
+typedef struct info_opts {
+    bool no_metadata, no_tensors, backends;
+    const char *file[1];
+} info_opts;
+
+static int cmd_info(int argc, char **argv);
+
+static const cli_option info_options[] = {
+    {.names = "--no-metadata",
+     .kind = CLI_FLAG,
+     .offset = offsetof(info_opts, no_metadata),
+     .help = "Leave out the metadata listing."},
+    {.names = "--no-tensors",
+     .kind = CLI_FLAG,
+     .offset = offsetof(info_opts, no_tensors),
+     .help = "Leave out the tensor table."},
+    {.names = "--backends",
+     .kind = CLI_FLAG,
+     .offset = offsetof(info_opts, backends),
+     .help = "List the compute backends instead of describing a file: whether each is usable, "
+             "its preference score, where it was loaded from or why it cannot be used. Takes no "
+             "other argument."},
+};
+
+static const cli_positional info_positionals[] = {
+    {"MODEL.gguf", 0, 1, offsetof(info_opts, file),
+     "The GGUF file to validate and describe (required unless --backends)."},
+};
+
+const cli_command cli_info_command = {
+    .name = "info",
+    .summary = "show a GGUF file's metadata and tensors",
+    .synopsis = "[--no-metadata] [--no-tensors] MODEL.gguf\n--backends",
+    .description =
+        "Validates a GGUF file (it is loaded with bonsai_model_load, memory-mapped, so every "
+        "check of the format runs) and prints a summary (file size, GGUF version, architecture, "
+        "name, parameter count, vocabulary, hyper-parameters), every metadata key with its type "
+        "and value, and a table of tensors with type, dimensions, element count, size and file "
+        "offset.\n\n"
+        "Long arrays show their first 5 and last 2 elements, strings are cut after 80 bytes, and "
+        "control bytes are escaped, so hostile metadata cannot drive the terminal. Options may "
+        "come before or after the file name.\n\n"
+        "With --backends it lists the compute backends instead.",
+    .options = info_options,
+    .n_options = sizeof info_options / sizeof info_options[0],
+    .positionals = info_positionals,
+    .n_positionals = 1,
+    .exit_status = "0\tthe file loaded: the description is on standard output\n"
+                   "1\tthe library refused the file or could not read it: one line on standard "
+                   "error, \"bonsai info: \" followed by the library's message and status\n"
+                   "2\ta usage error: no file, two files, an unknown option (one line on standard "
+                   "error)",
+    .examples = "Describe the TinyStories test model:\n"
+                "$ bonsai info stories260K.gguf\n"
+                "Only the summary:\n"
+                "$ bonsai info --no-metadata --no-tensors model.gguf\n"
+                "Which backends this machine can use:\n"
+                "$ bonsai info --backends",
+    .opts_size = sizeof(info_opts),
+    .run = cmd_info,
+};
+
+static int cmd_info(int argc, char **argv)
 {
-    const char *path = NULL;
-    bool metadata = true, tensors = true;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            info_usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--backends")) {
-            if (argc != 2) {
-                fprintf(stderr, "bonsai info: --backends takes no other argument\n");
-                return 2;
-            }
-            return print_backends();
-        } else if (!strcmp(argv[i], "--no-metadata"))
-            metadata = false;
-        else if (!strcmp(argv[i], "--no-tensors"))
-            tensors = false;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "bonsai info: unknown option '%s'\n", argv[i]);
-            info_usage(stderr);
-            return 2;
-        } else if (path) {
-            fprintf(stderr, "bonsai info: more than one file given\n");
-            return 2;
-        } else
-            path = argv[i];
+    info_opts o = {0};
+    cli_parsed parsed;
+    int rc;
+    if (!cli_begin(&cli_info_command, argc, argv, &o, &parsed, &rc)) return rc;
+    if (o.backends) {
+        if (o.no_metadata || o.no_tensors || o.file[0])
+            return cli_usage_error(&cli_info_command, "--backends takes no other argument");
+        return print_backends();
     }
-    if (!path) {
-        info_usage(stderr);
-        return 2;
-    }
+    if (!o.file[0]) return cli_usage_error(&cli_info_command, "missing MODEL.gguf");
+    const char *path = o.file[0];
     bonsai_model *m;
-    bonsai_status st = bonsai_model_load(path, NULL, &m);
+    bonsai_status st = cli_load_model(path, &m);
     if (st) return cli_error("info", st);
     print_summary(path, m);
-    if (metadata) print_metadata(m);
-    if (tensors) print_tensors(m);
+    if (!o.no_metadata) print_metadata(m);
+    if (!o.no_tensors) print_tensors(m);
     bonsai_model_free(m);
     return 0;
 }

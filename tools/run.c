@@ -5,9 +5,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now(void)
 {
@@ -52,23 +54,6 @@ static int parse_ids(const char *text, int32_t **out, uint32_t *n)
     return 0;
 }
 
-static void eval_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: bonsai eval -m MODEL --ids \"ID ID ...\" [--logits FILE] [--all] [-t N]\n"
-            "                  [--backend NAME]\n"
-            "       bonsai eval -m MODEL -f TEXT_FILE --perplexity [-c N] [-t N] [--backend NAME]\n"
-            "\n"
-            "Evaluate the token ids in one batch and print the greedy next token (id and\n"
-            "piece). --logits writes the last position's logits (every position's with --all)\n"
-            "as text, one float per line, position after position. -t sets the threads.\n"
-            "\n"
-            "--perplexity tokenizes the file, cuts it into chunks of -c tokens (default 512),\n"
-            "and scores the second half of each chunk given the first, as llama.cpp's\n"
-            "llama-perplexity does; it prints the running perplexity per chunk and the final\n"
-            "estimate with its standard error.\n");
-}
-
 static char *slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -110,6 +95,7 @@ static int perplexity(const char *model_path, const char *text_path, uint32_t n_
     bonsai_model *m = NULL;
     bonsai_session *s = NULL;
     int32_t *toks = NULL;
+    double *running = NULL; /* perplexity after each chunk, when its line waits */
     uint32_t n_tok = 0;
     int rc = 0;
     bonsai_session_params sp;
@@ -117,7 +103,7 @@ static int perplexity(const char *model_path, const char *text_path, uint32_t n_
     sp.n_threads = threads;
     sp.n_ctx = n_ctx;
     if (backend) sp.backend = backend;
-    bonsai_status st = bonsai_model_load(model_path, NULL, &m);
+    bonsai_status st = cli_load_model(model_path, &m);
     if (!st) {
         st = bonsai_tokenize(m, text, len, BONSAI_TOKENIZE_ADD_BOS, NULL, 0, &n_tok);
         if (st == BONSAI_ERR_OUT_OF_RANGE) st = BONSAI_OK;
@@ -143,6 +129,14 @@ static int perplexity(const char *model_path, const char *text_path, uint32_t n_
     uint64_t count = 0;
     printf("%u tokens, %u chunks of %u, scoring positions %u..%u of each\n", n_tok, n_chunk, n_ctx,
            first + 1, n_ctx - 1);
+    fflush(stdout);
+    bonsai_progress_fn bar;
+    void *bar_data;
+    cli_progress_begin(&bar, &bar_data, "perplexity");
+    /* the bar and a line growing on stdout cannot share one terminal: then the line waits */
+    if (bar && isatty(STDOUT_FILENO) && !(running = malloc((size_t)n_chunk * sizeof *running)))
+        bar = NULL;
+    if (bar) bar(0.0f, bar_data);
     for (uint32_t c = 0; c < n_chunk; c++) {
         int32_t *chunk = toks + (size_t)c * n_ctx;
         int32_t saved = chunk[0];
@@ -166,14 +160,24 @@ static int perplexity(const char *model_path, const char *text_path, uint32_t n_
             nll2 += x * x;
             count++;
         }
-        printf("[%u]%.4f%s", c + 1, exp(nll / (double)count), c + 1 < n_chunk ? "," : "\n");
-        fflush(stdout);
+        if (running) {
+            running[c] = exp(nll / (double)count);
+        } else {
+            printf("[%u]%.4f%s", c + 1, exp(nll / (double)count), c + 1 < n_chunk ? "," : "\n");
+            fflush(stdout);
+        }
+        if (bar) bar((float)(c + 1) / (float)n_chunk, bar_data);
     }
+    cli_progress_end();
+    for (uint32_t c = 0; running && c < n_chunk; c++)
+        printf("[%u]%.4f%s", c + 1, running[c], c + 1 < n_chunk ? "," : "\n");
     double mean = nll / (double)count, var = nll2 / (double)count - mean * mean;
     double err = count > 1 && var > 0 ? sqrt(var / (double)(count - 1)) : 0;
     printf("PPL = %.4f +/- %.4f (%" PRIu64 " tokens scored, %.1f s)\n", exp(mean), exp(mean) * err,
            count, now() - t0);
 done:
+    cli_progress_end();
+    free(running);
     free(text);
     free(toks);
     bonsai_session_free(s);
@@ -181,60 +185,121 @@ done:
     return rc;
 }
 
-int cmd_eval(int argc, char **argv)
+typedef struct eval_opts {
+    const char *model, *ids, *logits, *file, *backend;
+    bool all, perplexity;
+    int64_t n_ctx, threads;
+} eval_opts;
+
+static int cmd_eval(int argc, char **argv);
+
+static const cli_option eval_options[] = {
+    {.names = "-m, --model",
+     .value = "MODEL",
+     .kind = CLI_STRING,
+     .offset = offsetof(eval_opts, model),
+     .required = true,
+     .help = "The GGUF model."},
+    {.names = "--ids",
+     .value = "IDS",
+     .kind = CLI_STRING,
+     .offset = offsetof(eval_opts, ids),
+     .help = "The token ids to evaluate in one batch, separated by spaces or commas."},
+    {.names = "--logits",
+     .value = "FILE",
+     .kind = CLI_STRING,
+     .offset = offsetof(eval_opts, logits),
+     .help = "Write the last position's logits to FILE as text, one float per line."},
+    {.names = "--all",
+     .kind = CLI_FLAG,
+     .offset = offsetof(eval_opts, all),
+     .help = "With --logits: every position's logits, position after position."},
+    {.names = "--perplexity",
+     .kind = CLI_FLAG,
+     .offset = offsetof(eval_opts, perplexity),
+     .help = "Score the text of -f instead (see above)."},
+    {.names = "-f, --file",
+     .value = "TEXT_FILE",
+     .kind = CLI_STRING,
+     .offset = offsetof(eval_opts, file),
+     .help = "The text whose perplexity --perplexity measures."},
+    {.names = "-c, --ctx-size",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(eval_opts, n_ctx),
+     .min = 2,
+     .max = 1 << 20,
+     .def = "512",
+     .help = "With --perplexity: the tokens of a chunk."},
+    {.names = "-t, --threads",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(eval_opts, threads),
+     .min = 0,
+     .max = 1024,
+     .def = "0, one per physical core",
+     .help = "Threads of the CPU backend."},
+    {.names = "--backend",
+     .value = "NAME",
+     .kind = CLI_STRING,
+     .offset = offsetof(eval_opts, backend),
+     .def = "auto",
+     .help = "Where it runs: auto, cpu, cuda or cuda:N."},
+};
+
+const cli_command cli_eval_command = {
+    .name = "eval",
+    .summary = "evaluate token ids: logits and the greedy next token",
+    .synopsis = "-m MODEL --ids \"ID ID ...\" [--logits FILE] [--all] [-t N] [--backend NAME]\n"
+                "-m MODEL -f TEXT_FILE --perplexity [-c N] [-t N] [--backend NAME]",
+    .description =
+        "Evaluates the token ids in one batch and prints the greedy next token (id and piece). "
+        "--logits writes the last position's logits (every position's with --all) as text, one "
+        "float per line, position after position.\n\n"
+        "--perplexity tokenizes the file, cuts it into chunks of -c tokens, and scores the second "
+        "half of each chunk given the first, as llama.cpp's llama-perplexity does; it prints the "
+        "running perplexity per chunk and the final estimate with its standard error. When "
+        "standard error is a terminal a progress bar follows the chunks (and, when standard "
+        "output is the same terminal, the per-chunk line is printed at the end).",
+    .options = eval_options,
+    .n_options = sizeof eval_options / sizeof eval_options[0],
+    .exit_status = "0\tthe result was printed\n"
+                   "1\tthe model could not be loaded or run, a file could not be read or written, "
+                   "the text is shorter than one chunk (one line on standard error)\n"
+                   "2\ta usage error, such as ids that are not non-negative integers (one line on "
+                   "standard error)",
+    .examples = "The token after \"<s> Once upon a time\" in the TinyStories model:\n"
+                "$ bonsai eval -m stories260K.gguf --ids \"1 403 407 261 378\"\n"
+                "Every position's logits:\n"
+                "$ bonsai eval -m model.gguf --ids 1,2,3 --logits logits.txt --all\n"
+                "Perplexity in chunks of 256 tokens:\n"
+                "$ bonsai eval -m model.gguf -f wiki.test.raw --perplexity -c 256",
+    .opts_size = sizeof(eval_opts),
+    .run = cmd_eval,
+};
+
+static int cmd_eval(int argc, char **argv)
 {
-    const char *model_path = NULL, *ids_text = NULL, *logits_path = NULL, *text_path = NULL;
-    bool all = false, ppl = false;
-    int threads = 0;
-    const char *backend = NULL;
-    long n_ctx = 512;
-    for (int i = 1; i < argc; i++) {
-        if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
-            model_path = argv[++i];
-        else if (!strcmp(argv[i], "--ids") && i + 1 < argc)
-            ids_text = argv[++i];
-        else if (!strcmp(argv[i], "--logits") && i + 1 < argc)
-            logits_path = argv[++i];
-        else if (!strcmp(argv[i], "--all"))
-            all = true;
-        else if (!strcmp(argv[i], "--perplexity"))
-            ppl = true;
-        else if (!strcmp(argv[i], "-f") && i + 1 < argc)
-            text_path = argv[++i];
-        else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
-            char *end;
-            n_ctx = strtol(argv[++i], &end, 10);
-            if (*end || n_ctx < 2 || n_ctx > 1 << 20) n_ctx = -1;
-        } else if (!strcmp(argv[i], "-t") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
-            backend = argv[++i];
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            eval_usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "bonsai eval: unknown argument '%s'\n", argv[i]);
-            eval_usage(stderr);
-            return 2;
-        }
-    }
+    eval_opts o = {.n_ctx = 512};
+    cli_parsed parsed;
+    int prc;
+    if (!cli_begin(&cli_eval_command, argc, argv, &o, &parsed, &prc)) return prc;
+    const char *model_path = o.model, *ids_text = o.ids, *logits_path = o.logits;
+    const char *backend = o.backend;
+    bool all = o.all;
+    int threads = (int)o.threads;
     int32_t *ids;
     uint32_t n;
-    if (ppl || text_path) {
-        if (!model_path || !ppl || !text_path || ids_text || n_ctx < 0 || threads < 0) {
-            eval_usage(stderr);
-            return 2;
-        }
-        return perplexity(model_path, text_path, (uint32_t)n_ctx, threads, backend);
+    if (o.perplexity || o.file) {
+        if (!o.perplexity) return cli_usage_error(&cli_eval_command, "-f needs --perplexity");
+        if (!o.file) return cli_usage_error(&cli_eval_command, "--perplexity needs -f TEXT_FILE");
+        if (ids_text)
+            return cli_usage_error(&cli_eval_command, "--ids and --perplexity exclude each other");
+        return perplexity(model_path, o.file, (uint32_t)o.n_ctx, threads, backend);
     }
-    if (!model_path || !ids_text || threads < 0) {
-        eval_usage(stderr);
-        return 2;
-    }
-    if (parse_ids(ids_text, &ids, &n)) {
-        fprintf(stderr, "bonsai eval: --ids must be non-negative integers\n");
-        return 2;
-    }
+    if (!ids_text) return cli_usage_error(&cli_eval_command, "missing --ids (or --perplexity)");
+    if (parse_ids(ids_text, &ids, &n))
+        return cli_usage_error(&cli_eval_command, "--ids must be non-negative integers");
     bonsai_model *m = NULL;
     bonsai_session *s = NULL;
     bonsai_session_params sp;
@@ -243,7 +308,7 @@ int cmd_eval(int argc, char **argv)
     sp.n_ctx = n;
     if (backend) sp.backend = backend;
     int rc = 0;
-    bonsai_status st = bonsai_model_load(model_path, NULL, &m);
+    bonsai_status st = cli_load_model(model_path, &m);
     if (!st) st = bonsai_session_create(m, &sp, &s);
     if (!st) st = bonsai_session_eval(s, ids, n, all ? BONSAI_EVAL_ALL_LOGITS : 0);
     if (st) {
@@ -303,21 +368,6 @@ static stats summarize(double *v, int n)
     return s;
 }
 
-static void bench_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: bonsai bench -m MODEL [-p 512] [-n 128] [-r 5] [-t N] [--backend NAME]\n"
-            "                    [--sessions 1,4,16,64] [--json]\n"
-            "\n"
-            "Prompt processing (one batch of -p tokens) and generation (-n tokens one at a\n"
-            "time) in tokens/s, like llama-bench: one warm-up, then -r repetitions, reported as\n"
-            "median, min and max. Token ids are fixed pseudo-random ones; each repetition\n"
-            "starts from an empty cache. -p 0 or -n 0 skips that test. --backend picks where\n"
-            "it runs: auto (default), cpu, cuda or cuda:N. --sessions also generates -n tokens\n"
-            "in each of that many sessions at once, stepped together in one batch per token\n"
-            "(continuous batching), and reports the aggregate tokens/s.\n");
-}
-
 /* `count` sessions generating n tokens each, stepped together with bonsai_batch_eval: the median
  * over reps of the aggregate tokens/s (after a warm-up). */
 static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params *base, int count,
@@ -351,56 +401,121 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
     return st;
 }
 
-int cmd_bench(int argc, char **argv)
+#define MAX_SESSION_COUNTS 16 /* of --sessions */
+
+typedef struct bench_opts {
+    const char *model, *backend;
+    int64_t p, n, reps, threads;
+    int64_t sessions[MAX_SESSION_COUNTS];
+    uint32_t n_sessions;
+    bool json;
+} bench_opts;
+
+static int cmd_bench(int argc, char **argv);
+
+static const cli_option bench_options[] = {
+    {.names = "-m, --model",
+     .value = "MODEL",
+     .kind = CLI_STRING,
+     .offset = offsetof(bench_opts, model),
+     .required = true,
+     .help = "The GGUF model."},
+    {.names = "-p, --n-prompt",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(bench_opts, p),
+     .min = 0,
+     .max = 65536,
+     .def = "512",
+     .help = "Tokens of the prompt-processing test, evaluated in one batch; 0 skips it."},
+    {.names = "-n, --n-gen",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(bench_opts, n),
+     .min = 0,
+     .max = 65536,
+     .def = "128",
+     .help = "Tokens of the generation test, evaluated one at a time; 0 skips it."},
+    {.names = "-r, --repetitions",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(bench_opts, reps),
+     .min = 1,
+     .max = 1000,
+     .def = "5",
+     .help = "Measured repetitions (after one warm-up)."},
+    {.names = "-t, --threads",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(bench_opts, threads),
+     .min = 0,
+     .max = 1024,
+     .def = "0, one per physical core",
+     .help = "Threads of the CPU backend."},
+    {.names = "--backend",
+     .value = "NAME",
+     .kind = CLI_STRING,
+     .offset = offsetof(bench_opts, backend),
+     .def = "auto",
+     .help = "Where it runs: auto, cpu, cuda or cuda:N."},
+    {.names = "--sessions",
+     .value = "LIST",
+     .kind = CLI_INT_LIST,
+     .offset = offsetof(bench_opts, sessions),
+     .count_offset = offsetof(bench_opts, n_sessions),
+     .capacity = MAX_SESSION_COUNTS,
+     .min = 1,
+     .max = 1024,
+     .help = "Also generate -n tokens in each of that many sessions at once, stepped together "
+             "in one batch per token (continuous batching), for every count of the "
+             "comma-separated LIST, and report the aggregate tokens/s."},
+    {.names = "--json",
+     .kind = CLI_FLAG,
+     .offset = offsetof(bench_opts, json),
+     .help = "Print one JSON object per line instead of the table."},
+};
+
+const cli_command cli_bench_command = {
+    .name = "bench",
+    .summary = "prompt and generation speed (pp/tg tokens/s)",
+    .synopsis = "-m MODEL [-p 512] [-n 128] [-r 5] [-t N] [--backend NAME] "
+                "[--sessions 1,4,16,64] [--json]",
+    .description =
+        "Measures prompt processing (one batch of -p tokens) and generation (-n tokens one at a "
+        "time) in tokens/s, like llama-bench: one warm-up, then -r repetitions, reported as "
+        "median, min and max, with the model's size and parameter count and the backend. Token "
+        "ids are fixed pseudo-random ones; each repetition starts from an empty cache.\n\n"
+        "--sessions also generates -n tokens in each of that many sessions at once, stepped "
+        "together with bonsai_batch_eval (one forward pass per step for all of them), and "
+        "reports the aggregate tokens/s per count.",
+    .options = bench_options,
+    .n_options = sizeof bench_options / sizeof bench_options[0],
+    .exit_status = "0\tthe results were printed\n"
+                   "1\tthe model could not be loaded or run (one line on standard error)\n"
+                   "2\ta usage error, such as -p 0 with -n 0 (one line on standard error)",
+    .examples = "The llama-bench defaults on two threads:\n"
+                "$ bonsai bench -m b17.gguf -t 2\n"
+                "Generation only, 1 to 64 sessions at once, as JSON:\n"
+                "$ bonsai bench -m b17.gguf -p 0 -n 64 --sessions 1,4,16,64 --json",
+    .opts_size = sizeof(bench_opts),
+    .run = cmd_bench,
+};
+
+static int cmd_bench(int argc, char **argv)
 {
-    const char *model_path = NULL;
-    int p = 512, n = 128, reps = 5, threads = 0;
-    const char *backend = NULL, *sessions_list = NULL;
-    bool json = false;
-    for (int i = 1; i < argc; i++) {
-        if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) && i + 1 < argc)
-            model_path = argv[++i];
-        else if (!strcmp(argv[i], "-p") && i + 1 < argc)
-            p = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "-n") && i + 1 < argc)
-            n = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "-r") && i + 1 < argc)
-            reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "-t") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
-            backend = argv[++i];
-        else if (!strcmp(argv[i], "--sessions") && i + 1 < argc)
-            sessions_list = argv[++i];
-        else if (!strcmp(argv[i], "--json"))
-            json = true;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            bench_usage(stdout);
-            return 0;
-        } else {
-            fprintf(stderr, "bonsai bench: unknown argument '%s'\n", argv[i]);
-            bench_usage(stderr);
-            return 2;
-        }
-    }
-    int counts[16], n_counts = 0;
-    if (sessions_list) { /* "1,4,16,64" */
-        for (const char *q = sessions_list; *q;) {
-            char *end;
-            long c = strtol(q, &end, 10);
-            if (end == q || c < 1 || c > 1024 || n_counts == 16 || (*end && *end != ',')) {
-                fprintf(stderr, "bonsai bench: --sessions takes counts 1..1024 such as 1,4,16\n");
-                return 2;
-            }
-            counts[n_counts++] = (int)c;
-            q = *end ? end + 1 : end;
-        }
-    }
-    if (!model_path || p < 0 || n < 0 || p + n < 1 || p > 65536 || n > 65536 || reps < 1 ||
-        reps > 1000 || threads < 0 || (n_counts && n < 1)) {
-        bench_usage(stderr);
-        return 2;
-    }
+    bench_opts o = {.p = 512, .n = 128, .reps = 5};
+    cli_parsed parsed;
+    int prc;
+    if (!cli_begin(&cli_bench_command, argc, argv, &o, &parsed, &prc)) return prc;
+    const char *model_path = o.model, *backend = o.backend;
+    int p = (int)o.p, n = (int)o.n, reps = (int)o.reps, threads = (int)o.threads;
+    bool json = o.json;
+    int counts[MAX_SESSION_COUNTS], n_counts = (int)o.n_sessions;
+    for (int c = 0; c < n_counts; c++) counts[c] = (int)o.sessions[c];
+    if (p + n < 1)
+        return cli_usage_error(&cli_bench_command, "-p and -n are both 0: nothing to do");
+    if (n_counts && n < 1)
+        return cli_usage_error(&cli_bench_command, "--sessions needs -n 1 or more");
     bonsai_model *m = NULL;
     bonsai_session *s = NULL;
     bonsai_session_params sp;
@@ -408,7 +523,7 @@ int cmd_bench(int argc, char **argv)
     sp.n_threads = threads;
     sp.n_ctx = (uint32_t)(p > n + 1 ? p : n + 1);
     if (backend) sp.backend = backend;
-    bonsai_status st = bonsai_model_load(model_path, NULL, &m);
+    bonsai_status st = cli_load_model(model_path, &m);
     if (!st) st = bonsai_session_create(m, &sp, &s);
     if (st) {
         bonsai_model_free(m);
@@ -437,7 +552,7 @@ int cmd_bench(int argc, char **argv)
         }
     }
     /* concurrent sessions stepped together (bonsai_batch_eval): aggregate tokens/s */
-    double agg[16] = {0};
+    double agg[MAX_SESSION_COUNTS] = {0};
     for (int c = 0; c < n_counts && !st; c++)
         st = bench_sessions(m, &sp, counts[c], n, reps, ids, vocab, &agg[c]);
     int rc = 0;

@@ -15,8 +15,8 @@
 #include "quantize.h"
 #include "threadpool.h"
 
-#include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -515,6 +515,7 @@ static bonsai_status synth(const synth_options *o, uint64_t *n_tensors, uint64_t
     ws.w = w;
     ws.f = out.f;
     cli_progress_begin(&ws.progress, &ws.progress_user_data, "synth");
+    if (ws.progress && ws.total) ws.progress(0.0f, ws.progress_user_data);
     if (!(st = bsi_gguf_writer_write_header(w, bsi_file_sink, out.f)) &&
         !(st = write_tensors(&ws, specs, n_specs, o->seed, pool)))
         st = bsi_gguf_writer_finish(w);
@@ -530,90 +531,121 @@ done:
     return st;
 }
 
-static void synth_usage(FILE *f)
-{
-    fprintf(
-        f, "usage: bonsai synth --arch qwen3 --shape tiny|1.7b|4b|8b --tokenizer TOKENIZER.json\n"
-           "                    -o OUT.gguf [--seed N] [--tokenizer-config CONFIG.json]\n"
-           "                    [--vocab-only] [--threads N]\n"
-           "\n"
-           "Write a Bonsai-shaped test model: the tensor names, shapes and types of the\n"
-           "published Bonsai models (every matrix Q1_0, norms F32; a separate output.weight only\n"
-           "for 8b; tiny = 2 layers of width 256 with the full vocabulary), seeded random\n"
-           "weights (std 0.02; norms about 1) quantized by the reference quantizer, and the\n"
-           "tokenizer metadata converted from a Hugging Face tokenizer.json. The chat template,\n"
-           "eos and pad tokens come from --tokenizer-config (default: qwen3-tokenizer_config.json\n"
-           "next to the tokenizer). The same seed (default 0) gives a byte-identical file.\n"
-           "--vocab-only writes the metadata without tensors. OUT is written to a temporary\n"
-           "file and renamed into place when complete.\n");
-}
+typedef struct synth_args {
+    int arch, shape;
+    uint64_t seed;
+    int64_t threads;
+    const char *tokenizer, *tokenizer_config, *out;
+    bool vocab_only;
+} synth_args;
 
-static bool parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !*s || *s == '-' || *s == '+') return false;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 0);
-    if (errno || *end) return false;
-    *out = v;
-    return true;
-}
+static int cmd_synth(int argc, char **argv);
 
-int cmd_synth(int argc, char **argv)
+static const char *const synth_archs[] = {"qwen3", NULL};
+/* in the order of shapes[] */
+static const char *const synth_shapes[] = {"tiny", "1.7b", "4b", "8b", NULL};
+
+static const cli_option synth_option_table[] = {
+    {.names = "--arch",
+     .value = "ARCH",
+     .kind = CLI_CHOICE,
+     .offset = offsetof(synth_args, arch),
+     .choices = synth_archs,
+     .required = true,
+     .help = "The architecture."},
+    {.names = "--shape",
+     .value = "SHAPE",
+     .kind = CLI_CHOICE,
+     .offset = offsetof(synth_args, shape),
+     .choices = synth_shapes,
+     .required = true,
+     .help = "The published model whose tensor shapes to copy; tiny is 2 layers of width 256 "
+             "with the full vocabulary."},
+    {.names = "--tokenizer",
+     .value = "FILE",
+     .kind = CLI_STRING,
+     .offset = offsetof(synth_args, tokenizer),
+     .required = true,
+     .help = "The Hugging Face tokenizer.json to convert."},
+    {.names = "-o, --output",
+     .value = "FILE",
+     .kind = CLI_STRING,
+     .offset = offsetof(synth_args, out),
+     .required = true,
+     .help = "The model to write."},
+    {.names = "--seed",
+     .value = "N",
+     .kind = CLI_U64,
+     .offset = offsetof(synth_args, seed),
+     .def = "0",
+     .help = "The seed of the weights: the same seed gives a byte-identical file."},
+    {.names = "--tokenizer-config",
+     .value = "FILE",
+     .kind = CLI_STRING,
+     .offset = offsetof(synth_args, tokenizer_config),
+     .def = "qwen3-tokenizer_config.json next to the tokenizer",
+     .help = "The tokenizer_config.json giving the chat template, eos and pad tokens."},
+    {.names = "--vocab-only",
+     .kind = CLI_FLAG,
+     .offset = offsetof(synth_args, vocab_only),
+     .help = "Write the metadata without tensors."},
+    {.names = "--threads",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(synth_args, threads),
+     .min = 1,
+     .max = 256,
+     .def = "the number of physical cores",
+     .help = "Threads generating and quantizing the weights."},
+};
+
+const cli_command cli_synth_command = {
+    .name = "synth",
+    .summary = "write a Bonsai-shaped test model with random weights",
+    .synopsis = "--arch qwen3 --shape tiny|1.7b|4b|8b --tokenizer TOKENIZER.json -o OUT.gguf "
+                "[--seed N] [--tokenizer-config CONFIG.json] [--vocab-only] [--threads N]",
+    .description =
+        "Writes a Bonsai-shaped test model: the tensor names, shapes and types of the published "
+        "Bonsai models (every matrix Q1_0, norms F32; a separate output.weight only for 8b), the "
+        "qwen3 hyper-parameters with YaRN, seeded random weights (std 0.02; norms about 1) "
+        "quantized by the reference quantizer, and the tokenizer metadata converted from a "
+        "Hugging Face tokenizer.json (tokens, token types, merges, special ids, chat "
+        "template).\n\n"
+        "Weights are generated row by row and streamed to disk, so memory stays small for any "
+        "shape; the same seed gives a byte-identical file. OUT is written to a temporary file "
+        "and renamed into place when complete. A progress bar is drawn on standard error when it "
+        "is a terminal.",
+    .options = synth_option_table,
+    .n_options = sizeof synth_option_table / sizeof synth_option_table[0],
+    .exit_status = "0\tthe model was written: a line describes it\n"
+                   "1\tthe tokenizer could not be read or converted, or the file not written "
+                   "(one line on standard error; nothing is left behind)\n"
+                   "2\ta usage error (one line on standard error)",
+    .examples = "A tiny model with the real Qwen3 vocabulary:\n"
+                "$ bonsai synth --arch qwen3 --shape tiny --tokenizer qwen3-tokenizer.json "
+                "-o tiny.gguf\n"
+                "The Bonsai-1.7B shapes, seed 1:\n"
+                "$ bonsai synth --arch qwen3 --shape 1.7b --seed 1 --tokenizer "
+                "qwen3-tokenizer.json -o b17.gguf",
+    .opts_size = sizeof(synth_args),
+    .run = cmd_synth,
+};
+
+static int cmd_synth(int argc, char **argv)
 {
-    synth_options o = {.threads = bsi_physical_cores()};
-    const char *arch = NULL, *shape_name = NULL;
-    uint64_t u;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool has = i + 1 < argc;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            synth_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--arch") && has) {
-            arch = argv[++i];
-        } else if (!strcmp(a, "--shape") && has) {
-            shape_name = argv[++i];
-        } else if (!strcmp(a, "--seed") && has) {
-            if (!parse_u64(argv[++i], &o.seed)) {
-                fprintf(stderr, "bonsai synth: bad --seed '%s'\n", argv[i]);
-                return 2;
-            }
-        } else if (!strcmp(a, "--threads") && has) {
-            if (!parse_u64(argv[++i], &u) || u < 1 || u > 256) {
-                fprintf(stderr, "bonsai synth: bad --threads '%s' (1..256)\n", argv[i]);
-                return 2;
-            }
-            o.threads = (int)u;
-        } else if (!strcmp(a, "--tokenizer") && has) {
-            o.tokenizer = argv[++i];
-        } else if (!strcmp(a, "--tokenizer-config") && has) {
-            o.tokenizer_config = argv[++i];
-        } else if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && has) {
-            o.out = argv[++i];
-        } else if (!strcmp(a, "--vocab-only")) {
-            o.vocab_only = true;
-        } else {
-            fprintf(stderr, "bonsai synth: unknown option or missing value '%s'\n", a);
-            synth_usage(stderr);
-            return 2;
-        }
-    }
-    if (!arch || !shape_name || !o.tokenizer || !o.out) {
-        fprintf(stderr, "bonsai synth: --arch, --shape, --tokenizer and -o are required\n");
-        synth_usage(stderr);
-        return 2;
-    }
-    if (strcmp(arch, "qwen3")) {
-        fprintf(stderr, "bonsai synth: unsupported --arch '%s' (only qwen3)\n", arch);
-        return 2;
-    }
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-        if (!strcmp(shape_name, shapes[i].name)) o.shape = &shapes[i];
-    if (!o.shape) {
-        fprintf(stderr, "bonsai synth: unknown --shape '%s' (tiny, 1.7b, 4b or 8b)\n", shape_name);
-        return 2;
-    }
+    synth_args a = {.threads = bsi_physical_cores()};
+    cli_parsed parsed;
+    int rc;
+    if (!cli_begin(&cli_synth_command, argc, argv, &a, &parsed, &rc)) return rc;
+    if (a.threads > 256) a.threads = 256; /* a default out of the range */
+    if (a.threads < 1) a.threads = 1;
+    synth_options o = {.shape = &shapes[a.shape],
+                       .seed = a.seed,
+                       .tokenizer = a.tokenizer,
+                       .tokenizer_config = a.tokenizer_config,
+                       .out = a.out,
+                       .vocab_only = a.vocab_only,
+                       .threads = (int)a.threads};
     char *cfg = NULL;
     if (!o.tokenizer_config) { /* qwen3-tokenizer_config.json next to the tokenizer */
         const char *slash = strrchr(o.tokenizer, '/');

@@ -4,21 +4,10 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static void tokenize_usage(FILE *f)
-{
-    fprintf(f, "usage: bonsai tokenize -m MODEL [--special] [--no-bos] [--bench] TEXT\n"
-               "       bonsai tokenize -m MODEL [--special] [--no-bos] [--bench] -f FILE\n"
-               "\n"
-               "Print the token ids of TEXT (or of the file's bytes) on one line, separated by\n"
-               "spaces. BOS is prepended when the model's tokenizer adds one, unless --no-bos.\n"
-               "--special matches special tokens such as <|im_start|> written in the text.\n"
-               "--bench instead tokenizes the text repeatedly for at least a second on one\n"
-               "thread and prints the throughput in MB/s (10^6 bytes) and tokens/s.\n");
-}
 
 static double now_s(void)
 {
@@ -97,42 +86,90 @@ static int bench(const bonsai_model *m, const char *text, size_t len, uint32_t f
     return 0;
 }
 
-int cmd_tokenize(int argc, char **argv)
+typedef struct tokenize_opts {
+    const char *model, *file;
+    bool special, no_bos, bench;
+    const char *text[1];
+} tokenize_opts;
+
+static int cmd_tokenize(int argc, char **argv);
+
+static const cli_option tokenize_options[] = {
+    {.names = "-m, --model",
+     .value = "MODEL",
+     .kind = CLI_STRING,
+     .offset = offsetof(tokenize_opts, model),
+     .required = true,
+     .help = "The GGUF model whose tokenizer to use."},
+    {.names = "-f, --file",
+     .value = "FILE",
+     .kind = CLI_STRING,
+     .offset = offsetof(tokenize_opts, file),
+     .help = "Tokenize the bytes of FILE instead of TEXT."},
+    {.names = "--special",
+     .kind = CLI_FLAG,
+     .offset = offsetof(tokenize_opts, special),
+     .help = "Match special tokens such as <|im_start|> written in the text."},
+    {.names = "--no-bos",
+     .kind = CLI_FLAG,
+     .offset = offsetof(tokenize_opts, no_bos),
+     .help = "Do not prepend BOS even when the model's tokenizer adds one."},
+    {.names = "--bench",
+     .kind = CLI_FLAG,
+     .offset = offsetof(tokenize_opts, bench),
+     .help = "Measure the tokenizer's speed on the text instead of printing ids."},
+};
+
+static const cli_positional tokenize_positionals[] = {
+    {"TEXT", 0, 1, offsetof(tokenize_opts, text),
+     "The text to tokenize (or -f); after --, it may start with a dash."},
+};
+
+const cli_command cli_tokenize_command = {
+    .name = "tokenize",
+    .summary = "print the token ids of a text, or the tokenizer's speed",
+    .synopsis = "-m MODEL [--special] [--no-bos] [--bench] TEXT\n"
+                "-m MODEL [--special] [--no-bos] [--bench] -f FILE",
+    .description =
+        "Prints the token ids of TEXT (or of the file's bytes) on one line, separated by spaces. "
+        "BOS is prepended when the model's tokenizer adds one, unless --no-bos. --special "
+        "matches special tokens such as <|im_start|> written in the text; without it they are "
+        "plain text.\n\n"
+        "--bench instead tokenizes the text repeatedly for at least a second on one thread and "
+        "prints the time the vocabulary took to build and the throughput in MB/s (10^6 bytes) "
+        "and tokens/s.",
+    .options = tokenize_options,
+    .n_options = sizeof tokenize_options / sizeof tokenize_options[0],
+    .positionals = tokenize_positionals,
+    .n_positionals = 1,
+    .exit_status = "0\tthe ids (or the speed) were printed\n"
+                   "1\tthe model or the file could not be read, or the model has no tokenizer (one "
+                   "line on standard error)\n"
+                   "2\ta usage error: no model, both or neither of TEXT and -f (one line on "
+                   "standard error)",
+    .examples = "The ids of a sentence (1 403 407 261 378):\n"
+                "$ bonsai tokenize -m stories260K.gguf \"Once upon a time\"\n"
+                "A chat turn with its special tokens:\n"
+                "$ bonsai tokenize -m qwen3.gguf --special \"<|im_start|>user\"\n"
+                "Text that starts with a dash:\n"
+                "$ bonsai tokenize -m model.gguf -- \"-x\"\n"
+                "The tokenizer's speed on a file:\n"
+                "$ bonsai tokenize -m model.gguf --bench -f book.txt",
+    .opts_size = sizeof(tokenize_opts),
+    .run = cmd_tokenize,
+};
+
+static int cmd_tokenize(int argc, char **argv)
 {
-    const char *model_path = NULL, *file = NULL, *text = NULL;
-    bool special = false, no_bos = false, do_bench = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool has = i + 1 < argc;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            tokenize_usage(stdout);
-            return 0;
-        } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has) {
-            model_path = argv[++i];
-        } else if ((!strcmp(a, "-f") || !strcmp(a, "--file")) && has) {
-            file = argv[++i];
-        } else if (!strcmp(a, "--special")) {
-            special = true;
-        } else if (!strcmp(a, "--no-bos")) {
-            no_bos = true;
-        } else if (!strcmp(a, "--bench")) {
-            do_bench = true;
-        } else if (!strcmp(a, "--") && has && !text && i + 2 == argc) {
-            text = argv[++i];
-        } else if (a[0] != '-' && !text) {
-            text = a;
-        } else {
-            fprintf(stderr, "bonsai tokenize: unknown option, missing value or extra text '%s'\n",
-                    a);
-            tokenize_usage(stderr);
-            return 2;
-        }
-    }
-    if (!model_path || !text == !file) {
-        fprintf(stderr, "bonsai tokenize: -m MODEL and either TEXT or -f FILE are required\n");
-        tokenize_usage(stderr);
-        return 2;
-    }
+    tokenize_opts o = {0};
+    cli_parsed parsed;
+    int prc;
+    if (!cli_begin(&cli_tokenize_command, argc, argv, &o, &parsed, &prc)) return prc;
+    const char *model_path = o.model, *file = o.file, *text = o.text[0];
+    bool special = o.special, no_bos = o.no_bos, do_bench = o.bench;
+    if (!text == !file)
+        return cli_usage_error(&cli_tokenize_command,
+                               text ? "TEXT and -f exclude each other" : "missing TEXT or -f FILE");
     size_t len = 0;
     char *buf = NULL;
     if (file) {
@@ -148,7 +185,7 @@ int cmd_tokenize(int argc, char **argv)
     uint32_t flags =
         (special ? BONSAI_TOKENIZE_PARSE_SPECIAL : 0) | (no_bos ? 0 : BONSAI_TOKENIZE_ADD_BOS);
     bonsai_model *m = NULL;
-    bonsai_status st = bonsai_model_load(model_path, NULL, &m);
+    bonsai_status st = cli_load_model(model_path, &m);
     int rc = 0;
     if (st) {
         rc = cli_error("tokenize", st);
