@@ -54,6 +54,8 @@ typedef struct bsi_q1_kernels {
      * product for tokens [t0, t1) (after bsi_q8_quantize) and shared by every thread. */
     size_t (*lut_bytes)(int64_t cols);
     void (*prepare)(bsi_q8_act *x, int64_t t0, int64_t t1);
+    /* Optional: bsi_q8_quantize with this ISA's instructions (the same values exactly). */
+    void (*quantize)(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1);
     void (*gemv)(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t r0,
                  int64_t r1, int64_t cols);
     void (*gemm)(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t rows,

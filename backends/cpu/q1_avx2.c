@@ -271,12 +271,58 @@ static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     }
 }
 
+/* bsi_q8_quantize with AVX2: the same arithmetic (fp32 product, round to nearest even as lrintf
+ * in the default rounding mode, clamp to +-127), so the same values. */
+static void quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
+{
+    int64_t nb = a->cols / BSI_QK;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + t * a->cols + b * BSI_QK;
+            int8_t *q = a->q + t * a->cols + b * BSI_QK;
+            __m256 v[16], m = _mm256_setzero_ps();
+            for (int k = 0; k < 16; k++) {
+                v[k] = _mm256_loadu_ps(xb + 8 * k);
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+            }
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            float amax = _mm_cvtss_f32(h);
+            if (!(amax >= 1e-30f)) amax = 0.0f; /* NaN and tiny blocks: as zero */
+            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            const __m256 vid = _mm256_set1_ps(id);
+            __m256i acc = _mm256_setzero_si256();
+            for (int k = 0; k < 16; k += 4) {
+                __m256i i[4];
+                for (int j = 0; j < 4; j++) {
+                    i[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k + j], vid));
+                    i[j] = _mm256_max_epi32(_mm256_min_epi32(i[j], lim), nlim);
+                    acc = _mm256_add_epi32(acc, i[j]);
+                }
+                /* 32 int32 -> 32 int8 in order: packs work within 128-bit lanes */
+                __m256i w01 = _mm256_packs_epi32(i[0], i[1]), w23 = _mm256_packs_epi32(i[2], i[3]);
+                __m256i bytes = _mm256_packs_epi16(w01, w23);
+                bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256((__m256i *)(q + 8 * k), bytes);
+            }
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+            a->d[t * nb + b] = d;
+            a->sum[t * nb + b] = _mm_cvtsi128_si32(s4);
+        }
+}
+
 const bsi_q1_kernels bsi_q1_avx2 = {
     .isa = BSI_ISA_AVX2,
     .row_tile = TILE,
     .pack = pack,
     .lut_bytes = lut_bytes,
     .prepare = prepare,
+    .quantize = quantize,
     .gemv = gemv,
     .gemm = gemm,
 };

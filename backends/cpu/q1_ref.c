@@ -53,7 +53,10 @@ void bsi_q8_quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
 
 void bsi_q1_prepare(const bsi_q1_kernels *k, bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
 {
-    bsi_q8_quantize(a, x, t0, t1);
+    if (k->quantize)
+        k->quantize(a, x, t0, t1);
+    else
+        bsi_q8_quantize(a, x, t0, t1);
     if (k->prepare) k->prepare(a, t0, t1);
 }
 
