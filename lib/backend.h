@@ -17,7 +17,7 @@
 
 #include "internal.h"
 
-#define BSI_BACKEND_ABI 2 /* bumped whenever this table changes; modules must match */
+#define BSI_BACKEND_ABI 3 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -74,6 +74,11 @@ typedef struct bsi_backend_vtable {
     /* y[t][0..rows) = W x[t][0..cols) for t < n_tok. n_tok = 1 is decode, more is a prompt. */
     bonsai_status (*matmul)(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
                             int64_t n_tok);
+    /* Optional: y_i = W_i x for n matrices of the same width (q, k, v; gate, up) in one go, so
+     * the input is prepared once and one parallel loop covers them all. NULL: lib/ calls matmul
+     * for each. */
+    bonsai_status (*matmul_multi)(bsi_backend *be, int n, const bsi_weight *const *w,
+                                  const float *x, float *const *y, int64_t n_tok);
     /* y[t] = row ids[t] of W, dequantized (embedding lookup); ids in host memory. */
     bonsai_status (*get_rows)(bsi_backend *be, const bsi_weight *w, const int32_t *ids, float *y,
                               int64_t n_tok);

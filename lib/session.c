@@ -231,6 +231,19 @@ typedef struct fwd_run {
     int64_t first, n;
 } fwd_run;
 
+/* Products of several matrices with the same input: fused when the backend can. */
+static bonsai_status matmul_n(bonsai_session *s, int n, const bsi_weight *const *w, const float *x,
+                              float *const *y, int64_t n_tok)
+{
+    const bsi_backend_vtable *vt = s->be->vt;
+    if (vt->matmul_multi) return vt->matmul_multi(s->be, n, w, x, y, n_tok);
+    for (int i = 0; i < n; i++) {
+        bonsai_status st = vt->matmul(s->be, w[i], x, y[i], n_tok);
+        if (st) return st;
+    }
+    return BONSAI_OK;
+}
+
 /* The forward pass of the n tokens of `runs` (computed on `s`'s backend, with its scratch and
  * the positions in s->pos); logits of the last `n_rows` tokens into s->s.logits, or
  * (hidden != NULL) their final normalised hidden states into hidden [n_rows][n_embd] in host
@@ -255,9 +268,11 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
             return bsi_fail(BONSAI_ERR_ABORTED, "cancelled");
         const bsi_layer *L = &a->layers[l];
         TRY(vt->rmsnorm(be, b->x, V[L->attn_norm], b->h, E, n, a->eps));
-        TRY(vt->matmul(be, W[L->wq], b->h, b->q, n));
-        TRY(vt->matmul(be, W[L->wk], b->h, b->k, n));
-        TRY(vt->matmul(be, W[L->wv], b->h, b->v, n));
+        {
+            const bsi_weight *qkv[3] = {W[L->wq], W[L->wk], W[L->wv]};
+            float *out[3] = {b->q, b->k, b->v};
+            TRY(matmul_n(s, 3, qkv, b->h, out, n));
+        }
         if (L->q_norm >= 0) { /* qwen3: per-head RMS norm of q and k */
             TRY(vt->rmsnorm(be, b->q, V[L->q_norm], b->q, hd, n * a->n_head, a->eps));
             TRY(vt->rmsnorm(be, b->k, V[L->k_norm], b->k, hd, n * a->n_head_kv, a->eps));
@@ -277,8 +292,11 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
         TRY(vt->matmul(be, W[L->wo], b->att, b->h, n));
         TRY(vt->add(be, b->x, b->h, b->x, n * E));
         TRY(vt->rmsnorm(be, b->x, V[L->ffn_norm], b->h, E, n, a->eps));
-        TRY(vt->matmul(be, W[L->w_gate], b->h, b->g, n));
-        TRY(vt->matmul(be, W[L->w_up], b->h, b->u, n));
+        {
+            const bsi_weight *gu[2] = {W[L->w_gate], W[L->w_up]};
+            float *out[2] = {b->g, b->u};
+            TRY(matmul_n(s, 2, gu, b->h, out, n));
+        }
         TRY(vt->silu_mul(be, b->g, b->u, b->g, n * a->n_ff));
         TRY(vt->matmul(be, W[L->w_down], b->g, b->h, n));
         TRY(vt->add(be, b->x, b->h, b->x, n * E));

@@ -195,11 +195,70 @@ static void test_repack_resident_memory(void **state)
     unlink(path);
 }
 
+/* matmul_multi: the same results as one matmul per matrix, bit for bit; mixed types fall back. */
+static void test_matmul_multi(void **state)
+{
+    (void)state;
+    const int64_t cols = 384, rows[3] = {96, 33, 250};
+    for (int threads = 1; threads <= 3; threads++)
+        for (int64_t n_tok = 1; n_tok <= 5; n_tok += 4) {
+            bsi_backend_config cfg = {.n_threads = threads};
+            bsi_backend *be;
+            assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
+            uint8_t *w[3];
+            bsi_weight *wt[3];
+            float *y1[3], *y2[3];
+            for (int i = 0; i < 3; i++) {
+                size_t bytes = (size_t)rows[i] * (size_t)(cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
+                w[i] = malloc(bytes);
+                for (size_t k = 0; k < bytes; k++) w[i][k] = (uint8_t)test_rand();
+                for (size_t k = 0; k < bytes; k += BSI_Q1_BLOCK_BYTES) {
+                    uint16_t h = bsi_fp32_to_fp16(0.01f + 0.01f * fabsf(test_uniform()));
+                    memcpy(w[i] + k, &h, 2);
+                }
+                bsi_matrix_desc d = {"w", BONSAI_TENSOR_Q1_0, rows[i], cols, w[i], false};
+                assert_int_equal(be->vt->weight_create(be, &d, &wt[i]), 0);
+                y1[i] = malloc((size_t)(n_tok * rows[i]) * sizeof(float));
+                y2[i] = malloc((size_t)(n_tok * rows[i]) * sizeof(float));
+                for (int64_t k = 0; k < n_tok * rows[i]; k++) y2[i][k] = nanf("");
+            }
+            float *x = malloc((size_t)(n_tok * cols) * sizeof(float));
+            for (int64_t k = 0; k < n_tok * cols; k++) x[k] = test_uniform();
+            for (int i = 0; i < 3; i++)
+                assert_int_equal(be->vt->matmul(be, wt[i], x, y1[i], n_tok), 0);
+            assert_int_equal(
+                be->vt->matmul_multi(be, 3, (const bsi_weight *const *)wt, x, y2, n_tok), 0);
+            for (int i = 0; i < 3; i++)
+                assert_memory_equal(y1[i], y2[i], (size_t)(n_tok * rows[i]) * sizeof(float));
+            /* a matrix of another type among them: one product each */
+            float f32[4 * 384];
+            for (int k = 0; k < 4 * 384; k++) f32[k] = test_uniform();
+            bsi_matrix_desc df = {"f", BONSAI_TENSOR_F32, 4, cols, f32, false};
+            bsi_weight *wf;
+            assert_int_equal(be->vt->weight_create(be, &df, &wf), 0);
+            const bsi_weight *mixed[2] = {wt[0], wf};
+            float yf[5 * 4], yf1[5 * 4];
+            float *outs[2] = {y2[0], yf};
+            assert_int_equal(be->vt->matmul_multi(be, 2, mixed, x, outs, n_tok), 0);
+            assert_int_equal(be->vt->matmul(be, wf, x, yf1, n_tok), 0);
+            assert_memory_equal(yf, yf1, (size_t)(n_tok * 4) * sizeof(float));
+            assert_memory_equal(y1[0], y2[0], (size_t)(n_tok * rows[0]) * sizeof(float));
+            be->vt->weight_free(be, wf);
+            for (int i = 0; i < 3; i++) {
+                be->vt->weight_free(be, wt[i]);
+                free(w[i]), free(y1[i]), free(y2[i]);
+            }
+            free(x);
+            be->vt->destroy(be);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_q1_matmul),
+        cmocka_unit_test(test_matmul_multi),
         cmocka_unit_test(test_dense_and_small_ops),
         cmocka_unit_test(test_repack_resident_memory),
     };

@@ -173,7 +173,18 @@ static void test_ops_tables(void **state)
         const bsi_cpu_ops *o = bsi_cpu_ops_for((bsi_isa)i);
         assert_non_null(o);
         assert_true(o->gemv_f32 && o->gemv_f16 && o->gemv_bf16 && o->gemv_q8_0 && o->rmsnorm &&
-                    o->softmax && o->silu_mul && o->add && o->rope);
+                    o->softmax && o->silu_mul && o->add && o->rope && o->attn_head && o->to_f16);
+        if (bsi_isa_available((bsi_isa)i)) { /* fp16 rows: bit for bit the scalar conversion */
+            enum { N = 203 };
+            float x[N];
+            uint16_t want[N], got[N];
+            for (int j = 0; j < N; j++)
+                x[j] = (j % 7 == 0 ? 1e-6f : j % 11 == 0 ? 7e4f : 3.0f) * test_uniform();
+            bsi_cpu_ops_scalar.to_f16(x, want, N);
+            memset(got, 0x5a, sizeof got);
+            o->to_f16(x, got, N);
+            assert_memory_equal(got, want, sizeof got);
+        }
         /* an ISA without its own table gets the scalar one or (AVX-512) the AVX2 one */
         assert_true(o->isa == (bsi_isa)i || o->isa == BSI_ISA_SCALAR ||
                     (i == BSI_ISA_AVX512 && o->isa == BSI_ISA_AVX2));

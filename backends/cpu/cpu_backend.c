@@ -275,6 +275,33 @@ static void dense_range(void *ctx, int64_t begin, int64_t end, int thread)
         gemv(t->w->data, t->x + tok * t->w->cols, t->y + tok * t->w->rows, begin, end, t->w->cols);
 }
 
+/* Quantizes x (n_tok tokens of cols) into the backend's activation buffer, with the ISA's
+ * tables: once per input, whatever number of matrices it meets. */
+static bonsai_status prepare_input(cpu_backend *b, const float *x, int64_t cols, int64_t n_tok,
+                                   bsi_q8_act *xq)
+{
+    size_t lut = bsi_q1_lut_bytes(b->q1, cols);
+    size_t need = bsi_q8_act_bytes(cols, n_tok, lut);
+    if (need > b->act_bytes) {
+        void *p = bsi_realloc(b->act, need);
+        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
+        b->act = p;
+        b->act_bytes = need;
+    }
+    bsi_q8_act_init(xq, b->act, cols, n_tok, lut);
+    mm_task t = {b, NULL, xq, x, NULL, n_tok};
+    bsi_pool_for(b->pool, n_tok, 4, quantize_range, &t);
+    return BONSAI_OK;
+}
+
+/* Row tiles of a product: small chunks balance the threads, large enough to amortise the atomic
+ * hand-out. */
+static int64_t tile_grain(const cpu_backend *b, int64_t tiles, int64_t n_tok)
+{
+    int threads = bsi_pool_threads(b->pool);
+    return n_tok > 1 ? tiles / (2 * threads) + 1 : tiles / (8 * threads) + 1;
+}
+
 static bonsai_status cpu_matmul(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
                                 int64_t n_tok)
 {
@@ -285,23 +312,60 @@ static bonsai_status cpu_matmul(bsi_backend *be, const bsi_weight *w, const floa
         bsi_pool_for(b->pool, w->rows, grain, dense_range, &t);
         return BONSAI_OK;
     }
-    size_t lut = bsi_q1_lut_bytes(b->q1, w->cols);
-    size_t need = bsi_q8_act_bytes(w->cols, n_tok, lut);
-    if (need > b->act_bytes) {
-        void *p = bsi_realloc(b->act, need);
-        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
-        b->act = p;
-        b->act_bytes = need;
+    bsi_q8_act xq;
+    bonsai_status st = prepare_input(b, x, w->cols, n_tok, &xq);
+    if (st) return st;
+    t.xq = &xq;
+    int64_t tiles = (w->rows + b->q1->row_tile - 1) / b->q1->row_tile;
+    bsi_pool_for(b->pool, tiles, tile_grain(b, tiles, n_tok), q1_range, &t);
+    return BONSAI_OK;
+}
+
+/* Several Q1_0 matrices on one input: their row tiles form one index space. */
+typedef struct multi_task {
+    mm_task part[4];
+    int64_t first[5]; /* tile index where matrix i starts; first[n] = all tiles */
+    int n;
+} multi_task;
+
+static void q1_multi_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    multi_task *m = ctx;
+    for (int i = 0; i < m->n && begin < end; i++) {
+        int64_t lo = m->first[i], hi = m->first[i + 1];
+        if (begin >= hi) continue;
+        int64_t e = end < hi ? end : hi;
+        q1_range(&m->part[i], begin - lo, e - lo, thread);
+        begin = e;
+    }
+}
+
+static bonsai_status cpu_matmul_multi(bsi_backend *be, int n, const bsi_weight *const *w,
+                                      const float *x, float *const *y, int64_t n_tok)
+{
+    cpu_backend *b = cpu(be);
+    bool fused = n >= 1 && n <= 4;
+    for (int i = 0; i < n && fused; i++)
+        fused = w[i]->type == BONSAI_TENSOR_Q1_0 && w[i]->cols == w[0]->cols;
+    if (!fused) {
+        for (int i = 0; i < n; i++) {
+            bonsai_status st = cpu_matmul(be, w[i], x, y[i], n_tok);
+            if (st) return st;
+        }
+        return BONSAI_OK;
     }
     bsi_q8_act xq;
-    bsi_q8_act_init(&xq, b->act, w->cols, n_tok, lut);
-    t.xq = &xq;
-    bsi_pool_for(b->pool, n_tok, 4, quantize_range, &t);
-    int64_t tiles = (w->rows + b->q1->row_tile - 1) / b->q1->row_tile;
-    /* small chunks balance the threads; large enough to amortise the atomic hand-out */
-    int64_t grain = tiles / (8 * bsi_pool_threads(b->pool)) + 1;
-    if (n_tok > 1) grain = tiles / (2 * bsi_pool_threads(b->pool)) + 1;
-    bsi_pool_for(b->pool, tiles, grain, q1_range, &t);
+    bonsai_status st = prepare_input(b, x, w[0]->cols, n_tok, &xq);
+    if (st) return st;
+    multi_task m = {.n = n};
+    int64_t tiles = 0, tile = b->q1->row_tile;
+    for (int i = 0; i < n; i++) {
+        m.part[i] = (mm_task){b, w[i], &xq, x, y[i], n_tok};
+        m.first[i] = tiles;
+        tiles += (w[i]->rows + tile - 1) / tile;
+    }
+    m.first[n] = tiles;
+    bsi_pool_for(b->pool, tiles, tile_grain(b, tiles, n_tok), q1_multi_range, &m);
     return BONSAI_OK;
 }
 
@@ -450,7 +514,7 @@ static bonsai_status cpu_kv_store(bsi_backend *be, uint32_t kv_type, void *k_cac
                                   const float *k, const float *v, int64_t n_tok, int64_t dim,
                                   int64_t pos)
 {
-    (void)be;
+    const bsi_cpu_ops *ops = cpu(be)->ops;
     size_t row = kv_row_bytes(kv_type, dim);
     uint8_t *kc = (uint8_t *)k_cache + (size_t)pos * row,
             *vc = (uint8_t *)v_cache + (size_t)pos * row;
@@ -460,11 +524,8 @@ static bonsai_status cpu_kv_store(bsi_backend *be, uint32_t kv_type, void *k_cac
             quantize_q8_0_row(v + t * dim, dim, vc + (size_t)t * row);
             continue;
         }
-        uint16_t *kr = (uint16_t *)(kc + (size_t)t * row), *vr = (uint16_t *)(vc + (size_t)t * row);
-        for (int64_t i = 0; i < dim; i++) {
-            kr[i] = bsi_fp32_to_fp16(k[t * dim + i]);
-            vr[i] = bsi_fp32_to_fp16(v[t * dim + i]);
-        }
+        ops->to_f16(k + t * dim, (uint16_t *)(kc + (size_t)t * row), dim);
+        ops->to_f16(v + t * dim, (uint16_t *)(vc + (size_t)t * row), dim);
     }
     return BONSAI_OK;
 }
@@ -590,6 +651,7 @@ static const bsi_backend_vtable cpu_vtable = {
     .weight_free = cpu_weight_free,
     .weight_bytes = cpu_weight_bytes,
     .matmul = cpu_matmul,
+    .matmul_multi = cpu_matmul_multi,
     .get_rows = cpu_get_rows,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

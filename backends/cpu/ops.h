@@ -42,6 +42,8 @@ typedef struct bsi_cpu_ops {
      * n_pos floats. */
     void (*attn_head)(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
                       int64_t stride, int64_t hd, float scale, float *scores, float *out);
+    /* y = fp16(x), n values, rounded to nearest even (the KV cache rows). */
+    void (*to_f16)(const float *x, uint16_t *y, int64_t n);
 } bsi_cpu_ops;
 
 /* The ops of `isa` (falls back to the scalar table for an ISA with no variant). */

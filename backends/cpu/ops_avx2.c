@@ -347,6 +347,15 @@ static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int6
     }
 }
 
+static void to_f16(const float *x, uint16_t *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    bsi_cpu_ops_scalar.to_f16(x + i, y + i, n - i);
+}
+
 const bsi_cpu_ops bsi_cpu_ops_avx2 = {
     .isa = BSI_ISA_AVX2,
     .gemv_f32 = gemv_f32,
@@ -359,4 +368,5 @@ const bsi_cpu_ops bsi_cpu_ops_avx2 = {
     .add = add,
     .rope = rope,
     .attn_head = attn_head,
+    .to_f16 = to_f16,
 };

@@ -174,6 +174,11 @@ static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int6
     }
 }
 
+static void to_f16(const float *x, uint16_t *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = bsi_fp32_to_fp16(x[i]);
+}
+
 const bsi_cpu_ops bsi_cpu_ops_scalar = {
     .isa = BSI_ISA_SCALAR,
     .gemv_f32 = gemv_f32,
@@ -186,6 +191,7 @@ const bsi_cpu_ops bsi_cpu_ops_scalar = {
     .add = add,
     .rope = rope,
     .attn_head = attn_head,
+    .to_f16 = to_f16,
 };
 
 const bsi_cpu_ops *bsi_cpu_ops_for(bsi_isa isa)

@@ -305,10 +305,12 @@ static void quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
                 /* 32 int32 -> 32 int8 in order: packs work within 128-bit lanes */
                 __m256i w01 = _mm256_packs_epi32(i[0], i[1]), w23 = _mm256_packs_epi32(i[2], i[3]);
                 __m256i bytes = _mm256_packs_epi16(w01, w23);
-                bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                bytes =
+                    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
                 _mm256_storeu_si256((__m256i *)(q + 8 * k), bytes);
             }
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+            __m128i s4 =
+                _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
             a->d[t * nb + b] = d;
