@@ -153,6 +153,22 @@ class EvalAndBench(unittest.TestCase):
         self.assertIn("pp8", r.stdout)
         self.assertIn("tg4", r.stdout)
         self.assertEqual(run("bench").returncode, 2)
+        # the bandwidth bound: stories260K reads its matrices but token_embd (output.weight is
+        # separate: one embedding row is gathered), 131,072 + 5 x 181,248 bytes, plus the fp16 KV
+        # cache up to the middle of 8 tokens: 5 layers x 2 x 32 values x 2 bytes x 4
+        r = run("bench", "-m", data("stories260K.gguf"), "-p", "0", "-n", "8", "-r", "1",
+                "--bw", "10", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        bound = [row for row in rows if "tg_bound" in row][0]
+        self.assertAlmostEqual(bound["bytes_per_token"], 131072 + 5 * 181248 + 5 * 2 * 32 * 2 * 4,
+                               delta=1)
+        self.assertAlmostEqual(bound["tg_bound"], 10e9 / bound["bytes_per_token"], delta=0.1)
+        self.assertAlmostEqual(bound["tg_fraction"], rows[0]["tg_tok_s"] / bound["tg_bound"],
+                               delta=1e-3)
+        r = run("bench", "-m", data("stories260K.gguf"), "-p", "0", "-n", "4", "-r", "1",
+                "--bw", "10")
+        self.assertIn("% of it", r.stdout)
 
 
 class BenchKernels(unittest.TestCase):
@@ -694,7 +710,7 @@ OPTIONS = {
              "-t": True, "--threads": True, "--backend": True},
     "bench": {"-m": True, "--model": True, "-p": True, "--n-prompt": True, "-n": True,
               "--n-gen": True, "-r": True, "--repetitions": True, "-t": True, "--threads": True,
-              "--backend": True, "--sessions": True, "--json": False},
+              "--backend": True, "--sessions": True, "--bw": True, "--json": False},
     "run": dict(GENERATE_OPTIONS, **{"-p": True, "--prompt": True, "-f": True, "--file": True,
                                      "--chat": False, "--special": False,
                                      "--no-display-prompt": False}),

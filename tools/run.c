@@ -408,6 +408,7 @@ typedef struct bench_opts {
     int64_t p, n, reps, threads;
     int64_t sessions[MAX_SESSION_COUNTS];
     uint32_t n_sessions;
+    float bw;
     bool json;
 } bench_opts;
 
@@ -469,17 +470,45 @@ static const cli_option bench_options[] = {
      .help = "Also generate -n tokens in each of that many sessions at once, stepped together "
              "in one batch per token (continuous batching), for every count of the "
              "comma-separated LIST, and report the aggregate tokens/s."},
+    {.names = "--bw",
+     .value = "GB/s",
+     .kind = CLI_FLOAT,
+     .offset = offsetof(bench_opts, bw),
+     .help = "The memory bandwidth to compare generation with (as bonsai bench-kernels "
+             "measures it, or a GPU's): generation reads every weight once per token, so "
+             "GB/s divided by the bytes read per token bounds tg; the result is reported as a "
+             "fraction of that bound."},
     {.names = "--json",
      .kind = CLI_FLAG,
      .offset = offsetof(bench_opts, json),
      .help = "Print one JSON object per line instead of the table."},
 };
 
+/* Bytes a generated token reads: every matrix once, but for token_embd when the model has a
+ * separate output matrix (then only one of its rows is gathered); plus the KV cache up to the
+ * middle of the -n tokens (fp16). */
+static double bytes_per_token(const bonsai_model *m, int n)
+{
+    uint64_t index;
+    bool separate_head = bonsai_model_tensor_find(m, "output.weight", &index) == BONSAI_OK;
+    double bytes = 0;
+    for (uint64_t i = 0; i < bonsai_model_tensor_count(m); i++) {
+        bonsai_tensor_info t = {.struct_size = sizeof t};
+        if (bonsai_model_tensor_at(m, i, &t) || t.n_dims < 2) continue;
+        if (separate_head && !strcmp(t.name, "token_embd.weight")) continue;
+        bytes += (double)t.n_bytes;
+    }
+    bonsai_model_hparams h = {.struct_size = sizeof h};
+    bonsai_model_hparams_get(m, &h);
+    bytes += 2.0 * h.n_layer * h.n_head_kv * h.head_dim_k * 2.0 * (n / 2.0);
+    return bytes;
+}
+
 const cli_command cli_bench_command = {
     .name = "bench",
     .summary = "prompt and generation speed (pp/tg tokens/s)",
     .synopsis = "-m MODEL [-p 512] [-n 128] [-r 5] [-t N] [--backend NAME] "
-                "[--sessions 1,4,16,64] [--json]",
+                "[--sessions 1,4,16,64] [--bw GB/s] [--json]",
     .description =
         "Measures prompt processing (one batch of -p tokens) and generation (-n tokens one at a "
         "time) in tokens/s, like llama-bench: one warm-up, then -r repetitions, reported as "
@@ -487,7 +516,11 @@ const cli_command cli_bench_command = {
         "ids are fixed pseudo-random ones; each repetition starts from an empty cache.\n\n"
         "--sessions also generates -n tokens in each of that many sessions at once, stepped "
         "together with bonsai_batch_eval (one forward pass per step for all of them), and "
-        "reports the aggregate tokens/s per count.",
+        "reports the aggregate tokens/s per count.\n\n"
+        "--bw compares generation with the memory bandwidth: a token reads every weight once "
+        "(the embedding matrix only for its row when the model has a separate output matrix) "
+        "and the KV cache, so bandwidth / bytes per token bounds tg; the fraction of that bound "
+        "reached is printed.",
     .options = bench_options,
     .n_options = sizeof bench_options / sizeof bench_options[0],
     .exit_status = "0\tthe results were printed\n"
@@ -571,6 +604,13 @@ static int cmd_bench(int argc, char **argv)
                    model_path, bonsai_model_architecture(m), bonsai_model_file_size(m),
                    bonsai_model_n_params(m), bonsai_session_backend(s), reps, p, sp_.median,
                    sp_.min, sp_.max, n, sg.median, sg.min, sg.max);
+            if (o.bw > 0 && n) {
+                double bound = o.bw * 1e9 / bytes_per_token(m, n);
+                printf("{\"model\":\"%s\",\"backend\":\"%s\",\"bw_gbps\":%.2f,"
+                       "\"bytes_per_token\":%.0f,\"tg_bound\":%.2f,\"tg_fraction\":%.4f}\n",
+                       model_path, bonsai_session_backend(s), (double)o.bw, bytes_per_token(m, n),
+                       bound, sg.median / bound);
+            }
             for (int c = 0; c < n_counts; c++)
                 printf("{\"model\":\"%s\",\"backend\":\"%s\",\"sessions\":%d,\"tg\":%d,"
                        "\"aggregate_tok_s\":%.2f,\"per_session_tok_s\":%.2f}\n",
@@ -588,6 +628,12 @@ static int cmd_bench(int argc, char **argv)
             if (n)
                 printf("tg%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", n, sg.median,
                        reps, sg.min, sg.max);
+            if (n && o.bw > 0) {
+                double bpt = bytes_per_token(m, n), bound = o.bw * 1e9 / bpt;
+                printf("bound:    %.2f tok/s at %.1f GB/s (%.1f MB read per token): tg%d is "
+                       "%.1f%% of it\n",
+                       bound, (double)o.bw, bpt / 1e6, n, 100.0 * sg.median / bound);
+            }
             for (int c = 0; c < n_counts; c++)
                 printf("tg%-5d  %9.2f tok/s  aggregate of %d sessions stepped together "
                        "(%.2f each, median of %d)\n",

@@ -2,21 +2,23 @@
  * Q1_0 kernels for AVX2 (+FMA, F16C): table lookup instead of multiplication. Compiled with
  * -mavx2 -mfma -mf16c; used only when the CPU and OS support them.
  *
- * For each group of 4 activations (q0..q3, int8) of a token, a 16-entry table holds every subset
- * sum T[m] = sum_{j: bit j of m} q_j (int16, |T| <= 508), split into a low-byte and a high-byte
- * table of 16 bytes each. A weight row's 4 sign bits for that group are the index m, so one
- * vpshufb looks up "sum of q over the set bits" for 32 rows at once, a second one the high bytes,
- * and vpunpck{l,h}bw of (low, high) gives the exact int16 values. Per 4 weights x 32 rows: two
- * lookups, two unpacks, two adds, and a share of the nibble extraction: about 17 weight-MACs per
- * instruction against 8 for the multiply-based kernel, with no multiplier port involved (see
- * docs/perf-notes.md). A block of 128 sums at most 32 * 508 = 16256 in int16, so a block's
- * integer result is exact; then dot = dw * dx * (2 * S1 - Sq) as for every variant.
+ * For each group of 4 activations (q0..q3, int8) of a token, every activation is split into
+ * q = 16 qh + ql (ql = q & 15 in 0..15, qh = q >> 4 in -8..7), and two 16-entry int8 tables hold
+ * every subset sum of each part: L[m] = sum_{j: bit j of m} ql_j (0..60) and H[m] = the same of
+ * qh (-32..28). A weight row's 4 sign bits for that group are the index m, so one vpshufb looks
+ * up L for 32 rows at once and a second one H. Four lookups of each part still fit a byte
+ * (L <= 240, H in -128..112), so two steps (16 weights) are added as bytes before being widened
+ * to int16 once: per 8 weights x 32 rows, four lookups and two widening shuffles, where exact
+ * int16 tables (low and high bytes) took four lookups and four. Shuffles are the limit of this
+ * kernel (two ports), so that is a third fewer (see docs/perf-notes.md). A block of 128 then
+ * sums to S1 = 16 H + L exactly in int16 (|H| <= 1024, L <= 1920), and
+ * dot = dw * dx * (2 * S1 - Sq) as for every variant.
  *
  * Packed layout: rows in tiles of 32; per (tile, block) 576 bytes = the 32 rows' 18-byte blocks:
  *   bytes 32 p + r    (p = 0..15, r = 0..31): byte p of row r's sign bits (weights 8p .. 8p+7;
  *                     low nibble = group 2p, high nibble = group 2p+1), i.e. a transpose;
  *   bytes 512 + 2 r   the fp16 scale of row r.
- * Tables (prepare()): per token and block, per p: lo(2p) hi(2p) lo(2p+1) hi(2p+1), 16 bytes each:
+ * Tables (prepare()): per token and block, per p: L(2p) H(2p) L(2p+1) H(2p+1), 16 bytes each:
  * 1 KiB per block, 8 bytes per activation.
  */
 #include "q1.h"
@@ -56,22 +58,23 @@ static size_t lut_bytes(int64_t cols)
 /* Tables of one block of 128 activations. */
 static inline void build_block_tables(const int8_t *q, uint8_t *out)
 {
-    /* entry m of the 16: bit j of m says whether q_j is in the sum; as int16 masks */
+    /* entry m of the 16: bit j of m says whether part j is in the sum; as int16 masks */
     const __m256i m0 = _mm256_setr_epi16(0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1);
     const __m256i m1 = _mm256_setr_epi16(0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1);
     const __m256i m2 = _mm256_setr_epi16(0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, -1, -1, -1, -1);
     const __m256i m3 = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
-    /* per 128-bit lane: low bytes of the 8 int16 entries, then their high bytes */
-    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0,
-                                           2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (int g = 0; g < 32; g++) {
         const int8_t *v = q + 4 * g;
-        __m256i t = _mm256_and_si256(_mm256_set1_epi16(v[0]), m0);
-        t = _mm256_add_epi16(t, _mm256_and_si256(_mm256_set1_epi16(v[1]), m1));
-        t = _mm256_add_epi16(t, _mm256_and_si256(_mm256_set1_epi16(v[2]), m2));
-        t = _mm256_add_epi16(t, _mm256_and_si256(_mm256_set1_epi16(v[3]), m3));
-        /* lanes: [lo 0-7, hi 0-7 | lo 8-15, hi 8-15] -> [lo 0-15 | hi 0-15] */
-        t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, split), 0xD8);
+        __m256i l = _mm256_setzero_si256(), h = _mm256_setzero_si256();
+        const __m256i *masks[4] = {&m0, &m1, &m2, &m3};
+        for (int j = 0; j < 4; j++) {
+            l = _mm256_add_epi16(l, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] & 15)),
+                                                     *masks[j]));
+            h = _mm256_add_epi16(h, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] >> 4)),
+                                                     *masks[j]));
+        }
+        /* [L0-7, H0-7 | L8-15, H8-15] -> [L0-15 | H0-15] */
+        __m256i t = _mm256_permute4x64_epi64(_mm256_packs_epi16(l, h), 0xD8);
         _mm256_storeu_si256((__m256i *)(out + 32 * g), t);
     }
 }
@@ -85,33 +88,60 @@ static void prepare(bsi_q8_act *x, int64_t t0, int64_t t1)
                                x->lut + (size_t)t * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES);
 }
 
+/* Two steps (p, p + 1) of lookups for one tile: the L and H parts of 16 weights x 32 rows,
+ * summed as bytes (L <= 240, H in -128..112). */
+static inline void lookup2(const uint8_t *blk, const uint8_t *lut, int p, __m256i *l, __m256i *h)
+{
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+    __m256i al = _mm256_setzero_si256(), ah = al;
+    for (int k = p; k < p + 2; k++) {
+        __m256i idx = _mm256_load_si256((const __m256i *)(blk + 32 * k));
+        __m256i ia = _mm256_and_si256(idx, nib);
+        __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
+        const uint8_t *t = lut + 64 * k;
+        al = _mm256_add_epi8(
+            al, _mm256_add_epi8(
+                    _mm256_shuffle_epi8(
+                        _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t)), ia),
+                    _mm256_shuffle_epi8(
+                        _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32))),
+                        ib)));
+        ah = _mm256_add_epi8(
+            ah,
+            _mm256_add_epi8(
+                _mm256_shuffle_epi8(
+                    _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16))), ia),
+                _mm256_shuffle_epi8(
+                    _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48))), ib)));
+    }
+    *l = al;
+    *h = ah;
+}
+
+/* Widens byte sums into the int16 accumulators: rows 0-7 | 16-23 (lo) and 8-15 | 24-31 (hi);
+ * L unsigned, H signed. */
+static inline void widen(__m256i l, __m256i h, __m256i acc[4])
+{
+    const __m256i zero = _mm256_setzero_si256();
+    acc[0] = _mm256_add_epi16(acc[0], _mm256_unpacklo_epi8(l, zero));
+    acc[1] = _mm256_add_epi16(acc[1], _mm256_unpackhi_epi8(l, zero));
+    acc[2] = _mm256_add_epi16(acc[2], _mm256_srai_epi16(_mm256_unpacklo_epi8(h, h), 8));
+    acc[3] = _mm256_add_epi16(acc[3], _mm256_srai_epi16(_mm256_unpackhi_epi8(h, h), 8));
+}
+
 /* S1 (sum of q over set bits) of the 32 rows of one tile-block, as int16:
  * *lo = rows 0-7 | 16-23, *hi = rows 8-15 | 24-31. */
 static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m256i *lo, __m256i *hi)
 {
-    const __m256i nib = _mm256_set1_epi8(0x0F);
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
-    for (int p = 0; p < 16; p++) {
-        __m256i idx = _mm256_load_si256((const __m256i *)(blk + 32 * p));
-        __m256i ia = _mm256_and_si256(idx, nib);
-        __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
-        const uint8_t *t = lut + 64 * p;
-        __m256i la = _mm256_shuffle_epi8(
-            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t)), ia);
-        __m256i ha = _mm256_shuffle_epi8(
-            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16))), ia);
-        __m256i lb = _mm256_shuffle_epi8(
-            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32))), ib);
-        __m256i hb = _mm256_shuffle_epi8(
-            _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48))), ib);
-        /* two accumulator pairs shorten the dependency chains */
-        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(la, ha));
-        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(la, ha));
-        b0 = _mm256_add_epi16(b0, _mm256_unpacklo_epi8(lb, hb));
-        b1 = _mm256_add_epi16(b1, _mm256_unpackhi_epi8(lb, hb));
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                      _mm256_setzero_si256()};
+    for (int p = 0; p < 16; p += 2) {
+        __m256i l, h;
+        lookup2(blk, lut, p, &l, &h);
+        widen(l, h, acc);
     }
-    *lo = _mm256_add_epi16(a0, b0);
-    *hi = _mm256_add_epi16(a1, b1);
+    *lo = _mm256_add_epi16(_mm256_slli_epi16(acc[2], 4), acc[0]);
+    *hi = _mm256_add_epi16(_mm256_slli_epi16(acc[3], 4), acc[1]);
 }
 
 /* The same for two tiles at once: each table is loaded once for 64 rows, which halves the table
@@ -120,36 +150,39 @@ static inline void tile2_block_sums(const uint8_t *blk0, const uint8_t *blk1, co
                                     __m256i s[4])
 {
     const __m256i nib = _mm256_set1_epi8(0x0F);
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, c0 = a0, c1 = a0;
-    for (int p = 0; p < 16; p++) {
-        const uint8_t *t = lut + 64 * p;
-        __m256i tla = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t));
-        __m256i tha = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16)));
-        __m256i tlb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32)));
-        __m256i thb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48)));
-        __m256i idx = _mm256_load_si256((const __m256i *)(blk0 + 32 * p));
-        __m256i ia = _mm256_and_si256(idx, nib);
-        __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
-        __m256i la = _mm256_shuffle_epi8(tla, ia), ha = _mm256_shuffle_epi8(tha, ia);
-        __m256i lb = _mm256_shuffle_epi8(tlb, ib), hb = _mm256_shuffle_epi8(thb, ib);
-        a0 = _mm256_add_epi16(
-            a0, _mm256_add_epi16(_mm256_unpacklo_epi8(la, ha), _mm256_unpacklo_epi8(lb, hb)));
-        a1 = _mm256_add_epi16(
-            a1, _mm256_add_epi16(_mm256_unpackhi_epi8(la, ha), _mm256_unpackhi_epi8(lb, hb)));
-        idx = _mm256_load_si256((const __m256i *)(blk1 + 32 * p));
-        ia = _mm256_and_si256(idx, nib);
-        ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
-        la = _mm256_shuffle_epi8(tla, ia), ha = _mm256_shuffle_epi8(tha, ia);
-        lb = _mm256_shuffle_epi8(tlb, ib), hb = _mm256_shuffle_epi8(thb, ib);
-        c0 = _mm256_add_epi16(
-            c0, _mm256_add_epi16(_mm256_unpacklo_epi8(la, ha), _mm256_unpacklo_epi8(lb, hb)));
-        c1 = _mm256_add_epi16(
-            c1, _mm256_add_epi16(_mm256_unpackhi_epi8(la, ha), _mm256_unpackhi_epi8(lb, hb)));
+    __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                    _mm256_setzero_si256()};
+    __m256i c[4] = {a[0], a[1], a[2], a[3]};
+    for (int p = 0; p < 16; p += 2) {
+        __m256i l0 = _mm256_setzero_si256(), h0 = l0, l1 = l0, h1 = l0;
+        for (int k = p; k < p + 2; k++) {
+            const uint8_t *t = lut + 64 * k;
+            __m256i tla = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t));
+            __m256i tha = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16)));
+            __m256i tlb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32)));
+            __m256i thb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48)));
+            __m256i idx = _mm256_load_si256((const __m256i *)(blk0 + 32 * k));
+            __m256i ia = _mm256_and_si256(idx, nib);
+            __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
+            l0 = _mm256_add_epi8(l0, _mm256_add_epi8(_mm256_shuffle_epi8(tla, ia),
+                                                     _mm256_shuffle_epi8(tlb, ib)));
+            h0 = _mm256_add_epi8(h0, _mm256_add_epi8(_mm256_shuffle_epi8(tha, ia),
+                                                     _mm256_shuffle_epi8(thb, ib)));
+            idx = _mm256_load_si256((const __m256i *)(blk1 + 32 * k));
+            ia = _mm256_and_si256(idx, nib);
+            ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
+            l1 = _mm256_add_epi8(l1, _mm256_add_epi8(_mm256_shuffle_epi8(tla, ia),
+                                                     _mm256_shuffle_epi8(tlb, ib)));
+            h1 = _mm256_add_epi8(h1, _mm256_add_epi8(_mm256_shuffle_epi8(tha, ia),
+                                                     _mm256_shuffle_epi8(thb, ib)));
+        }
+        widen(l0, h0, a);
+        widen(l1, h1, c);
     }
-    s[0] = a0;
-    s[1] = a1;
-    s[2] = c0;
-    s[3] = c1;
+    s[0] = _mm256_add_epi16(_mm256_slli_epi16(a[2], 4), a[0]);
+    s[1] = _mm256_add_epi16(_mm256_slli_epi16(a[3], 4), a[1]);
+    s[2] = _mm256_add_epi16(_mm256_slli_epi16(c[2], 4), c[0]);
+    s[3] = _mm256_add_epi16(_mm256_slli_epi16(c[3], 4), c[1]);
 }
 
 /* acc[k] (rows 8k .. 8k+7) += dw * dx * (2 * S1 - sum_q). */
@@ -235,38 +268,54 @@ static void gemv(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     tile_rows(w, x, 0, y + r0, r0, r1, cols);
 }
 
-/* Tokens in the inner loop: a tile-block's 576 bytes stay in L1 while the tables of a chunk of
- * tokens (1 KiB per block and token) stream past them. The chunk is sized so that its tables,
- * re-read for every tile, stay in L2: 16 tokens of 2048 columns, 2 of 12288. */
+/* Tokens in the inner loop: a pair of tile-blocks (2 x 576 bytes) stays in L1 while the tables
+ * of a chunk of tokens (1 KiB per block and token) stream past them, each table load serving
+ * both tiles (64 rows). The chunk is sized so that its tables, re-read for every pair of tiles,
+ * stay in L2: 16 tokens of 2048 columns, 2 of 12288. */
 static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t rows,
                  int64_t r0, int64_t r1, int64_t cols, int64_t t0, int64_t t1)
 {
     (void)xf;
     int64_t nb = cols / BSI_QK;
     enum { CHUNK = 16 };
-    __m256 acc[CHUNK][4];
+    __m256 acc[2][CHUNK][4];
+    size_t tile_bytes = (size_t)nb * TILE_BLOCK_BYTES;
     int64_t chunk = (int64_t)((256 * 1024) / x->lut_bytes);
     chunk = chunk < 1 ? 1 : chunk > CHUNK ? CHUNK : chunk;
-    for (int64_t r = r0; r < r1; r += TILE) {
-        const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
-        int n_rows = r1 - r < TILE ? (int)(r1 - r) : TILE;
+    for (int64_t r = r0; r < r1; r += 2 * TILE) {
+        const uint8_t *tile0 = w + (size_t)(r / TILE) * tile_bytes;
+        bool pair = r + TILE < r1;
+        int n0 = r1 - r < TILE ? (int)(r1 - r) : TILE;
+        int n1 = !pair ? 0 : r1 - r - TILE < TILE ? (int)(r1 - r - TILE) : TILE;
         for (int64_t tc = t0; tc < t1; tc += chunk) {
             int n_tok = (int)(t1 - tc < chunk ? t1 - tc : chunk);
             for (int t = 0; t < n_tok; t++)
-                for (int k = 0; k < 4; k++) acc[t][k] = _mm256_setzero_ps();
+                for (int k = 0; k < 4; k++) acc[0][t][k] = acc[1][t][k] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
+                const uint8_t *blk0 = tile0 + (size_t)b * TILE_BLOCK_BYTES;
+                const uint8_t *blk1 = blk0 + tile_bytes;
                 for (int t = 0; t < n_tok; t++) {
                     int64_t tok = tc + t;
-                    __m256i lo, hi;
-                    tile_block_sums(
-                        blk, x->lut + (size_t)tok * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES, &lo,
-                        &hi);
-                    tile_block_accumulate(acc[t], blk, lo, hi, x->d[tok * nb + b],
-                                          x->sum[tok * nb + b]);
+                    const uint8_t *lut =
+                        x->lut + (size_t)tok * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES;
+                    float dx = x->d[tok * nb + b];
+                    int32_t sq = x->sum[tok * nb + b];
+                    if (pair) {
+                        __m256i sums[4];
+                        tile2_block_sums(blk0, blk1, lut, sums);
+                        tile_block_accumulate(acc[0][t], blk0, sums[0], sums[1], dx, sq);
+                        tile_block_accumulate(acc[1][t], blk1, sums[2], sums[3], dx, sq);
+                    } else {
+                        __m256i lo, hi;
+                        tile_block_sums(blk0, lut, &lo, &hi);
+                        tile_block_accumulate(acc[0][t], blk0, lo, hi, dx, sq);
+                    }
                 }
             }
-            for (int t = 0; t < n_tok; t++) store_tile(y + (tc + t) * rows + r, acc[t], n_rows);
+            for (int t = 0; t < n_tok; t++) {
+                store_tile(y + (tc + t) * rows + r, acc[0][t], n0);
+                if (pair) store_tile(y + (tc + t) * rows + r + TILE, acc[1][t], n1);
+            }
         }
     }
 }
