@@ -68,10 +68,10 @@ static inline void build_block_tables(const int8_t *q, uint8_t *out)
         __m256i l = _mm256_setzero_si256(), h = _mm256_setzero_si256();
         const __m256i *masks[4] = {&m0, &m1, &m2, &m3};
         for (int j = 0; j < 4; j++) {
-            l = _mm256_add_epi16(l, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] & 15)),
-                                                     *masks[j]));
-            h = _mm256_add_epi16(h, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] >> 4)),
-                                                     *masks[j]));
+            l = _mm256_add_epi16(
+                l, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] & 15)), *masks[j]));
+            h = _mm256_add_epi16(
+                h, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] >> 4)), *masks[j]));
         }
         /* [L0-7, H0-7 | L8-15, H8-15] -> [L0-15 | H0-15] */
         __m256i t = _mm256_permute4x64_epi64(_mm256_packs_epi16(l, h), 0xD8);
@@ -100,12 +100,12 @@ static inline void lookup2(const uint8_t *blk, const uint8_t *lut, int p, __m256
         __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
         const uint8_t *t = lut + 64 * k;
         al = _mm256_add_epi8(
-            al, _mm256_add_epi8(
-                    _mm256_shuffle_epi8(
-                        _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t)), ia),
-                    _mm256_shuffle_epi8(
-                        _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32))),
-                        ib)));
+            al,
+            _mm256_add_epi8(
+                _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t)),
+                                    ia),
+                _mm256_shuffle_epi8(
+                    _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32))), ib)));
         ah = _mm256_add_epi8(
             ah,
             _mm256_add_epi8(
@@ -118,71 +118,31 @@ static inline void lookup2(const uint8_t *blk, const uint8_t *lut, int p, __m256
     *h = ah;
 }
 
-/* Widens byte sums into the int16 accumulators: rows 0-7 | 16-23 (lo) and 8-15 | 24-31 (hi);
- * L unsigned, H signed. */
-static inline void widen(__m256i l, __m256i h, __m256i acc[4])
+/* Adds 16 H + L (byte sums: L unsigned, H signed) to the int16 accumulators of rows
+ * 0-7 | 16-23 (lo) and 8-15 | 24-31 (hi). 16 H is H in the high byte shifted right by 4. */
+static inline void widen(__m256i l, __m256i h, __m256i *lo, __m256i *hi)
 {
     const __m256i zero = _mm256_setzero_si256();
-    acc[0] = _mm256_add_epi16(acc[0], _mm256_unpacklo_epi8(l, zero));
-    acc[1] = _mm256_add_epi16(acc[1], _mm256_unpackhi_epi8(l, zero));
-    acc[2] = _mm256_add_epi16(acc[2], _mm256_srai_epi16(_mm256_unpacklo_epi8(h, h), 8));
-    acc[3] = _mm256_add_epi16(acc[3], _mm256_srai_epi16(_mm256_unpackhi_epi8(h, h), 8));
+    *lo = _mm256_add_epi16(*lo,
+                           _mm256_add_epi16(_mm256_unpacklo_epi8(l, zero),
+                                            _mm256_srai_epi16(_mm256_unpacklo_epi8(zero, h), 4)));
+    *hi = _mm256_add_epi16(*hi,
+                           _mm256_add_epi16(_mm256_unpackhi_epi8(l, zero),
+                                            _mm256_srai_epi16(_mm256_unpackhi_epi8(zero, h), 4)));
 }
 
 /* S1 (sum of q over set bits) of the 32 rows of one tile-block, as int16:
  * *lo = rows 0-7 | 16-23, *hi = rows 8-15 | 24-31. */
 static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m256i *lo, __m256i *hi)
 {
-    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                      _mm256_setzero_si256()};
+    __m256i a = _mm256_setzero_si256(), b = a;
     for (int p = 0; p < 16; p += 2) {
         __m256i l, h;
         lookup2(blk, lut, p, &l, &h);
-        widen(l, h, acc);
+        widen(l, h, &a, &b);
     }
-    *lo = _mm256_add_epi16(_mm256_slli_epi16(acc[2], 4), acc[0]);
-    *hi = _mm256_add_epi16(_mm256_slli_epi16(acc[3], 4), acc[1]);
-}
-
-/* The same for two tiles at once: each table is loaded once for 64 rows, which halves the table
- * traffic (tables of wide matrices do not fit L1: 8 bytes per activation). */
-static inline void tile2_block_sums(const uint8_t *blk0, const uint8_t *blk1, const uint8_t *lut,
-                                    __m256i s[4])
-{
-    const __m256i nib = _mm256_set1_epi8(0x0F);
-    __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                    _mm256_setzero_si256()};
-    __m256i c[4] = {a[0], a[1], a[2], a[3]};
-    for (int p = 0; p < 16; p += 2) {
-        __m256i l0 = _mm256_setzero_si256(), h0 = l0, l1 = l0, h1 = l0;
-        for (int k = p; k < p + 2; k++) {
-            const uint8_t *t = lut + 64 * k;
-            __m256i tla = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t));
-            __m256i tha = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16)));
-            __m256i tlb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32)));
-            __m256i thb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48)));
-            __m256i idx = _mm256_load_si256((const __m256i *)(blk0 + 32 * k));
-            __m256i ia = _mm256_and_si256(idx, nib);
-            __m256i ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
-            l0 = _mm256_add_epi8(l0, _mm256_add_epi8(_mm256_shuffle_epi8(tla, ia),
-                                                     _mm256_shuffle_epi8(tlb, ib)));
-            h0 = _mm256_add_epi8(h0, _mm256_add_epi8(_mm256_shuffle_epi8(tha, ia),
-                                                     _mm256_shuffle_epi8(thb, ib)));
-            idx = _mm256_load_si256((const __m256i *)(blk1 + 32 * k));
-            ia = _mm256_and_si256(idx, nib);
-            ib = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
-            l1 = _mm256_add_epi8(l1, _mm256_add_epi8(_mm256_shuffle_epi8(tla, ia),
-                                                     _mm256_shuffle_epi8(tlb, ib)));
-            h1 = _mm256_add_epi8(h1, _mm256_add_epi8(_mm256_shuffle_epi8(tha, ia),
-                                                     _mm256_shuffle_epi8(thb, ib)));
-        }
-        widen(l0, h0, a);
-        widen(l1, h1, c);
-    }
-    s[0] = _mm256_add_epi16(_mm256_slli_epi16(a[2], 4), a[0]);
-    s[1] = _mm256_add_epi16(_mm256_slli_epi16(a[3], 4), a[1]);
-    s[2] = _mm256_add_epi16(_mm256_slli_epi16(c[2], 4), c[0]);
-    s[3] = _mm256_add_epi16(_mm256_slli_epi16(c[3], 4), c[1]);
+    *lo = a;
+    *hi = b;
 }
 
 /* acc[k] (rows 8k .. 8k+7) += dw * dx * (2 * S1 - sum_q). */
@@ -224,28 +184,7 @@ static void tile_rows(const uint8_t *w, const bsi_q8_act *x, int64_t tok, float 
     const float *d = x->d + tok * nb;
     const int32_t *sum = x->sum + tok * nb;
     size_t tile_bytes = (size_t)nb * TILE_BLOCK_BYTES;
-    int64_t r = r0;
-    /* pairs of tiles only when the tables outgrow L1: the pair loop needs more registers */
-    bool pairs = x->lut_bytes > 24 * 1024;
-    for (; pairs && r + 2 * TILE <= r1; r += 2 * TILE) {
-        const uint8_t *tile = w + (size_t)(r / TILE) * tile_bytes;
-        __m256 acc0[4], acc1[4];
-        for (int k = 0; k < 4; k++) acc0[k] = acc1[k] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk0 = tile + (size_t)b * TILE_BLOCK_BYTES, *blk1 = blk0 + tile_bytes;
-            for (int k = 0; k < TILE_BLOCK_BYTES; k += 64) {
-                _mm_prefetch((const char *)blk0 + PREFETCH + k, _MM_HINT_T0);
-                _mm_prefetch((const char *)blk1 + PREFETCH + k, _MM_HINT_T0);
-            }
-            __m256i s[4];
-            tile2_block_sums(blk0, blk1, lut + (size_t)b * LUT_BLOCK_BYTES, s);
-            tile_block_accumulate(acc0, blk0, s[0], s[1], d[b], sum[b]);
-            tile_block_accumulate(acc1, blk1, s[2], s[3], d[b], sum[b]);
-        }
-        store_tile(y + (r - r0), acc0, TILE);
-        store_tile(y + (r - r0) + TILE, acc1, r1 - r - TILE < TILE ? (int)(r1 - r - TILE) : TILE);
-    }
-    for (; r < r1; r += TILE) {
+    for (int64_t r = r0; r < r1; r += TILE) {
         const uint8_t *tile = w + (size_t)(r / TILE) * tile_bytes;
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                          _mm256_setzero_ps()};
@@ -268,54 +207,39 @@ static void gemv(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     tile_rows(w, x, 0, y + r0, r0, r1, cols);
 }
 
-/* Tokens in the inner loop: a pair of tile-blocks (2 x 576 bytes) stays in L1 while the tables
- * of a chunk of tokens (1 KiB per block and token) stream past them, each table load serving
- * both tiles (64 rows). The chunk is sized so that its tables, re-read for every pair of tiles,
- * stay in L2: 16 tokens of 2048 columns, 2 of 12288. */
+/* Tokens in the inner loop: a tile-block's 576 bytes stay in L1 while the tables of a chunk of
+ * tokens (1 KiB per block and token) stream past them. The chunk is sized so that its tables,
+ * re-read for every tile, stay in L2: 16 tokens of 2048 columns, 2 of 12288. (Sharing each table
+ * load between two tiles was slower: the two tiles' accumulators do not fit the registers.) */
 static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t rows,
                  int64_t r0, int64_t r1, int64_t cols, int64_t t0, int64_t t1)
 {
     (void)xf;
     int64_t nb = cols / BSI_QK;
     enum { CHUNK = 16 };
-    __m256 acc[2][CHUNK][4];
-    size_t tile_bytes = (size_t)nb * TILE_BLOCK_BYTES;
+    __m256 acc[CHUNK][4];
     int64_t chunk = (int64_t)((256 * 1024) / x->lut_bytes);
     chunk = chunk < 1 ? 1 : chunk > CHUNK ? CHUNK : chunk;
-    for (int64_t r = r0; r < r1; r += 2 * TILE) {
-        const uint8_t *tile0 = w + (size_t)(r / TILE) * tile_bytes;
-        bool pair = r + TILE < r1;
-        int n0 = r1 - r < TILE ? (int)(r1 - r) : TILE;
-        int n1 = !pair ? 0 : r1 - r - TILE < TILE ? (int)(r1 - r - TILE) : TILE;
+    for (int64_t r = r0; r < r1; r += TILE) {
+        const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
+        int n_rows = r1 - r < TILE ? (int)(r1 - r) : TILE;
         for (int64_t tc = t0; tc < t1; tc += chunk) {
             int n_tok = (int)(t1 - tc < chunk ? t1 - tc : chunk);
             for (int t = 0; t < n_tok; t++)
-                for (int k = 0; k < 4; k++) acc[0][t][k] = acc[1][t][k] = _mm256_setzero_ps();
+                for (int k = 0; k < 4; k++) acc[t][k] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk0 = tile0 + (size_t)b * TILE_BLOCK_BYTES;
-                const uint8_t *blk1 = blk0 + tile_bytes;
+                const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
                 for (int t = 0; t < n_tok; t++) {
                     int64_t tok = tc + t;
-                    const uint8_t *lut =
-                        x->lut + (size_t)tok * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES;
-                    float dx = x->d[tok * nb + b];
-                    int32_t sq = x->sum[tok * nb + b];
-                    if (pair) {
-                        __m256i sums[4];
-                        tile2_block_sums(blk0, blk1, lut, sums);
-                        tile_block_accumulate(acc[0][t], blk0, sums[0], sums[1], dx, sq);
-                        tile_block_accumulate(acc[1][t], blk1, sums[2], sums[3], dx, sq);
-                    } else {
-                        __m256i lo, hi;
-                        tile_block_sums(blk0, lut, &lo, &hi);
-                        tile_block_accumulate(acc[0][t], blk0, lo, hi, dx, sq);
-                    }
+                    __m256i lo, hi;
+                    tile_block_sums(
+                        blk, x->lut + (size_t)tok * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES, &lo,
+                        &hi);
+                    tile_block_accumulate(acc[t], blk, lo, hi, x->d[tok * nb + b],
+                                          x->sum[tok * nb + b]);
                 }
             }
-            for (int t = 0; t < n_tok; t++) {
-                store_tile(y + (tc + t) * rows + r, acc[0][t], n0);
-                if (pair) store_tile(y + (tc + t) * rows + r + TILE, acc[1][t], n1);
-            }
+            for (int t = 0; t < n_tok; t++) store_tile(y + (tc + t) * rows + r, acc[t], n_rows);
         }
     }
 }
