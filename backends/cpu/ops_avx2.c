@@ -316,34 +316,53 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
     }
 }
 
-/* Head dims that are a multiple of 8 go 8 at a time through F16C; others take the scalar path. */
+/* Head dims that are a multiple of 32 go through F16C with independent accumulators (a single
+ * chain of FMAs would wait on each one's latency); others take the scalar path. */
 static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
                       int64_t stride, int64_t hd, float scale, float *scores, float *out)
 {
-    if (hd % 8) {
+    if (hd % 32) {
         bsi_cpu_ops_scalar.attn_head(q, k, v, n_pos, stride, hd, scale, scores, out);
         return;
     }
     float max = -INFINITY;
     for (int64_t p = 0; p < n_pos; p++) {
         const uint16_t *kp = k + p * stride;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t d = 0; d < hd; d += 8)
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d),
-                                  _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kp + d))), acc);
-        scores[p] = hsum(acc) * scale;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t d = 0; d < hd; d += 32) {
+#define KDOT(acc, o)                                                                               \
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + (o)),                                            \
+                          _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kp + d + (o)))), acc)
+            KDOT(a0, 0);
+            KDOT(a1, 8);
+            KDOT(a2, 16);
+            KDOT(a3, 24);
+#undef KDOT
+        }
+        scores[p] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) * scale;
         if (scores[p] > max) max = scores[p];
     }
     float sum = 0;
     for (int64_t p = 0; p < n_pos; p++) sum += (scores[p] = expf(scores[p] - max));
-    float inv = 1.0f / sum;
-    for (int64_t d = 0; d < hd; d += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t p = 0; p < n_pos; p++)
-            acc = _mm256_fmadd_ps(
-                _mm256_set1_ps(scores[p]),
-                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + p * stride + d))), acc);
-        _mm256_storeu_ps(out + d, _mm256_mul_ps(acc, _mm256_set1_ps(inv)));
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    /* positions outer, 32 dimensions at a time in four accumulators */
+    for (int64_t d = 0; d < hd; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t p = 0; p < n_pos; p++) {
+            const uint16_t *vp = v + p * stride + d;
+            __m256 w = _mm256_set1_ps(scores[p]);
+#define VACC(acc, o)                                                                               \
+    acc = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + (o)))), acc)
+            VACC(a0, 0);
+            VACC(a1, 8);
+            VACC(a2, 16);
+            VACC(a3, 24);
+#undef VACC
+        }
+        _mm256_storeu_ps(out + d, _mm256_mul_ps(a0, inv));
+        _mm256_storeu_ps(out + d + 8, _mm256_mul_ps(a1, inv));
+        _mm256_storeu_ps(out + d + 16, _mm256_mul_ps(a2, inv));
+        _mm256_storeu_ps(out + d + 24, _mm256_mul_ps(a3, inv));
     }
 }
 
