@@ -31,6 +31,8 @@
 #define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 576 */
 #define PREFETCH         (8 * TILE_BLOCK_BYTES)      /* bytes ahead of the tile-block being read */
 #define LUT_BLOCK_BYTES  1024
+#define GEMM_TAB_KB      256 /* GEMM: tables of a chunk of tokens */
+#define GEMM_W_KB        256 /* GEMM: weights of a group of rows */
 
 static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
 {
@@ -55,27 +57,48 @@ static size_t lut_bytes(int64_t cols)
     return (size_t)(cols / BSI_QK) * LUT_BLOCK_BYTES;
 }
 
-/* Tables of one block of 128 activations. */
+/* Byte indices for building tables: entry m of a group's table takes part j of the group when
+ * bit j of m is set (0x80: a zero byte). Groups g (lane 0, bytes 0-3) and g + 1 (lane 1, bytes
+ * 4-7) are built at once. */
+#define SEL(j, m, lane) ((uint8_t)(((m) >> (j)) & 1 ? 4 * (lane) + (j) : 0x80))
+#define SEL16(j, lane)                                                                             \
+    SEL(j, 0, lane), SEL(j, 1, lane), SEL(j, 2, lane), SEL(j, 3, lane), SEL(j, 4, lane),           \
+        SEL(j, 5, lane), SEL(j, 6, lane), SEL(j, 7, lane), SEL(j, 8, lane), SEL(j, 9, lane),       \
+        SEL(j, 10, lane), SEL(j, 11, lane), SEL(j, 12, lane), SEL(j, 13, lane), SEL(j, 14, lane),  \
+        SEL(j, 15, lane)
+static const uint8_t table_sel[4][32] __attribute__((aligned(32))) = {{SEL16(0, 0), SEL16(0, 1)},
+                                                                      {SEL16(1, 0), SEL16(1, 1)},
+                                                                      {SEL16(2, 0), SEL16(2, 1)},
+                                                                      {SEL16(3, 0), SEL16(3, 1)}};
+#undef SEL16
+#undef SEL
+
+/* Tables of one block of 128 activations: per group of 4, L (subset sums of the low nibbles) then
+ * H (of the signed high parts), 16 bytes each; two groups per step, all in bytes (sums of 4 fit:
+ * 0..60 and -32..28). */
 static inline void build_block_tables(const int8_t *q, uint8_t *out)
 {
-    /* entry m of the 16: bit j of m says whether part j is in the sum; as int16 masks */
-    const __m256i m0 = _mm256_setr_epi16(0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1);
-    const __m256i m1 = _mm256_setr_epi16(0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1);
-    const __m256i m2 = _mm256_setr_epi16(0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, -1, -1, -1, -1);
-    const __m256i m3 = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
-    for (int g = 0; g < 32; g++) {
-        const int8_t *v = q + 4 * g;
-        __m256i l = _mm256_setzero_si256(), h = _mm256_setzero_si256();
-        const __m256i *masks[4] = {&m0, &m1, &m2, &m3};
-        for (int j = 0; j < 4; j++) {
-            l = _mm256_add_epi16(
-                l, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] & 15)), *masks[j]));
-            h = _mm256_add_epi16(
-                h, _mm256_and_si256(_mm256_set1_epi16((int16_t)(v[j] >> 4)), *masks[j]));
-        }
-        /* [L0-7, H0-7 | L8-15, H8-15] -> [L0-15 | H0-15] */
-        __m256i t = _mm256_permute4x64_epi64(_mm256_packs_epi16(l, h), 0xD8);
-        _mm256_storeu_si256((__m256i *)(out + 32 * g), t);
+    const __m256i nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    const __m256i s0 = _mm256_load_si256((const __m256i *)table_sel[0]);
+    const __m256i s1 = _mm256_load_si256((const __m256i *)table_sel[1]);
+    const __m256i s2 = _mm256_load_si256((const __m256i *)table_sel[2]);
+    const __m256i s3 = _mm256_load_si256((const __m256i *)table_sel[3]);
+    for (int g = 0; g < 32; g += 2) {
+        int64_t eight_q;
+        memcpy(&eight_q, q + 4 * g, 8);
+        __m256i v = _mm256_set1_epi64x(eight_q);
+        __m256i ql = _mm256_and_si256(v, nib);
+        /* q >> 4 per byte: the high nibble, sign-extended from 4 bits */
+        __m256i qh = _mm256_sub_epi8(
+            _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib), eight), eight);
+        __m256i l = _mm256_add_epi8(
+            _mm256_add_epi8(_mm256_shuffle_epi8(ql, s0), _mm256_shuffle_epi8(ql, s1)),
+            _mm256_add_epi8(_mm256_shuffle_epi8(ql, s2), _mm256_shuffle_epi8(ql, s3)));
+        __m256i h = _mm256_add_epi8(
+            _mm256_add_epi8(_mm256_shuffle_epi8(qh, s0), _mm256_shuffle_epi8(qh, s1)),
+            _mm256_add_epi8(_mm256_shuffle_epi8(qh, s2), _mm256_shuffle_epi8(qh, s3)));
+        _mm256_storeu_si256((__m256i *)(out + 32 * g), _mm256_permute2x128_si256(l, h, 0x20));
+        _mm256_storeu_si256((__m256i *)(out + 32 * (g + 1)), _mm256_permute2x128_si256(l, h, 0x31));
     }
 }
 
@@ -139,6 +162,43 @@ static inline void tile_block_sums(const uint8_t *blk, const uint8_t *lut, __m25
     for (int p = 0; p < 16; p += 2) {
         __m256i l, h;
         lookup2(blk, lut, p, &l, &h);
+        widen(l, h, &a, &b);
+    }
+    *lo = a;
+    *hi = b;
+}
+
+/* The lookup indices of a tile-block: per step p, the low and high nibbles of byte p of the 32
+ * rows (groups 2p and 2p + 1). The GEMM extracts them once for all its tokens. */
+static inline void tile_block_nibbles(const uint8_t *blk, __m256i nibs[32])
+{
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+    for (int p = 0; p < 16; p++) {
+        __m256i idx = _mm256_load_si256((const __m256i *)(blk + 32 * p));
+        nibs[2 * p] = _mm256_and_si256(idx, nib);
+        nibs[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(idx, 4), nib);
+    }
+}
+
+/* tile_block_sums from extracted nibbles. */
+static inline void tile_block_sums_nib(const __m256i nibs[32], const uint8_t *lut, __m256i *lo,
+                                       __m256i *hi)
+{
+    __m256i a = _mm256_setzero_si256(), b = a;
+    for (int p = 0; p < 16; p += 2) {
+        __m256i l = _mm256_setzero_si256(), h = l;
+        for (int k = p; k < p + 2; k++) {
+            const uint8_t *t = lut + 64 * k;
+            __m256i ia = nibs[2 * k], ib = nibs[2 * k + 1];
+            __m256i tla = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)t));
+            __m256i tha = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 16)));
+            __m256i tlb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 32)));
+            __m256i thb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(t + 48)));
+            l = _mm256_add_epi8(
+                l, _mm256_add_epi8(_mm256_shuffle_epi8(tla, ia), _mm256_shuffle_epi8(tlb, ib)));
+            h = _mm256_add_epi8(
+                h, _mm256_add_epi8(_mm256_shuffle_epi8(tha, ia), _mm256_shuffle_epi8(thb, ib)));
+        }
         widen(l, h, &a, &b);
     }
     *lo = a;
@@ -220,10 +280,10 @@ static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     int64_t nb = cols / BSI_QK;
     enum { CHUNK = 16 };
     __m256 acc[CHUNK][4];
-    int64_t chunk = (int64_t)((256 * 1024) / x->lut_bytes);
+    int64_t chunk = (int64_t)((GEMM_TAB_KB * 1024) / x->lut_bytes);
     chunk = chunk < 1 ? 1 : chunk > CHUNK ? CHUNK : chunk;
     size_t tile_bytes = (size_t)nb * TILE_BLOCK_BYTES;
-    int64_t group = (int64_t)((256 * 1024) / tile_bytes) * TILE;
+    int64_t group = (int64_t)((GEMM_W_KB * 1024) / tile_bytes) * TILE;
     if (group < TILE) group = TILE;
     for (int64_t g0 = r0; g0 < r1; g0 += group) {
         int64_t g1 = g0 + group < r1 ? g0 + group : r1;
@@ -236,11 +296,13 @@ static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
                     for (int k = 0; k < 4; k++) acc[t][k] = _mm256_setzero_ps();
                 for (int64_t b = 0; b < nb; b++) {
                     const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
+                    __m256i nibs[32];
+                    tile_block_nibbles(blk, nibs);
                     for (int t = 0; t < n_tok; t++) {
                         int64_t tok = tc + t;
                         __m256i lo, hi;
-                        tile_block_sums(
-                            blk, x->lut + (size_t)tok * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES,
+                        tile_block_sums_nib(
+                            nibs, x->lut + (size_t)tok * x->lut_bytes + (size_t)b * LUT_BLOCK_BYTES,
                             &lo, &hi);
                         tile_block_accumulate(acc[t], blk, lo, hi, x->d[tok * nb + b],
                                               x->sum[tok * nb + b]);
