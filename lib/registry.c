@@ -4,9 +4,10 @@
  * loaded with dlopen on first use, so the core never links a GPU runtime.
  *
  * Modules are looked for, in order, in the directories of BONSAI_BACKEND_PATH (absolute paths
- * separated by ':'), in the install directory ($libdir/bonsai), and beside the binary that holds
- * libbonsai (the directory itself and its bonsai/ subdirectory). Never in the current directory:
- * empty and relative entries of BONSAI_BACKEND_PATH are ignored.
+ * separated by ':'), in the install directory ($libdir/bonsai), beside the binary that holds
+ * libbonsai (the directory itself and its bonsai/ subdirectory), and last in the build tree the
+ * library was built in (so programs run from a build directory find its module). Never in the
+ * current directory: empty and relative entries of BONSAI_BACKEND_PATH are ignored.
  */
 #define _GNU_SOURCE
 #include "backend.h"
@@ -20,6 +21,9 @@
 
 #ifndef BONSAI_MODULE_DIR
 #define BONSAI_MODULE_DIR "/usr/local/lib/bonsai"
+#endif
+#ifndef BONSAI_BUILD_MODULE_DIR
+#define BONSAI_BUILD_MODULE_DIR ""
 #endif
 
 #define MAX_BACKENDS 8
@@ -132,6 +136,7 @@ static void find_module(const char *name)
             }
         }
     }
+    if (BONSAI_BUILD_MODULE_DIR[0] == '/' && try_module(e, BONSAI_BUILD_MODULE_DIR, name)) return;
     snprintf(e->reason, sizeof e->reason,
              "module libbonsai-%s.so not found (BONSAI_BACKEND_PATH, %s, beside libbonsai)", name,
              BONSAI_MODULE_DIR);
