@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <utf8proc.h>
+#include "../utf8_oracle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -66,71 +66,6 @@ static void init(void)
     if (*qwen) load(qwen, NFC);
 }
 
-/* Valid UTF-8 by Table 3-7 of the Unicode standard. */
-static bool valid_utf8(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t b = s[i], lo = 0x80, hi = 0xbf;
-        size_t k;
-        if (b <= 0x7f)
-            k = 0;
-        else if (b >= 0xc2 && b <= 0xdf)
-            k = 1;
-        else if (b == 0xe0)
-            k = 2, lo = 0xa0;
-        else if (b == 0xed)
-            k = 2, hi = 0x9f;
-        else if (b >= 0xe1 && b <= 0xef)
-            k = 2;
-        else if (b == 0xf0)
-            k = 3, lo = 0x90;
-        else if (b == 0xf4)
-            k = 3, hi = 0x8f;
-        else if (b >= 0xf1 && b <= 0xf3)
-            k = 3;
-        else
-            return false;
-        if (k && i + k >= n) return false;
-        for (size_t j = 1; j <= k; j++) {
-            uint8_t c = s[i + j];
-            if (j == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xbf)) return false;
-        }
-        i += k + 1;
-    }
-    return true;
-}
-
-/* NFC of each maximal valid run, other bytes kept: what qwen2 gives back. */
-static uint8_t *nfc_runs(const uint8_t *s, size_t n, size_t *out_len)
-{
-    uint8_t *out = malloc(4 * n + 16);
-    CHECK(out);
-    size_t o = 0, i = 0;
-    while (i < n) {
-        size_t j = i;
-        while (j < n) {
-            size_t k = 1;
-            while (k <= 4 && j + k <= n && !valid_utf8(s + j, k)) k++;
-            if (k > 4 || j + k > n) break;
-            j += k;
-        }
-        if (j > i) {
-            utf8proc_uint8_t *nfc = NULL;
-            utf8proc_ssize_t l = utf8proc_map(s + i, (utf8proc_ssize_t)(j - i), &nfc,
-                                              UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-            CHECK(l >= 0 && (size_t)l <= 3 * (j - i));
-            memcpy(out + o, nfc, (size_t)l);
-            o += (size_t)l;
-            free(nfc);
-        }
-        if (j < n) out[o++] = s[j++];
-        i = j;
-    }
-    *out_len = o;
-    return out;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     init();
@@ -163,7 +98,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t want_len = len;
         uint8_t *want;
         if (back[which] == NFC) {
-            want = nfc_runs((const uint8_t *)text, len, &want_len);
+            want = oracle_nfc_runs((const uint8_t *)text, len, &want_len);
+            CHECK(want);
         } else {
             want = malloc(len + 1);
             CHECK(want);
@@ -193,12 +129,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(bonsai_detokenizer_push(d, t[i], &piece, &pl) == BONSAI_OK);
         else
             bonsai_detokenizer_flush(d, &piece, &pl);
-        CHECK(piece && valid_utf8((const uint8_t *)piece, pl));
+        CHECK(piece && oracle_valid_utf8((const uint8_t *)piece, pl));
         CHECK(s_len + pl <= 3 * out_len + 3);
         memcpy(streamed + s_len, piece, pl);
         s_len += pl;
     }
-    if (valid_utf8((const uint8_t *)out, out_len))
+    if (oracle_valid_utf8((const uint8_t *)out, out_len))
         CHECK(s_len == out_len && !memcmp(streamed, out, out_len));
     bonsai_detokenizer_free(d);
     free(streamed);
