@@ -5,7 +5,8 @@ import ctypes
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _lib
-from .errors import InvalidStateError, check, make_error
+from ._handle import NativeHandle
+from .errors import check, make_error
 from .session import Generation, GenerationStats, Session
 
 __all__ = ["Chat", "parse_reply", "render_chat", "tokenize_chat"]
@@ -109,7 +110,7 @@ def parse_reply(text: str) -> Tuple[str, str]:
     return part(r, rn.value), part(c, cn.value)
 
 
-class Chat:
+class Chat(NativeHandle):
     """A conversation kept in a session's KV cache (bonsai_chat): each turn evaluates only its
     new tokens.
 
@@ -131,6 +132,8 @@ class Chat:
             ends with an empty think block, as the template renders it).
     """
 
+    _what = "chat"
+
     def __init__(self, session: Session, system: Optional[str] = None, thinking: bool = False):
         self._ptr = None
         self._owned_session = None
@@ -146,11 +149,6 @@ class Chat:
         self.messages: List[Tuple[str, str]] = [("system", system)] if system else []
         self.last_stats: Optional[GenerationStats] = None
         session._owner = self
-
-    def _handle(self):
-        if not self._ptr:
-            raise InvalidStateError(_lib.BONSAI_ERR_INVALID_STATE, "the chat is closed")
-        return self._ptr
 
     def send(self, message: str, *, max_tokens: int = 256,
              stop: Union[None, str, Sequence[str]] = None, sampler=None, special: bool = False,
@@ -229,23 +227,6 @@ class Chat:
         owned, self._owned_session = self._owned_session, None
         if owned is not None:
             owned.close()
-
-    @property
-    def closed(self) -> bool:
-        """True after close()."""
-        return not self._ptr
-
-    def __enter__(self) -> "Chat":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _opt_bytes(s: Optional[str]):

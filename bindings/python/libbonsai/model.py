@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _lib
-from .errors import BonsaiError, InvalidStateError, check, make_error
+from ._handle import NativeHandle
+from .errors import BonsaiError, check, make_error
 
 __all__ = ["Model", "Metadata", "TensorInfo", "HParams", "Detokenizer", "tensor_type_name",
            "value_type_name"]
@@ -323,7 +324,7 @@ def _stream_is_tty(stream) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class Model:
+class Model(NativeHandle):
     """A GGUF model loaded with libbonsai (immutable; may be shared by threads).
 
     Example::
@@ -345,6 +346,8 @@ class Model:
     Raises:
         BonsaiError (FileError, BadMagicError, CorruptError...) with the library's message.
     """
+
+    _what = "model"
 
     def __init__(self, path: Union[str, bytes, os.PathLike], *, use_mmap: bool = True,
                  progress: Union[None, bool, Callable[[float], Optional[bool]]] = None,
@@ -398,33 +401,11 @@ class Model:
         if ptr:
             _lib.lib.bonsai_model_free(ptr)
 
-    @property
-    def closed(self) -> bool:
-        """True after close()."""
-        return not self._ptr
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def __repr__(self):
         if self.closed:
             return "<libbonsai.Model %r (closed)>" % self.path
         return "<libbonsai.Model %r: %s, %d parameters>" % (self.path, self.architecture,
                                                              self.n_params)
-
-    def _handle(self):
-        if not self._ptr:
-            raise InvalidStateError(_lib.BONSAI_ERR_INVALID_STATE, "the model is closed")
-        return self._ptr
 
     # -- description --------------------------------------------------------------------------
 
@@ -661,7 +642,7 @@ class Model:
             return session.embed(tokens)
 
 
-class Detokenizer:
+class Detokenizer(NativeHandle):
     """Streaming detokenizer: feed tokens one by one, get text that is always whole UTF-8
     characters (a character split across tokens comes with its last token).
 
@@ -671,6 +652,8 @@ class Detokenizer:
         text = "".join(d.push(t) for t in tokens) + d.flush()
     """
 
+    _what = "detokenizer"
+
     def __init__(self, model: Model, special: bool = False):
         self._ptr = None
         self._model = model  # the C detokenizer keeps its own reference to the C model
@@ -678,11 +661,6 @@ class Detokenizer:
         check(_lib.lib.bonsai_detokenizer_create(model._handle(), _detok_flags(special),
                                                  ctypes.byref(out)))
         self._ptr = out
-
-    def _handle(self):
-        if not self._ptr:
-            raise InvalidStateError(_lib.BONSAI_ERR_INVALID_STATE, "the detokenizer is closed")
-        return self._ptr
 
     def push(self, token: int) -> str:
         """Add a token; returns the newly complete text (maybe "")."""
@@ -704,15 +682,3 @@ class Detokenizer:
         ptr, self._ptr = self._ptr, None
         if ptr:
             _lib.lib.bonsai_detokenizer_free(ptr)
-
-    def __enter__(self) -> "Detokenizer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass

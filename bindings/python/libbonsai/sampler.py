@@ -9,6 +9,7 @@ import threading
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _lib
+from ._handle import NativeHandle
 from .errors import InvalidStateError, check
 
 __all__ = ["Sampler", "Candidates", "SAMPLER_DEFAULTS", "sampler_from_settings"]
@@ -99,7 +100,7 @@ class Candidates:
         return [d.logit for d in self.data]
 
 
-class Sampler:
+class Sampler(NativeHandle):
     """A sampler chain (bonsai_sampler). Stages apply in the order added; the last one picks
     the token (greedy, or dist: a seeded random draw). Methods return the sampler, so chains
     read as one expression::
@@ -111,6 +112,8 @@ class Sampler:
     Sampler as ``sampler=`` to use your own; its history is not reset between generations
     (call reset()). A sampler is used by one generation at a time.
     """
+
+    _what = "sampler"
 
     def __init__(self, seed: int = 0):
         self._ptr = None
@@ -141,11 +144,6 @@ class Sampler:
         self._lock = threading.Lock()
         self._errors = []
         return self
-
-    def _handle(self):
-        if not self._ptr:
-            raise InvalidStateError(_lib.BONSAI_ERR_INVALID_STATE, "the sampler is closed")
-        return self._ptr
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -273,18 +271,6 @@ class Sampler:
         if ptr:
             _lib.lib.bonsai_sampler_free(ptr)
         self._keep = []
-
-    def __enter__(self) -> "Sampler":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- for the package ----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 from . import _lib
+from ._handle import Closeable, NativeHandle
 from .errors import InvalidArgumentError, InvalidStateError, check, make_error
 from .model import Model, _int32_array, _text_bytes, _tokenize
 from .sampler import SETTINGS, Sampler, sampler_from_settings
@@ -90,7 +91,7 @@ class _Busy:
         self.session._lock.release()
 
 
-class Session:
+class Session(NativeHandle):
     """A model running: a compute backend, a KV cache of `n_ctx` tokens and the logits of the
     last evaluation (bonsai_session).
 
@@ -116,6 +117,8 @@ class Session:
         max_memory: most bytes the session may take (0: no cap): a cache that does not fit
             fails the creation, a batch that does not fit fails with OutOfMemoryError.
     """
+
+    _what = "session"
 
     def __init__(self, model: Model, n_ctx: int = 0, n_threads: int = 0, backend: str = "auto",
                  kv_type: Union[str, int] = "f16", max_memory: int = 0):
@@ -155,11 +158,6 @@ class Session:
     def _owner(self, chat):
         self._owner_ref = weakref.ref(chat) if chat is not None else None
 
-    def _handle(self):
-        if not self._ptr:
-            raise InvalidStateError(_lib.BONSAI_ERR_INVALID_STATE, "the session is closed")
-        return self._ptr
-
     def _acquire(self, owner=None):
         self._handle()
         if self._owner is not None and self._owner is not owner:
@@ -195,23 +193,6 @@ class Session:
             ptr, self._ptr = self._ptr, None
             if ptr:
                 _lib.lib.bonsai_session_free(ptr)
-
-    @property
-    def closed(self) -> bool:
-        """True after close()."""
-        return not self._ptr
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         if self.closed:
@@ -530,7 +511,7 @@ class _Job:
             t.join(timeout)
 
 
-class Generation:
+class Generation(Closeable):
     """An iterator of the text pieces of a running generation (from Session.generate,
     Model.generate or Chat.send).
 
@@ -668,15 +649,3 @@ class Generation:
     def session(self) -> Session:
         """The session generating."""
         return self._session
-
-    def __enter__(self) -> "Generation":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
