@@ -6,7 +6,8 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _lib
 from ._handle import NativeHandle
-from .errors import check, make_error
+from .errors import check
+from .model import _grow_bytes, _grow_tokens
 from .session import Generation, GenerationStats, Session
 
 __all__ = ["Chat", "parse_reply", "render_chat", "tokenize_chat"]
@@ -52,17 +53,8 @@ def tokenize_chat(model, messages: Iterable[Message], add_generation_prompt: boo
     arr, n, keep = _c_messages(messages)
     flags = _chat_flags(add_generation_prompt, thinking)
     ptr = model._handle()
-    n_max = sum(len(x) for x in keep) + 16 * n + 16
-    for _ in range(2):
-        buf = (ctypes.c_int32 * n_max)()
-        count = ctypes.c_uint32()
-        st = _lib.lib.bonsai_chat_tokenize(ptr, arr, n, flags, buf, n_max, ctypes.byref(count))
-        if st == _lib.BONSAI_OK:
-            return buf[:count.value]
-        if st != _lib.BONSAI_ERR_OUT_OF_RANGE or count.value <= n_max:
-            raise make_error(st)
-        n_max = count.value
-    raise make_error(st)
+    return _grow_tokens(lambda buf, n_max, count: _lib.lib.bonsai_chat_tokenize(
+        ptr, arr, n, flags, buf, n_max, count), sum(len(x) for x in keep) + 16 * n + 16)
 
 
 def render_chat(messages: Iterable[Message], add_generation_prompt: bool = True,
@@ -75,17 +67,10 @@ def render_chat(messages: Iterable[Message], add_generation_prompt: bool = True,
     """
     arr, count, keep = _c_messages(messages)
     flags = _chat_flags(add_generation_prompt, thinking)
-    size = sum(len(x) for x in keep) + 64 * count + 128
-    for _ in range(2):
-        buf = ctypes.create_string_buffer(size)
-        n = ctypes.c_size_t()
-        st = _lib.lib.bonsai_chat_render(arr, count, flags, buf, size, ctypes.byref(n))
-        if st == _lib.BONSAI_OK:
-            return buf.raw[:n.value].decode("utf-8", "replace")
-        if st != _lib.BONSAI_ERR_OUT_OF_RANGE or n.value < size:
-            raise make_error(st)
-        size = n.value + 1
-    raise make_error(st)
+    text = _grow_bytes(lambda buf, size, n: _lib.lib.bonsai_chat_render(arr, count, flags, buf,
+                                                                       size, n),
+                       sum(len(x) for x in keep) + 64 * count + 128)
+    return text.decode("utf-8", "replace")
 
 
 def parse_reply(text: str) -> Tuple[str, str]:

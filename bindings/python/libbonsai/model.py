@@ -58,21 +58,44 @@ def _text_bytes(text: Union[str, bytes]) -> bytes:
 # lives as long as its sessions).
 
 
+def _grow_tokens(call, n_max: int) -> List[int]:
+    """Run call(buf, n_max, byref(count)), a C function filling up to n_max token ids; when the
+    buffer was too small (OUT_OF_RANGE with the count needed), once more with a large enough one."""
+    for _ in range(2):
+        buf = (ctypes.c_int32 * n_max)()
+        count = ctypes.c_uint32(0)
+        st = call(buf, n_max, ctypes.byref(count))
+        if st == _lib.BONSAI_OK:
+            return buf[:count.value]
+        if st != _lib.BONSAI_ERR_OUT_OF_RANGE or count.value <= n_max:
+            raise make_error(st)
+        n_max = count.value
+    raise make_error(st)
+
+
+def _grow_bytes(call, size: int) -> bytes:
+    """Run call(buf, size, byref(length)), a C function writing a NUL-terminated text of length
+    bytes; when the buffer was too small (OUT_OF_RANGE with the length), once more with one that
+    fits."""
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        length = ctypes.c_size_t(0)
+        st = call(buf, size, ctypes.byref(length))
+        if st == _lib.BONSAI_OK:
+            return buf.raw[:length.value]
+        if st != _lib.BONSAI_ERR_OUT_OF_RANGE or length.value < size:
+            raise make_error(st)
+        size = length.value + 1
+    raise make_error(st)
+
+
 def _tokenize(ptr, text, add_bos=True, special=False) -> List[int]:
     data = _text_bytes(text)
     flags = (_lib.BONSAI_TOKENIZE_ADD_BOS if add_bos else 0) | \
         (_lib.BONSAI_TOKENIZE_PARSE_SPECIAL if special else 0)
-    n_max = len(data) + 8
-    for _ in range(2):
-        buf = (ctypes.c_int32 * n_max)()
-        n = ctypes.c_uint32(0)
-        st = _lib.lib.bonsai_tokenize(ptr, data, len(data), flags, buf, n_max, ctypes.byref(n))
-        if st == _lib.BONSAI_OK:
-            return buf[:n.value]
-        if st != _lib.BONSAI_ERR_OUT_OF_RANGE or n.value <= n_max:
-            raise make_error(st)
-        n_max = n.value
-    raise make_error(st)
+    return _grow_tokens(lambda buf, n_max, n: _lib.lib.bonsai_tokenize(ptr, data, len(data), flags,
+                                                                       buf, n_max, n),
+                        len(data) + 8)
 
 
 def _detok_flags(special, continuation=False):
@@ -88,32 +111,15 @@ def _int32_array(tokens: Sequence[int]):
 def _detokenize_bytes(ptr, tokens, special=False, continuation=False) -> bytes:
     arr, n = _int32_array(tokens)
     flags = _detok_flags(special, continuation)
-    size = 16 * n + 64
-    for _ in range(2):
-        buf = ctypes.create_string_buffer(size)
-        length = ctypes.c_size_t(0)
-        st = _lib.lib.bonsai_detokenize(ptr, arr, n, flags, buf, size, ctypes.byref(length))
-        if st == _lib.BONSAI_OK:
-            return buf.raw[:length.value]
-        if st != _lib.BONSAI_ERR_OUT_OF_RANGE or length.value < size:
-            raise make_error(st)
-        size = length.value + 1
-    raise make_error(st)
+    return _grow_bytes(lambda buf, size, length: _lib.lib.bonsai_detokenize(ptr, arr, n, flags, buf,
+                                                                           size, length),
+                       16 * n + 64)
 
 
 def _token_to_piece(ptr, token, special=False) -> bytes:
-    size = 64
-    for _ in range(2):
-        buf = ctypes.create_string_buffer(size)
-        length = ctypes.c_size_t(0)
-        st = _lib.lib.bonsai_token_to_piece(ptr, int(token), _detok_flags(special), buf, size,
-                                            ctypes.byref(length))
-        if st == _lib.BONSAI_OK:
-            return buf.raw[:length.value]
-        if st != _lib.BONSAI_ERR_OUT_OF_RANGE or length.value < size:
-            raise make_error(st)
-        size = length.value + 1
-    raise make_error(st)
+    flags = _detok_flags(special)
+    return _grow_bytes(lambda buf, size, length: _lib.lib.bonsai_token_to_piece(
+        ptr, int(token), flags, buf, size, length), 64)
 
 
 # ---------------------------------------------------------------------------------------------
