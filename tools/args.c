@@ -126,10 +126,9 @@ bool cli_given(const cli_command *cmd, const cli_parsed *parsed, const char *nam
 
 /* ---- values ---- */
 
-static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
+/* Decimal digits only, at least one, without overflow. */
+static bool parse_digits(const char *s, uint64_t *out)
 {
-    bool neg = *s == '-';
-    if (*s == '-' || *s == '+') s++;
     if (!*s) return false;
     uint64_t v = 0;
     for (; *s; s++) {
@@ -138,6 +137,16 @@ static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
         if (v > (UINT64_MAX - d) / 10) return false;
         v = v * 10 + d;
     }
+    *out = v;
+    return true;
+}
+
+static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    bool neg = *s == '-';
+    if (*s == '-' || *s == '+') s++;
+    uint64_t v;
+    if (!parse_digits(s, &v)) return false;
     int64_t x;
     if (neg) {
         if (v > (uint64_t)INT64_MAX + 1) return false;
@@ -154,16 +163,7 @@ static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
 static bool parse_u64(const char *s, uint64_t *out)
 {
     if (*s == '+') s++;
-    if (!*s) return false;
-    uint64_t v = 0;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9') return false;
-        unsigned d = (unsigned)(*s - '0');
-        if (v > (UINT64_MAX - d) / 10) return false;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return true;
+    return parse_digits(s, out);
 }
 
 static bool parse_float(const char *s, float *out)
