@@ -12,10 +12,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
 import _util
+
+sys.path.append(os.path.join(_util.SOURCE_ROOT, "tests"))
+from check_symbols import map_symbols  # noqa: E402  (the symbol-map reader of the C tests)
 
 from libbonsai import _lib
 
@@ -146,14 +150,6 @@ def describe(ct):
     if isinstance(ct, type) and issubclass(ct, ctypes.Array):
         return ("array", ct._type_, ct._length_)
     return ct
-
-
-def map_symbols(path):
-    text = re.sub(r"/\*.*?\*/", "", open(path).read(), flags=re.S)
-    syms = set()
-    for block in re.findall(r"global:(.*?)(?:local:|})", text, flags=re.S):
-        syms.update(s.strip() for s in block.split(";") if s.strip())
-    return syms
 
 
 class DeclarationsTest(unittest.TestCase):
