@@ -14,17 +14,11 @@ bool bsi_handle_alive(const uint32_t *magic, uint32_t expected, const char *fn)
 {
 #if BSI_CHECK_HANDLES
     if (*magic == expected) return true;
-    if (*magic == BSI_MAGIC_DEAD) {
-        bsi_log(BONSAI_LOG_ERROR,
-                "%s: the handle was already freed (freed twice, or used after "
-                "being freed)",
-                fn);
-        bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
-                 "%s: the handle was already freed (freed twice, or used after being freed)", fn);
-    } else {
-        bsi_log(BONSAI_LOG_ERROR, "%s: not a handle of this kind", fn);
-        bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: not a handle of this kind", fn);
-    }
+    const char *why = *magic == BSI_MAGIC_DEAD
+                          ? "the handle was already freed (freed twice, or used after being freed)"
+                          : "not a handle of this kind";
+    bsi_log(BONSAI_LOG_ERROR, "%s: %s", fn, why);
+    bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: %s", fn, why);
     return false;
 #else
     (void)magic, (void)expected, (void)fn;
