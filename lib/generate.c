@@ -128,11 +128,9 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
                         "bonsai_generate: params->struct_size is %u; use "
                         "bonsai_generate_params_init()",
                         params->struct_size);
-    if (stats && stats->struct_size < sizeof(uint32_t) * 4)
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
-                        "bonsai_generate: stats->struct_size is %u; set it to "
-                        "sizeof(bonsai_generate_stats)",
-                        stats->struct_size);
+    if (stats && bsi_out_size_check(stats->struct_size, sizeof(uint32_t) * 4, sizeof *stats,
+                                    "bonsai_generate: stats"))
+        return BONSAI_ERR_INVALID_ARGUMENT;
     if (params->n_stop && !params->stop)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_generate: stop is NULL");
     for (uint32_t i = 0; i < params->n_stop; i++)
@@ -147,7 +145,6 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
 
     bonsai_generate_stats st_out;
     memset(&st_out, 0, sizeof st_out);
-    st_out.struct_size = sizeof st_out;
     st_out.n_prompt = n_prompt;
 
     bonsai_detokenizer *detok = NULL;
@@ -242,11 +239,7 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
     if (st_out.prompt_ms > 0) st_out.prompt_tps = n_eval / (st_out.prompt_ms / 1e3);
     if (st_out.generate_ms > 0)
         st_out.generate_tps = st_out.n_generated / (st_out.generate_ms / 1e3);
-    if (stats) {
-        size_t n = stats->struct_size < sizeof st_out ? stats->struct_size : sizeof st_out;
-        memcpy((char *)stats + sizeof(uint32_t), (char *)&st_out + sizeof(uint32_t),
-               n - sizeof(uint32_t));
-    }
+    if (stats) bsi_out_copy(stats, &st_out);
     free(held.data);
     bonsai_detokenizer_free(detok);
     bonsai_sampler_free(greedy);

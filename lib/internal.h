@@ -41,4 +41,13 @@ static inline int bsi_mul_overflow(uint64_t a, uint64_t b, uint64_t *r)
  * (`min`), at most ours. */
 #define BSI_STRUCT_SIZE_OK(p, min) ((p)->struct_size >= (min) && (p)->struct_size <= sizeof(*(p)))
 
+/* Output structs (begin with a struct_size the caller sets): whether the library can fill `size`
+ * bytes: at least `min`, at most `ours` (a larger size comes from a newer header and is refused,
+ * docs/ABI.md). `what` names the struct in the message ("bonsai_backend_get: out"). */
+bonsai_status bsi_out_size_check(uint32_t size, size_t min, size_t ours, const char *what);
+
+/* Copies the library's filled output struct `src` into the caller's `dst`, the bytes after
+ * struct_size up to the caller's (checked) struct_size, which stays as the caller set it. */
+void bsi_out_copy(void *dst, const void *src);
+
 #endif

@@ -374,12 +374,10 @@ bonsai_status bonsai_model_hparams_get(const bonsai_model *model, bonsai_model_h
 {
     if (!model || !out)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_hparams_get: NULL argument");
-    uint32_t size = out->struct_size;
-    if (size < sizeof(uint32_t) || size > sizeof *out)
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
-                        "bonsai_model_hparams_get: out->struct_size is %u", size);
-    memcpy(out, &model->hparams, size);
-    out->struct_size = size;
+    bonsai_status st = bsi_out_size_check(out->struct_size, sizeof(uint32_t), sizeof *out,
+                                          "bonsai_model_hparams_get: out");
+    if (st) return st;
+    bsi_out_copy(out, &model->hparams);
     return BONSAI_OK;
 }
 
@@ -393,10 +391,9 @@ bonsai_status bonsai_model_tensor_at(const bonsai_model *model, uint64_t index,
 {
     if (!model || !out)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_model_tensor_at: NULL argument");
-    uint32_t size = out->struct_size;
-    if (size < sizeof(uint32_t) || size > sizeof *out)
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
-                        "bonsai_model_tensor_at: out->struct_size is %u", size);
+    bonsai_status st = bsi_out_size_check(out->struct_size, sizeof(uint32_t), sizeof *out,
+                                          "bonsai_model_tensor_at: out");
+    if (st) return st;
     if (index >= model->gguf->n_tensors)
         return bsi_fail(BONSAI_ERR_OUT_OF_RANGE,
                         "bonsai_model_tensor_at: index %" PRIu64 " (the model has %" PRIu64
@@ -404,7 +401,6 @@ bonsai_status bonsai_model_tensor_at(const bonsai_model *model, uint64_t index,
                         index, model->gguf->n_tensors);
     const bsi_gguf_tensor *t = &model->gguf->tensors[index];
     bonsai_tensor_info info = {
-        .struct_size = size,
         .name = t->name,
         .type = t->type,
         .n_dims = t->n_dims,
@@ -413,7 +409,7 @@ bonsai_status bonsai_model_tensor_at(const bonsai_model *model, uint64_t index,
         .n_bytes = t->n_bytes,
         .file_offset = model->gguf->data_offset + t->offset,
     };
-    memcpy(out, &info, size);
+    bsi_out_copy(out, &info);
     return BONSAI_OK;
 }
 

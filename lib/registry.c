@@ -216,22 +216,21 @@ uint32_t bonsai_backend_count(void)
 
 bonsai_status bonsai_backend_get(uint32_t index, bonsai_backend_info *out)
 {
-    if (!out || out->struct_size < sizeof(uint32_t))
-        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
-                        "bonsai_backend_get: out is NULL or its struct_size is not set");
+    if (!out) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "bonsai_backend_get: out is NULL");
+    bonsai_status st = bsi_out_size_check(out->struct_size, sizeof(uint32_t), sizeof *out,
+                                          "bonsai_backend_get: out");
+    if (st) return st;
     const bsi_backend_entry *list;
     size_t n = bsi_backends(&list);
     if (index >= n) return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "backend %u of %zu", index, n);
     const bsi_backend_entry *e = &list[index];
     bonsai_backend_info info = {
-        .struct_size = sizeof info,
         .name = e->name,
         .usable = e->vt && e->score > 0,
         .score = e->vt ? e->score : 0,
         .reason = e->reason,
         .path = e->path,
     };
-    size_t k = out->struct_size < sizeof info ? out->struct_size : sizeof info;
-    memcpy((char *)out + sizeof(uint32_t), (char *)&info + sizeof(uint32_t), k - sizeof(uint32_t));
+    bsi_out_copy(out, &info);
     return BONSAI_OK;
 }

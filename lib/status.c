@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *bonsai_version_string(void)
 {
@@ -95,4 +96,20 @@ bonsai_status bsi_fail(bonsai_status status, const char *fmt, ...)
     va_end(ap);
     bsi_log(BONSAI_LOG_DEBUG, "%s (%s)", last_error, bonsai_status_string(status));
     return status;
+}
+
+bonsai_status bsi_out_size_check(uint32_t size, size_t min, size_t ours, const char *what)
+{
+    if (size >= min && size <= ours) return BONSAI_OK;
+    return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                    "%s->struct_size is %u; set it to sizeof the struct (this library fills %zu to "
+                    "%zu bytes)",
+                    what, size, min, ours);
+}
+
+void bsi_out_copy(void *dst, const void *src)
+{
+    uint32_t size;
+    memcpy(&size, dst, sizeof size);
+    memcpy((char *)dst + sizeof size, (const char *)src + sizeof size, size - sizeof size);
 }

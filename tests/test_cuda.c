@@ -53,7 +53,9 @@ static void test_listing(void **state)
     assert_error(bonsai_backend_get(n, &cuda), BONSAI_ERR_OUT_OF_RANGE, "backend");
     bonsai_backend_info old = {.struct_size = 4};
     assert_int_equal(bonsai_backend_get(0, &old), 0); /* an older caller's struct: nothing past */
-    assert_error(bonsai_backend_get(0, NULL), BONSAI_ERR_INVALID_ARGUMENT, "struct_size");
+    assert_error(bonsai_backend_get(0, NULL), BONSAI_ERR_INVALID_ARGUMENT, "NULL");
+    bonsai_backend_info newer = {.struct_size = sizeof newer + 8}; /* from a newer header */
+    assert_error(bonsai_backend_get(0, &newer), BONSAI_ERR_INVALID_ARGUMENT, "struct_size");
 }
 
 static void test_parse(void **state)

@@ -133,6 +133,8 @@ static void test_struct_sizes(void **state)
     gp.max_tokens = 1;
     bonsai_generate_stats stats = {.struct_size = 2};
     assert_error(bonsai_generate(s, "x", &gp, &stats), INVAL, "struct_size");
+    stats.struct_size = (uint32_t)sizeof stats + 8; /* from a newer header */
+    assert_error(bonsai_generate(s, "x", &gp, &stats), INVAL, "struct_size");
     bonsai_sampler_params smp;
     bonsai_sampler *sampler = NULL;
     bad[2] = (uint32_t)sizeof smp + 8;
@@ -142,12 +144,15 @@ static void test_struct_sizes(void **state)
         assert_error(bonsai_sampler_create_default(&smp, &sampler), INVAL, "struct_size");
         assert_null(sampler);
     }
-    bonsai_model_hparams h = {.struct_size = 0};
-    assert_error(bonsai_model_hparams_get(m, &h), INVAL, "struct_size");
-    bonsai_tensor_info ti = {.struct_size = 0};
-    assert_error(bonsai_model_tensor_at(m, 0, &ti), INVAL, "struct_size");
-    bonsai_backend_info bi = {.struct_size = 0};
-    assert_error(bonsai_backend_get(0, &bi), INVAL, "struct_size");
+    /* output structs: 0, or larger than this library fills */
+    for (size_t i = 0; i < 2; i++) {
+        bonsai_model_hparams h = {.struct_size = i ? (uint32_t)sizeof h + 8 : 0};
+        assert_error(bonsai_model_hparams_get(m, &h), INVAL, "struct_size");
+        bonsai_tensor_info ti = {.struct_size = i ? (uint32_t)sizeof ti + 8 : 0};
+        assert_error(bonsai_model_tensor_at(m, 0, &ti), INVAL, "struct_size");
+        bonsai_backend_info bi = {.struct_size = i ? (uint32_t)sizeof bi + 8 : 0};
+        assert_error(bonsai_backend_get(0, &bi), INVAL, "struct_size");
+    }
     /* the init functions accept NULL */
     bonsai_model_params_init(NULL);
     bonsai_session_params_init(NULL);
