@@ -17,7 +17,7 @@
 
 #include "internal.h"
 
-#define BSI_BACKEND_ABI 3 /* bumped whenever this table changes; modules must match */
+#define BSI_BACKEND_ABI 4 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -47,6 +47,45 @@ typedef struct bsi_backend_config {
     int device;          /* GPU index ("cuda:N"; 0 for "cuda") */
 } bsi_backend_config;
 
+/* A model as a backend's fused decode step sees it: built once per session by lib/ from the
+ * placed weights (backend memory). q_norm and k_norm are NULL for llama. */
+typedef struct bsi_decode_layer {
+    const bsi_weight *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+    const float *attn_norm, *ffn_norm, *q_norm, *k_norm;
+} bsi_decode_layer;
+
+typedef struct bsi_decode_model {
+    uint32_t n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab;
+    float eps;
+    bsi_rope rope;
+    const bsi_weight *tok_embd, *output;
+    const float *output_norm;
+    const bsi_decode_layer *layers; /* [n_layer] */
+} bsi_decode_model;
+
+/* One sequence of a decode step: `token` at position `pos`, attending to cache positions
+ * 0 .. pos of its own KV cache (kv_type; one k and one v buffer per layer, as kv_store). */
+typedef struct bsi_decode_seq {
+    int32_t token, pos;
+    uint32_t kv_type;
+    void *const *k_cache, *const *v_cache; /* [n_layer] */
+} bsi_decode_seq;
+
+/* A sampler chain a backend may run where the logits are (lib/sampler.c, bsi_sampler_plan): the
+ * built-in stages [top-k] [top-p] [min-p] [temperature] then dist, or greedy. */
+typedef struct bsi_sample_params {
+    bool greedy;   /* the result is the highest logit (final greedy, or temperature <= 0) */
+    int32_t top_k; /* 0: no top-k stage */
+    bool has_top_p;
+    float top_p;
+    uint32_t top_p_keep;
+    bool has_min_p;
+    float min_p_log; /* log(min_p) */
+    uint32_t min_p_keep;
+    float temp; /* > 0; 1 when there is no temperature stage */
+    double u;   /* the uniform draw in [0, 1) the final dist stage would make */
+} bsi_sample_params;
+
 typedef struct bsi_backend_vtable {
     uint32_t abi;     /* BSI_BACKEND_ABI */
     const char *name; /* "cpu", "cuda" */
@@ -63,6 +102,8 @@ typedef struct bsi_backend_vtable {
     void (*free)(bsi_backend *be, void *ptr);
     bonsai_status (*upload)(bsi_backend *be, void *dst, const void *src, size_t bytes);
     bonsai_status (*download)(bsi_backend *be, void *dst, const void *src, size_t bytes);
+    /* Within the backend's memory (possibly between instances of one device). */
+    bonsai_status (*copy)(bsi_backend *be, void *dst, const void *src, size_t bytes);
 
     /* Weights: placed once (and repacked if the backend wants), freed with the model. */
     bonsai_status (*weight_create)(bsi_backend *be, const bsi_matrix_desc *desc, bsi_weight **out);
@@ -111,6 +152,23 @@ typedef struct bsi_backend_vtable {
                                const void *k_cache, const void *v_cache, float *out, int64_t n_tok,
                                int64_t pos, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
                                float scale);
+
+    /* Optional (NULL for both or neither): a whole decode step of n_seq sequences, one token each,
+     * in the backend's own fused way (the CUDA backend: fused kernels replayed from a graph).
+     * logits [n_seq][n_vocab] in backend memory. decode_ok says, without side effects, whether
+     * decode takes this model and batch (every sequence has kv_type); when it does not, lib/ runs
+     * the step operation by operation. */
+    bool (*decode_ok)(bsi_backend *be, const bsi_decode_model *m, uint32_t n_seq, uint32_t kv_type);
+    bonsai_status (*decode)(bsi_backend *be, const bsi_decode_model *m, const bsi_decode_seq *seqs,
+                            uint32_t n_seq, float *logits);
+    /* Optional: waits for the instance's queued work and reports its errors (NULL: the backend
+     * works synchronously). */
+    bonsai_status (*sync)(bsi_backend *be);
+    /* Optional: samples from a row of n_vocab logits in backend memory as the chain `p` would on
+     * the host: *token, and *logprob (log softmax of the row at the token); *token = -1 when the
+     * backend leaves this row to the host (which then downloads it). */
+    bonsai_status (*sample)(bsi_backend *be, const float *logits, uint32_t n_vocab,
+                            const bsi_sample_params *p, int32_t *token, float *logprob);
 } bsi_backend_vtable;
 
 /* An instance begins with its table, so lib/ can call through any instance. */

@@ -141,7 +141,6 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
         return bsi_fail(BONSAI_ERR_CONTEXT_FULL,
                         "the prompt has %u tokens and the context holds %u", n_prompt, n_ctx);
     const bonsai_model *model = bsi_session_model(s);
-    uint32_t n_vocab = bonsai_model_n_vocab(model);
 
     bonsai_generate_stats st_out;
     memset(&st_out, 0, sizeof st_out);
@@ -178,8 +177,6 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
             reason = BONSAI_STOP_CANCELLED;
             break;
         }
-        uint32_t rows;
-        const float *logits = bonsai_session_logits(s, &rows);
         int32_t tok;
         float logprob = 0;
         /* tokens that may still be sampled: the last one sampled is not evaluated */
@@ -188,7 +185,7 @@ bonsai_status bonsai_generate_tokens(bonsai_session *s, const int32_t *prompt, u
             left = params->max_tokens - st_out.n_generated;
         bsi_sampler_set_budget(sampler, left);
         double ts = now_ms();
-        st = bonsai_sampler_sample(sampler, logits, n_vocab, &tok, &logprob);
+        st = bonsai_session_sample(s, sampler, &tok, &logprob); /* on the GPU when it can */
         st_out.sample_ms += now_ms() - ts;
         if (st) break;
         st_out.n_generated++;

@@ -93,6 +93,12 @@ static bool try_module(bsi_backend_entry *e, const char *dir, const char *name)
         dlclose(h);
         return true;
     }
+    if (!vt->copy || !vt->decode != !vt->decode_ok) {
+        snprintf(e->reason, sizeof e->reason,
+                 "%s: copy is missing, or decode comes without decode_ok", path);
+        dlclose(h);
+        return true;
+    }
     /* the module stays loaded for the life of the process: its table is in use */
     e->vt = vt;
     e->score = vt->probe(e->reason, sizeof e->reason);

@@ -2,6 +2,8 @@
  * the seeded random generator. See sampler.h for how a chain runs. */
 #include "sampler.h"
 
+#include "backend.h"
+
 #include "handle.h"
 
 #include "internal.h"
@@ -1308,6 +1310,65 @@ bool bonsai_sampler_done(const bonsai_sampler *s)
     for (size_t i = 0; i < s->n_stages; i++)
         if (s->stages[i].vt->done && s->stages[i].vt->done(s->stages[i].ctx)) return true;
     return false;
+}
+
+bool bsi_sampler_plan(const bonsai_sampler *s, bsi_sample_params *p)
+{
+    static const bsi_sampler_stage_vt *const order[] = {&top_k_vt, &top_p_vt, &min_p_vt, &temp_vt};
+    memset(p, 0, sizeof *p);
+    p->temp = 1.0f;
+    if (!s || !s->n_stages) return false;
+    size_t at = 0, last = s->n_stages - 1;
+    for (size_t i = 0; i < last; i++) {
+        const bsi_stage *st = &s->stages[i];
+        while (at < sizeof order / sizeof order[0] && order[at] != st->vt) at++;
+        if (at == sizeof order / sizeof order[0]) return false; /* another stage, or out of order */
+        at++;
+        if (st->vt == &top_k_vt) {
+            size_t k = ((const top_k_stage *)st->ctx)->k;
+            if (k > INT32_MAX) return false;
+            p->top_k = (int32_t)k;
+        } else if (st->vt == &top_p_vt) {
+            const top_p_stage *tp = st->ctx;
+            if (tp->min_keep > UINT32_MAX) return false;
+            p->has_top_p = true;
+            p->top_p = tp->p;
+            p->top_p_keep = (uint32_t)tp->min_keep;
+        } else if (st->vt == &min_p_vt) {
+            const min_p_stage *mp = st->ctx;
+            if (mp->min_keep > UINT32_MAX) return false;
+            p->has_min_p = true;
+            p->min_p_log = mp->log_p;
+            p->min_p_keep = (uint32_t)mp->min_keep;
+        } else {
+            float t = ((const temp_stage *)st->ctx)->t;
+            if (t <= 0)
+                p->greedy = true;
+            else
+                p->temp = t;
+        }
+    }
+    const bsi_sampler_stage_vt *end = s->stages[last].vt;
+    if (end == &greedy_vt) {
+        p->greedy = true;
+    } else if (end == &dist_vt) {
+        uint64_t rng[4];
+        memcpy(rng, s->rng, sizeof rng);
+        p->u = (double)(rng_next(rng) >> 11) * 0x1.0p-53; /* rng_double, without drawing */
+    } else {
+        return false;
+    }
+    return true;
+}
+
+bonsai_status bsi_sampler_took(bonsai_sampler *s, int32_t token)
+{
+    uint64_t rng[4];
+    memcpy(rng, s->rng, sizeof rng);
+    if (s->stages[s->n_stages - 1].vt == &dist_vt) (void)rng_double(s);
+    bonsai_status st = accept_token(s, token);
+    if (st) memcpy(s->rng, rng, sizeof rng); /* as if nothing happened */
+    return st;
 }
 
 void bsi_sampler_set_budget(bonsai_sampler *s, uint32_t n_left)

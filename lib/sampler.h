@@ -65,4 +65,14 @@ bonsai_status bsi_sampler_add_stage(bonsai_sampler *s, const bsi_sampler_stage_v
  * limit); generation calls it before each token. */
 void bsi_sampler_set_budget(bonsai_sampler *s, uint32_t n_left);
 
+/* Whether the chain can run where the logits are (a GPU): the built-in stages top-k, top-p, min-p,
+ * temperature (each at most once, in this order), then dist or greedy, and nothing else. Fills p,
+ * with p->u the uniform the dist stage would draw next (not drawn). */
+struct bsi_sample_params;
+bool bsi_sampler_plan(const bonsai_sampler *s, struct bsi_sample_params *p);
+
+/* A backend chose `token` by the plan from bsi_sampler_plan: draws the dist stage's uniform (as
+ * bonsai_sampler_sample would have) and accepts the token. */
+bonsai_status bsi_sampler_took(bonsai_sampler *s, int32_t token);
+
 #endif

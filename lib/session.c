@@ -8,6 +8,7 @@
 
 #include "handle.h"
 #include "model.h"
+#include "sampler.h"
 
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -17,6 +18,8 @@
 #include <string.h>
 
 #define DEFAULT_MAX_CTX 4096
+/* sequences per fused decode step when a backend's step does not take a whole batch */
+#define DECODE_CHUNK 8
 
 typedef struct scratch {
     float *x, *h, *q, *k, *v, *att, *g, *u, *logits;
@@ -38,9 +41,15 @@ struct bonsai_session {
     float *logits_host; /* [n_logits][n_vocab] */
     size_t logits_host_cap;
     uint32_t n_logits;
-    int32_t *pos; /* host positions of the batch */
+    bool logits_pending; /* the logits are in backend memory (s.logits), not yet downloaded */
+    int32_t *pos;        /* host positions of the batch */
     int64_t pos_cap;
     int32_t *history; /* [n_ctx]: the tokens in the cache */
+    /* the model as the backend's fused decode step sees it (when the backend has one) */
+    bsi_decode_model dm;
+    bsi_decode_layer *dl;
+    bsi_decode_seq *seqs; /* a step's sequences */
+    uint32_t seqs_cap;
     atomic_bool cancel;
     bool stop_on_cancel; /* a generation's prompt: the forward pass stops between layers */
 };
@@ -116,6 +125,48 @@ static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n
     }
     s->s.n_tok = n_tok;
     s->s.n_logit_rows = n_rows;
+    return BONSAI_OK;
+}
+
+/* s->dm: the placed weights in the layout of a backend's fused decode step. */
+static bonsai_status decode_model_init(bonsai_session *s)
+{
+    const bsi_model_arch *a = s->a;
+    bsi_weight *const *W = s->w->matrix;
+    float *const *V = s->w->vector;
+    s->dl = bsi_calloc(a->n_layer, sizeof *s->dl);
+    if (!s->dl) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    for (uint32_t l = 0; l < a->n_layer; l++) {
+        const bsi_layer *L = &a->layers[l];
+        s->dl[l] = (bsi_decode_layer){
+            .wq = W[L->wq],
+            .wk = W[L->wk],
+            .wv = W[L->wv],
+            .wo = W[L->wo],
+            .w_gate = W[L->w_gate],
+            .w_up = W[L->w_up],
+            .w_down = W[L->w_down],
+            .attn_norm = V[L->attn_norm],
+            .ffn_norm = V[L->ffn_norm],
+            .q_norm = L->q_norm >= 0 ? V[L->q_norm] : NULL,
+            .k_norm = L->k_norm >= 0 ? V[L->k_norm] : NULL,
+        };
+    }
+    s->dm = (bsi_decode_model){
+        .n_layer = a->n_layer,
+        .n_embd = a->n_embd,
+        .n_ff = a->n_ff,
+        .n_head = a->n_head,
+        .n_head_kv = a->n_head_kv,
+        .head_dim = a->head_dim,
+        .n_vocab = a->n_vocab,
+        .eps = a->eps,
+        .rope = a->rope,
+        .tok_embd = W[a->tok_embd],
+        .output = W[a->output],
+        .output_norm = V[a->output_norm],
+        .layers = s->dl,
+    };
     return BONSAI_OK;
 }
 
@@ -195,6 +246,7 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
         st = s->be->vt->alloc(s->be, kv_bytes, &s->k_cache[l]);
         if (!st) st = s->be->vt->alloc(s->be, kv_bytes, &s->v_cache[l]);
     }
+    if (!st && s->be->vt->decode) st = decode_model_init(s);
     if (st) {
         bonsai_session_free(s);
         return st;
@@ -219,6 +271,8 @@ void bonsai_session_free(bonsai_session *s)
     free(s->logits_host);
     free(s->pos);
     free(s->history);
+    free(s->dl);
+    free(s->seqs);
     bsi_model_release(s->model);
     bsi_handle_retire(s, &s->magic);
 }
@@ -244,6 +298,29 @@ static bonsai_status matmul_n(bonsai_session *s, int n, const bsi_weight *const 
     return BONSAI_OK;
 }
 
+/* One token for each run's session, by the backend's fused decode step. */
+static bonsai_status decode_step(bonsai_session *s, const int32_t *tokens, const fwd_run *runs,
+                                 size_t n_runs, float *logits)
+{
+    if (n_runs > s->seqs_cap) {
+        bsi_decode_seq *p = bsi_realloc(s->seqs, n_runs * sizeof *p);
+        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+        s->seqs = p;
+        s->seqs_cap = (uint32_t)n_runs;
+    }
+    for (size_t r = 0; r < n_runs; r++) {
+        const bonsai_session *rs = runs[r].s;
+        s->seqs[r] = (bsi_decode_seq){
+            .token = tokens[runs[r].first],
+            .pos = (int32_t)rs->n_past,
+            .kv_type = rs->kv_type,
+            .k_cache = rs->k_cache,
+            .v_cache = rs->v_cache,
+        };
+    }
+    return s->be->vt->decode(s->be, &s->dm, s->seqs, (uint32_t)n_runs, logits);
+}
+
 /* The forward pass of the n tokens of `runs` (computed on `s`'s backend, with its scratch and
  * the positions in s->pos); logits of the last `n_rows` tokens into s->s.logits, or
  * (hidden != NULL) their final normalised hidden states into hidden [n_rows][n_embd] in host
@@ -260,6 +337,25 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
     int64_t E = a->n_embd, hd = a->head_dim, KV = a->n_head_kv * hd, Q = a->n_head * hd;
     float scale = 1.0f / sqrtf((float)hd);
     bonsai_status st;
+    if (n == (int64_t)n_runs && n_rows == n && !hidden && s->dl) { /* a decode step */
+        uint32_t kv_type = runs[0].s->kv_type;
+        bool same = true;
+        for (size_t r = 1; r < n_runs; r++) same = same && runs[r].s->kv_type == kv_type;
+        /* the whole batch in one step, or in steps of DECODE_CHUNK sequences */
+        size_t chunk = vt->decode_ok(be, &s->dm, (uint32_t)n_runs, kv_type) ? n_runs
+                       : n_runs > DECODE_CHUNK && vt->decode_ok(be, &s->dm, DECODE_CHUNK, kv_type)
+                           ? DECODE_CHUNK
+                           : 0;
+        size_t rest = chunk ? n_runs % chunk : 0;
+        if (same && chunk && (!rest || vt->decode_ok(be, &s->dm, (uint32_t)rest, kv_type))) {
+            for (size_t r = 0; r < n_runs; r += chunk) {
+                size_t k = n_runs - r < chunk ? n_runs - r : chunk;
+                st = decode_step(s, tokens, runs + r, k, s->s.logits + r * a->n_vocab);
+                if (st) return st;
+            }
+            return BONSAI_OK;
+        }
+    }
 #define TRY(call)                                                                                  \
     if ((st = (call))) return st
     TRY(vt->get_rows(be, W[a->tok_embd], tokens, b->x, n));
@@ -317,6 +413,18 @@ static bonsai_status forward(bonsai_session *s, const int32_t *tokens, int64_t n
     return forward_runs(s, tokens, n, &run, 1, n_rows, hidden);
 }
 
+/* Room for n_rows rows of logits in host memory. */
+static bonsai_status logits_host_reserve(bonsai_session *s, int64_t n_rows)
+{
+    size_t bytes = (size_t)n_rows * s->a->n_vocab * sizeof(float);
+    if (bytes <= s->logits_host_cap) return BONSAI_OK;
+    float *p = bsi_realloc(s->logits_host, bytes);
+    if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", bytes);
+    s->logits_host = p;
+    s->logits_host_cap = bytes;
+    return BONSAI_OK;
+}
+
 /* Checks a batch and makes room for it (activations, n_rows rows of logits, positions). With
  * own_tokens the tokens go to this session's cache, whose room is checked; else (a batch of
  * several sessions) the caller checks each session. */
@@ -334,13 +442,8 @@ static bonsai_status prepare_batch(bonsai_session *s, const int32_t *tokens, uin
                             i, s->a->n_vocab);
     bonsai_status st = scratch_reserve(s, n_tokens, n_rows);
     if (st) return st;
-    size_t logits_bytes = (size_t)n_rows * s->a->n_vocab * sizeof(float);
-    if (logits_bytes > s->logits_host_cap) {
-        float *p = bsi_realloc(s->logits_host, logits_bytes);
-        if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", logits_bytes);
-        s->logits_host = p;
-        s->logits_host_cap = logits_bytes;
-    }
+    st = logits_host_reserve(s, n_rows);
+    if (st) return st;
     if (n_tokens > s->pos_cap) {
         int32_t *p = bsi_realloc(s->pos, n_tokens * sizeof *p);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
@@ -363,14 +466,16 @@ bonsai_status bonsai_session_eval(bonsai_session *s, const int32_t *tokens, uint
     bonsai_status st = prepare_batch(s, tokens, n_tokens, n_rows, true);
     if (st) return st;
     s->n_logits = 0;
+    s->logits_pending = false;
     st = forward(s, tokens, n_tokens, n_rows, NULL);
-    if (!st)
-        st = s->be->vt->download(s->be, s->logits_host, s->s.logits,
-                                 (size_t)n_rows * s->a->n_vocab * sizeof(float));
+    /* the logits stay where they are until asked for (bonsai_session_logits), or are sampled
+     * there (bonsai_session_sample); errors of the step are reported now */
+    if (!st && s->be->vt->sync) st = s->be->vt->sync(s->be);
     if (st) return st; /* the cache beyond n_past may hold partial rows: they are not used */
     memcpy(s->history + s->n_past, tokens, n_tokens * sizeof *tokens);
     s->n_past += n_tokens;
     s->n_logits = (uint32_t)n_rows;
+    s->logits_pending = true;
     return BONSAI_OK;
 }
 
@@ -410,10 +515,58 @@ bonsai_status bonsai_embed(bonsai_session *s, const int32_t *tokens, uint32_t n_
     return st;
 }
 
+/* The logits in host memory, downloaded on first use after an evaluation. */
+static bonsai_status logits_to_host(bonsai_session *s)
+{
+    if (!s->logits_pending) return BONSAI_OK;
+    bonsai_status st = s->be->vt->download(s->be, s->logits_host, s->s.logits,
+                                           (size_t)s->n_logits * s->a->n_vocab * sizeof(float));
+    if (st) return st;
+    s->logits_pending = false;
+    return BONSAI_OK;
+}
+
 const float *bonsai_session_logits(const bonsai_session *s, uint32_t *n_rows)
 {
-    if (n_rows) *n_rows = s ? s->n_logits : 0;
-    return s && s->n_logits ? s->logits_host : NULL;
+    if (n_rows) *n_rows = 0;
+    if (!s || !s->n_logits) return NULL;
+    /* the session is const to the caller: what changes is only where the same logits are */
+    if (logits_to_host((bonsai_session *)s)) return NULL;
+    if (n_rows) *n_rows = s->n_logits;
+    return s->logits_host;
+}
+
+bonsai_status bonsai_session_sample(bonsai_session *s, bonsai_sampler *sampler, int32_t *token,
+                                    float *logprob)
+{
+    static const char fn[] = "bonsai_session_sample";
+    if (!s || !sampler || !token)
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: NULL argument", fn);
+    if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn)) return BONSAI_ERR_INVALID_ARGUMENT;
+    if (!s->n_logits)
+        return bsi_fail(BONSAI_ERR_INVALID_STATE, "%s: no logits: evaluate a token first", fn);
+    uint32_t V = s->a->n_vocab;
+    size_t last = (size_t)(s->n_logits - 1) * V;
+    bsi_sample_params p;
+    if (s->logits_pending && s->be->vt->sample && bsi_sampler_plan(sampler, &p)) {
+        int32_t tok = -1;
+        float lp = 0;
+        bonsai_status st = s->be->vt->sample(s->be, s->s.logits + last, V, &p, &tok, &lp);
+        if (st) return st;
+        if (tok >= 0) { /* else: the host samples this row */
+            if ((uint32_t)tok >= V)
+                return bsi_fail(BONSAI_ERR_BACKEND, "%s: the backend chose token %d of %u", fn, tok,
+                                V);
+            st = bsi_sampler_took(sampler, tok);
+            if (st) return st;
+            *token = tok;
+            if (logprob) *logprob = lp;
+            return BONSAI_OK;
+        }
+    }
+    bonsai_status st = logits_to_host(s);
+    if (st) return st;
+    return bonsai_sampler_sample(sampler, s->logits_host + last, V, token, logprob);
 }
 
 uint32_t bonsai_session_n_past(const bonsai_session *s)
@@ -433,6 +586,7 @@ bonsai_status bonsai_session_truncate(bonsai_session *s, uint32_t n_keep)
         return bsi_fail(BONSAI_ERR_OUT_OF_RANGE, "cannot keep %u tokens of %u", n_keep, s->n_past);
     s->n_past = n_keep;
     s->n_logits = 0;
+    s->logits_pending = false;
     return BONSAI_OK;
 }
 
@@ -441,6 +595,7 @@ void bonsai_session_clear(bonsai_session *s)
     if (!s) return;
     s->n_past = 0;
     s->n_logits = 0;
+    s->logits_pending = false;
 }
 
 const char *bonsai_session_backend(const bonsai_session *s)
@@ -516,37 +671,31 @@ bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items
         tokens[i] = items[i].token;
         runs[i] = (fwd_run){items[i].session, i, 1};
     }
-    /* on the lead's backend instance: its scratch, one row of logits per item */
+    /* on the lead's backend instance: its scratch, one row of logits per item; and in each
+     * other session's scratch, room for its own row, copied there after the step so that the
+     * session's next call leaves the others' rows alone */
     if (!st) st = prepare_batch(lead, tokens, n_items, n_items, false);
+    for (uint32_t i = 1; i < n_items && !st; i++) {
+        st = scratch_reserve(items[i].session, 1, 1);
+        if (!st) st = logits_host_reserve(items[i].session, 1);
+    }
+    const bsi_backend_vtable *vt = lead->be->vt;
     if (!st) {
         for (uint32_t i = 0; i < n_items; i++) lead->pos[i] = (int32_t)items[i].session->n_past;
         lead->n_logits = 0;
+        lead->logits_pending = false;
         st = forward_runs(lead, tokens, n_items, runs, n_items, n_items, NULL);
     }
-    if (!st)
-        st = lead->be->vt->download(lead->be, lead->logits_host, lead->s.logits,
-                                    (size_t)n_items * lead->a->n_vocab * sizeof(float));
-    /* each session's own logits (the lead's row 0 stays where it is) */
-    size_t row = (size_t)lead->a->n_vocab * sizeof(float);
-    for (uint32_t i = 1; i < n_items && !st; i++) {
+    size_t V = lead->a->n_vocab;
+    for (uint32_t i = 1; i < n_items && !st; i++)
+        st = vt->copy(lead->be, items[i].session->s.logits, lead->s.logits + i * V,
+                      V * sizeof(float));
+    if (!st && vt->sync) st = vt->sync(lead->be);
+    for (uint32_t i = 0; i < n_items && !st; i++) {
         bonsai_session *s = items[i].session;
-        if (row > s->logits_host_cap) {
-            float *p = bsi_realloc(s->logits_host, row);
-            if (!p) {
-                st = bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", row);
-                break;
-            }
-            s->logits_host = p;
-            s->logits_host_cap = row;
-        }
-    }
-    if (!st) {
-        for (uint32_t i = n_items; i-- > 0;) { /* row 0 last: it is the lead's own buffer */
-            bonsai_session *s = items[i].session;
-            if (i) memcpy(s->logits_host, (char *)lead->logits_host + i * row, row);
-            s->history[s->n_past++] = items[i].token;
-            s->n_logits = 1;
-        }
+        s->history[s->n_past++] = items[i].token;
+        s->n_logits = 1;
+        s->logits_pending = true; /* downloaded or sampled when asked for */
     }
     free(tokens);
     free(runs);

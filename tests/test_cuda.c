@@ -472,12 +472,13 @@ static void kl_top1(const float *a, const float *b, uint32_t n, uint32_t vocab, 
     *top1 = (double)same / n;
 }
 
-static float *eval_all(bonsai_model *m, const char *backend, const int32_t *ids, uint32_t n,
-                       bool one_by_one)
+static float *eval_kv(bonsai_model *m, const char *backend, uint32_t kv_type, const int32_t *ids,
+                      uint32_t n, bool one_by_one)
 {
     bonsai_session_params p;
     bonsai_session_params_init(&p);
     p.backend = backend;
+    p.kv_type = kv_type;
     p.n_ctx = n;
     bonsai_session *s;
     if (bonsai_session_create(m, &p, &s)) fail_msg("%s", bonsai_last_error());
@@ -497,6 +498,12 @@ static float *eval_all(bonsai_model *m, const char *backend, const int32_t *ids,
     }
     bonsai_session_free(s);
     return out;
+}
+
+static float *eval_all(bonsai_model *m, const char *backend, const int32_t *ids, uint32_t n,
+                       bool one_by_one)
+{
+    return eval_kv(m, backend, BONSAI_TENSOR_F16, ids, n, one_by_one);
 }
 
 static void check_model(const char *path)
@@ -521,6 +528,175 @@ static void check_model(const char *path)
     assert_true(kl < 1e-3 && top1 >= 0.99);
     free(cpu), free(batch), free(step);
     bonsai_model_free(m);
+}
+
+/* The CUDA backend's decode paths, chosen when a session is created: BONSAI_CUDA_FUSED=0 runs a
+ * step operation by operation; BONSAI_CUDA_GRAPH=0 launches the fused kernels without a graph. */
+static float *eval_mode(bonsai_model *m, const char *fused, const char *graph, uint32_t kv_type,
+                        const int32_t *ids, uint32_t n)
+{
+    setenv("BONSAI_CUDA_FUSED", fused, 1);
+    setenv("BONSAI_CUDA_GRAPH", graph, 1);
+    float *out = eval_kv(m, "cuda", kv_type, ids, n, true);
+    unsetenv("BONSAI_CUDA_FUSED");
+    unsetenv("BONSAI_CUDA_GRAPH");
+    return out;
+}
+
+/* Token by token: the fused step against the per-operation one (close), and replayed from a
+ * graph against launched eagerly (the same kernels: equal to the bit). */
+static void check_decode_paths(const char *path, uint32_t kv_type)
+{
+    bonsai_model *m;
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    enum { N = 48 };
+    uint32_t vocab = bonsai_model_n_vocab(m);
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
+    float *ops = eval_mode(m, "0", "0", kv_type, ids, N);
+    float *eager = eval_mode(m, "1", "0", kv_type, ids, N);
+    float *graph = eval_mode(m, "1", "1", kv_type, ids, N);
+    double kl, top1;
+    kl_top1(ops, eager, N, vocab, &kl, &top1);
+    print_message("  %s (kv %s): fused step vs per-operation: mean KL %.3g, same top-1 %.1f%%\n",
+                  path, kv_type == BONSAI_TENSOR_F16 ? "f16" : "q8_0", kl, 100 * top1);
+    assert_true(kl < 1e-3 && top1 >= 0.99);
+    assert_memory_equal(eager, graph, (size_t)N * vocab * sizeof *eager);
+    free(ops), free(eager), free(graph);
+    bonsai_model_free(m);
+}
+
+/* bonsai_batch_eval of k sessions at different positions against each session alone: one fused
+ * step (k <= 8) or fused steps of 8 (k > 8). */
+static void check_batched(const char *path, uint32_t k)
+{
+    bonsai_model *m;
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    enum { STEPS = 6, MAX_K = 12 };
+    assert_true(k <= MAX_K);
+    uint32_t vocab = bonsai_model_n_vocab(m);
+    bonsai_session_params p;
+    bonsai_session_params_init(&p);
+    p.backend = "cuda";
+    p.n_ctx = 64;
+    bonsai_session *bat[MAX_K], *one[MAX_K];
+    int32_t tok[MAX_K][STEPS];
+    for (uint32_t i = 0; i < k; i++) {
+        assert_int_equal(bonsai_session_create(m, &p, &bat[i]), 0);
+        assert_int_equal(bonsai_session_create(m, &p, &one[i]), 0);
+        int32_t prompt[16];
+        uint32_t n_prompt = 1 + i % 9; /* each session at its own position */
+        for (uint32_t j = 0; j < n_prompt; j++) prompt[j] = (int32_t)(test_rand() % vocab);
+        assert_int_equal(bonsai_session_eval(bat[i], prompt, n_prompt, 0), 0);
+        assert_int_equal(bonsai_session_eval(one[i], prompt, n_prompt, 0), 0);
+        for (int t = 0; t < STEPS; t++) tok[i][t] = (int32_t)(test_rand() % vocab);
+    }
+    double worst_kl = 0;
+    uint32_t same = 0;
+    for (int t = 0; t < STEPS; t++) {
+        bonsai_batch_item items[MAX_K];
+        for (uint32_t i = 0; i < k; i++) items[i] = (bonsai_batch_item){bat[i], tok[i][t]};
+        if (bonsai_batch_eval(items, k, 0)) fail_msg("%s", bonsai_last_error());
+        for (uint32_t i = 0; i < k; i++) {
+            assert_int_equal(bonsai_session_eval(one[i], &tok[i][t], 1, 0), 0);
+            double kl, top1;
+            kl_top1(bonsai_session_logits(one[i], NULL), bonsai_session_logits(bat[i], NULL), 1,
+                    vocab, &kl, &top1);
+            worst_kl = kl > worst_kl ? kl : worst_kl;
+            same += top1 == 1.0;
+        }
+    }
+    print_message("  %s: %u sessions batched vs alone: worst KL %.3g, same top-1 %u of %u\n", path,
+                  k, worst_kl, same, k * STEPS);
+    assert_true(worst_kl < 1e-3 && same >= (k * STEPS * 99 + 99) / 100);
+    for (uint32_t i = 0; i < k; i++) {
+        bonsai_session_free(bat[i]);
+        bonsai_session_free(one[i]);
+    }
+    bonsai_model_free(m);
+}
+
+static void test_decode(void **state)
+{
+    (void)state;
+    const char *paths[] = {getenv("BONSAI_TEST_QWEN3_TINY"), getenv("BONSAI_TEST_QWEN3_1B7")};
+    for (size_t i = 0; i < 2; i++) {
+        if (!paths[i] || !*paths[i]) continue;
+        check_decode_paths(paths[i], BONSAI_TENSOR_F16);
+        check_decode_paths(paths[i], BONSAI_TENSOR_Q8_0);
+        check_batched(paths[i], 4);
+        check_batched(paths[i], 12);
+    }
+}
+
+/* Sampling on the GPU (bonsai_session_sample with a plain chain) against the host's sampler on
+ * the same logits, with the same seed: the same tokens (up to rare float ties at a cut). */
+static void check_sampling(const char *path)
+{
+    bonsai_model *m;
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    bonsai_session_params sp;
+    bonsai_session_params_init(&sp);
+    sp.backend = "cuda";
+    sp.n_ctx = 256;
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, &sp, &s), 0);
+    uint32_t vocab = bonsai_model_n_vocab(m);
+    struct {
+        const char *name;
+        float temp, top_p, min_p;
+        int32_t top_k;
+    } cases[] = {
+        {"greedy", 0.0f, 0.95f, 0.05f, 40},       {"default", 0.8f, 0.95f, 0.05f, 40},
+        {"hot top-k 200", 1.5f, 1.0f, 0.0f, 200}, {"top-p 0.9 alone", 1.0f, 0.9f, 0.0f, 0},
+        {"min-p 0.1 alone", 1.0f, 1.0f, 0.1f, 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        bonsai_sampler_params p;
+        bonsai_sampler_params_init(&p);
+        p.seed = 5 + c;
+        p.temperature = cases[c].temp;
+        p.top_p = cases[c].top_p;
+        p.min_p = cases[c].min_p;
+        p.top_k = cases[c].top_k;
+        p.repeat_penalty = 1.0f;
+        bonsai_sampler *dev, *host;
+        assert_int_equal(bonsai_sampler_create_default(&p, &dev), 0);
+        assert_int_equal(bonsai_sampler_create_default(&p, &host), 0);
+        bonsai_session_clear(s);
+        enum { STEPS = 100 };
+        int same = 0;
+        double worst_lp = 0;
+        int32_t tok = 1;
+        for (int i = 0; i < STEPS; i++) {
+            assert_int_equal(bonsai_session_eval(s, &tok, 1, 0), 0);
+            int32_t td, th;
+            float lpd, lph;
+            assert_int_equal(bonsai_session_sample(s, dev, &td, &lpd), 0);
+            const float *logits = bonsai_session_logits(s, NULL);
+            assert_non_null(logits);
+            assert_int_equal(bonsai_sampler_sample(host, logits, vocab, &th, &lph), 0);
+            same += td == th;
+            if (td == th && fabs(lpd - lph) > worst_lp) worst_lp = fabs(lpd - lph);
+            tok = td;
+        }
+        print_message("  %s: GPU sampling, %s: same token %d of %d, worst |logprob diff| %.2g\n",
+                      path, cases[c].name, same, STEPS, worst_lp);
+        assert_true(same >= (cases[c].temp <= 0 ? STEPS : STEPS * 97 / 100));
+        assert_true(worst_lp < 1e-3);
+        bonsai_sampler_free(dev);
+        bonsai_sampler_free(host);
+    }
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+}
+
+static void test_sampling(void **state)
+{
+    (void)state;
+    check_sampling(test_data("stories260K.gguf")); /* 512 tokens: the whole vocabulary fits */
+    const char *tiny = getenv("BONSAI_TEST_QWEN3_TINY");
+    if (tiny && *tiny) check_sampling(tiny);
 }
 
 static void test_models(void **state)
@@ -555,6 +731,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_q1_matmul), cmocka_unit_test(test_dense_matmul),
         cmocka_unit_test(test_get_rows),  cmocka_unit_test(test_small_ops),
         cmocka_unit_test(test_attention), cmocka_unit_test(test_models),
+        cmocka_unit_test(test_decode),    cmocka_unit_test(test_sampling),
     };
     return cmocka_run_group_tests(tests, setup_backends, teardown_backends);
 }

@@ -4,6 +4,7 @@
  * Qwen3-sized vocabulary. */
 #include "test_util.h"
 
+#include "backend.h"
 #include "internal.h"
 #include "sampler.h"
 
@@ -1184,6 +1185,75 @@ static void test_timing(void **state)
     free(logits);
 }
 
+/* bsi_sampler_plan: which chains a GPU may run, with their settings and the next uniform; and
+ * bsi_sampler_took draws it as bonsai_sampler_sample would. */
+static void test_plan(void **state)
+{
+    (void)state;
+    bonsai_sampler_params p;
+    bonsai_sampler_params_init(&p);
+    p.seed = 7;
+    bonsai_sampler *s = NULL, *twin = NULL;
+    assert_int_equal(bonsai_sampler_create_default(&p, &s), 0);
+    assert_int_equal(bonsai_sampler_create_default(&p, &twin), 0);
+    bsi_sample_params sp;
+    assert_true(bsi_sampler_plan(s, &sp));
+    assert_false(sp.greedy);
+    assert_int_equal(sp.top_k, 40);
+    assert_true(sp.has_top_p && sp.top_p == 0.95f && sp.top_p_keep == 1);
+    assert_true(sp.has_min_p && sp.min_p_keep == 1);
+    assert_true(fabsf(sp.min_p_log - logf(0.05f)) < 1e-6f);
+    assert_true(sp.temp == 0.8f);
+    assert_true(sp.u >= 0 && sp.u < 1);
+    /* the uniform is the one the host's dist stage draws: two logits 0 and log 3 (p = 1/4, 3/4)
+     * give token 0 exactly when u < 1/4 (top-k keeps both: sorted, token 1 first; so token 1
+     * when u * total < 3/4) */
+    float two[2] = {0.0f, logf(3.0f) * 0.8f}; /* after temperature 0.8: p = 1/4, 3/4 */
+    for (int i = 0; i < 50; i++) {
+        assert_true(bsi_sampler_plan(s, &sp));
+        double u = sp.u;
+        int32_t host;
+        assert_int_equal(bonsai_sampler_sample(twin, two, 2, &host, NULL), 0);
+        if (fabs(u - 0.75) > 1e-6) assert_int_equal(host, u < 0.75 ? 1 : 0);
+        assert_int_equal(bsi_sampler_took(s, host), 0); /* s now mirrors twin */
+    }
+    bonsai_sampler_free(twin);
+    bonsai_sampler_free(s);
+
+    /* greedy; temperature <= 0 before dist; penalties; another stage; out of order */
+    p.temperature = 0;
+    assert_int_equal(bonsai_sampler_create_default(&p, &s), 0);
+    assert_true(bsi_sampler_plan(s, &sp) && sp.greedy);
+    bonsai_sampler_free(s);
+    assert_int_equal(bonsai_sampler_create(1, &s), 0);
+    assert_false(bsi_sampler_plan(s, &sp)); /* no stages */
+    assert_int_equal(bonsai_sampler_add_temperature(s, 0), 0);
+    assert_int_equal(bonsai_sampler_add_dist(s), 0);
+    assert_true(bsi_sampler_plan(s, &sp) && sp.greedy);
+    bonsai_sampler_free(s);
+    bonsai_sampler_params_init(&p);
+    p.repeat_penalty = 1.1f;
+    assert_int_equal(bonsai_sampler_create_default(&p, &s), 0);
+    assert_false(bsi_sampler_plan(s, &sp));
+    bonsai_sampler_free(s);
+    assert_int_equal(bonsai_sampler_create(1, &s), 0);
+    assert_int_equal(bonsai_sampler_add_min_p(s, 0.1f, 1), 0);
+    assert_int_equal(bonsai_sampler_add_top_k(s, 5), 0);
+    assert_int_equal(bonsai_sampler_add_dist(s), 0);
+    assert_false(bsi_sampler_plan(s, &sp)); /* min-p before top-k */
+    bonsai_sampler_free(s);
+    assert_int_equal(bonsai_sampler_create(1, &s), 0);
+    assert_int_equal(bonsai_sampler_add_top_k(s, 5), 0);
+    assert_int_equal(bonsai_sampler_add_top_k(s, 3), 0);
+    assert_int_equal(bonsai_sampler_add_greedy(s), 0);
+    assert_false(bsi_sampler_plan(s, &sp)); /* top-k twice */
+    bonsai_sampler_free(s);
+    assert_int_equal(bonsai_sampler_create(1, &s), 0);
+    assert_int_equal(bonsai_sampler_add_top_k(s, 5), 0);
+    assert_false(bsi_sampler_plan(s, &sp)); /* ends in neither dist nor greedy */
+    bonsai_sampler_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1195,6 +1265,7 @@ int main(void)
         cmocka_unit_test(test_no_candidates),  cmocka_unit_test(test_constraint_fast_path),
         cmocka_unit_test(test_shortcuts),      cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_create_default), cmocka_unit_test(test_timing),
+        cmocka_unit_test(test_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -197,6 +197,55 @@ static void test_greedy_story(void **state)
     bonsai_model_free(m);
 }
 
+/* bonsai_session_sample: what bonsai_sampler_sample gives on bonsai_session_logits, for the
+ * default chain and greedy; a clear error without logits. */
+static void test_session_sample(void **state)
+{
+    (void)state;
+    bonsai_model *m = load_stories();
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, NULL, &s), 0);
+    bonsai_sampler_params p;
+    bonsai_sampler_params_init(&p);
+    p.seed = 11;
+    p.temperature = 1.2f; /* a wide distribution: many different tokens */
+    bonsai_sampler *a, *b;
+    int32_t tok;
+    float lp_a, lp_b;
+    assert_int_equal(bonsai_sampler_create_default(&p, &a), 0);
+    assert_error(bonsai_session_sample(s, a, &tok, NULL), BONSAI_ERR_INVALID_STATE, "no logits");
+    assert_error(bonsai_session_sample(NULL, a, &tok, NULL), BONSAI_ERR_INVALID_ARGUMENT, "NULL");
+    assert_error(bonsai_session_sample(s, NULL, &tok, NULL), BONSAI_ERR_INVALID_ARGUMENT, "NULL");
+    for (int greedy = 0; greedy < 2; greedy++) {
+        if (greedy) {
+            bonsai_sampler_free(a);
+            p.temperature = 0;
+            assert_int_equal(bonsai_sampler_create_default(&p, &a), 0);
+        }
+        assert_int_equal(bonsai_sampler_create_default(&p, &b), 0);
+        bonsai_session_clear(s);
+        tok = 1;
+        for (int i = 0; i < 40; i++) {
+            assert_int_equal(bonsai_session_eval(s, &tok, 1, 0), 0);
+            int32_t ta, tb;
+            assert_int_equal(bonsai_session_sample(s, a, &ta, &lp_a), 0);
+            uint32_t rows;
+            const float *logits = bonsai_session_logits(s, &rows);
+            assert_non_null(logits);
+            assert_int_equal(rows, 1);
+            assert_int_equal(bonsai_sampler_sample(b, logits, bonsai_model_n_vocab(m), &tb, &lp_b),
+                             0);
+            assert_int_equal(ta, tb);
+            assert_true(lp_a == lp_b);
+            tok = ta;
+        }
+        bonsai_sampler_free(b);
+    }
+    bonsai_sampler_free(a);
+    bonsai_session_free(s);
+    bonsai_model_free(m);
+}
+
 static void test_batch_equals_one_by_one(void **state)
 {
     (void)state;
@@ -780,6 +829,37 @@ static void test_batch_eval(void **state)
     bonsai_session_free(a);
     bonsai_session_free(b);
     bonsai_model_free(other);
+    /* fresh sessions whose first step is a batch: each its own logits, readable and sampled, and
+     * kept when another batch of other sessions follows */
+    bonsai_session *f[3];
+    for (int i = 0; i < 3; i++) assert_int_equal(bonsai_session_create(m, NULL, &f[i]), 0);
+    bonsai_batch_item fresh[2] = {{f[0], 5}, {f[1], 9}};
+    assert_int_equal(bonsai_batch_eval(fresh, 2, 0), 0);
+    bonsai_batch_item next[2] = {{f[2], 9}, {f[0], 7}};
+    assert_int_equal(bonsai_batch_eval(next, 2, 0), 0);
+    bonsai_session *alone;
+    assert_int_equal(bonsai_session_create(m, NULL, &alone), 0);
+    int32_t nine = 9;
+    assert_int_equal(bonsai_session_eval(alone, &nine, 1, 0), 0);
+    uint32_t V = bonsai_model_n_vocab(m), rows;
+    const float *want = bonsai_session_logits(alone, &rows);
+    assert_int_equal(rows, 1);
+    for (int i = 1; i < 3; i++) { /* f[1] and f[2]: token 9 at position 0 */
+        const float *got = bonsai_session_logits(f[i], &rows);
+        assert_non_null(got);
+        assert_int_equal(rows, 1);
+        for (uint32_t k = 0; k < V; k++) assert_true(fabsf(got[k] - want[k]) < 1e-4f);
+    }
+    bonsai_sampler *g;
+    assert_int_equal(bonsai_sampler_create(0, &g), 0);
+    assert_int_equal(bonsai_sampler_add_greedy(g), 0);
+    int32_t t1, t2;
+    assert_int_equal(bonsai_session_sample(f[1], g, &t1, NULL), 0);
+    assert_int_equal(bonsai_session_sample(alone, g, &t2, NULL), 0);
+    assert_int_equal(t1, t2);
+    bonsai_sampler_free(g);
+    bonsai_session_free(alone);
+    for (int i = 0; i < 3; i++) bonsai_session_free(f[i]);
     bonsai_model_free(m);
 
     /* Q1_0 weights: the batch takes the matrix-matrix kernels, one token the matrix-vector ones */
@@ -800,6 +880,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_match_reference),
         cmocka_unit_test(test_greedy_story),
+        cmocka_unit_test(test_session_sample),
         cmocka_unit_test(test_batch_equals_one_by_one),
         cmocka_unit_test(test_context_full_truncate_clear),
         cmocka_unit_test(test_sessions_in_threads),

@@ -368,6 +368,18 @@ static stats summarize(double *v, int n)
     return s;
 }
 
+/* A sampler that takes the most likely token. */
+static bonsai_status greedy_sampler(bonsai_sampler **out)
+{
+    bonsai_status st = bonsai_sampler_create(0, out);
+    if (!st) st = bonsai_sampler_add_greedy(*out);
+    if (st) {
+        bonsai_sampler_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
 /* `count` sessions generating n tokens each, stepped together with bonsai_batch_eval: the median
  * over reps of the aggregate tokens/s (after a warm-up). */
 static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params *base, int count,
@@ -380,6 +392,8 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
     bonsai_batch_item *items = calloc((size_t)count, sizeof *items);
     double *rates = calloc((size_t)reps, sizeof *rates);
     bonsai_status st = ss && items && rates ? BONSAI_OK : BONSAI_ERR_NO_MEMORY;
+    bonsai_sampler *greedy = NULL;
+    if (!st) st = greedy_sampler(&greedy);
     for (int i = 0; i < count && !st; i++) st = bonsai_session_create(m, &sp, &ss[i]);
     for (int r = -1; r < reps && !st; r++) {
         for (int i = 0; i < count; i++) bonsai_session_clear(ss[i]);
@@ -390,11 +404,17 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
                 items[i].token = (int32_t)((ids[k] + (uint32_t)i) % vocab);
             }
             st = bonsai_batch_eval(items, (uint32_t)count, 0);
+            /* each session's next token, as a generation would take it */
+            for (int i = 0; i < count && !st; i++) {
+                int32_t tok;
+                st = bonsai_session_sample(ss[i], greedy, &tok, NULL);
+            }
         }
         if (r >= 0) rates[r] = (double)count * n / (now() - t0);
     }
     if (!st) *out = summarize(rates, reps).median;
     for (int i = 0; ss && i < count; i++) bonsai_session_free(ss[i]);
+    bonsai_sampler_free(greedy);
     free(ss);
     free(items);
     free(rates);
@@ -556,9 +576,12 @@ static int cmd_bench(int argc, char **argv)
     sp.n_threads = threads;
     sp.n_ctx = (uint32_t)(p > n + 1 ? p : n + 1);
     if (backend) sp.backend = backend;
+    bonsai_sampler *greedy = NULL;
     bonsai_status st = cli_load_model(model_path, &m);
     if (!st) st = bonsai_session_create(m, &sp, &s);
+    if (!st) st = greedy_sampler(&greedy);
     if (st) {
+        bonsai_session_free(s);
         bonsai_model_free(m);
         return cli_error("bench", st);
     }
@@ -580,7 +603,11 @@ static int cmd_bench(int argc, char **argv)
         if (n && !st) {
             bonsai_session_clear(s);
             double t0 = now();
-            for (int i = 0; i < n && !st; i++) st = bonsai_session_eval(s, &ids[i], 1, 0);
+            for (int i = 0; i < n && !st; i++) {
+                st = bonsai_session_eval(s, &ids[i], 1, 0);
+                int32_t tok; /* the next token, as a generation takes it (on the GPU there) */
+                if (!st) st = bonsai_session_sample(s, greedy, &tok, NULL);
+            }
             if (r >= 0) tg[r] = n / (now() - t0);
         }
     }
@@ -643,6 +670,7 @@ static int cmd_bench(int argc, char **argv)
     free(ids);
     free(pp);
     free(tg);
+    bonsai_sampler_free(greedy);
     bonsai_session_free(s);
     bonsai_model_free(m);
     return rc;

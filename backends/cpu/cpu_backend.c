@@ -647,6 +647,7 @@ static const bsi_backend_vtable cpu_vtable = {
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .copy = cpu_copy,
     .weight_create = cpu_weight_create,
     .weight_free = cpu_weight_free,
     .weight_bytes = cpu_weight_bytes,

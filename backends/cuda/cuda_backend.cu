@@ -9,7 +9,8 @@
  * a failure becomes BONSAI_ERR_BACKEND (BONSAI_ERR_NO_MEMORY for allocations) with the call and
  * CUDA's message, never a crash.
  */
-#include "kernels.cuh"
+#include "decode.cuh"
+#include "sample.cuh"
 
 extern "C" {
 #include "backend.h"
@@ -52,9 +53,36 @@ static bonsai_status cuda_fail(cudaError_t e, const char *what)
         if (e_ != cudaSuccess) return cuda_fail(e_, #call);                                        \
     } while (0)
 
+/* A step's inputs, uploaded together before each decode step (the graph reads them):
+ * tok[DEC_MAX_SEQ], pos[DEC_MAX_SEQ], then kc[n_layer][n_seq] and vc[n_layer][n_seq]. */
+struct dec_graph {
+    const bsi_decode_model *m; /* what it was captured for */
+    uint32_t kv_type;
+    cudaGraphExec_t exec;
+};
+
+/* The fused decode step's buffers (for the model last decoded), made on first use. */
+struct dec_state {
+    const bsi_decode_model *m;
+    float *x, *q, *k, *v, *h, *part;
+    float *logits; /* [DEC_MAX_SEQ][n_vocab]: the graph's output, copied to the caller's buffer */
+    qact qa, qb; /* quantized activations: qa the normed x; qb the attention output, then g */
+    unsigned *counter;
+    double *freq;
+    float rope_m;
+    unsigned char *in_dev, *in_host; /* in_host: pinned */
+    size_t in_bytes;
+    cudaEvent_t in_done; /* the last upload of in_host finished */
+    dec_graph graphs[DEC_MAX_SEQ + 1];
+};
+
 struct cuda_backend {
     bsi_backend base;
     int device;
+    int n_sm;
+    bool fused, graphs; /* BONSAI_CUDA_FUSED, BONSAI_CUDA_GRAPH (default on) */
+    dec_state dec;
+    sample_out *sampled; /* device: bsi sample result */
     cudaStream_t stream;
     int32_t *ids; /* device copies of a batch's token ids / positions */
     int32_t *pos;
@@ -149,6 +177,11 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
         free(b);
         return st;
     }
+    b->n_sm = prop.multiProcessorCount;
+    const char *env = getenv("BONSAI_CUDA_FUSED");
+    b->fused = !env || strcmp(env, "0");
+    env = getenv("BONSAI_CUDA_GRAPH");
+    b->graphs = !env || strcmp(env, "0");
     snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB)", dev, prop.name, prop.major,
              prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024));
     b->base.vt = NULL; /* set by the entry point's table below */
@@ -156,17 +189,21 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     return BONSAI_OK;
 }
 
+static void dec_free(cuda_backend *b);
+
 static void cuda_destroy(bsi_backend *be)
 {
     if (!be) return;
     cuda_backend *b = cb(be);
     if (cudaSetDevice(b->device) == cudaSuccess) {
+        dec_free(b);
         if (b->stream) {
             cudaStreamSynchronize(b->stream);
             cudaStreamDestroy(b->stream);
         }
         cudaFree(b->ids);
         cudaFree(b->pos);
+        cudaFree(b->sampled);
     }
     (void)cudaGetLastError();
     free(b->pos_host);
@@ -220,6 +257,16 @@ static bonsai_status cuda_download(bsi_backend *be, void *dst, const void *src, 
     if (!bytes) return BONSAI_OK;
     CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, b->stream));
     CU(cudaStreamSynchronize(b->stream));
+    return BONSAI_OK;
+}
+
+/* Device to device, queued on the stream (the caller syncs before another instance reads). */
+static bonsai_status cuda_copy(bsi_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    if (!bytes) return BONSAI_OK;
+    CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, b->stream));
     return BONSAI_OK;
 }
 
@@ -416,6 +463,33 @@ static bonsai_status cuda_rmsnorm(bsi_backend *be, const float *x, const float *
     return BONSAI_OK;
 }
 
+/* The model's RoPE with YaRN's ramp bounds and magnitude scale (FORMAT.md section 3), as the CPU's
+ * bsi_rope_table computes them. */
+static rope_params make_rope(const bsi_rope *r)
+{
+    rope_params p;
+    p.n_rot = (int)r->n_rot;
+    p.neox = (int)r->neox;
+    p.freq_base = r->freq_base;
+    p.factor = r->yarn_factor;
+    p.yarn = r->yarn_factor > 1.0f;
+    p.lo = p.hi = 0;
+    p.m = 1;
+    if (p.yarn) {
+        const double pi = 3.14159265358979323846, ln_base = log((double)r->freq_base);
+        double corr_fast = (double)r->n_rot *
+                           log((double)r->yarn_orig_ctx / (r->yarn_beta_fast * 2 * pi)) /
+                           (2 * ln_base);
+        double corr_slow = (double)r->n_rot *
+                           log((double)r->yarn_orig_ctx / (r->yarn_beta_slow * 2 * pi)) /
+                           (2 * ln_base);
+        p.lo = fmax(0.0, floor(corr_fast));
+        p.hi = fmin((double)(r->n_rot - 1), ceil(corr_slow));
+        p.m = 1.0 + 0.1 * log((double)r->yarn_factor);
+    }
+    return p;
+}
+
 static bonsai_status cuda_rope(bsi_backend *be, float *x, const int32_t *pos, int64_t n_tok,
                                int64_t n_heads, int64_t head_dim, const bsi_rope *r)
 {
@@ -438,26 +512,7 @@ static bonsai_status cuda_rope(bsi_backend *be, float *x, const int32_t *pos, in
         memcpy(b->pos_host, pos, (size_t)n_tok * sizeof *pos);
         b->pos_n = n_tok;
     }
-    rope_params p;
-    p.n_rot = (int)r->n_rot;
-    p.neox = (int)r->neox;
-    p.freq_base = r->freq_base;
-    p.factor = r->yarn_factor;
-    p.yarn = r->yarn_factor > 1.0f;
-    p.lo = p.hi = 0;
-    p.m = 1;
-    if (p.yarn) {
-        const double pi = 3.14159265358979323846, ln_base = log((double)r->freq_base);
-        double corr_fast = (double)r->n_rot *
-                           log((double)r->yarn_orig_ctx / (r->yarn_beta_fast * 2 * pi)) /
-                           (2 * ln_base);
-        double corr_slow = (double)r->n_rot *
-                           log((double)r->yarn_orig_ctx / (r->yarn_beta_slow * 2 * pi)) /
-                           (2 * ln_base);
-        p.lo = fmax(0.0, floor(corr_fast));
-        p.hi = fmin((double)(r->n_rot - 1), ceil(corr_slow));
-        p.m = 1.0 + 0.1 * log((double)r->yarn_factor);
-    }
+    rope_params p = make_rope(r);
     dim3 grid((unsigned)n_tok, (unsigned)n_heads);
     rope<<<grid, 64, 0, b->stream>>>(x, b->pos, (int)n_heads, (int)head_dim, p);
     CU(cudaGetLastError());
@@ -540,6 +595,381 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
     return BONSAI_OK;
 }
 
+/* ---- the fused decode step (decode.cuh) ---- */
+
+#define DG_ROW(nt)                                                                                 \
+    {(const void *)dgemv<nt, DG_STORE>, (const void *)dgemv<nt, DG_ADD>,                           \
+     (const void *)dgemv<nt, DG_SILU>}
+static const void *const dg_fn[DEC_MAX_SEQ][3] = {DG_ROW(1), DG_ROW(2), DG_ROW(3), DG_ROW(4),
+                                                  DG_ROW(5), DG_ROW(6), DG_ROW(7), DG_ROW(8)};
+#undef DG_ROW
+
+static void dec_free(cuda_backend *b)
+{
+    dec_state *d = &b->dec;
+    if (b->stream) cudaStreamSynchronize(b->stream);
+    for (int i = 0; i <= DEC_MAX_SEQ; i++)
+        if (d->graphs[i].exec) cudaGraphExecDestroy(d->graphs[i].exec);
+    void *bufs[] = {d->x,    d->q,    d->k,    d->v,    d->h,     d->part,
+                    d->qa.q, d->qa.d, d->qb.q, d->qb.d, d->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cudaFree(bufs[i]);
+    cudaFree(d->counter);
+    cudaFree(d->freq);
+    cudaFree(d->in_dev);
+    cudaFreeHost(d->in_host);
+    if (d->in_done) cudaEventDestroy(d->in_done);
+    (void)cudaGetLastError();
+    memset(d, 0, sizeof *d);
+}
+
+/* The widest input of a dgemv of the model: n_embd, n_head * head_dim or n_ff. */
+static int dec_max_cols(const bsi_decode_model *m)
+{
+    uint32_t c = m->n_embd, q = m->n_head * m->head_dim;
+    if (q > c) c = q;
+    if (m->n_ff > c) c = m->n_ff;
+    return (int)c;
+}
+
+/* Splits of the attention over positions: enough blocks for two per multiprocessor. */
+static int dec_split(const cuda_backend *b, const bsi_decode_model *m, uint32_t n_seq)
+{
+    int heads = (int)(m->n_head * n_seq), want = (2 * b->n_sm + heads - 1) / heads;
+    return want < 1 ? 1 : want > ATT_MAX_SPLIT ? ATT_MAX_SPLIT : want;
+}
+
+static bool cuda_decode_ok(bsi_backend *be, const bsi_decode_model *m, uint32_t n_seq,
+                           uint32_t kv_type)
+{
+    cuda_backend *b = cb(be);
+    if (!b->fused || n_seq < 1 || n_seq > DEC_MAX_SEQ) return false;
+    if (kv_type != T_F16 && kv_type != T_Q8_0) return false;
+    if (m->head_dim > ATT_MAX_HD || m->head_dim % 2 || m->rope.n_rot > m->head_dim ||
+        m->rope.n_rot % 2 || m->n_head_kv < 1 || m->n_head % m->n_head_kv ||
+        m->n_head + 2 * m->n_head_kv > 65535)
+        return false;
+    if (m->head_dim % 32) return false; /* the attention output is quantized per head */
+    for (uint32_t l = 0; l < m->n_layer; l++) {
+        const bsi_decode_layer *L = &m->layers[l];
+        const bsi_weight *w[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
+            if (w[i]->type != T_Q1_0) return false;
+    }
+    return true;
+}
+
+/* The decode buffers for model m (for up to DEC_MAX_SEQ sequences). */
+static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
+{
+    dec_state *d = &b->dec;
+    if (d->m == m) return BONSAI_OK;
+    dec_free(b);
+    size_t S = DEC_MAX_SEQ, E = m->n_embd, hd = m->head_dim, Q = (size_t)m->n_head * hd,
+           KV = (size_t)m->n_head_kv * hd, C = (size_t)dec_max_cols(m);
+    struct {
+        void **p;
+        size_t bytes;
+    } want[] = {{(void **)&d->x, S * E * 4},
+                {(void **)&d->q, S * Q * 4},
+                {(void **)&d->k, S * KV * 4},
+                {(void **)&d->v, S * KV * 4},
+                {(void **)&d->h, S * E * 4},
+                {(void **)&d->part, S * m->n_head * ATT_MAX_SPLIT * (hd + 2) * 4},
+                {(void **)&d->qa.q, S * C},
+                {(void **)&d->qa.d, S * (C / 32) * sizeof(float2)},
+                {(void **)&d->qb.q, S * C},
+                {(void **)&d->qb.d, S * (C / 32) * sizeof(float2)},
+                {(void **)&d->logits, S * m->n_vocab * 4}};
+    cudaError_t e = cudaSuccess;
+    for (size_t i = 0; i < sizeof want / sizeof want[0] && e == cudaSuccess; i++)
+        e = cudaMalloc(want[i].p, want[i].bytes);
+    if (e == cudaSuccess) e = cudaMalloc((void **)&d->counter, S * m->n_head * sizeof(unsigned));
+    if (e == cudaSuccess)
+        e = cudaMemsetAsync(d->counter, 0, S * m->n_head * sizeof(unsigned), b->stream);
+    /* RoPE: angle of pair i = pos * freq[i], YaRN's blend folded in */
+    rope_params rp = make_rope(&m->rope);
+    size_t n_pair = m->rope.n_rot / 2 ? m->rope.n_rot / 2 : 1;
+    double *freq = (double *)calloc(n_pair, sizeof *freq);
+    if (!freq) e = cudaErrorMemoryAllocation;
+    for (size_t i = 0; freq && i < m->rope.n_rot / 2; i++) {
+        double f = pow(rp.freq_base, -2.0 * (double)i / (double)rp.n_rot);
+        if (rp.yarn) {
+            double ramp = ((double)i - rp.lo) / fmax(0.001, rp.hi - rp.lo);
+            double r = 1.0 - fmin(fmax(ramp, 0.0), 1.0);
+            f = f / rp.factor * (1.0 - r) + f * r;
+        }
+        freq[i] = f;
+    }
+    if (e == cudaSuccess) e = cudaMalloc((void **)&d->freq, n_pair * sizeof *freq);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(d->freq, freq, n_pair * sizeof *freq, cudaMemcpyHostToDevice,
+                            b->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(b->stream); /* freq is freed next */
+    free(freq);
+    d->rope_m = (float)rp.m;
+    d->in_bytes = 2 * S * sizeof(int32_t) + 2 * (size_t)m->n_layer * S * sizeof(void *);
+    if (e == cudaSuccess) e = cudaMalloc((void **)&d->in_dev, d->in_bytes);
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&d->in_host, d->in_bytes);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&d->in_done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        dec_free(b);
+        return cuda_fail(e, "setting up the decode step");
+    }
+    d->m = m;
+    return BONSAI_OK;
+}
+
+static dg_mat dg_matrix(const bsi_weight *w, float *y)
+{
+    dg_mat r;
+    r.bits = w->bits;
+    r.scales = w->scales;
+    r.y = y;
+    r.rows = (int)w->rows;
+    return r;
+}
+
+/* One dgemv launch of nt tokens. */
+static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
+{
+    int blocks;
+    if (mode == DG_SILU) { /* a block per 32 rows */
+        a.groups[0] = a.m[0].rows / 32;
+        blocks = a.groups[0];
+    } else { /* a warp per DG_ROWS rows */
+        int total = 0;
+        for (int i = 0; i < a.n_mat; i++) total += a.groups[i] = (a.m[i].rows + DG_ROWS - 1) / DG_ROWS;
+        blocks = (total + DG_WARPS - 1) / DG_WARPS;
+    }
+    int cap = 8 * b->n_sm;
+    if (blocks > cap) blocks = cap;
+    void *args[] = {&a};
+    CU(cudaLaunchKernel(dg_fn[nt - 1][mode], dim3((unsigned)blocks), dim3(DG_WARPS * WARP), args,
+                        0, b->stream));
+    return BONSAI_OK;
+}
+
+/* x [n][cols] (RMS-normed with nw when given) quantized into out, on the stream. */
+static bonsai_status quant_x(cuda_backend *b, const float *x, const float *nw, float eps, int cols,
+                             uint32_t n, const qact &out)
+{
+    quant_rows<<<n, QR_THREADS, 0, b->stream>>>(x, nw, eps, cols, out);
+    CU(cudaGetLastError());
+    return BONSAI_OK;
+}
+
+/* Launches one decode step of n sequences on the stream (eagerly, or while it is captured). */
+static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint32_t n,
+                                uint32_t kv_type)
+{
+    float *logits = b->dec.logits;
+    dec_state *d = &b->dec;
+    cudaStream_t st = b->stream;
+    int E = (int)m->n_embd, hd = (int)m->head_dim, Q = (int)m->n_head * hd, F = (int)m->n_ff;
+    int nh = (int)m->n_head, nkv = (int)m->n_head_kv, nt = (int)n;
+    const int32_t *tok = (const int32_t *)d->in_dev, *pos = tok + DEC_MAX_SEQ;
+    void *const *kc = (void *const *)(d->in_dev + 2 * DEC_MAX_SEQ * sizeof(int32_t));
+    void *const *vc = kc + (size_t)m->n_layer * n;
+    rope_dev rp;
+    rp.freq = d->freq;
+    rp.n_rot = (int)m->rope.n_rot;
+    rp.neox = (int)m->rope.neox;
+    rp.m = d->rope_m;
+    int ns = dec_split(b, m, n);
+    float scale = 1.0f / sqrtf((float)hd);
+    bool q8 = kv_type == T_Q8_0;
+    bonsai_status s;
+#define TRY(call)                                                                                  \
+    if ((s = (call))) return s
+    get_rows<<<dim3(grid_for(E, 256), n), 256, 0, st>>>(view(m->tok_embd), tok, d->x);
+    for (uint32_t l = 0; l < m->n_layer; l++) {
+        const bsi_decode_layer *L = &m->layers[l];
+        /* q, k, v of the normed x */
+        TRY(quant_x(b, d->x, L->attn_norm, m->eps, E, n, d->qa));
+        dg_args a;
+        memset(&a, 0, sizeof a);
+        a.m[0] = dg_matrix(L->wq, d->q);
+        a.m[1] = dg_matrix(L->wk, d->k);
+        a.m[2] = dg_matrix(L->wv, d->v);
+        a.n_mat = 3;
+        a.x = d->qa;
+        a.cols = E;
+        TRY(dg_run(b, nt, DG_STORE, a));
+        dim3 g1((unsigned)(nh + 2 * nkv), n);
+        if (q8)
+            qk_rope_store<true><<<g1, WARP, 0, st>>>(d->q, d->k, d->v, L->q_norm, L->k_norm,
+                                                     m->eps, pos, kc, vc, (int)l, nt, nh, nkv, hd,
+                                                     rp);
+        else
+            qk_rope_store<false><<<g1, WARP, 0, st>>>(d->q, d->k, d->v, L->q_norm, L->k_norm,
+                                                      m->eps, pos, kc, vc, (int)l, nt, nh, nkv, hd,
+                                                      rp);
+        /* attention, its output quantized into qb; x += Wo att */
+        dim3 g2((unsigned)nh, n, (unsigned)ns);
+        if (q8)
+            attn_decode<true><<<g2, ATT_WARPS * WARP, 0, st>>>(
+                d->q, kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale);
+        else
+            attn_decode<false><<<g2, ATT_WARPS * WARP, 0, st>>>(
+                d->q, kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale);
+        memset(&a, 0, sizeof a);
+        a.m[0] = dg_matrix(L->wo, d->x);
+        a.n_mat = 1;
+        a.x = d->qb;
+        a.cols = Q;
+        TRY(dg_run(b, nt, DG_ADD, a));
+        /* g = silu(Wgate h) * (Wup h) of the normed x, quantized into qb; x += Wdown g */
+        TRY(quant_x(b, d->x, L->ffn_norm, m->eps, E, n, d->qa));
+        memset(&a, 0, sizeof a);
+        a.m[0] = dg_matrix(L->w_gate, NULL);
+        a.m[1] = dg_matrix(L->w_up, NULL);
+        a.n_mat = 2;
+        a.x = d->qa;
+        a.out = d->qb;
+        a.cols = E;
+        TRY(dg_run(b, nt, DG_SILU, a));
+        memset(&a, 0, sizeof a);
+        a.m[0] = dg_matrix(L->w_down, d->x);
+        a.n_mat = 1;
+        a.x = d->qb;
+        a.cols = F;
+        TRY(dg_run(b, nt, DG_ADD, a));
+    }
+    if (m->output->type == T_Q1_0) {
+        TRY(quant_x(b, d->x, m->output_norm, m->eps, E, n, d->qa));
+        dg_args a;
+        memset(&a, 0, sizeof a);
+        a.m[0] = dg_matrix(m->output, logits);
+        a.n_mat = 1;
+        a.x = d->qa;
+        a.cols = E;
+        TRY(dg_run(b, nt, DG_STORE, a));
+    } else {
+        rmsnorm<<<n, 256, 0, st>>>(d->x, m->output_norm, d->h, E, m->eps);
+        dense_matmul<<<(unsigned)((m->output->rows + 7) / 8), 8 * WARP, 0, st>>>(
+            view(m->output), d->h, logits, nt);
+    }
+#undef TRY
+    CU(cudaGetLastError());
+    return BONSAI_OK;
+}
+
+static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint32_t n,
+                                uint32_t kv_type);
+
+static bonsai_status cuda_decode(bsi_backend *be, const bsi_decode_model *m,
+                                 const bsi_decode_seq *seqs, uint32_t n, float *logits)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    uint32_t kv_type = seqs[0].kv_type;
+    if (!cuda_decode_ok(be, m, n, kv_type))
+        return failf(BONSAI_ERR_INVALID_STATE, "cuda: decode called for a step it does not take");
+    bonsai_status s = dec_init(b, m);
+    if (s) return s;
+    dec_state *d = &b->dec;
+    /* the step's inputs: the previous upload from the pinned buffer must be done */
+    CU(cudaEventSynchronize(d->in_done));
+    int32_t *tok = (int32_t *)d->in_host, *pos = tok + DEC_MAX_SEQ;
+    void **kc = (void **)(d->in_host + 2 * DEC_MAX_SEQ * sizeof(int32_t));
+    void **vc = kc + (size_t)m->n_layer * n;
+    for (uint32_t i = 0; i < n; i++) {
+        tok[i] = seqs[i].token;
+        pos[i] = seqs[i].pos;
+        for (uint32_t l = 0; l < m->n_layer; l++) {
+            kc[(size_t)l * n + i] = seqs[i].k_cache[l];
+            vc[(size_t)l * n + i] = seqs[i].v_cache[l];
+        }
+    }
+    size_t bytes = 2 * DEC_MAX_SEQ * sizeof(int32_t) + 2 * (size_t)m->n_layer * n * sizeof(void *);
+    CU(cudaMemcpyAsync(d->in_dev, d->in_host, bytes, cudaMemcpyHostToDevice, b->stream));
+    CU(cudaEventRecord(d->in_done, b->stream));
+    if (b->graphs)
+        s = dec_replay(b, m, n, kv_type);
+    else
+        s = dec_launch(b, m, n, kv_type);
+    if (s) return s;
+    CU(cudaMemcpyAsync(logits, d->logits, (size_t)n * m->n_vocab * sizeof(float),
+                       cudaMemcpyDeviceToDevice, b->stream));
+    return BONSAI_OK;
+}
+
+/* The step from its graph (captured on first use for this batch size, model and cache type). */
+static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint32_t n,
+                                uint32_t kv_type)
+{
+    dec_graph *g = &b->dec.graphs[n];
+    bonsai_status s;
+    if (g->exec && (g->m != m || g->kv_type != kv_type)) {
+        cudaGraphExecDestroy(g->exec);
+        g->exec = NULL;
+    }
+    if (!g->exec) {
+        CU(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
+        s = dec_launch(b, m, n, kv_type);
+        cudaGraph_t graph = NULL;
+        cudaError_t e = cudaStreamEndCapture(b->stream, &graph);
+        if (e == cudaSuccess && !s) {
+            e = cudaGraphInstantiate(&g->exec, graph, 0);
+            if (e != cudaSuccess) g->exec = NULL;
+        }
+        if (graph) cudaGraphDestroy(graph);
+        if (s || e != cudaSuccess) {
+            /* no graph: this instance launches its steps one kernel at a time from now on */
+            (void)cudaGetLastError();
+            char msg[256];
+            snprintf(msg, sizeof msg, "cuda: capturing the decode step failed (%s); going on "
+                     "without graphs", s ? "a launch failed" : cudaGetErrorString(e));
+            if (host) host->log(BONSAI_LOG_WARN, msg);
+            b->graphs = false;
+            return dec_launch(b, m, n, kv_type);
+        }
+        g->m = m;
+        g->kv_type = kv_type;
+    }
+    CU(cudaGraphLaunch(g->exec, b->stream));
+    return BONSAI_OK;
+}
+
+static bonsai_status cuda_sync(bsi_backend *be)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    CU(cudaStreamSynchronize(b->stream));
+    return BONSAI_OK;
+}
+
+/* ---- sampling on the device (sample.cuh) ---- */
+
+static bonsai_status cuda_sample(bsi_backend *be, const float *logits, uint32_t n_vocab,
+                                 const bsi_sample_params *p, int32_t *token, float *logprob)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    *token = -1;
+    if (n_vocab < 1 || n_vocab > INT32_MAX) return BONSAI_OK;
+    if (!b->sampled) CU(cudaMalloc((void **)&b->sampled, sizeof *b->sampled));
+    sample_params sp;
+    sp.greedy = p->greedy;
+    sp.top_k = p->top_k;
+    sp.has_top_p = p->has_top_p;
+    sp.top_p = p->top_p;
+    sp.top_p_keep = p->top_p_keep > INT32_MAX ? INT32_MAX : (int)p->top_p_keep;
+    sp.has_min_p = p->has_min_p;
+    sp.min_p_log = p->min_p_log;
+    sp.min_p_keep = p->min_p_keep > INT32_MAX ? INT32_MAX : (int)p->min_p_keep;
+    sp.temp = p->temp;
+    sp.u = p->u;
+    sample_row<<<1, SAMPLE_THREADS, 0, b->stream>>>(logits, (int)n_vocab, sp, b->sampled);
+    CU(cudaGetLastError());
+    sample_out out;
+    CU(cudaMemcpyAsync(&out, b->sampled, sizeof out, cudaMemcpyDeviceToHost, b->stream));
+    CU(cudaStreamSynchronize(b->stream));
+    *token = out.token;
+    *logprob = out.logprob;
+    return BONSAI_OK;
+}
+
 static bsi_backend_vtable table;
 
 static bonsai_status cuda_create_instance(const bsi_backend_config *cfg, bsi_backend **out)
@@ -564,6 +994,7 @@ bonsai_backend_module(const bsi_module_host *h)
     table.free = cuda_free;
     table.upload = cuda_upload;
     table.download = cuda_download;
+    table.copy = cuda_copy;
     table.weight_create = cuda_weight_create;
     table.weight_free = cuda_weight_free;
     table.matmul = cuda_matmul;
@@ -575,5 +1006,9 @@ bonsai_backend_module(const bsi_module_host *h)
     table.add = cuda_add;
     table.kv_store = cuda_kv_store;
     table.attention = cuda_attention;
+    table.decode_ok = cuda_decode_ok;
+    table.decode = cuda_decode;
+    table.sync = cuda_sync;
+    table.sample = cuda_sample;
     return &table;
 }

@@ -396,23 +396,27 @@ __device__ __forceinline__ float kv_at(const void *cache, int64_t p, int kv_dim,
     return half_bits_to_f32(d) * (float)(int8_t)blk[2 + idx % 32];
 }
 
-/* Causal attention: a block per (query head, token), ATT_WARPS warps splitting the positions,
- * each with an online softmax over its positions (running max, sum and weighted V); the warps'
- * partial results are merged at the end. Lane l holds dimensions l, l + 32, ... of the head. */
+/* Attention of one query head over the cache positions [p0, p1), in one block of ATT_WARPS
+ * warps: each warp takes every ATT_WARPS-th position with an online softmax (running max, sum and
+ * weighted V), then the warps' results are merged into sm.m, sm.l and sm.acc[d] (weighted V not
+ * yet divided by l; m = -inf and l = 0 for an empty range). Lane l holds dimensions l, l + 32, ...
+ * of the head; qh is the query head, `scale` the score scale. */
 constexpr int ATT_WARPS = 4, ATT_MAX_HD = 256;
 
+struct attn_smem {
+    float wm[ATT_WARPS], wl[ATT_WARPS];
+    float wacc[ATT_WARPS][ATT_MAX_HD];
+    float m, l;
+    float acc[ATT_MAX_HD];
+};
+
 template <bool Q8>
-__global__ void attention(const float *__restrict__ q, const void *__restrict__ kc,
-                          const void *__restrict__ vc, float *__restrict__ out, int pos,
-                          int n_head, int n_head_kv, int head_dim, float scale)
+__device__ void attn_block(const float *__restrict__ qh, float scale, const void *__restrict__ kc,
+                           const void *__restrict__ vc, int kv_dim, int koff, int head_dim, int p0,
+                           int p1, attn_smem &sm)
 {
-    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
-    __shared__ float sm_acc[ATT_WARPS][ATT_MAX_HD];
     constexpr int PER = ATT_MAX_HD / WARP;
-    int h = blockIdx.x, t = blockIdx.y;
     int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    int kvh = h / (n_head / n_head_kv), kv_dim = n_head_kv * head_dim;
-    const float *qh = q + ((size_t)t * n_head + h) * head_dim;
     float qv[PER], acc[PER];
 #pragma unroll
     for (int i = 0; i < PER; i++) {
@@ -421,13 +425,12 @@ __global__ void attention(const float *__restrict__ q, const void *__restrict__ 
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    int n_pos = pos + t + 1;
-    for (int p = warp; p < n_pos; p += ATT_WARPS) {
+    for (int p = p0 + warp; p < p1; p += ATT_WARPS) {
         float s = 0.0f;
 #pragma unroll
         for (int i = 0; i < PER; i++) {
             int d = lane + WARP * i;
-            if (d < head_dim) s += qv[i] * kv_at<Q8>(kc, p, kv_dim, kvh * head_dim + d);
+            if (d < head_dim) s += qv[i] * kv_at<Q8>(kc, p, kv_dim, koff + d);
         }
         s = warp_sum(s);
         float m_new = fmaxf(m, s);
@@ -436,33 +439,52 @@ __global__ void attention(const float *__restrict__ q, const void *__restrict__ 
 #pragma unroll
         for (int i = 0; i < PER; i++) {
             int d = lane + WARP * i;
-            float vv = d < head_dim ? kv_at<Q8>(vc, p, kv_dim, kvh * head_dim + d) : 0.0f;
+            float vv = d < head_dim ? kv_at<Q8>(vc, p, kv_dim, koff + d) : 0.0f;
             acc[i] = acc[i] * corr + e * vv;
         }
         m = m_new;
     }
     if (lane == 0) {
-        sm_m[warp] = m;
-        sm_l[warp] = l;
+        sm.wm[warp] = m;
+        sm.wl[warp] = l;
     }
 #pragma unroll
     for (int i = 0; i < PER; i++) {
         int d = lane + WARP * i;
-        if (d < head_dim) sm_acc[warp][d] = acc[i];
+        if (d < head_dim) sm.wacc[warp][d] = acc[i];
     }
     __syncthreads();
     float mm = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, sm_m[w]);
+    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, sm.wm[w]);
     float ll = 0.0f;
     for (int w = 0; w < ATT_WARPS; w++)
-        if (sm_m[w] > -INFINITY) ll += sm_l[w] * __expf(sm_m[w] - mm);
-    float *oh = out + ((size_t)t * n_head + h) * head_dim;
+        if (sm.wm[w] > -INFINITY) ll += sm.wl[w] * __expf(sm.wm[w] - mm);
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float v = 0.0f;
         for (int w = 0; w < ATT_WARPS; w++)
-            if (sm_m[w] > -INFINITY) v += sm_acc[w][d] * __expf(sm_m[w] - mm);
-        oh[d] = v / ll;
+            if (sm.wm[w] > -INFINITY) v += sm.wacc[w][d] * __expf(sm.wm[w] - mm);
+        sm.acc[d] = v;
     }
+    if (threadIdx.x == 0) {
+        sm.m = mm;
+        sm.l = ll;
+    }
+    __syncthreads();
+}
+
+/* Causal attention: a block per (query head, token) over positions 0 .. pos + t. */
+template <bool Q8>
+__global__ void attention(const float *__restrict__ q, const void *__restrict__ kc,
+                          const void *__restrict__ vc, float *__restrict__ out, int pos,
+                          int n_head, int n_head_kv, int head_dim, float scale)
+{
+    __shared__ attn_smem sm;
+    int h = blockIdx.x, t = blockIdx.y;
+    int kvh = h / (n_head / n_head_kv);
+    attn_block<Q8>(q + ((size_t)t * n_head + h) * head_dim, scale, kc, vc, n_head_kv * head_dim,
+                   kvh * head_dim, head_dim, 0, pos + t + 1, sm);
+    float *oh = out + ((size_t)t * n_head + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) oh[d] = sm.acc[d] / sm.l;
 }
 
 } // namespace bsi_cuda

@@ -448,7 +448,7 @@ BONSAI_API void bonsai_session_cancel(bonsai_session *session);
  * tokenizer give BONSAI_ERR_UNSUPPORTED. */
 
 /** Flags of bonsai_tokenize(). */
-#define BONSAI_TOKENIZE_ADD_BOS 1u       /**< prepend BOS if the model's tokenizer adds one */
+#define BONSAI_TOKENIZE_ADD_BOS       1u /**< prepend BOS if the model's tokenizer adds one */
 #define BONSAI_TOKENIZE_PARSE_SPECIAL 2u /**< match special tokens ("<|im_start|>") as text */
 
 /**
@@ -510,7 +510,8 @@ typedef struct bonsai_detokenizer bonsai_detokenizer;
 
 BONSAI_API bonsai_status bonsai_detokenizer_create(const bonsai_model *model, uint32_t flags,
                                                    bonsai_detokenizer **out);
-/** Add a token; *text / *len are the newly complete text (maybe empty), valid until the next call. */
+/** Add a token; *text / *len are the newly complete text (maybe empty), valid until the next call.
+ */
 BONSAI_API bonsai_status bonsai_detokenizer_push(bonsai_detokenizer *d, int32_t token,
                                                  const char **text, size_t *len);
 /** Whatever is still held (incomplete sequences as U+FFFD), and start over. */
@@ -636,6 +637,18 @@ BONSAI_API void bonsai_sampler_reset(bonsai_sampler *s);
 /** True when a constraint in the chain has seen a complete document (always false without). */
 BONSAI_API bool bonsai_sampler_done(const bonsai_sampler *s);
 
+/**
+ * Sample the next token from the session's logits (the last row of its last evaluation) with
+ * `sampler`: the same token and log-probability as bonsai_sampler_sample() on
+ * bonsai_session_logits(). On a GPU, a chain of the built-in top-k, top-p, min-p and temperature
+ * stages (each at most once, in that order) ending in dist or greedy, which is what
+ * bonsai_sampler_create_default() makes without penalties, runs on the device and only the token
+ * comes back; any other chain, or a case the device leaves to the host, downloads the logits and
+ * runs on the host. BONSAI_ERR_INVALID_STATE when the session has no logits.
+ */
+BONSAI_API bonsai_status bonsai_session_sample(bonsai_session *session, bonsai_sampler *sampler,
+                                               int32_t *token, float *logprob);
+
 /* ------------------------------------------------------------------------------------------ */
 /** @name Generation */
 
@@ -659,14 +672,14 @@ typedef enum bonsai_stop_reason {
 } bonsai_stop_reason;
 
 typedef struct bonsai_generate_params {
-    uint32_t struct_size;     /**< sizeof(bonsai_generate_params); set by the init function */
-    uint32_t max_tokens;      /**< tokens to generate at most (default 256; 0: until the end) */
-    bonsai_sampler *sampler;  /**< NULL: greedy. Not freed; its history is not reset */
-    const char *const *stop;  /**< stop strings (copied), n_stop of them */
+    uint32_t struct_size;    /**< sizeof(bonsai_generate_params); set by the init function */
+    uint32_t max_tokens;     /**< tokens to generate at most (default 256; 0: until the end) */
+    bonsai_sampler *sampler; /**< NULL: greedy. Not freed; its history is not reset */
+    const char *const *stop; /**< stop strings (copied), n_stop of them */
     uint32_t n_stop;
     bonsai_token_fn on_token; /**< optional streaming callback */
     void *user_data;
-    uint32_t tokenize_flags;  /**< for a text prompt: BONSAI_TOKENIZE_* (default: ADD_BOS) */
+    uint32_t tokenize_flags;   /**< for a text prompt: BONSAI_TOKENIZE_* (default: ADD_BOS) */
     uint32_t detokenize_flags; /**< for the streamed text: BONSAI_DETOKENIZE_* (default 0) */
 } bonsai_generate_params;
 
@@ -692,8 +705,8 @@ BONSAI_API void bonsai_generate_params_init(bonsai_generate_params *params);
  * go, except the last one, which no later step needs: the cache holds the prompt and the output
  * but its last token, and a follow-up prompt that repeats prompt + output (as bonsai_chat does)
  * evaluates that token with its new ones. Prompt tokens are not added to the sampler's history
- * (so a constraint only sees generated text); accept them first for penalties over them. Stops at an
- * end-of-generation token, max_tokens, a stop string, a completed constraint, cancellation, or a
+ * (so a constraint only sees generated text); accept them first for penalties over them. Stops at
+ * an end-of-generation token, max_tokens, a stop string, a completed constraint, cancellation, or a
  * full context (BONSAI_STOP_CONTEXT_FULL; what was generated is kept). BONSAI_ERR_CONTEXT_FULL
  * when the prompt itself does not fit (the cache is then left as it was). `stats` may be NULL.
  */
@@ -718,7 +731,7 @@ typedef struct bonsai_chat_message {
 } bonsai_chat_message;
 
 #define BONSAI_CHAT_ADD_GENERATION_PROMPT 1u /**< end with the assistant's turn opening */
-#define BONSAI_CHAT_ENABLE_THINKING 2u       /**< let the model think (<think>...</think>) */
+#define BONSAI_CHAT_ENABLE_THINKING       2u /**< let the model think (<think>...</think>) */
 
 /**
  * Render a conversation to text. Assistant contents containing "</think>" keep their reasoning
@@ -745,8 +758,7 @@ BONSAI_API bonsai_status bonsai_chat_tokenize(const bonsai_model *model,
  * of surrounding whitespace. Pointers point into `text`; reasoning is empty when there is none.
  */
 BONSAI_API void bonsai_chat_parse(const char *text, size_t len, const char **reasoning,
-                                  size_t *reasoning_len, const char **content,
-                                  size_t *content_len);
+                                  size_t *reasoning_len, const char **content, size_t *content_len);
 
 /**
  * A conversation kept in a session's KV cache. Each turn evaluates only its new tokens: the user

@@ -434,6 +434,8 @@ FUNCTIONS = {
                                                 POINTER(_sampler_p)]),
     "bonsai_sampler_sample": (_status, [_sampler_p, POINTER(c_float), c_uint32,
                                         POINTER(c_int32), POINTER(c_float)]),
+    "bonsai_session_sample": (_status, [_session_p, _sampler_p, POINTER(c_int32),
+                                        POINTER(c_float)]),
     "bonsai_sampler_accept": (_status, [_sampler_p, c_int32]),
     "bonsai_sampler_reset": (None, [_sampler_p]),
     "bonsai_sampler_done": (c_bool, [_sampler_p]),

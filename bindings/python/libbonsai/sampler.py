@@ -233,10 +233,16 @@ class Sampler(NativeHandle):
         """Run the chain on a row of logits (array('f'), a list of floats, or a Session: its
         last row, without a copy) and return (token, logprob); the token is accepted."""
         from .session import Session
+        token = ctypes.c_int32()
+        logprob = ctypes.c_float()
+        if isinstance(logits, Session):  # bonsai_session_sample: on the GPU when it can
+            with self.using():
+                st = _lib.lib.bonsai_session_sample(logits._handle(), self._handle(),
+                                                    ctypes.byref(token), ctypes.byref(logprob))
+                self.check_status(st)
+            return int(token.value), float(logprob.value)
         keep = None
-        if isinstance(logits, Session):
-            ptr, n_vocab = logits._logits_row()
-        elif isinstance(logits, array.array) and logits.typecode == "f":
+        if isinstance(logits, array.array) and logits.typecode == "f":
             n_vocab = len(logits)
             keep = (ctypes.c_float * n_vocab).from_buffer(logits)
             ptr = keep
@@ -244,8 +250,6 @@ class Sampler(NativeHandle):
             n_vocab = len(logits)
             keep = (ctypes.c_float * n_vocab)(*logits)
             ptr = keep
-        token = ctypes.c_int32()
-        logprob = ctypes.c_float()
         with self.using():
             st = _lib.lib.bonsai_sampler_sample(self._handle(), ptr, n_vocab,
                                                 ctypes.byref(token), ctypes.byref(logprob))

@@ -225,17 +225,6 @@ class Session(NativeHandle):
             p = _lib.lib.bonsai_session_tokens(ptr, ctypes.byref(n))
             return p[:n.value] if n.value else []
 
-    def _logits_row(self):
-        """(pointer to the last row, n_vocab); for Sampler.sample."""
-        rows = ctypes.c_uint32()
-        p = _lib.lib.bonsai_session_logits(self._handle(), ctypes.byref(rows))
-        if not p or rows.value == 0:
-            raise InvalidStateError(_lib.BONSAI_ERR_INVALID_STATE,
-                                    "the session has no logits (evaluate tokens first)")
-        offset = (rows.value - 1) * self._n_vocab * ctypes.sizeof(ctypes.c_float)
-        return ctypes.cast(ctypes.addressof(p.contents) + offset,
-                           ctypes.POINTER(ctypes.c_float)), self._n_vocab
-
     def _rows(self, last_only: bool):
         with self._use(reading=True) as ptr:
             rows = ctypes.c_uint32()

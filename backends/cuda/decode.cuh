@@ -1,0 +1,410 @@
+/*
+ * Kernels of the fused decode step (cuda_backend.cu, cuda_decode): one token for each of up to
+ * DEC_MAX_SEQ sequences. Everything a step reads that changes from step to step (token ids,
+ * positions, the sequences' KV cache buffers) is read from device memory, so one captured CUDA
+ * graph serves every step. Per layer:
+ *
+ *   dgemv STORE  rmsnorm(x) -> int8 (prologue), q, k, v = Wq, Wk, Wv . x       (one launch)
+ *   qk_rope_store  per head: q/k RMS norm, RoPE, k and v into the caches        (one launch)
+ *   attn_decode  attention split over positions; the last block of a head merges (one launch)
+ *   dgemv ADD    att -> int8, x += Wo . att                                     (one launch)
+ *   dgemv SILU   rmsnorm(x) -> int8, g = silu(Wgate . x) * (Wup . x)           (one launch)
+ *   dgemv ADD    g -> int8, x += Wdown . g                                      (one launch)
+ *
+ * and at the end rmsnorm(x) -> int8, logits = Wout . x (dgemv STORE).
+ *
+ * dgemv: the block first quantizes its input ([NT][cols] f32, RMS-normed when a norm weight is
+ * given) to int8 in blocks of 32 in shared memory, with each block's scale and the sum of its
+ * quantized values. A warp then takes DG_ROWS rows at a time (grid-stride over the rows of all
+ * the launch's matrices); lane j reads sign word j, j + 32, ... of each row (coalesced) and
+ * expands each 4 bits to 4 byte masks for dp4a: with S1 the sum of the values whose bit is set
+ * and S the block's sum, the word's dot product is d_w * d_x * (2 S1 - S).
+ */
+#ifndef BONSAI_CUDA_DECODE_CUH
+#define BONSAI_CUDA_DECODE_CUH
+
+#include "kernels.cuh"
+
+namespace bsi_cuda {
+
+constexpr int DEC_MAX_SEQ = 8; /* sequences of one fused step */
+constexpr int DG_WARPS = 8;    /* warps per dgemv block */
+constexpr int DG_ROWS = 2;     /* rows per warp (STORE, ADD) */
+constexpr int DG_SILU_ROWS = 4; /* rows per warp (SILU): a block covers 32 rows of g */
+constexpr int QR_THREADS = 512; /* quant_rows: 4 values per thread, 2048 per pass */
+constexpr int ATT_MAX_SPLIT = 32;
+
+enum dg_mode { DG_STORE = 0, DG_ADD = 1, DG_SILU = 2 };
+
+/* An activation row set quantized for dgemv: q [NT][cols] int8 in blocks of 32, d [NT][cols / 32]
+ * (scale, sum of the block's 32 quantized values). */
+struct qact {
+    int8_t *q;
+    float2 *d;
+};
+
+struct dg_mat {
+    const uint32_t *bits;
+    const __half *scales;
+    float *y; /* [NT][rows] (not SILU) */
+    int rows;
+};
+
+/* A dgemv launch: STORE: n_mat (1..3) matrices, each to its own y; ADD: one, y += W x; SILU: two
+ * (gate, up) of the same rows, g = silu(gate . x) * (up . x) quantized into `out`. */
+struct dg_args {
+    dg_mat m[3];
+    int n_mat;
+    int groups[3]; /* row groups of each matrix: DG_ROWS rows (a warp), SILU 32 rows (a block) */
+    qact x;        /* the input, [NT][cols] */
+    qact out;      /* SILU: g, [NT][rows] */
+    int cols;
+};
+
+/* Quantizes the 32 values a warp holds (one per lane) into q[lane] and *d (lane 0 writes). */
+__device__ __forceinline__ void quant32(float v, int8_t *q, float2 *d)
+{
+    int lane = threadIdx.x % WARP;
+    float amax = warp_max(fabsf(v));
+    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int qv = __float2int_rn(v * id);
+    q[lane] = (int8_t)qv;
+    float sum = warp_sum((float)qv);
+    if (lane == 0) *d = make_float2(amax / 127.0f, sum);
+}
+
+/* One block per row of x [n][cols]: RMS-normed with weight nw when given, quantized into out.
+ * Each thread takes 4 values at a time; the 8 threads of a block of 32 reduce among themselves. */
+__global__ void __launch_bounds__(QR_THREADS)
+    quant_rows(const float *__restrict__ x, const float *__restrict__ nw, float eps, int cols,
+               qact out)
+{
+    __shared__ float red[QR_THREADS / WARP];
+    __shared__ float s_scale;
+    const int t = blockIdx.x, lane = threadIdx.x % WARP;
+    const float *xr = x + (size_t)t * cols;
+    float scale = 1.0f;
+    if (nw) {
+        float s = 0.0f;
+        for (int i = threadIdx.x * 4; i < cols; i += QR_THREADS * 4) {
+            float4 v = *(const float4 *)(xr + i);
+            s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        s = warp_sum(s);
+        if (lane == 0) red[threadIdx.x / WARP] = s;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float tot = 0.0f;
+            for (int w = 0; w < QR_THREADS / WARP; w++) tot += red[w];
+            s_scale = rsqrtf(tot / (float)cols + eps);
+        }
+        __syncthreads();
+        scale = s_scale;
+    }
+    for (int i = threadIdx.x * 4; i < cols; i += QR_THREADS * 4) {
+        float4 v = *(const float4 *)(xr + i);
+        if (nw) {
+            float4 w = *(const float4 *)(nw + i);
+            v.x = v.x * scale * w.x;
+            v.y = v.y * scale * w.y;
+            v.z = v.z * scale * w.z;
+            v.w = v.w * scale * w.w;
+        }
+        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+        for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id),
+            q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
+        char4 packed = make_char4((signed char)q0, (signed char)q1, (signed char)q2,
+                                  (signed char)q3);
+        *(char4 *)(out.q + (size_t)t * cols + i) = packed;
+        int sum = q0 + q1 + q2 + q3;
+        for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (lane % 8 == 0) out.d[(size_t)t * (cols / 32) + i / 32] = make_float2(amax / 127.0f, (float)sum);
+    }
+}
+
+/* 4 bits (weights 4k .. 4k + 3 of a word) to 4 bytes of 0 or 1, low weight in the low byte. */
+__device__ __forceinline__ int nibble_mask(uint32_t word, int k)
+{
+    return (int)((((word >> (4 * k)) & 0xfu) * 0x00204081u) & 0x01010101u);
+}
+
+/* acc[r][t] += row r of the word-set . token t, over the row's words lane, lane + 32, ... */
+template <int NT, int R>
+__device__ __forceinline__ void dg_dot(const uint32_t *const (&bp)[R], const __half *const (&sp)[R],
+                                       const qact &x, int cols, float (&acc)[R][NT])
+{
+    const int lane = threadIdx.x % WARP, words = cols / 32;
+    for (int w = lane; w < words; w += WARP) {
+        int4 xa[NT][2];
+        float2 xs[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const int4 *p = (const int4 *)(x.q + (size_t)t * cols + (size_t)w * 32);
+            xa[t][0] = __ldg(p);
+            xa[t][1] = __ldg(p + 1);
+            xs[t] = __ldg(x.d + (size_t)t * words + w);
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            uint32_t b = __ldg(bp[r] + w);
+            float d = __half2float(sp[r][w / (QK / 32)]);
+            int mk[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) mk[k] = nibble_mask(b, k);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                int s1 = __dp4a(mk[0], xa[t][0].x, 0);
+                s1 = __dp4a(mk[1], xa[t][0].y, s1);
+                s1 = __dp4a(mk[2], xa[t][0].z, s1);
+                s1 = __dp4a(mk[3], xa[t][0].w, s1);
+                s1 = __dp4a(mk[4], xa[t][1].x, s1);
+                s1 = __dp4a(mk[5], xa[t][1].y, s1);
+                s1 = __dp4a(mk[6], xa[t][1].z, s1);
+                s1 = __dp4a(mk[7], xa[t][1].w, s1);
+                acc[r][t] = fmaf(d * xs[t].x, (float)(2 * s1) - xs[t].y, acc[r][t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[r][t] = warp_sum(acc[r][t]);
+}
+
+template <int R>
+__device__ __forceinline__ void dg_rows(const dg_mat &M, int r0, int words, int nb,
+                                        const uint32_t *(&bp)[R], const __half *(&sp)[R])
+{
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int row = r0 + r < M.rows ? r0 + r : M.rows - 1;
+        bp[r] = M.bits + (size_t)row * words;
+        sp[r] = M.scales + (size_t)row * nb;
+    }
+}
+
+template <int NT, int MODE>
+__global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
+{
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int cols = a.cols, words = cols / 32, nb = cols / QK;
+    if (MODE == DG_SILU) {
+        /* a block per 32 rows of g: warp w takes rows 4w .. 4w + 3 of gate and of up */
+        __shared__ float gs[NT][32];
+        const dg_mat &G = a.m[0], &U = a.m[1];
+        for (int g = blockIdx.x; g < a.groups[0]; g += gridDim.x) {
+            const int r0 = g * 32 + warp * DG_SILU_ROWS;
+            const uint32_t *bp[2 * DG_SILU_ROWS];
+            const __half *sp[2 * DG_SILU_ROWS];
+            const uint32_t *gb[DG_SILU_ROWS], *ub[DG_SILU_ROWS];
+            const __half *gsc[DG_SILU_ROWS], *usc[DG_SILU_ROWS];
+            dg_rows<DG_SILU_ROWS>(G, r0, words, nb, gb, gsc);
+            dg_rows<DG_SILU_ROWS>(U, r0, words, nb, ub, usc);
+#pragma unroll
+            for (int r = 0; r < DG_SILU_ROWS; r++) {
+                bp[r] = gb[r], sp[r] = gsc[r];
+                bp[DG_SILU_ROWS + r] = ub[r], sp[DG_SILU_ROWS + r] = usc[r];
+            }
+            float acc[2 * DG_SILU_ROWS][NT];
+#pragma unroll
+            for (int r = 0; r < 2 * DG_SILU_ROWS; r++)
+#pragma unroll
+                for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+            dg_dot<NT, 2 * DG_SILU_ROWS>(bp, sp, a.x, cols, acc);
+            if (lane == 0)
+#pragma unroll
+                for (int r = 0; r < DG_SILU_ROWS; r++)
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        float gv = acc[r][t];
+                        gs[t][warp * DG_SILU_ROWS + r] =
+                            gv / (1.0f + __expf(-gv)) * acc[DG_SILU_ROWS + r][t];
+                    }
+            __syncthreads();
+            if (warp < NT) /* rows is a multiple of 32: the block's 32 rows all exist */
+                quant32(gs[warp][lane], a.out.q + (size_t)warp * G.rows + g * 32,
+                        a.out.d + (size_t)warp * (G.rows / 32) + g);
+            __syncthreads();
+        }
+        return;
+    }
+    /* STORE, ADD: a warp per DG_ROWS rows, grid-stride over the rows of every matrix */
+    const int total = MODE == DG_STORE ? a.groups[0] + a.groups[1] + a.groups[2] : a.groups[0];
+    for (int gw = blockIdx.x * DG_WARPS + warp; gw < total; gw += gridDim.x * DG_WARPS) {
+        int mi = 0, g = gw;
+        if (MODE == DG_STORE)
+            while (mi < a.n_mat - 1 && g >= a.groups[mi]) g -= a.groups[mi++];
+        const dg_mat &M = a.m[mi];
+        const int r0 = g * DG_ROWS;
+        const uint32_t *bp[DG_ROWS];
+        const __half *sp[DG_ROWS];
+        dg_rows<DG_ROWS>(M, r0, words, nb, bp, sp);
+        float acc[DG_ROWS][NT];
+#pragma unroll
+        for (int r = 0; r < DG_ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
+        dg_dot<NT, DG_ROWS>(bp, sp, a.x, cols, acc);
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < DG_ROWS; r++) {
+                int row = r0 + r;
+                if (row >= M.rows) break;
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    float *y = M.y + (size_t)t * M.rows + row;
+                    if (MODE == DG_STORE)
+                        *y = acc[r][t];
+                    else
+                        *y += acc[r][t];
+                }
+            }
+        }
+    }
+}
+
+/* RoPE of one model on the device: the angle of pair i at position p is p * freq[i] (YaRN's blend
+ * folded into freq, in double as the CPU computes it), cos and sin scaled by m. */
+struct rope_dev {
+    const double *freq; /* [n_rot / 2] */
+    int n_rot, neox;
+    float m;
+};
+
+/* Per token and head, one warp: q heads get their RMS norm (qwen3) and RoPE in place; k heads
+ * the same and then go to the cache at the token's position; v heads go to the cache. Caches of
+ * layer `layer`: kc_tab[layer * n_seq + t]. */
+template <bool Q8>
+__global__ void qk_rope_store(float *q, const float *__restrict__ k, const float *__restrict__ v,
+                              const float *__restrict__ qn, const float *__restrict__ kn,
+                              float eps, const int32_t *__restrict__ pos,
+                              void *const *__restrict__ kc_tab, void *const *__restrict__ vc_tab,
+                              int layer, int n_seq, int n_head, int n_head_kv, int hd, rope_dev rp)
+{
+    __shared__ float buf[ATT_MAX_HD];
+    int job = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
+    int kv_dim = n_head_kv * hd;
+    bool is_q = job < n_head, is_k = !is_q && job < n_head + n_head_kv;
+    int h = is_q ? job : is_k ? job - n_head : job - n_head - n_head_kv;
+    const float *src = is_q ? q + ((size_t)t * n_head + h) * hd
+                       : is_k ? k + (size_t)t * kv_dim + h * hd
+                              : v + (size_t)t * kv_dim + h * hd;
+    const float *nw = is_q ? qn : is_k ? kn : NULL;
+    float ss = 0.0f;
+    for (int d = lane; d < hd; d += WARP) {
+        buf[d] = src[d];
+        ss += buf[d] * buf[d];
+    }
+    __syncwarp();
+    if (nw) {
+        float sc = rsqrtf(warp_sum(ss) / (float)hd + eps);
+        for (int d = lane; d < hd; d += WARP) buf[d] = buf[d] * sc * nw[d];
+        __syncwarp();
+    }
+    int p = pos[t];
+    if (is_q || is_k) {
+        for (int i = lane; i < rp.n_rot / 2; i += WARP) {
+            double s, c;
+            sincos((double)p * rp.freq[i], &s, &c);
+            float cf = (float)c * rp.m, sf = (float)s * rp.m;
+            int ia = rp.neox ? i : 2 * i, ib = rp.neox ? i + rp.n_rot / 2 : 2 * i + 1;
+            float x0 = buf[ia], x1 = buf[ib];
+            buf[ia] = x0 * cf - x1 * sf;
+            buf[ib] = x0 * sf + x1 * cf;
+        }
+        __syncwarp();
+    }
+    if (is_q) {
+        float *dst = q + ((size_t)t * n_head + h) * hd;
+        for (int d = lane; d < hd; d += WARP) dst[d] = buf[d];
+        return;
+    }
+    void *cache = (is_k ? kc_tab : vc_tab)[(size_t)layer * n_seq + t];
+    if (!Q8) {
+        __half *row = (__half *)cache + (size_t)p * kv_dim + h * hd;
+        for (int d = lane; d < hd; d += WARP) row[d] = __float2half(buf[d]);
+        return;
+    }
+    /* Q8_0 blocks of 32, as kv_store_q8_0 (hd is a multiple of 32) */
+    uint8_t *row = (uint8_t *)cache + (size_t)p * (kv_dim / 32) * 34;
+    for (int b = 0; b < hd / 32; b++) {
+        float xv = buf[b * 32 + lane];
+        float amax = warp_max(fabsf(xv));
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        uint8_t *out = row + (size_t)(h * hd / 32 + b) * 34;
+        if (lane == 0) {
+            uint16_t db = __half_as_ushort(__float2half(amax / 127.0f));
+            out[0] = (uint8_t)(db & 0xff);
+            out[1] = (uint8_t)(db >> 8);
+        }
+        out[2 + lane] = (uint8_t)(int8_t)__float2int_rn(xv * id);
+    }
+}
+
+/* Attention of a decode step: a block per (query head, sequence, split); split s of n_split
+ * takes its share of positions 0 .. pos[t] and writes (m, l, acc) to part; the last split of a
+ * head to finish (counted in counter, which it resets for the next step) merges them into att. */
+template <bool Q8>
+__global__ void __launch_bounds__(ATT_WARPS *WARP)
+    attn_decode(const float *__restrict__ q, void *const *__restrict__ kc_tab,
+                void *const *__restrict__ vc_tab, int layer, const int32_t *__restrict__ pos,
+                qact att, float *part, unsigned *counter, int n_seq, int n_head, int n_head_kv,
+                int hd, float scale)
+{
+    __shared__ attn_smem sm;
+    __shared__ bool last;
+    int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
+    int kvh = h / (n_head / n_head_kv);
+    int n_pos = pos[t] + 1, chunk = (n_pos + n_split - 1) / n_split;
+    int p0 = split * chunk, p1 = min(n_pos, p0 + chunk);
+    attn_block<Q8>(q + ((size_t)t * n_head + h) * hd, scale, kc_tab[(size_t)layer * n_seq + t],
+                   vc_tab[(size_t)layer * n_seq + t], n_head_kv * hd, kvh * hd, hd, p0, p1, sm);
+    /* the head's output, quantized (hd is a multiple of 32): att [t][n_head * hd] */
+    const int Q = n_head * hd;
+    int8_t *oq = att.q + (size_t)t * Q + (size_t)h * hd;
+    float2 *od = att.d + (size_t)t * (Q / 32) + (size_t)h * hd / 32;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    if (n_split == 1) {
+        for (int b = warp; b < hd / 32; b += ATT_WARPS)
+            quant32(sm.acc[b * 32 + lane] / sm.l, oq + b * 32, od + b);
+        return;
+    }
+    size_t stride = (size_t)hd + 2;
+    float *mine = part + (((size_t)t * n_head + h) * n_split + split) * stride;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) mine[2 + d] = sm.acc[d];
+    if (threadIdx.x == 0) {
+        mine[0] = sm.m;
+        mine[1] = sm.l;
+    }
+    __threadfence();
+    __syncthreads();
+    unsigned *cnt = counter + (size_t)t * n_head + h;
+    if (threadIdx.x == 0) last = atomicAdd(cnt, 1u) == (unsigned)n_split - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float *all = part + ((size_t)t * n_head + h) * n_split * stride;
+    float mm = -INFINITY;
+    for (int s = 0; s < n_split; s++) mm = fmaxf(mm, __ldcg(all + s * stride));
+    float ll = 0.0f;
+    for (int s = 0; s < n_split; s++) {
+        float ms = __ldcg(all + s * stride);
+        if (ms > -INFINITY) ll += __ldcg(all + s * stride + 1) * __expf(ms - mm);
+    }
+    for (int b = warp; b < hd / 32; b += ATT_WARPS) {
+        int d = b * 32 + lane;
+        float o = 0.0f;
+        for (int s = 0; s < n_split; s++) {
+            float ms = __ldcg(all + s * stride);
+            if (ms > -INFINITY) o += __ldcg(all + s * stride + 2 + d) * __expf(ms - mm);
+        }
+        quant32(o / ll, oq + b * 32, od + b);
+    }
+    if (threadIdx.x == 0) *cnt = 0;
+}
+
+} // namespace bsi_cuda
+
+#endif
