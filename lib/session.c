@@ -63,6 +63,8 @@ void bonsai_session_params_init(bonsai_session_params *params)
     params->kv_type = BONSAI_TENSOR_F16;
 }
 
+static bonsai_status logits_to_host(bonsai_session *s);
+
 static void scratch_free(bonsai_session *s)
 {
     bsi_backend *be = s->be;
@@ -89,6 +91,9 @@ static uint64_t scratch_bytes(const bsi_model_arch *a, int64_t n_tok, int64_t n_
 static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n_rows)
 {
     if (n_tok <= s->s.n_tok && n_rows <= s->s.n_logit_rows) return BONSAI_OK;
+    /* logits still in the old buffers stay valid: to the host first */
+    bonsai_status st = logits_to_host(s);
+    if (st) return st;
     if (n_tok < s->s.n_tok) n_tok = s->s.n_tok;
     if (n_rows < s->s.n_logit_rows) n_rows = s->s.n_logit_rows;
     uint64_t need = s->mem_fixed + scratch_bytes(s->a, n_tok, n_rows);
@@ -117,7 +122,7 @@ static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n
         {&s->s.logits, (size_t)n_rows * a->n_vocab * f},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        bonsai_status st = s->be->vt->alloc(s->be, want[i].bytes, (void **)want[i].p);
+        st = s->be->vt->alloc(s->be, want[i].bytes, (void **)want[i].p);
         if (st) {
             scratch_free(s);
             return st;
@@ -676,8 +681,11 @@ bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items
      * session's next call leaves the others' rows alone */
     if (!st) st = prepare_batch(lead, tokens, n_items, n_items, false);
     for (uint32_t i = 1; i < n_items && !st; i++) {
-        st = scratch_reserve(items[i].session, 1, 1);
-        if (!st) st = logits_host_reserve(items[i].session, 1);
+        bonsai_session *s = items[i].session;
+        st = scratch_reserve(s, 1, 1);
+        if (!st) st = logits_host_reserve(s, 1);
+        /* its row is overwritten before the batch is known to succeed: keep its logits */
+        if (!st) st = logits_to_host(s);
     }
     const bsi_backend_vtable *vt = lead->be->vt;
     if (!st) {

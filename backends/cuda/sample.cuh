@@ -44,6 +44,7 @@ struct sample_out {
 __device__ __forceinline__ uint32_t order_key(float x)
 {
     if (x != x) x = -INFINITY;
+    if (x == 0.0f) x = 0.0f; /* -0 as +0, as the host orders them */
     uint32_t u = __float_as_uint(x);
     return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
@@ -207,6 +208,12 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         }
     }
     __syncthreads();
+    /* more tokens tie at the cut than fit: the host keeps the lowest ids of them, which this
+     * gather did not choose (ties at -inf have no probability and do not matter) */
+    if (n_eq > take_eq && T != order_key(-INFINITY)) {
+        if (tid == 0) out->token = -1;
+        return;
+    }
     bitonic(cl, cid, false);
 
     /* 3. the stages, as lib/sampler.c runs them on this (sorted) list */
@@ -258,6 +265,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
             s_ok = 0; /* tokens outside the list may pass too */
         else if (kept >= sp.min_p_keep)
             s_n = kept;
+        else if (!s_sorted && C < n_vocab && sp.min_p_keep > C)
+            s_ok = 0; /* the host keeps more than the list holds */
         else
             s_n = min(sp.min_p_keep, n), s_sorted = 1;
     }
@@ -281,6 +290,10 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     __syncthreads();
     float lm = -INFINITY;
     for (int i = 0; i < n; i++) lm = fmaxf(lm, cl[i]); /* every thread: n <= 1024 reads */
+    if (lm == INFINITY) { /* a tiny temperature overflowed: the host shares the mass */
+        if (tid == 0) out->token = -1;
+        return;
+    }
     pr[tid] = tid < n && lt > -INFINITY ? expf(lt - lm) : 0.0f;
     __syncthreads();
     if (tid == 0) {
