@@ -11,8 +11,12 @@
 #ifndef BONSAI_CUDA_KERNELS_CUH
 #define BONSAI_CUDA_KERNELS_CUH
 
+#ifdef BSI_CUDA_EMU /* run on the CPU by tests/cuda_emu */
+#include "cuda_emu.h"
+#else
 #include <cuda_fp16.h>
 #include <mma.h>
+#endif
 #include <stdint.h>
 
 namespace bsi_cuda {
@@ -133,6 +137,7 @@ __global__ void q1_gemv(const uint32_t *__restrict__ bits, const __half *__restr
         }
 }
 
+#ifndef BSI_CUDA_EMU /* WMMA has no CPU version */
 /* ---- Q1_0 matrix x many vectors: tensor cores ----
  * A block computes a 64-row x 64-token tile of y. Per weight block of 128 columns, the 64 rows
  * are expanded to fp16 (+-d, exact) and the 64 tokens' activations converted to fp16 in shared
@@ -218,6 +223,8 @@ __global__ void q1_gemm_wmma(const uint32_t *__restrict__ bits, const __half *__
         if (tok0 + t < n_tok && row0 + r < rows) y[(size_t)(tok0 + t) * rows + row0 + r] = cs[t * CLD + r];
     }
 }
+
+#endif
 
 /* ---- other weight types: a warp per row, every token ---- */
 __global__ void dense_matmul(wview w, const float *__restrict__ x, float *__restrict__ y,

@@ -1,0 +1,181 @@
+/*
+ * Just enough of CUDA to run this project's kernels on the CPU, for tests on machines without a
+ * GPU: every CUDA thread of a block is a POSIX thread; __syncthreads is a barrier of the block,
+ * warp shuffles exchange values through a per-warp slot array between two barriers of the warp.
+ * Blocks run one after another, so __shared__ variables are function statics. Slow, and blind to
+ * what only hardware shows (memory ordering, timing, occupancy), but it executes the kernels'
+ * own source: indexing, reductions, barriers and the algorithms. Used with BSI_CUDA_EMU defined
+ * before the kernels' headers (tests/test_cuda_emu.cpp).
+ */
+#ifndef BONSAI_CUDA_EMU_H
+#define BONSAI_CUDA_EMU_H
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <pthread.h>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+using std::max;
+using std::min;
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct int4 {
+    int x, y, z, w;
+};
+struct float2 {
+    float x, y;
+};
+struct float4 {
+    float x, y, z, w;
+};
+struct char4 {
+    signed char x, y, z, w;
+};
+inline float2 make_float2(float a, float b)
+{
+    return {a, b};
+}
+inline float4 make_float4(float a, float b, float c, float d)
+{
+    return {a, b, c, d};
+}
+inline char4 make_char4(signed char a, signed char b, signed char c, signed char d)
+{
+    return {a, b, c, d};
+}
+
+/* fp16 through the library's own conversions (not every compiler has _Float16) */
+extern "C" {
+float bsi_fp16_to_fp32(uint16_t h);
+uint16_t bsi_fp32_to_fp16(float f);
+}
+struct __half {
+    uint16_t u;
+};
+inline float __half2float(__half h) { return bsi_fp16_to_fp32(h.u); }
+inline __half __float2half(float f) { return __half{bsi_fp32_to_fp16(f)}; }
+inline __half __hneg(__half h) { return __half{(uint16_t)(h.u ^ 0x8000u)}; }
+inline __half __ushort_as_half(uint16_t u) { return __half{u}; }
+inline uint16_t __half_as_ushort(__half h) { return h.u; }
+inline uint32_t __float_as_uint(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+inline float __uint_as_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline float __expf(float x)
+{
+    return expf(x);
+}
+inline float rsqrtf(float x)
+{
+    return 1.0f / sqrtf(x);
+}
+inline int __float2int_rn(float x)
+{
+    return (int)nearbyintf(x);
+}
+/* sincos(double, double *, double *): glibc's (g++ defines _GNU_SOURCE) */
+template <typename T> inline T __ldg(const T *p)
+{
+    return *p;
+}
+template <typename T> inline T __ldcg(const T *p)
+{
+    return *p;
+}
+inline int __dp4a(int a, int b, int c)
+{
+    for (int i = 0; i < 4; i++) c += (int)(int8_t)(a >> 8 * i) * (int)(int8_t)(b >> 8 * i);
+    return c;
+}
+template <typename T> inline T atomicAdd(T *p, T v)
+{
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+inline void __threadfence()
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* ---- the launch ---- */
+
+namespace cuda_emu
+{
+
+struct block_state {
+    pthread_barrier_t block;
+    pthread_barrier_t warp[32];
+    uint64_t slot[32][32];
+};
+
+extern thread_local dim3 tl_thread, tl_block;
+extern thread_local block_state *tl_state;
+extern dim3 g_grid, g_block;
+
+} // namespace cuda_emu
+
+#define threadIdx (cuda_emu::tl_thread)
+#define blockIdx  (cuda_emu::tl_block)
+#define blockDim  (cuda_emu::g_block)
+#define gridDim   (cuda_emu::g_grid)
+
+inline void __syncthreads()
+{
+    pthread_barrier_wait(&cuda_emu::tl_state->block);
+}
+inline void __syncwarp(unsigned = 0xffffffffu)
+{
+    pthread_barrier_wait(&cuda_emu::tl_state->warp[threadIdx.x / 32]);
+}
+
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int o)
+{
+    static_assert(sizeof(T) <= 8, "shuffle of a small type");
+    unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof v);
+    cuda_emu::tl_state->slot[w][lane] = bits;
+    __syncwarp();
+    bits = cuda_emu::tl_state->slot[w][lane ^ (unsigned)o];
+    __syncwarp();
+    T r;
+    memcpy(&r, &bits, sizeof r);
+    return r;
+}
+
+namespace cuda_emu
+{
+
+/* Runs body() as every thread of every block of grid x block (1-D blocks of a multiple of 32
+ * threads), a block at a time. */
+void run(dim3 grid, dim3 block, const std::function<void()> &body);
+
+} // namespace cuda_emu
+
+/* kernel<<<grid, block>>>(args...) becomes EMU_LAUNCH(kernel, grid, block, args...) */
+#define EMU_LAUNCH(kernel, grid, block, ...)                                                       \
+    cuda_emu::run((grid), (block), [&] { kernel(__VA_ARGS__); })
+
+#endif

@@ -1,0 +1,412 @@
+/*
+ * The CUDA backend's fused-decode and sampling kernels, run on the CPU through tests/cuda_emu
+ * (their own source, compiled as C++ with the emulator's stand-ins for CUDA), against references
+ * computed here and the host sampler. This runs everywhere; the same kernels on a real GPU are
+ * checked by test_cuda gpu.
+ */
+#define BSI_CUDA_EMU 1
+#include "../backends/cuda/decode.cuh"
+#include "../backends/cuda/sample.cuh"
+
+extern "C" {
+#include "backend.h"
+#include "sampler.h"
+}
+
+#include <cstdarg>
+#include <cstddef>
+#include <csetjmp>
+#include <cstdio>
+#include <cstdlib>
+
+extern "C" {
+#include <cmocka.h>
+}
+
+using namespace bsi_cuda;
+
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+static uint64_t next_u64()
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((next_u64() >> 11) * 0x1.0p-53);
+}
+
+/* ---- activations quantized as the kernels do it (host copy of quant32 / quant_rows) ---- */
+
+struct host_q {
+    std::vector<int8_t> q;
+    std::vector<float2> d;
+};
+
+static host_q quantize(const float *x, int n_tok, int cols, const float *nw, float eps)
+{
+    host_q r;
+    r.q.resize((size_t)n_tok * cols);
+    r.d.resize((size_t)n_tok * cols / 32);
+    for (int t = 0; t < n_tok; t++) {
+        const float *xr = x + (size_t)t * cols;
+        float scale = 1.0f;
+        if (nw) {
+            double ss = 0;
+            for (int i = 0; i < cols; i++) ss += (double)xr[i] * xr[i];
+            scale = 1.0f / sqrtf((float)(ss / cols) + eps);
+        }
+        for (int b = 0; b < cols / 32; b++) {
+            float v[32], amax = 0;
+            for (int j = 0; j < 32; j++) {
+                v[j] = xr[b * 32 + j];
+                if (nw) v[j] = v[j] * scale * nw[b * 32 + j];
+                amax = fmaxf(amax, fabsf(v[j]));
+            }
+            float id = amax > 0 ? 127.0f / amax : 0.0f;
+            int sum = 0;
+            for (int j = 0; j < 32; j++) {
+                int q = (int)nearbyintf(v[j] * id);
+                r.q[(size_t)t * cols + b * 32 + j] = (int8_t)q;
+                sum += q;
+            }
+            r.d[(size_t)t * cols / 32 + b] = make_float2(amax / 127.0f, (float)sum);
+        }
+    }
+    return r;
+}
+
+/* A random Q1_0 matrix in the repacked layout. */
+struct q1_matrix {
+    int rows, cols;
+    std::vector<uint32_t> bits;
+    std::vector<__half> scales;
+};
+
+static q1_matrix random_q1(int rows, int cols)
+{
+    q1_matrix m{rows, cols, {}, {}};
+    m.bits.resize((size_t)rows * cols / 32);
+    m.scales.resize((size_t)rows * cols / QK);
+    for (auto &w : m.bits) w = (uint32_t)next_u64();
+    for (auto &s : m.scales) s = __float2half(uniform(0.005f, 0.03f));
+    return m;
+}
+
+/* Row r of m . token t of the quantized input, in double: sum over words of
+ * d_w d_x (2 S1 - S). */
+static double ref_dot(const q1_matrix &m, int r, const host_q &x, int t)
+{
+    int words = m.cols / 32;
+    double acc = 0;
+    for (int w = 0; w < words; w++) {
+        uint32_t b = m.bits[(size_t)r * words + w];
+        int s1 = 0;
+        for (int j = 0; j < 32; j++)
+            if (b >> j & 1u) s1 += x.q[(size_t)t * m.cols + w * 32 + j];
+        float2 xd = x.d[(size_t)t * words + w];
+        acc += (double)__half2float(m.scales[(size_t)r * (m.cols / QK) + w / 4]) * xd.x *
+               (2.0 * s1 - xd.y);
+    }
+    return acc;
+}
+
+static dg_mat device_view(q1_matrix &m, float *y)
+{
+    dg_mat d;
+    d.bits = m.bits.data();
+    d.scales = m.scales.data();
+    d.y = y;
+    d.rows = m.rows;
+    return d;
+}
+
+static void launch_dgemv(int nt, int mode, dg_args a, int blocks)
+{
+#define CASE(n)                                                                                    \
+    case n:                                                                                        \
+        if (mode == DG_STORE)                                                                      \
+            EMU_LAUNCH((dgemv<n, DG_STORE>), dim3(blocks), dim3(DG_WARPS *WARP), a);               \
+        if (mode == DG_ADD) EMU_LAUNCH((dgemv<n, DG_ADD>), dim3(blocks), dim3(DG_WARPS *WARP), a); \
+        if (mode == DG_SILU)                                                                       \
+            EMU_LAUNCH((dgemv<n, DG_SILU>), dim3(blocks), dim3(DG_WARPS *WARP), a);                \
+        break;
+    switch (nt) {
+        CASE(1) CASE(2) CASE(3) CASE(8) default : fail_msg("no dgemv<%d>", nt);
+    }
+#undef CASE
+}
+
+static bool close_to(double got, double want, double tol)
+{
+    return fabs(got - want) <= tol * (1.0 + fabs(want));
+}
+
+/* quant_rows (with and without the norm) and dgemv in its three modes, for 1, 3 and 8 tokens. */
+static void test_dgemv(void **state)
+{
+    (void)state;
+    const int E = 256, F = 384;
+    const int nts[] = {1, 3, 8};
+    for (int nt : nts) {
+        std::vector<float> x((size_t)nt * E), nw(E);
+        for (auto &v : x) v = uniform(-2, 2);
+        for (auto &v : nw) v = uniform(0.5f, 1.5f);
+        /* quant_rows against the host quantization */
+        std::vector<int8_t> q((size_t)nt * F);
+        std::vector<float2> qd((size_t)nt * F / 32);
+        qact qa{q.data(), qd.data()};
+        EMU_LAUNCH(quant_rows, dim3(nt), dim3(QR_THREADS), x.data(), nw.data(), 1e-6f, E, qa);
+        host_q hq = quantize(x.data(), nt, E, nw.data(), 1e-6f);
+        for (size_t i = 0; i < (size_t)nt * E; i++)
+            assert_true(abs(q[i] - hq.q[i]) <= 1); /* the norm's sum differs in rounding */
+        for (size_t i = 0; i < (size_t)nt * E / 32; i++) {
+            assert_true(close_to(qd[i].x, hq.d[i].x, 1e-5));
+            assert_true(fabsf(qd[i].y - hq.d[i].y) <= 32);
+        }
+        /* from here on the kernels' own quantization is the input */
+        host_q in;
+        in.q.assign(q.begin(), q.begin() + (size_t)nt * E);
+        in.d.assign(qd.begin(), qd.begin() + (size_t)nt * E / 32);
+
+        /* STORE: three matrices of different heights (one not a multiple of DG_ROWS) */
+        q1_matrix A = random_q1(96, E), B = random_q1(33, E), C = random_q1(64, E);
+        std::vector<float> ya((size_t)nt * 96), yb((size_t)nt * 33), yc((size_t)nt * 64);
+        dg_args a;
+        memset(&a, 0, sizeof a);
+        a.m[0] = device_view(A, ya.data());
+        a.m[1] = device_view(B, yb.data());
+        a.m[2] = device_view(C, yc.data());
+        a.n_mat = 3;
+        for (int i = 0; i < 3; i++) a.groups[i] = (a.m[i].rows + DG_ROWS - 1) / DG_ROWS;
+        a.x = qa;
+        a.cols = E;
+        launch_dgemv(nt, DG_STORE, a, 3); /* few blocks: the grid-stride loop goes round */
+        for (int t = 0; t < nt; t++) {
+            for (int r = 0; r < 96; r++)
+                assert_true(close_to(ya[(size_t)t * 96 + r], ref_dot(A, r, in, t), 1e-4));
+            for (int r = 0; r < 33; r++)
+                assert_true(close_to(yb[(size_t)t * 33 + r], ref_dot(B, r, in, t), 1e-4));
+            for (int r = 0; r < 64; r++)
+                assert_true(close_to(yc[(size_t)t * 64 + r], ref_dot(C, r, in, t), 1e-4));
+        }
+        /* ADD: y += W x */
+        std::vector<float> y0(ya);
+        memset(&a, 0, sizeof a);
+        a.m[0] = device_view(A, ya.data());
+        a.n_mat = 1;
+        a.groups[0] = 96 / DG_ROWS;
+        a.x = qa;
+        a.cols = E;
+        launch_dgemv(nt, DG_ADD, a, 2);
+        for (size_t i = 0; i < ya.size(); i++) assert_true(close_to(ya[i], 2.0 * y0[i], 1e-4));
+        /* SILU: g = silu(gate x) * (up x), quantized */
+        q1_matrix G = random_q1(F, E), U = random_q1(F, E);
+        std::vector<int8_t> gq((size_t)nt * F);
+        std::vector<float2> gd((size_t)nt * F / 32);
+        memset(&a, 0, sizeof a);
+        a.m[0] = device_view(G, nullptr);
+        a.m[1] = device_view(U, nullptr);
+        a.n_mat = 2;
+        a.groups[0] = F / 32;
+        a.x = qa;
+        a.out = qact{gq.data(), gd.data()};
+        a.cols = E;
+        launch_dgemv(nt, DG_SILU, a, 5);
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < F; r++) {
+                double g = ref_dot(G, r, in, t), u = ref_dot(U, r, in, t);
+                double want = g / (1 + exp(-g)) * u;
+                float2 d = gd[(size_t)t * F / 32 + r / 32];
+                double got = d.x * gq[(size_t)t * F + r];
+                assert_true(fabs(got - want) <= 0.51 * d.x + 1e-4 * (1 + fabs(want)));
+            }
+    }
+}
+
+/* attn_decode: split over positions (1 and 5 splits, the last block merging) with its output
+ * quantized, against attention in double over the same f16 / Q8_0 cache. */
+static void test_attention(void **state)
+{
+    (void)state;
+    const int n_seq = 2, nh = 4, nkv = 2, hd = 64, kv_dim = nkv * hd, n_ctx = 40;
+    const int pos_of[n_seq] = {0, 29};
+    for (int q8 = 0; q8 < 2; q8++) {
+        std::vector<float> q((size_t)n_seq * nh * hd);
+        for (auto &v : q) v = uniform(-1, 1);
+        /* caches: per sequence, [n_ctx][kv_dim] f16 or Q8_0 rows; the values as floats too */
+        std::vector<std::vector<unsigned char>> kbuf(n_seq), vbuf(n_seq);
+        std::vector<std::vector<float>> kval(n_seq), vval(n_seq);
+        size_t row = q8 ? (size_t)kv_dim / 32 * 34 : (size_t)kv_dim * 2;
+        for (int s = 0; s < n_seq; s++) {
+            for (int which = 0; which < 2; which++) {
+                auto &buf = which ? vbuf[s] : kbuf[s];
+                auto &val = which ? vval[s] : kval[s];
+                buf.assign(row * n_ctx, 0);
+                val.assign((size_t)n_ctx * kv_dim, 0);
+                for (int p = 0; p < n_ctx; p++)
+                    for (int b = 0; b < kv_dim / 32; b++) {
+                        float dq = 0.02f;
+                        for (int j = 0; j < 32; j++) {
+                            int i = b * 32 + j;
+                            if (q8) {
+                                int8_t qv = (int8_t)(next_u64() % 255 - 127);
+                                unsigned char *blk = buf.data() + p * row + b * 34;
+                                uint16_t hb = __half_as_ushort(__float2half(dq));
+                                blk[0] = (unsigned char)(hb & 0xff);
+                                blk[1] = (unsigned char)(hb >> 8);
+                                blk[2 + j] = (unsigned char)qv;
+                                val[(size_t)p * kv_dim + i] = __half2float(__float2half(dq)) * qv;
+                            } else {
+                                __half h = __float2half(uniform(-2, 2));
+                                memcpy(buf.data() + p * row + i * 2, &h, 2);
+                                val[(size_t)p * kv_dim + i] = __half2float(h);
+                            }
+                        }
+                    }
+            }
+        }
+        /* the step's table: kc[layer 0][seq], vc[...]; positions */
+        std::vector<void *> kc(n_seq), vc(n_seq);
+        for (int s = 0; s < n_seq; s++) kc[s] = kbuf[s].data(), vc[s] = vbuf[s].data();
+        std::vector<int32_t> pos(pos_of, pos_of + n_seq);
+        float scale = 1.0f / sqrtf((float)hd);
+        for (int n_split : {1, 5}) {
+            std::vector<int8_t> oq((size_t)n_seq * nh * hd);
+            std::vector<float2> od((size_t)n_seq * nh * hd / 32);
+            std::vector<float> part((size_t)n_seq * nh * n_split * (hd + 2));
+            std::vector<unsigned> counter((size_t)n_seq * nh, 0);
+            qact out{oq.data(), od.data()};
+            dim3 grid(nh, n_seq, n_split);
+            if (q8)
+                EMU_LAUNCH(attn_decode<true>, grid, dim3(ATT_WARPS * WARP), q.data(), kc.data(),
+                           vc.data(), 0, pos.data(), out, part.data(), counter.data(), n_seq, nh,
+                           nkv, hd, scale);
+            else
+                EMU_LAUNCH(attn_decode<false>, grid, dim3(ATT_WARPS * WARP), q.data(), kc.data(),
+                           vc.data(), 0, pos.data(), out, part.data(), counter.data(), n_seq, nh,
+                           nkv, hd, scale);
+            for (unsigned c : counter) assert_int_equal(c, 0); /* reset for the next step */
+            for (int s = 0; s < n_seq; s++)
+                for (int h = 0; h < nh; h++) {
+                    int kvh = h / (nh / nkv);
+                    const float *qh = q.data() + ((size_t)s * nh + h) * hd;
+                    std::vector<double> w(pos[s] + 1);
+                    double mx = -INFINITY, sum = 0;
+                    for (int p = 0; p <= pos[s]; p++) {
+                        double d = 0;
+                        for (int i = 0; i < hd; i++)
+                            d += (double)qh[i] * scale * kval[s][(size_t)p * kv_dim + kvh * hd + i];
+                        w[p] = d;
+                        mx = fmax(mx, d);
+                    }
+                    for (int p = 0; p <= pos[s]; p++) sum += w[p] = exp(w[p] - mx);
+                    for (int i = 0; i < hd; i++) {
+                        double want = 0;
+                        for (int p = 0; p <= pos[s]; p++)
+                            want += w[p] / sum * vval[s][(size_t)p * kv_dim + kvh * hd + i];
+                        size_t at = ((size_t)s * nh + h) * hd + i;
+                        float2 d = od[at / 32];
+                        double got = (double)d.x * oq[at];
+                        if (!(fabs(got - want) <= 0.51 * d.x + 1e-3))
+                            fail_msg("q8 %d split %d seq %d head %d dim %d: %g, want %g", q8,
+                                     n_split, s, h, i, got, want);
+                    }
+                }
+        }
+    }
+}
+
+/* sample_row against the host sampler with the same seed, for several chains. */
+enum { TRIALS = 6 };
+static void check_sample_chain(const char *name, const bonsai_sampler_params &p, int n_vocab,
+                               float spread, int min_device)
+{
+    bonsai_sampler *host, *plan_s;
+    assert_int_equal(bonsai_sampler_create_default(&p, &host), 0);
+    assert_int_equal(bonsai_sampler_create_default(&p, &plan_s), 0);
+    std::vector<float> logits(n_vocab);
+    sample_out *out = new sample_out;
+    int device = 0, same = 0;
+    for (int trial = 0; trial < TRIALS; trial++) {
+        for (auto &l : logits) l = uniform(-spread, spread);
+        bsi_sample_params sp;
+        assert_true(bsi_sampler_plan(plan_s, &sp));
+        sample_params kp;
+        kp.greedy = sp.greedy;
+        kp.top_k = sp.top_k;
+        kp.has_top_p = sp.has_top_p;
+        kp.top_p = sp.top_p;
+        kp.top_p_keep = (int)sp.top_p_keep;
+        kp.has_min_p = sp.has_min_p;
+        kp.min_p_log = sp.min_p_log;
+        kp.min_p_keep = (int)sp.min_p_keep;
+        kp.temp = sp.temp;
+        kp.u = sp.u;
+        out->token = -2;
+        EMU_LAUNCH(sample_row, dim3(1), dim3(SAMPLE_THREADS), logits.data(), n_vocab, kp, out);
+        int32_t want;
+        float lp;
+        assert_int_equal(bonsai_sampler_sample(host, logits.data(), (uint32_t)n_vocab, &want, &lp),
+                         0);
+        assert_true(out->token >= -1);
+        if (out->token >= 0) {
+            device++;
+            same += out->token == want;
+            if (out->token == want) assert_true(fabsf(out->logprob - lp) < 1e-3f);
+        }
+        assert_int_equal(bsi_sampler_took(plan_s, want), 0); /* both draw alike */
+    }
+    print_message("  %s (vocab %d): sampled on the device %d of %d, same token %d\n", name, n_vocab,
+                  device, TRIALS, same);
+    assert_true(device >= min_device);
+    assert_int_equal(same, device);
+    delete out;
+    bonsai_sampler_free(host);
+    bonsai_sampler_free(plan_s);
+}
+
+static void test_sampling(void **state)
+{
+    (void)state;
+    bonsai_sampler_params p;
+    bonsai_sampler_params_init(&p);
+    p.seed = 3;
+    check_sample_chain("default chain", p, 2000, 8, TRIALS);
+    check_sample_chain("default chain, small vocabulary", p, 300, 4, TRIALS);
+    p.temperature = 0;
+    check_sample_chain("greedy", p, 2000, 8, TRIALS);
+    bonsai_sampler_params_init(&p);
+    p.top_k = 0;
+    p.min_p = 0;
+    p.top_p = 0.6f;
+    check_sample_chain("top-p 0.6 alone, peaked", p, 2000, 14, TRIALS);
+    bonsai_sampler_params_init(&p);
+    p.top_k = 0;
+    p.top_p = 1;
+    p.min_p = 0.2f;
+    check_sample_chain("min-p 0.2 alone, peaked", p, 2000, 14, TRIALS);
+    bonsai_sampler_params_init(&p);
+    p.top_k = 300;
+    p.top_p = 1;
+    p.min_p = 0;
+    p.temperature = 1.5f;
+    check_sample_chain("top-k 300, hot", p, 2000, 3, TRIALS);
+    bonsai_sampler_params_init(&p);
+    p.top_k = 0;
+    p.top_p = 0.9f;
+    p.min_p = 0;
+    check_sample_chain("top-p 0.9 over a flat distribution", p, 2000, 0.5f, 0); /* the host's */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dgemv),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_sampling),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
