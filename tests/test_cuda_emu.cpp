@@ -319,6 +319,116 @@ static void test_attention(void **state)
     }
 }
 
+/* qk_rope_store (per head: q/k RMS norm, RoPE at each sequence's own position, k and v into its
+ * own cache) against the per-operation kernels it replaces (rmsnorm, rope, kv_store), also run
+ * here, one sequence at a time. */
+static void check_qk_rope(bool neox, bool yarn, bool q8)
+{
+    const int n_seq = 2, nh = 4, nkv = 2, hd = 64, n_rot = neox ? 64 : 32, kv_dim = nkv * hd;
+    const int n_ctx = 12, pos_of[n_seq] = {3, 9};
+    const float eps = 1e-6f;
+    std::vector<float> q((size_t)n_seq * nh * hd), k((size_t)n_seq * kv_dim),
+        v((size_t)n_seq * kv_dim), qn(hd), kn(hd);
+    for (auto *a : {&q, &k, &v})
+        for (auto &x : *a) x = uniform(-2, 2);
+    for (auto *a : {&qn, &kn})
+        for (auto &x : *a) x = uniform(0.5f, 1.5f);
+    rope_params rp;
+    rp.n_rot = n_rot;
+    rp.neox = neox;
+    rp.freq_base = 10000;
+    rp.factor = yarn ? 4 : 1;
+    rp.yarn = yarn;
+    rp.lo = yarn ? 3 : 0;
+    rp.hi = yarn ? 20 : 0;
+    rp.m = yarn ? 1 + 0.1 * log(4.0) : 1;
+    /* the fused kernel's table: angle = pos * freq[i], YaRN's blend folded in */
+    std::vector<double> freq(n_rot / 2);
+    for (int i = 0; i < n_rot / 2; i++) {
+        double f = pow(rp.freq_base, -2.0 * i / n_rot);
+        if (yarn) {
+            double ramp = (i - rp.lo) / fmax(0.001, rp.hi - rp.lo);
+            double r = 1.0 - fmin(fmax(ramp, 0.0), 1.0);
+            f = f / rp.factor * (1.0 - r) + f * r;
+        }
+        freq[i] = f;
+    }
+    rope_dev rd{freq.data(), n_rot, neox, (float)rp.m};
+    size_t row = q8 ? (size_t)kv_dim / 32 * 34 : (size_t)kv_dim * 2;
+    std::vector<std::vector<unsigned char>> kc(n_seq, std::vector<unsigned char>(row * n_ctx)),
+        vc = kc, kc_ref = kc, vc_ref = kc;
+    std::vector<void *> ktab(n_seq), vtab(n_seq);
+    for (int s = 0; s < n_seq; s++) ktab[s] = kc[s].data(), vtab[s] = vc[s].data();
+    std::vector<int32_t> pos(pos_of, pos_of + n_seq);
+    std::vector<float> qf(q);
+    if (q8)
+        EMU_LAUNCH(qk_rope_store<true>, dim3(nh + 2 * nkv, n_seq), dim3(WARP), qf.data(), k.data(),
+                   v.data(), qn.data(), kn.data(), eps, pos.data(), ktab.data(), vtab.data(), 0,
+                   n_seq, nh, nkv, hd, rd);
+    else
+        EMU_LAUNCH(qk_rope_store<false>, dim3(nh + 2 * nkv, n_seq), dim3(WARP), qf.data(), k.data(),
+                   v.data(), qn.data(), kn.data(), eps, pos.data(), ktab.data(), vtab.data(), 0,
+                   n_seq, nh, nkv, hd, rd);
+    for (int s = 0; s < n_seq; s++) {
+        float *qs = q.data() + (size_t)s * nh * hd;
+        std::vector<float> ks(k.begin() + (size_t)s * kv_dim, k.begin() + (size_t)(s + 1) * kv_dim);
+        EMU_LAUNCH(rmsnorm, dim3(nh), dim3(256), qs, qn.data(), qs, hd, eps);
+        EMU_LAUNCH(rmsnorm, dim3(nkv), dim3(256), ks.data(), kn.data(), ks.data(), hd, eps);
+        EMU_LAUNCH(rope, dim3(1, nh), dim3(64), qs, pos.data() + s, nh, hd, rp);
+        EMU_LAUNCH(rope, dim3(1, nkv), dim3(64), ks.data(), pos.data() + s, nkv, hd, rp);
+        const float *vs = v.data() + (size_t)s * kv_dim;
+        if (q8)
+            EMU_LAUNCH(kv_store_q8_0, dim3(1), dim3(2 * (kv_dim / 32) * WARP), kc_ref[s].data(),
+                       vc_ref[s].data(), ks.data(), vs, 1, kv_dim, pos[s]);
+        else
+            EMU_LAUNCH(kv_store_f16, dim3(1), dim3(256), (__half *)kc_ref[s].data(),
+                       (__half *)vc_ref[s].data(), ks.data(), vs, 1, kv_dim, pos[s]);
+    }
+    for (size_t i = 0; i < q.size(); i++)
+        if (!close_to(qf[i], q[i], 1e-5))
+            fail_msg("neox %d yarn %d: q[%zu] %g, want %g", neox, yarn, i, qf[i], q[i]);
+    for (int s = 0; s < n_seq; s++)
+        for (int which = 0; which < 2; which++) {
+            const unsigned char *got = (which ? vc : kc)[s].data() + pos[s] * row;
+            const unsigned char *want = (which ? vc_ref : kc_ref)[s].data() + pos[s] * row;
+            for (int i = 0; i < kv_dim; i++) {
+                float g, w, tol;
+                if (q8) {
+                    const unsigned char *bg = got + (i / 32) * 34, *bw = want + (i / 32) * 34;
+                    float dg = __half2float(__ushort_as_half((uint16_t)(bg[0] | bg[1] << 8)));
+                    float dw = __half2float(__ushort_as_half((uint16_t)(bw[0] | bw[1] << 8)));
+                    g = dg * (int8_t)bg[2 + i % 32];
+                    w = dw * (int8_t)bw[2 + i % 32];
+                    tol = 1.01f * dw;
+                } else {
+                    __half hg, hw;
+                    memcpy(&hg, got + 2 * i, 2);
+                    memcpy(&hw, want + 2 * i, 2);
+                    g = __half2float(hg);
+                    w = __half2float(hw);
+                    tol = 2e-3f * (1 + fabsf(w));
+                }
+                if (!(fabsf(g - w) <= tol))
+                    fail_msg("neox %d yarn %d q8 %d seq %d %s[%d]: %g, want %g", neox, yarn, q8, s,
+                             which ? "v" : "k", i, g, w);
+            }
+            /* nothing written at other positions */
+            for (int p = 0; p < n_ctx; p++)
+                if (p != pos[s])
+                    for (size_t b = 0; b < row; b++)
+                        assert_int_equal((which ? vc : kc)[s][p * row + b], 0);
+        }
+}
+
+static void test_qk_rope_store(void **state)
+{
+    (void)state;
+    check_qk_rope(true, false, false);
+    check_qk_rope(true, true, false);
+    check_qk_rope(false, false, true);
+    check_qk_rope(true, true, true);
+}
+
 /* sample_row against the host sampler with the same seed, for several chains. */
 enum { TRIALS = 6 };
 static void check_sample_chain(const char *name, const bonsai_sampler_params &p, int n_vocab,
@@ -406,6 +516,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dgemv),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_qk_rope_store),
         cmocka_unit_test(test_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
