@@ -749,6 +749,19 @@ static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
     return BONSAI_OK;
 }
 
+/* y = W x (DG_STORE) or y += W x (DG_ADD) for nt tokens of x quantized. */
+static bonsai_status dg_one(cuda_backend *b, int nt, int mode, const bsi_weight *w, float *y,
+                            const qact &x)
+{
+    dg_args a;
+    memset(&a, 0, sizeof a);
+    a.m[0] = dg_matrix(w, y);
+    a.n_mat = 1;
+    a.x = x;
+    a.cols = (int)w->cols;
+    return dg_run(b, nt, mode, a);
+}
+
 /* x [n][cols] (RMS-normed with nw when given) quantized into out, on the stream. */
 static bonsai_status quant_x(cuda_backend *b, const float *x, const float *nw, float eps, int cols,
                              uint32_t n, const qact &out)
@@ -765,7 +778,7 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
     float *logits = b->dec.logits;
     dec_state *d = &b->dec;
     cudaStream_t st = b->stream;
-    int E = (int)m->n_embd, hd = (int)m->head_dim, Q = (int)m->n_head * hd, F = (int)m->n_ff;
+    int E = (int)m->n_embd, hd = (int)m->head_dim;
     int nh = (int)m->n_head, nkv = (int)m->n_head_kv, nt = (int)n;
     const int32_t *tok = (const int32_t *)d->in_dev, *pos = tok + DEC_MAX_SEQ;
     void *const *kc = (void *const *)(d->in_dev + 2 * DEC_MAX_SEQ * sizeof(int32_t));
@@ -812,12 +825,7 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
         else
             attn_decode<false><<<g2, ATT_WARPS * WARP, 0, st>>>(
                 d->q, kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale);
-        memset(&a, 0, sizeof a);
-        a.m[0] = dg_matrix(L->wo, d->x);
-        a.n_mat = 1;
-        a.x = d->qb;
-        a.cols = Q;
-        TRY(dg_run(b, nt, DG_ADD, a));
+        TRY(dg_one(b, nt, DG_ADD, L->wo, d->x, d->qb));
         /* g = silu(Wgate h) * (Wup h) of the normed x, quantized into qb; x += Wdown g */
         TRY(quant_x(b, d->x, L->ffn_norm, m->eps, E, n, d->qa));
         memset(&a, 0, sizeof a);
@@ -828,22 +836,11 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
         a.out = d->qb;
         a.cols = E;
         TRY(dg_run(b, nt, DG_SILU, a));
-        memset(&a, 0, sizeof a);
-        a.m[0] = dg_matrix(L->w_down, d->x);
-        a.n_mat = 1;
-        a.x = d->qb;
-        a.cols = F;
-        TRY(dg_run(b, nt, DG_ADD, a));
+        TRY(dg_one(b, nt, DG_ADD, L->w_down, d->x, d->qb));
     }
     if (m->output->type == T_Q1_0) {
         TRY(quant_x(b, d->x, m->output_norm, m->eps, E, n, d->qa));
-        dg_args a;
-        memset(&a, 0, sizeof a);
-        a.m[0] = dg_matrix(m->output, logits);
-        a.n_mat = 1;
-        a.x = d->qa;
-        a.cols = E;
-        TRY(dg_run(b, nt, DG_STORE, a));
+        TRY(dg_one(b, nt, DG_STORE, m->output, logits, d->qa));
     } else {
         rmsnorm<<<n, 256, 0, st>>>(d->x, m->output_norm, d->h, E, m->eps);
         dense_matmul<<<(unsigned)((m->output->rows + 7) / 8), 8 * WARP, 0, st>>>(
