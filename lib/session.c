@@ -326,6 +326,32 @@ static bonsai_status decode_step(bonsai_session *s, const int32_t *tokens, const
     return s->be->vt->decode(s->be, &s->dm, s->seqs, (uint32_t)n_runs, logits);
 }
 
+/* One token for each run's session by the backend's fused decode step: the whole batch at once,
+ * or in steps of DECODE_CHUNK sequences when the backend takes no more. False, with nothing
+ * done, when it takes neither or the sessions' caches differ in type; else *st is the result. */
+static bool fused_decode(bonsai_session *s, const int32_t *tokens, const fwd_run *runs,
+                         size_t n_runs, bonsai_status *st)
+{
+    const bsi_backend_vtable *vt = s->be->vt;
+    uint32_t kv_type = runs[0].s->kv_type;
+    for (size_t r = 1; r < n_runs; r++)
+        if (runs[r].s->kv_type != kv_type) return false;
+    size_t chunk = n_runs;
+    if (!vt->decode_ok(s->be, &s->dm, (uint32_t)n_runs, kv_type)) {
+        chunk = DECODE_CHUNK;
+        size_t rest = n_runs % chunk;
+        if (n_runs <= chunk || !vt->decode_ok(s->be, &s->dm, (uint32_t)chunk, kv_type) ||
+            (rest && !vt->decode_ok(s->be, &s->dm, (uint32_t)rest, kv_type)))
+            return false;
+    }
+    *st = BONSAI_OK;
+    for (size_t r = 0; r < n_runs && !*st; r += chunk) {
+        size_t k = n_runs - r < chunk ? n_runs - r : chunk;
+        *st = decode_step(s, tokens, runs + r, k, s->s.logits + r * s->a->n_vocab);
+    }
+    return true;
+}
+
 /* The forward pass of the n tokens of `runs` (computed on `s`'s backend, with its scratch and
  * the positions in s->pos); logits of the last `n_rows` tokens into s->s.logits, or
  * (hidden != NULL) their final normalised hidden states into hidden [n_rows][n_embd] in host
@@ -342,25 +368,10 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
     int64_t E = a->n_embd, hd = a->head_dim, KV = a->n_head_kv * hd, Q = a->n_head * hd;
     float scale = 1.0f / sqrtf((float)hd);
     bonsai_status st;
-    if (n == (int64_t)n_runs && n_rows == n && !hidden && s->dl) { /* a decode step */
-        uint32_t kv_type = runs[0].s->kv_type;
-        bool same = true;
-        for (size_t r = 1; r < n_runs; r++) same = same && runs[r].s->kv_type == kv_type;
-        /* the whole batch in one step, or in steps of DECODE_CHUNK sequences */
-        size_t chunk = vt->decode_ok(be, &s->dm, (uint32_t)n_runs, kv_type) ? n_runs
-                       : n_runs > DECODE_CHUNK && vt->decode_ok(be, &s->dm, DECODE_CHUNK, kv_type)
-                           ? DECODE_CHUNK
-                           : 0;
-        size_t rest = chunk ? n_runs % chunk : 0;
-        if (same && chunk && (!rest || vt->decode_ok(be, &s->dm, (uint32_t)rest, kv_type))) {
-            for (size_t r = 0; r < n_runs; r += chunk) {
-                size_t k = n_runs - r < chunk ? n_runs - r : chunk;
-                st = decode_step(s, tokens, runs + r, k, s->s.logits + r * a->n_vocab);
-                if (st) return st;
-            }
-            return BONSAI_OK;
-        }
-    }
+    /* a decode step (one token per run), by the backend's fused step when it takes it */
+    if (n == (int64_t)n_runs && n_rows == n && !hidden && s->dl &&
+        fused_decode(s, tokens, runs, n_runs, &st))
+        return st;
 #define TRY(call)                                                                                  \
     if ((st = (call))) return st
     TRY(vt->get_rows(be, W[a->tok_embd], tokens, b->x, n));
