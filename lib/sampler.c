@@ -90,9 +90,9 @@ static uint64_t rng_next(uint64_t *st)
 }
 
 /* Uniform in [0, 1), 53 random bits. */
-static double rng_double(bonsai_sampler *s)
+static double rng_double(uint64_t *st)
 {
-    return (double)(rng_next(s->rng) >> 11) * 0x1.0p-53;
+    return (double)(rng_next(st) >> 11) * 0x1.0p-53;
 }
 
 static bonsai_status no_token(const char *stage)
@@ -377,7 +377,7 @@ static bonsai_status dist_apply(void *ctx, bonsai_candidates *c, const int32_t *
     const bonsai_token_data *d = c->data;
     double total = 0;
     for (size_t i = 0; i < c->size; i++) total += d[i].p;
-    double r = rng_double(s) * total, cum = 0;
+    double r = rng_double(s->rng) * total, cum = 0;
     size_t pick = SIZE_MAX;
     for (size_t i = 0; i < c->size; i++) {
         if (d[i].p <= 0) continue;
@@ -1354,7 +1354,7 @@ bool bsi_sampler_plan(const bonsai_sampler *s, bsi_sample_params *p)
     } else if (end == &dist_vt) {
         uint64_t rng[4];
         memcpy(rng, s->rng, sizeof rng);
-        p->u = (double)(rng_next(rng) >> 11) * 0x1.0p-53; /* rng_double, without drawing */
+        p->u = rng_double(rng); /* on a copy: the draw dist would make, not made */
     } else {
         return false;
     }
@@ -1365,7 +1365,7 @@ bonsai_status bsi_sampler_took(bonsai_sampler *s, int32_t token)
 {
     uint64_t rng[4];
     memcpy(rng, s->rng, sizeof rng);
-    if (s->stages[s->n_stages - 1].vt == &dist_vt) (void)rng_double(s);
+    if (s->stages[s->n_stages - 1].vt == &dist_vt) (void)rng_double(s->rng);
     bonsai_status st = accept_token(s, token);
     if (st) memcpy(s->rng, rng, sizeof rng); /* as if nothing happened */
     return st;
