@@ -252,6 +252,46 @@ static void test_q1_matmul(void **state)
     }
 }
 
+/* q, k and v of a prompt in one call (one tensor-core launch) equal three separate products */
+static void test_q1_matmul_multi(void **state)
+{
+    (void)state;
+    enum { COLS = 1024, N_TOK = 200 };
+    static const int64_t rows[3] = {2048, 512, 320};
+    bsi_weight *w[3];
+    uint8_t *data[3];
+    float *dx, *dy[3], *dy1[3];
+    float *x = random_floats((size_t)N_TOK * COLS, 2.0f);
+    dx = dev_floats(x, (size_t)N_TOK * COLS);
+    for (int i = 0; i < 3; i++) {
+        data[i] = random_q1(rows[i], COLS);
+        bsi_matrix_desc d = {"multi", BONSAI_TENSOR_Q1_0, rows[i], COLS, data[i], false};
+        assert_int_equal(gpu->vt->weight_create(gpu, &d, &w[i]), 0);
+        dy[i] = dev_floats(NULL, (size_t)N_TOK * rows[i]);
+        dy1[i] = dev_floats(NULL, (size_t)N_TOK * rows[i]);
+        assert_int_equal(gpu->vt->matmul(gpu, w[i], dx, dy1[i], N_TOK), 0);
+    }
+    assert_non_null(gpu->vt->matmul_multi);
+    assert_int_equal(gpu->vt->matmul_multi(gpu, 3, (const bsi_weight *const *)w, dx, dy, N_TOK), 0);
+    for (int i = 0; i < 3; i++) {
+        size_t n = (size_t)N_TOK * rows[i];
+        float *y = host_copy(dy[i], n), *y1 = host_copy(dy1[i], n);
+        /* the same kernel and the same k order per element: equal bit for bit */
+        for (size_t j = 0; j < n; j++)
+            if (memcmp(&y[j], &y1[j], sizeof y[j]))
+                fail_msg("matmul_multi matrix %d element %zu: %.9g, alone %.9g", i, j,
+                         (double)y[j], (double)y1[j]);
+        free(y), free(y1);
+        gpu->vt->free(gpu, dy[i]);
+        gpu->vt->free(gpu, dy1[i]);
+        gpu->vt->weight_free(gpu, w[i]);
+        free(data[i]);
+    }
+    print_message("  matmul_multi q/k/v 1024 wide, 200 tokens      ok (equal to three products)\n");
+    gpu->vt->free(gpu, dx);
+    free(x);
+}
+
 static void test_dense_matmul(void **state)
 {
     (void)state;
@@ -728,7 +768,8 @@ int main(int argc, char **argv)
         return req && !strcmp(req, "1") ? 1 : 77;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_q1_matmul), cmocka_unit_test(test_dense_matmul),
+        cmocka_unit_test(test_q1_matmul), cmocka_unit_test(test_q1_matmul_multi),
+        cmocka_unit_test(test_dense_matmul),
         cmocka_unit_test(test_get_rows),  cmocka_unit_test(test_small_ops),
         cmocka_unit_test(test_attention), cmocka_unit_test(test_models),
         cmocka_unit_test(test_decode),    cmocka_unit_test(test_sampling),

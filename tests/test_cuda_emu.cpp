@@ -6,6 +6,7 @@
  */
 #define BSI_CUDA_EMU 1
 #include "../backends/cuda/decode.cuh"
+#include "../backends/cuda/gemm.cuh"
 #include "../backends/cuda/sample.cuh"
 
 extern "C" {
@@ -228,6 +229,62 @@ static void test_dgemv(void **state)
 
 /* attn_decode: split over positions (1 and 5 splits, the last block merging) with its output
  * quantized, against attention in double over the same f16 / Q8_0 cache. */
+/* ---- prompt GEMM on tensor cores (mma_16816 emulated with the PTX fragment layout) ---- */
+
+/* Several matrices of one width in one launch, against double sums of the fp16-rounded inputs
+ * (fp16 products are exact and the accumulation is fp32, so the error is the summation's). */
+template <int WN>
+static void check_gemm(int n_mats, const int *rows, int cols, int n_tok)
+{
+    std::vector<q1_matrix> m;
+    for (int i = 0; i < n_mats; i++) m.push_back(random_q1(rows[i], cols));
+    std::vector<float> x((size_t)n_tok * cols);
+    for (auto &v : x) v = uniform(-2.0f, 2.0f);
+    std::vector<__half> xh(x.size());
+    EMU_LAUNCH(to_half, dim3(3), dim3(64), x.data(), xh.data(), (int64_t)x.size() / 4);
+
+    gemm_mats gm{};
+    std::vector<std::vector<float>> y(n_mats);
+    gm.n = n_mats;
+    for (int i = 0; i < n_mats; i++) {
+        y[i].assign((size_t)n_tok * rows[i], NAN);
+        gm.bits[i] = m[i].bits.data();
+        gm.scales[i] = m[i].scales.data();
+        gm.y[i] = y[i].data();
+        gm.rows[i] = rows[i];
+        gm.tile0[i + 1] = gm.tile0[i] + (rows[i] + GEMM_BM - 1) / GEMM_BM;
+    }
+    dim3 grid((unsigned)gm.tile0[n_mats], (unsigned)((n_tok + 16 * WN - 1) / (16 * WN)));
+    EMU_LAUNCH(q1_gemm_mma<WN>, grid, dim3(GEMM_THREADS), gm, (const __half *)xh.data(), cols,
+               n_tok);
+
+    for (int i = 0; i < n_mats; i++)
+        for (int t = 0; t < n_tok; t++)
+            for (int r = 0; r < rows[i]; r++) {
+                double ref = 0, mag = 0;
+                for (int k = 0; k < cols; k++) {
+                    double w = (double)__half2float(m[i].scales[(size_t)r * (cols / QK) + k / QK]);
+                    if (!(m[i].bits[(size_t)r * (cols / 32) + k / 32] >> (k % 32) & 1u)) w = -w;
+                    double xv = __half2float(xh[(size_t)t * cols + k]);
+                    ref += w * xv;
+                    mag += fabs(w * xv);
+                }
+                double got = y[i][(size_t)t * rows[i] + r];
+                if (!(fabs(got - ref) <= 1e-5 * mag + 1e-6))
+                    fail_msg("gemm<%d> matrix %d row %d token %d: %.7g, want %.7g", WN, i, r, t,
+                             got, ref);
+            }
+}
+
+static void test_gemm(void **state)
+{
+    (void)state;
+    const int one[] = {64}, qkv[] = {128, 64, 96}, odd[] = {70, 5};
+    check_gemm<4>(1, one, 128, 9);     /* one tile, tokens past the end */
+    check_gemm<4>(3, qkv, 256, 70);    /* three matrices, two token tiles, two Q1_0 blocks */
+    check_gemm<8>(2, odd, 384, 130);   /* rows not a multiple of 64; three k-blocks */
+}
+
 static void test_attention(void **state)
 {
     (void)state;
@@ -515,6 +572,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dgemv),
+        cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_qk_rope_store),
         cmocka_unit_test(test_sampling),

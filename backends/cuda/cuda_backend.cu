@@ -10,6 +10,7 @@
  * CUDA's message, never a crash.
  */
 #include "decode.cuh"
+#include "gemm.cuh"
 #include "sample.cuh"
 
 extern "C" {
@@ -87,6 +88,8 @@ struct cuda_backend {
     int32_t *ids; /* device copies of a batch's token ids / positions */
     int32_t *pos;
     size_t ids_cap, pos_cap;
+    __half *xh; /* a prompt's activations in fp16 for the tensor-core GEMM */
+    size_t xh_cap;
     /* the positions last staged: RoPE of q and k in every layer uses the same ones, and a copy
      * from pageable memory waits for the stream, so they are uploaded once per batch */
     int32_t *pos_host;
@@ -203,6 +206,7 @@ static void cuda_destroy(bsi_backend *be)
         }
         cudaFree(b->ids);
         cudaFree(b->pos);
+        cudaFree(b->xh);
         cudaFree(b->sampled);
     }
     (void)cudaGetLastError();
@@ -377,31 +381,88 @@ static unsigned grid_for(int64_t n, int threads)
     return (unsigned)(g < 1 ? 1 : g > 65535 ? 65535 : g);
 }
 
+/* A device buffer of the instance holding at least `bytes` (grown on demand; the old one is freed
+ * once the stream's queued work, which may read it, is done). */
+static bonsai_status grow(cuda_backend *b, void **buf, size_t *cap, size_t bytes)
+{
+    if (bytes <= *cap) return BONSAI_OK;
+    CU(cudaStreamSynchronize(b->stream));
+    cudaFree(*buf);
+    *buf = NULL;
+    *cap = 0;
+    size_t want = bytes < 4096 ? 4096 : bytes;
+    CU(cudaMalloc(buf, want));
+    *cap = want;
+    return BONSAI_OK;
+}
+
+/* Copies n host int32 values to a device buffer of the instance (grown on demand). */
+static bonsai_status stage_ints(cuda_backend *b, int32_t **buf, size_t *cap, const int32_t *src,
+                                int64_t n)
+{
+    size_t bytes = (size_t)n * sizeof(int32_t);
+    bonsai_status st = grow(b, (void **)buf, cap, bytes);
+    if (st) return st;
+    CU(cudaMemcpyAsync(*buf, src, bytes, cudaMemcpyHostToDevice, b->stream));
+    /* pageable source: the copy is complete when the call returns */
+    return BONSAI_OK;
+}
+
+/* y_i = W_i x for n (<= GEMM_MAX_MATS) Q1_0 matrices of one width and more than GEMV_MAX_TOK
+ * tokens, on tensor cores (gemm.cuh): x converted to fp16 once, then one launch for them all. */
+static bonsai_status q1_gemm(cuda_backend *b, int n, const bsi_weight *const *w, const float *x,
+                             float *const *y, int64_t n_tok)
+{
+    int64_t cols = w[0]->cols;
+    size_t bytes = (size_t)(n_tok * cols) * sizeof(__half);
+    bonsai_status st = grow(b, (void **)&b->xh, &b->xh_cap, bytes);
+    if (st) return st;
+    int64_t n4 = n_tok * cols / 4;
+    to_half<<<grid_for(n4, 256), 256, 0, b->stream>>>(x, b->xh, n4);
+    CU(cudaGetLastError());
+
+    gemm_mats m = {};
+    m.n = n;
+    for (int i = 0; i < n; i++) {
+        m.bits[i] = w[i]->bits;
+        m.scales[i] = w[i]->scales;
+        m.y[i] = y[i];
+        m.rows[i] = (int)w[i]->rows;
+        m.tile0[i + 1] = m.tile0[i] + (int)((w[i]->rows + GEMM_BM - 1) / GEMM_BM);
+    }
+    /* 128 tokens per block when that still gives every SM two blocks, else 64 */
+    unsigned tiles = (unsigned)m.tile0[n];
+    if (tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm) {
+        dim3 grid(tiles, (unsigned)((n_tok + 127) / 128));
+        q1_gemm_mma<8><<<grid, GEMM_THREADS, 0, b->stream>>>(m, b->xh, (int)cols, (int)n_tok);
+    } else {
+        dim3 grid(tiles, (unsigned)((n_tok + 63) / 64));
+        q1_gemm_mma<4><<<grid, GEMM_THREADS, 0, b->stream>>>(m, b->xh, (int)cols, (int)n_tok);
+    }
+    CU(cudaGetLastError());
+    return BONSAI_OK;
+}
+
 static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
                                  int64_t n_tok)
 {
     cuda_backend *b = cb(be);
     USE(b);
     if (n_tok < 1) return BONSAI_OK;
-    if (n_tok > 65535 * (int64_t)MM_BN)
+    if (n_tok > 65535 * 64)
         return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
     int rows = (int)w->rows, cols = (int)w->cols;
+    if (w->type == T_Q1_0 && n_tok > GEMV_MAX_TOK) return q1_gemm(b, 1, &w, x, &y, n_tok);
     if (w->type == T_Q1_0) {
-        if (n_tok <= GEMV_MAX_TOK) {
-            int rows_per_block = GEMV_WARPS * GEMV_ROWS;
-            dim3 grid((unsigned)((rows + rows_per_block - 1) / rows_per_block));
-            dim3 block(GEMV_WARPS * WARP);
-            switch (n_tok) {
+        int rows_per_block = GEMV_WARPS * GEMV_ROWS;
+        dim3 grid((unsigned)((rows + rows_per_block - 1) / rows_per_block));
+        dim3 block(GEMV_WARPS * WARP);
+        switch (n_tok) {
 #define CASE(n)                                                                                    \
     case n: q1_gemv<n><<<grid, block, 0, b->stream>>>(w->bits, w->scales, x, y, rows, cols); break;
-                CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
-            default: break;
-            }
-        } else {
-            dim3 grid((unsigned)((rows + MM_BM - 1) / MM_BM), (unsigned)((n_tok + MM_BN - 1) / MM_BN));
-            q1_gemm_wmma<<<grid, MM_THREADS, 0, b->stream>>>(w->bits, w->scales, x, y, rows, cols,
-                                                             (int)n_tok);
+        default: break;
         }
     } else {
         int warps = 8;
@@ -412,22 +473,22 @@ static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const flo
     return BONSAI_OK;
 }
 
-/* Copies n host int32 values to a device buffer of the instance (grown on demand). */
-static bonsai_status stage_ints(cuda_backend *b, int32_t **buf, size_t *cap, const int32_t *src,
-                                int64_t n)
+/* q, k, v or gate, up of a prompt: one conversion of x and one GEMM launch; otherwise one by one */
+static bonsai_status cuda_matmul_multi(bsi_backend *be, int n, const bsi_weight *const *w,
+                                       const float *x, float *const *y, int64_t n_tok)
 {
-    size_t bytes = (size_t)n * sizeof(int32_t);
-    if (bytes > *cap) {
-        CU(cudaStreamSynchronize(b->stream));
-        cudaFree(*buf);
-        *buf = NULL;
-        *cap = 0;
-        size_t want = bytes < 4096 ? 4096 : bytes;
-        CU(cudaMalloc((void **)buf, want));
-        *cap = want;
+    cuda_backend *b = cb(be);
+    bool together = n >= 1 && n <= GEMM_MAX_MATS && n_tok > GEMV_MAX_TOK && n_tok <= 65535 * 64;
+    for (int i = 0; i < n && together; i++)
+        together = w[i]->type == T_Q1_0 && w[i]->cols == w[0]->cols;
+    if (together) {
+        USE(b);
+        return q1_gemm(b, n, w, x, y, n_tok);
     }
-    CU(cudaMemcpyAsync(*buf, src, bytes, cudaMemcpyHostToDevice, b->stream));
-    /* pageable source: the copy is complete when the call returns */
+    for (int i = 0; i < n; i++) {
+        bonsai_status st = cuda_matmul(be, w[i], x, y[i], n_tok);
+        if (st) return st;
+    }
     return BONSAI_OK;
 }
 
@@ -995,6 +1056,7 @@ bonsai_backend_module(const bsi_module_host *h)
     table.weight_create = cuda_weight_create;
     table.weight_free = cuda_weight_free;
     table.matmul = cuda_matmul;
+    table.matmul_multi = cuda_matmul_multi;
     table.get_rows = cuda_get_rows;
     table.rmsnorm = cuda_rmsnorm;
     table.rope = cuda_rope;

@@ -15,7 +15,6 @@
 #include "cuda_emu.h"
 #else
 #include <cuda_fp16.h>
-#include <mma.h>
 #endif
 #include <stdint.h>
 
@@ -136,95 +135,6 @@ __global__ void q1_gemv(const uint32_t *__restrict__ bits, const __half *__restr
             if (lane == 0 && r0 + r < rows) y[(size_t)t * rows + r0 + r] = v;
         }
 }
-
-#ifndef BSI_CUDA_EMU /* WMMA has no CPU version */
-/* ---- Q1_0 matrix x many vectors: tensor cores ----
- * A block computes a 64-row x 64-token tile of y. Per weight block of 128 columns, the 64 rows
- * are expanded to fp16 (+-d, exact) and the 64 tokens' activations converted to fp16 in shared
- * memory; four warps each multiply a 32 x 32 quarter with 16x16x16 WMMA fragments (fp32
- * accumulators). */
-constexpr int MM_BM = 64, MM_BN = 64, MM_LD = QK + 8, MM_THREADS = 128;
-
-__global__ void q1_gemm_wmma(const uint32_t *__restrict__ bits, const __half *__restrict__ scales,
-                             const float *__restrict__ x, float *__restrict__ y, int rows,
-                             int cols, int n_tok)
-{
-    using namespace nvcuda;
-    __shared__ __align__(32) unsigned char smem[2 * MM_BM * MM_LD * sizeof(__half)];
-    __half *ws = (__half *)smem;           /* [MM_BM][MM_LD] */
-    __half *xs = ws + MM_BM * MM_LD;       /* [MM_BN][MM_LD] */
-    float *cs = (float *)smem;             /* [MM_BN][MM_BM + 4], after the k loop */
-    int row0 = blockIdx.x * MM_BM, tok0 = blockIdx.y * MM_BN;
-    int warp = threadIdx.x / WARP;
-    int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
-    int words = cols / 32, nb = cols / QK;
-
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
-
-    for (int b = 0; b < nb; b++) {
-        /* weights: 64 rows x 4 words; thread i expands (row i / 2, words 2 (i % 2) ..) */
-        for (int task = threadIdx.x; task < MM_BM * 4; task += MM_THREADS) {
-            int r = task / 4, c = task % 4, row = row0 + r;
-            __half *dst = ws + r * MM_LD + c * 32;
-            if (row < rows) {
-                uint32_t wb = bits[(size_t)row * words + b * 4 + c];
-                __half d = scales[(size_t)row * nb + b], nd = __hneg(d);
-#pragma unroll
-                for (int j = 0; j < 32; j++) dst[j] = (wb >> j) & 1u ? d : nd;
-            } else {
-#pragma unroll
-                for (int j = 0; j < 32; j++) dst[j] = __float2half(0.0f);
-            }
-        }
-        /* activations: 64 tokens x 128 values */
-        for (int i = threadIdx.x; i < MM_BN * QK / 4; i += MM_THREADS) {
-            int t = i / (QK / 4), k = (i % (QK / 4)) * 4, tok = tok0 + t;
-            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (tok < n_tok) v = *(const float4 *)(x + (size_t)tok * cols + b * QK + k);
-            __half *dst = xs + t * MM_LD + k;
-            dst[0] = __float2half(v.x);
-            dst[1] = __float2half(v.y);
-            dst[2] = __float2half(v.z);
-            dst[3] = __float2half(v.w);
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < QK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-                wmma::load_matrix_sync(fa[i], ws + (wm + 16 * i) * MM_LD + kk, MM_LD);
-#pragma unroll
-            for (int j = 0; j < 2; j++)
-                wmma::load_matrix_sync(fb[j], xs + (wn + 16 * j) * MM_LD + kk, MM_LD);
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-    /* C[row][tok] -> cs[tok][row] (column-major C), then y[tok][row] with bounds */
-    constexpr int CLD = MM_BM + 4;
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-            wmma::store_matrix_sync(cs + (wn + 16 * j) * CLD + wm + 16 * i, acc[i][j], CLD,
-                                    wmma::mem_col_major);
-    __syncthreads();
-    for (int i = threadIdx.x; i < MM_BM * MM_BN; i += MM_THREADS) {
-        int t = i / MM_BM, r = i % MM_BM;
-        if (tok0 + t < n_tok && row0 + r < rows) y[(size_t)(tok0 + t) * rows + row0 + r] = cs[t * CLD + r];
-    }
-}
-
-#endif
 
 /* ---- other weight types: a warp per row, every token ---- */
 __global__ void dense_matmul(wview w, const float *__restrict__ x, float *__restrict__ y,

@@ -26,6 +26,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 using std::max;
 using std::min;
@@ -128,6 +129,7 @@ struct block_state {
     pthread_barrier_t block;
     pthread_barrier_t warp[32];
     uint64_t slot[32][32];
+    uint32_t frag[32][32][6]; /* mma_16816: each lane's a[4], b[2] */
 };
 
 extern thread_local dim3 tl_thread, tl_block;
@@ -164,6 +166,44 @@ template <typename T> inline T __shfl_xor_sync(unsigned, T v, int o)
     memcpy(&r, &bits, sizeof r);
     return r;
 }
+
+/* mma.sync.m16n8k16.row.col f32.f16.f16.f32 with the PTX ISA's fragment layout: lane l is
+ * group g = l / 4, thread t = l % 4; a[0] = A[g][2t .. 2t+1], a[1] = A[g+8][2t ..],
+ * a[2] = A[g][2t+8 ..], a[3] = A[g+8][2t+8 ..] (low half first); b[0] = B[2t .. 2t+1][g],
+ * b[1] = B[2t+8 ..][g]; d[0..1] = D[g][2t .. 2t+1], d[2..3] = D[g+8][2t ..]. */
+inline void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
+{
+    unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    uint32_t(&mine)[6] = cuda_emu::tl_state->frag[w][lane];
+    memcpy(mine, a, 16);
+    memcpy(mine + 4, b, 8);
+    __syncwarp();
+    auto half_of = [](uint32_t reg, unsigned k) {
+        return bsi_fp16_to_fp32((uint16_t)(reg >> (16 * (k & 1))));
+    };
+    unsigned g = lane / 4, t = lane % 4;
+    for (unsigned e = 0; e < 4; e++) {
+        unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+        float sum = 0.0f;
+        for (unsigned k = 0; k < 16; k++) {
+            const uint32_t *fa = cuda_emu::tl_state->frag[w][(row % 8) * 4 + (k % 8) / 2];
+            const uint32_t *fb = cuda_emu::tl_state->frag[w][col * 4 + (k % 8) / 2];
+            float av = half_of(fa[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
+            float bv = half_of(fb[4 + (k >= 8 ? 1 : 0)], k);
+            sum += av * bv;
+        }
+        d[e] += sum;
+    }
+    __syncwarp();
+}
+
+/* cp.async: copied at once, so commit and wait have nothing to do */
+inline void cp_async16(void *smem, const void *gmem)
+{
+    memcpy(smem, gmem, 16);
+}
+inline void cp_async_commit() {}
+template <int N> inline void cp_async_wait() {}
 
 namespace cuda_emu
 {

@@ -1,0 +1,234 @@
+/*
+ * Prompt processing on tensor cores (sm_80 and newer, as the module requires): Q1_0 weights times
+ * many tokens with mma.sync m16n8k16 (fp16 inputs, fp32 accumulators).
+ *
+ * The weights never pass through shared memory: a lane builds its A fragment in registers from
+ * the sign bits, each fp16 pair being the row's scale d with its two sign bits set from the
+ * weights' (one multiply, one mask-and-xor). The activations (fp16, converted once per input by
+ * to_half) are copied to shared memory with cp.async, two k-tiles in flight, and read as B
+ * fragments with one 64-bit load per 8 tokens.
+ *
+ * The k order inside an mma is free as long as A and B agree: lane (g, t) holds the k slots
+ * 2t, 2t+1, 2t+8, 2t+9 of both fragments, and here those slots are the columns 4t .. 4t+3 of the
+ * 16-column step, so a lane's four weights are one nibble of a sign word and its four
+ * activations are adjacent in shared memory.
+ *
+ * A block is 4 warps (2 along rows x 2 along tokens) and covers 64 rows x (16 WN) tokens; a
+ * launch covers up to GEMM_MAX_MATS matrices of the same width (q, k, v; gate, up), their row
+ * tiles one after another along blockIdx.x.
+ */
+#ifndef BONSAI_CUDA_GEMM_CUH
+#define BONSAI_CUDA_GEMM_CUH
+
+#include "kernels.cuh"
+
+namespace bsi_cuda {
+
+constexpr int GEMM_BM = 64;           /* rows per block */
+constexpr int GEMM_BK = 64;           /* columns per k-tile (half a Q1_0 block) */
+constexpr int GEMM_SX = GEMM_BK + 16; /* row stride in halves: no bank conflicts */
+constexpr int GEMM_THREADS = 128;
+constexpr int GEMM_MAX_MATS = 3;
+
+struct gemm_mats {
+    const uint32_t *bits[GEMM_MAX_MATS];
+    const __half *scales[GEMM_MAX_MATS];
+    float *y[GEMM_MAX_MATS];
+    int rows[GEMM_MAX_MATS];
+    int tile0[GEMM_MAX_MATS + 1]; /* first row tile of each matrix; tile0[n] = all tiles */
+    int n;
+};
+
+#ifdef BSI_CUDA_EMU
+/* tests/cuda_emu provides mma_16816, cp_async16, cp_async_commit and cp_async_wait<N> */
+#else
+/* d = a * b + d for one warp: a 16x16 (row-major), b 16x8 (column-major), fp16; d fp32. */
+__device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#endif
+
+/* Two fp16 lanes of value +-d: `nd` is -d in both halves; bit 0 of t2 flips the low half to +d,
+ * bit 1 the high half (bits 0 -> 15 and 1 -> 31 of t2 * 0x40008000, as t2 < 4). */
+__device__ __forceinline__ uint32_t signed_pair(uint32_t t2, uint32_t nd)
+{
+    return ((t2 * 0x40008000u) & 0x80008000u) ^ nd;
+}
+
+/* The same for bits 2 and 3 of a nibble (bits 2 -> 15 and 3 -> 31 of (n & 0xC) * 0x10002000). */
+__device__ __forceinline__ uint32_t signed_pair_hi(uint32_t nib, uint32_t nd)
+{
+    return (((nib & 0xCu) * 0x10002000u) & 0x80008000u) ^ nd;
+}
+
+/* x [n][cols] f32 -> fp16, n * cols a multiple of 4. */
+__global__ void to_half(const float *__restrict__ x, __half *__restrict__ y, int64_t n4)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float4 v = ((const float4 *)x)[i];
+        __half *o = y + 4 * i;
+        o[0] = __float2half(v.x);
+        o[1] = __float2half(v.y);
+        o[2] = __float2half(v.z);
+        o[3] = __float2half(v.w);
+    }
+}
+
+/* y_m[t][r] = W_m[r] . x[t] for every matrix m of `mats`, tokens t < n_tok; x fp16 [n_tok][cols],
+ * cols a multiple of 128. Grid: (mats.tile0[mats.n], ceil(n_tok / (16 WN))). */
+template <int WN>
+__global__ void __launch_bounds__(GEMM_THREADS)
+    q1_gemm_mma(gemm_mats mats, const __half *__restrict__ x, int cols, int n_tok)
+{
+    constexpr int BN = 16 * WN; /* tokens per block: 2 warps of WN tiles of 8 */
+    constexpr int CHUNKS = BN * GEMM_BK / 8; /* 16-byte copies per k-tile */
+    __shared__ __align__(16) __half xs[2][BN][GEMM_SX];
+
+    /* the block's matrix (constant indices only, so the parameters stay out of local memory) */
+    const uint32_t *bits = mats.bits[0];
+    const __half *scales = mats.scales[0];
+    float *y = mats.y[0];
+    int rows = mats.rows[0], tile0 = 0;
+#pragma unroll
+    for (int i = 1; i < GEMM_MAX_MATS; i++)
+        if (i < mats.n && (int)blockIdx.x >= mats.tile0[i]) {
+            bits = mats.bits[i];
+            scales = mats.scales[i];
+            y = mats.y[i];
+            rows = mats.rows[i];
+            tile0 = mats.tile0[i];
+        }
+    int row0 = ((int)blockIdx.x - tile0) * GEMM_BM, tok0 = (int)blockIdx.y * BN;
+
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    int g = lane >> 2, t = lane & 3;
+    int wrow = row0 + (warp & 1) * 32, wtok = (warp >> 1) * 8 * WN; /* wtok: within the block */
+    int words = cols / 32, nb = cols / QK, n_kt = cols / GEMM_BK;
+
+    /* this lane's four rows: g, g + 8, g + 16, g + 24 of the warp's 32 (clamped for loads) */
+    const uint32_t *wrow_bits[4];
+    const __half *wrow_scale[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int r = min(wrow + g + 8 * i, rows - 1);
+        wrow_bits[i] = bits + (size_t)r * words;
+        wrow_scale[i] = scales + (size_t)r * nb;
+    }
+
+    auto load_tile = [&](int kt, int stage) {
+        for (int c = threadIdx.x; c < CHUNKS; c += GEMM_THREADS) {
+            int tk = c / (GEMM_BK / 8), part = c % (GEMM_BK / 8);
+            int tok = min(tok0 + tk, n_tok - 1); /* rows past the end: any valid data, not stored */
+            cp_async16(&xs[stage][tk][part * 8], x + (size_t)tok * cols + kt * GEMM_BK + part * 8);
+        }
+        cp_async_commit();
+    };
+
+    float acc[2][WN][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < WN; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    /* sign words (2 per row per k-tile) and scales of the next k-tile, loaded one tile ahead */
+    uint32_t wb[4][2];
+    uint16_t sd[4];
+    auto load_bits = [&](int kt, uint32_t (&w)[4][2], uint16_t (&s)[4]) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            w[i][0] = __ldg(wrow_bits[i] + 2 * kt);
+            w[i][1] = __ldg(wrow_bits[i] + 2 * kt + 1);
+            s[i] = __half_as_ushort(wrow_scale[i][kt / 2]);
+        }
+    };
+    load_bits(0, wb, sd);
+    load_tile(0, 0);
+
+    for (int kt = 0; kt < n_kt; kt++) {
+        int stage = kt & 1;
+        uint32_t nwb[4][2] = {};
+        uint16_t nsd[4] = {};
+        if (kt + 1 < n_kt) {
+            load_tile(kt + 1, stage ^ 1);
+            load_bits(kt + 1, nwb, nsd);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+
+        uint32_t nd[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) nd[i] = ((uint32_t)sd[i] | (uint32_t)sd[i] << 16) ^ 0x80008000u;
+#pragma unroll
+        for (int s = 0; s < GEMM_BK / 16; s++) {
+            /* the lane's nibble of each row: columns 16 s + 4 t .. + 3 of the tile */
+            uint32_t a[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                uint32_t n0 = wb[2 * i][s / 2] >> (16 * (s % 2) + 4 * t);     /* row g + 16 i */
+                uint32_t n1 = wb[2 * i + 1][s / 2] >> (16 * (s % 2) + 4 * t); /* row g + 16 i + 8 */
+                a[i][0] = signed_pair(n0 & 3u, nd[2 * i]);
+                a[i][1] = signed_pair(n1 & 3u, nd[2 * i + 1]);
+                a[i][2] = signed_pair_hi(n0, nd[2 * i]);
+                a[i][3] = signed_pair_hi(n1, nd[2 * i + 1]);
+            }
+#pragma unroll
+            for (int j = 0; j < WN; j++) {
+                const uint32_t *bp =
+                    (const uint32_t *)&xs[stage][wtok + 8 * j + g][16 * s + 4 * t];
+                uint32_t b[2] = {bp[0], bp[1]};
+#pragma unroll
+                for (int i = 0; i < 2; i++) mma_16816(acc[i][j], a[i], b);
+            }
+        }
+        __syncthreads(); /* the stage is refilled by the next iteration's copy */
+        if (kt + 1 < n_kt) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                wb[i][0] = nwb[i][0];
+                wb[i][1] = nwb[i][1];
+                sd[i] = nsd[i];
+            }
+        }
+    }
+
+    /* acc[i][j]: rows wrow + 16 i + g (+ 8 for e >= 2), tokens tok0 + wtok + 8 j + 2 t (+ 1) */
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < WN; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int r = wrow + 16 * i + g + (e >= 2 ? 8 : 0);
+                int tok = tok0 + wtok + 8 * j + 2 * t + (e & 1);
+                if (r < rows && tok < n_tok) y[(size_t)tok * rows + r] = acc[i][j][e];
+            }
+}
+
+} // namespace bsi_cuda
+
+#endif
