@@ -17,7 +17,7 @@
 
 #include "internal.h"
 
-#define BSI_BACKEND_ABI 4 /* bumped whenever this table changes; modules must match */
+#define BSI_BACKEND_ABI 5 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -164,11 +164,13 @@ typedef struct bsi_backend_vtable {
     /* Optional: waits for the instance's queued work and reports its errors (NULL: the backend
      * works synchronously). */
     bonsai_status (*sync)(bsi_backend *be);
-    /* Optional: samples from a row of n_vocab logits in backend memory as the chain `p` would on
-     * the host: *token, and *logprob (log softmax of the row at the token); *token = -1 when the
-     * backend leaves this row to the host (which then downloads it). */
-    bonsai_status (*sample)(bsi_backend *be, const float *logits, uint32_t n_vocab,
-                            const bsi_sample_params *p, int32_t *token, float *logprob);
+    /* Optional: samples n rows of n_vocab logits, rows[i] in memory of this instance's device,
+     * each as its chain p[i] would on the host, all in one go: tokens[i], and logprobs[i] (log
+     * softmax of the row at the token); tokens[i] = -1 when the backend leaves that row to the
+     * host (which then downloads it). */
+    bonsai_status (*sample)(bsi_backend *be, uint32_t n, const float *const *rows,
+                            uint32_t n_vocab, const bsi_sample_params *p, int32_t *tokens,
+                            float *logprobs);
 } bsi_backend_vtable;
 
 /* An instance begins with its table, so lib/ can call through any instance. */

@@ -552,6 +552,87 @@ const float *bonsai_session_logits(const bonsai_session *s, uint32_t *n_rows)
     return s->logits_host;
 }
 
+/* Samples validated items: the rows the backend can take go to it in one call (one launch on a
+ * GPU), the others and those it leaves are sampled here from downloaded logits, in order. */
+static bonsai_status sample_items(const char *fn, bonsai_batch_sample_item *items, uint32_t n)
+{
+    bonsai_session *lead = items[0].session;
+    const bsi_backend_vtable *vt = lead->be->vt;
+    uint32_t V = lead->a->n_vocab;
+    bonsai_status st = BONSAI_OK;
+    uint32_t m = 0, *idx = NULL;
+    bsi_sample_params *p = NULL;
+    const float **rows = NULL;
+    int32_t *tok = NULL;
+    float *lp = NULL;
+    if (vt->sample) {
+        idx = bsi_malloc(n * sizeof *idx);
+        p = bsi_malloc(n * sizeof *p);
+        rows = bsi_malloc(n * sizeof *rows);
+        tok = bsi_malloc(n * sizeof *tok);
+        lp = bsi_malloc(n * sizeof *lp);
+        if (!idx || !p || !rows || !tok || !lp) st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+        for (uint32_t i = 0; i < n && !st; i++) {
+            bonsai_session *s = items[i].session;
+            if (!s->logits_pending || !bsi_sampler_plan(items[i].sampler, &p[m])) continue;
+            rows[m] = s->s.logits + (size_t)(s->n_logits - 1) * V;
+            idx[m++] = i;
+        }
+        if (!st && m) st = vt->sample(lead->be, m, rows, V, p, tok, lp);
+    }
+    for (uint32_t i = 0, j = 0; i < n && !st; i++) {
+        bonsai_batch_sample_item *it = &items[i];
+        if (j < m && idx[j] == i && tok[j] >= 0) {
+            if ((uint32_t)tok[j] >= V) {
+                st = bsi_fail(BONSAI_ERR_BACKEND, "%s: the backend chose token %d of %u", fn,
+                              (int)tok[j], V);
+                break;
+            }
+            st = bsi_sampler_took(it->sampler, tok[j]);
+            it->token = tok[j];
+            it->logprob = lp[j++];
+            continue;
+        }
+        if (j < m && idx[j] == i) j++; /* left to the host */
+        bonsai_session *s = it->session;
+        st = logits_to_host(s);
+        if (!st)
+            st = bonsai_sampler_sample(it->sampler, s->logits_host + (size_t)(s->n_logits - 1) * V,
+                                       V, &it->token, &it->logprob);
+    }
+    free(idx), free(p), free(rows), free(tok), free(lp);
+    return st;
+}
+
+bonsai_status bonsai_batch_sample(bonsai_batch_sample_item *items, uint32_t n_items,
+                                  uint32_t flags)
+{
+    static const char fn[] = "bonsai_batch_sample";
+    if (!items || !n_items) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: no items", fn);
+    if (flags) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: unknown flags %#x", fn, flags);
+    bonsai_session *lead = items[0].session;
+    for (uint32_t i = 0; i < n_items; i++) {
+        bonsai_session *s = items[i].session;
+        if (!s || !items[i].sampler)
+            return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: item %u has no %s", fn, i,
+                            s ? "sampler" : "session");
+        if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn)) return BONSAI_ERR_INVALID_ARGUMENT;
+        if (s->model != lead->model || s->w != lead->w)
+            return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                            "%s: item %u: every session must run the same model on the same "
+                            "backend and device",
+                            fn, i);
+        if (!s->n_logits)
+            return bsi_fail(BONSAI_ERR_INVALID_STATE,
+                            "%s: item %u: no logits: evaluate a token first", fn, i);
+        for (uint32_t j = 0; j < i; j++)
+            if (items[j].sampler == items[i].sampler)
+                return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
+                                "%s: items %u and %u share a sampler", fn, j, i);
+    }
+    return sample_items(fn, items, n_items);
+}
+
 bonsai_status bonsai_session_sample(bonsai_session *s, bonsai_sampler *sampler, int32_t *token,
                                     float *logprob)
 {
@@ -561,28 +642,12 @@ bonsai_status bonsai_session_sample(bonsai_session *s, bonsai_sampler *sampler, 
     if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn)) return BONSAI_ERR_INVALID_ARGUMENT;
     if (!s->n_logits)
         return bsi_fail(BONSAI_ERR_INVALID_STATE, "%s: no logits: evaluate a token first", fn);
-    uint32_t V = s->a->n_vocab;
-    size_t last = (size_t)(s->n_logits - 1) * V;
-    bsi_sample_params p;
-    if (s->logits_pending && s->be->vt->sample && bsi_sampler_plan(sampler, &p)) {
-        int32_t tok = -1;
-        float lp = 0;
-        bonsai_status st = s->be->vt->sample(s->be, s->s.logits + last, V, &p, &tok, &lp);
-        if (st) return st;
-        if (tok >= 0) { /* else: the host samples this row */
-            if ((uint32_t)tok >= V)
-                return bsi_fail(BONSAI_ERR_BACKEND, "%s: the backend chose token %d of %u", fn, tok,
-                                V);
-            st = bsi_sampler_took(sampler, tok);
-            if (st) return st;
-            *token = tok;
-            if (logprob) *logprob = lp;
-            return BONSAI_OK;
-        }
-    }
-    bonsai_status st = logits_to_host(s);
+    bonsai_batch_sample_item it = {s, sampler, -1, 0.0f};
+    bonsai_status st = sample_items(fn, &it, 1);
     if (st) return st;
-    return bonsai_sampler_sample(sampler, s->logits_host + last, V, token, logprob);
+    *token = it.token;
+    if (logprob) *logprob = it.logprob;
+    return BONSAI_OK;
 }
 
 uint32_t bonsai_session_n_past(const bonsai_session *s)

@@ -6,7 +6,7 @@
  */
 #define BSI_CUDA_EMU 1
 #include "../backends/cuda/decode.cuh"
-#include "../backends/cuda/gemm.cuh"
+#include "../backends/cuda/flash.cuh"
 #include "../backends/cuda/sample.cuh"
 
 extern "C" {
@@ -285,6 +285,68 @@ static void test_gemm(void **state)
     check_gemm<8>(2, odd, 384, 130);   /* rows not a multiple of 64; three k-blocks */
 }
 
+/* ---- attention ---- */
+
+/* A K and a V cache of n_ctx rows of kv_dim random values, f16 or Q8_0, with the values they
+ * hold as floats. */
+struct kv_cache {
+    std::vector<unsigned char> kbuf, vbuf;
+    std::vector<float> kval, vval;
+};
+
+static kv_cache random_cache(bool q8, int n_ctx, int kv_dim)
+{
+    kv_cache c;
+    size_t row = q8 ? (size_t)kv_dim / 32 * 34 : (size_t)kv_dim * 2;
+    for (int which = 0; which < 2; which++) {
+        auto &buf = which ? c.vbuf : c.kbuf;
+        auto &val = which ? c.vval : c.kval;
+        buf.assign(row * n_ctx, 0);
+        val.assign((size_t)n_ctx * kv_dim, 0);
+        for (int p = 0; p < n_ctx; p++)
+            for (int b = 0; b < kv_dim / 32; b++) {
+                float dq = 0.02f;
+                for (int j = 0; j < 32; j++) {
+                    int i = b * 32 + j;
+                    if (q8) {
+                        int8_t qv = (int8_t)(next_u64() % 255 - 127);
+                        unsigned char *blk = buf.data() + p * row + b * 34;
+                        uint16_t hb = __half_as_ushort(__float2half(dq));
+                        blk[0] = (unsigned char)(hb & 0xff);
+                        blk[1] = (unsigned char)(hb >> 8);
+                        blk[2 + j] = (unsigned char)qv;
+                        val[(size_t)p * kv_dim + i] = __half2float(__float2half(dq)) * qv;
+                    } else {
+                        __half h = __float2half(uniform(-2, 2));
+                        memcpy(buf.data() + p * row + i * 2, &h, 2);
+                        val[(size_t)p * kv_dim + i] = __half2float(h);
+                    }
+                }
+            }
+    }
+    return c;
+}
+
+/* Attention of query qh (hd values) over cache positions 0 .. last of kv head kvh, in double. */
+static std::vector<double> ref_attention(const float *qh, const kv_cache &c, int kv_dim, int kvh,
+                                         int hd, int last, float scale)
+{
+    std::vector<double> w(last + 1), out(hd, 0.0);
+    double mx = -INFINITY, sum = 0;
+    for (int p = 0; p <= last; p++) {
+        double d = 0;
+        for (int i = 0; i < hd; i++)
+            d += (double)qh[i] * scale * c.kval[(size_t)p * kv_dim + kvh * hd + i];
+        w[p] = d;
+        mx = fmax(mx, d);
+    }
+    for (int p = 0; p <= last; p++) sum += w[p] = exp(w[p] - mx);
+    for (int i = 0; i < hd; i++)
+        for (int p = 0; p <= last; p++)
+            out[i] += w[p] / sum * c.vval[(size_t)p * kv_dim + kvh * hd + i];
+    return out;
+}
+
 static void test_attention(void **state)
 {
     (void)state;
@@ -294,40 +356,11 @@ static void test_attention(void **state)
         std::vector<float> q((size_t)n_seq * nh * hd);
         for (auto &v : q) v = uniform(-1, 1);
         /* caches: per sequence, [n_ctx][kv_dim] f16 or Q8_0 rows; the values as floats too */
-        std::vector<std::vector<unsigned char>> kbuf(n_seq), vbuf(n_seq);
-        std::vector<std::vector<float>> kval(n_seq), vval(n_seq);
-        size_t row = q8 ? (size_t)kv_dim / 32 * 34 : (size_t)kv_dim * 2;
-        for (int s = 0; s < n_seq; s++) {
-            for (int which = 0; which < 2; which++) {
-                auto &buf = which ? vbuf[s] : kbuf[s];
-                auto &val = which ? vval[s] : kval[s];
-                buf.assign(row * n_ctx, 0);
-                val.assign((size_t)n_ctx * kv_dim, 0);
-                for (int p = 0; p < n_ctx; p++)
-                    for (int b = 0; b < kv_dim / 32; b++) {
-                        float dq = 0.02f;
-                        for (int j = 0; j < 32; j++) {
-                            int i = b * 32 + j;
-                            if (q8) {
-                                int8_t qv = (int8_t)(next_u64() % 255 - 127);
-                                unsigned char *blk = buf.data() + p * row + b * 34;
-                                uint16_t hb = __half_as_ushort(__float2half(dq));
-                                blk[0] = (unsigned char)(hb & 0xff);
-                                blk[1] = (unsigned char)(hb >> 8);
-                                blk[2 + j] = (unsigned char)qv;
-                                val[(size_t)p * kv_dim + i] = __half2float(__float2half(dq)) * qv;
-                            } else {
-                                __half h = __float2half(uniform(-2, 2));
-                                memcpy(buf.data() + p * row + i * 2, &h, 2);
-                                val[(size_t)p * kv_dim + i] = __half2float(h);
-                            }
-                        }
-                    }
-            }
-        }
+        std::vector<kv_cache> kv(n_seq);
+        for (int s = 0; s < n_seq; s++) kv[s] = random_cache(q8, n_ctx, kv_dim);
         /* the step's table: kc[layer 0][seq], vc[...]; positions */
         std::vector<void *> kc(n_seq), vc(n_seq);
-        for (int s = 0; s < n_seq; s++) kc[s] = kbuf[s].data(), vc[s] = vbuf[s].data();
+        for (int s = 0; s < n_seq; s++) kc[s] = kv[s].kbuf.data(), vc[s] = kv[s].vbuf.data();
         std::vector<int32_t> pos(pos_of, pos_of + n_seq);
         float scale = 1.0f / sqrtf((float)hd);
         for (int n_split : {1, 5}) {
@@ -350,20 +383,10 @@ static void test_attention(void **state)
                 for (int h = 0; h < nh; h++) {
                     int kvh = h / (nh / nkv);
                     const float *qh = q.data() + ((size_t)s * nh + h) * hd;
-                    std::vector<double> w(pos[s] + 1);
-                    double mx = -INFINITY, sum = 0;
-                    for (int p = 0; p <= pos[s]; p++) {
-                        double d = 0;
-                        for (int i = 0; i < hd; i++)
-                            d += (double)qh[i] * scale * kval[s][(size_t)p * kv_dim + kvh * hd + i];
-                        w[p] = d;
-                        mx = fmax(mx, d);
-                    }
-                    for (int p = 0; p <= pos[s]; p++) sum += w[p] = exp(w[p] - mx);
+                    std::vector<double> ref =
+                        ref_attention(qh, kv[s], kv_dim, kvh, hd, pos[s], scale);
                     for (int i = 0; i < hd; i++) {
-                        double want = 0;
-                        for (int p = 0; p <= pos[s]; p++)
-                            want += w[p] / sum * vval[s][(size_t)p * kv_dim + kvh * hd + i];
+                        double want = ref[i];
                         size_t at = ((size_t)s * nh + h) * hd + i;
                         float2 d = od[at / 32];
                         double got = (double)d.x * oq[at];
@@ -379,6 +402,52 @@ static void test_attention(void **state)
 /* qk_rope_store (per head: q/k RMS norm, RoPE at each sequence's own position, k and v into its
  * own cache) against the per-operation kernels it replaces (rmsnorm, rope, kv_store), also run
  * here, one sequence at a time. */
+/* A prompt's attention on tensor cores (attn_prefill) against attention in double: n_tok tokens
+ * at positions pos .. pos + n_tok - 1 over a cache already holding them. */
+template <int HD>
+static void check_prefill(bool q8, int pos, int n_tok)
+{
+    const int nh = 4, nkv = 2, kv_dim = nkv * HD, n_ctx = pos + n_tok + 3;
+    kv_cache kv = random_cache(q8, n_ctx, kv_dim);
+    std::vector<float> q((size_t)n_tok * nh * HD), out(q.size(), NAN);
+    for (auto &v : q) v = uniform(-1, 1);
+    float scale = 1.0f / sqrtf((float)HD);
+    dim3 grid(nh, (n_tok + FA_BQ - 1) / FA_BQ);
+    if (q8)
+        EMU_LAUNCH((attn_prefill<HD, true>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
+                   kv.vbuf.data(), out.data(), pos, n_tok, nh, nkv, scale);
+    else
+        EMU_LAUNCH((attn_prefill<HD, false>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
+                   kv.vbuf.data(), out.data(), pos, n_tok, nh, nkv, scale);
+    double worst = 0;
+    for (int t = 0; t < n_tok; t++)
+        for (int h = 0; h < nh; h++) {
+            const float *qh = q.data() + ((size_t)t * nh + h) * HD;
+            std::vector<double> ref = ref_attention(qh, kv, kv_dim, h / (nh / nkv), HD, pos + t, scale);
+            double mag = 0;
+            for (int i = 0; i < HD; i++) mag = fmax(mag, fabs(ref[i]));
+            for (int i = 0; i < HD; i++) {
+                double got = out[((size_t)t * nh + h) * HD + i];
+                /* q and the probabilities are rounded to fp16 for the tensor cores */
+                double err = fabs(got - ref[i]) / (mag + 1e-3);
+                if (!(err <= 4e-3))
+                    fail_msg("prefill hd %d q8 %d pos %d token %d head %d dim %d: %g, want %g",
+                             HD, (int)q8, pos, t, h, i, got, ref[i]);
+                worst = fmax(worst, err);
+            }
+        }
+    print_message("  attn_prefill hd %d %s, positions %d..%d: worst error %.2g of the row's largest\n",
+                  HD, q8 ? "q8_0" : "f16", pos, pos + n_tok - 1, worst);
+}
+
+static void test_prefill(void **state)
+{
+    (void)state;
+    check_prefill<64>(false, 0, 70);   /* two query tiles, two cache tiles, tokens past the end */
+    check_prefill<64>(true, 5, 9);     /* a prompt after earlier tokens, Q8_0 cache */
+    check_prefill<128>(false, 100, 20); /* the 1.7B head size, cache tiles before the prompt */
+}
+
 static void check_qk_rope(bool neox, bool yarn, bool q8)
 {
     const int n_seq = 2, nh = 4, nkv = 2, hd = 64, n_rot = neox ? 64 : 32, kv_dim = nkv * hd;
@@ -486,7 +555,7 @@ static void test_qk_rope_store(void **state)
     check_qk_rope(true, true, true);
 }
 
-/* sample_row against the host sampler with the same seed, for several chains. */
+/* sample_rows against the host sampler with the same seed, for several chains. */
 enum { TRIALS = 6 };
 static void check_sample_chain(const char *name, const bonsai_sampler_params &p, int n_vocab,
                                float spread, int min_device)
@@ -495,25 +564,31 @@ static void check_sample_chain(const char *name, const bonsai_sampler_params &p,
     assert_int_equal(bonsai_sampler_create_default(&p, &host), 0);
     assert_int_equal(bonsai_sampler_create_default(&p, &plan_s), 0);
     std::vector<float> logits(n_vocab);
-    sample_out *out = new sample_out;
+    std::vector<float> other(n_vocab);
+    sample_out *outs = new sample_out[2];
     int device = 0, same = 0;
     for (int trial = 0; trial < TRIALS; trial++) {
         for (auto &l : logits) l = uniform(-spread, spread);
         bsi_sample_params sp;
         assert_true(bsi_sampler_plan(plan_s, &sp));
-        sample_params kp;
-        kp.greedy = sp.greedy;
-        kp.top_k = sp.top_k;
-        kp.has_top_p = sp.has_top_p;
-        kp.top_p = sp.top_p;
-        kp.top_p_keep = (int)sp.top_p_keep;
-        kp.has_min_p = sp.has_min_p;
-        kp.min_p_log = sp.min_p_log;
-        kp.min_p_keep = (int)sp.min_p_keep;
-        kp.temp = sp.temp;
-        kp.u = sp.u;
-        out->token = -2;
-        EMU_LAUNCH(sample_row, dim3(1), dim3(SAMPLE_THREADS), logits.data(), n_vocab, kp, out);
+        /* the first trial also samples another row greedily in the same launch (block 0) */
+        int n_jobs = trial == 0 ? 2 : 1;
+        sample_job jobs[2];
+        jobs[n_jobs - 1] = {logits.data(), make_sample_params(sp)};
+        int other_max = 0;
+        if (n_jobs == 2) {
+            for (int i = 0; i < n_vocab; i++) {
+                other[i] = uniform(-5.0f, 5.0f);
+                if (other[i] > other[other_max]) other_max = i;
+            }
+            bsi_sample_params g = sp;
+            g.greedy = true;
+            jobs[0] = {other.data(), make_sample_params(g)};
+        }
+        outs[0].token = outs[1].token = -2;
+        EMU_LAUNCH(sample_rows, dim3(n_jobs), dim3(SAMPLE_THREADS), jobs, n_vocab, outs);
+        if (n_jobs == 2) assert_int_equal(outs[0].token, other_max);
+        sample_out *out = &outs[n_jobs - 1];
         int32_t want;
         float lp;
         assert_int_equal(bonsai_sampler_sample(host, logits.data(), (uint32_t)n_vocab, &want, &lp),
@@ -530,7 +605,7 @@ static void check_sample_chain(const char *name, const bonsai_sampler_params &p,
                   device, TRIALS, same);
     assert_true(device >= min_device);
     assert_int_equal(same, device);
-    delete out;
+    delete[] outs;
     bonsai_sampler_free(host);
     bonsai_sampler_free(plan_s);
 }
@@ -574,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_dgemv),
         cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_prefill),
         cmocka_unit_test(test_qk_rope_store),
         cmocka_unit_test(test_sampling),
     };

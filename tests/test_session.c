@@ -246,6 +246,76 @@ static void test_session_sample(void **state)
     bonsai_model_free(m);
 }
 
+/* bonsai_batch_sample: each item what bonsai_session_sample gives it alone (same seeds), over a
+ * batch that mixes chains; bad batches are refused before anything is sampled. */
+static void test_batch_sample(void **state)
+{
+    (void)state;
+    enum { S = 4, STEPS = 12 };
+    bonsai_model *m = load_stories();
+    bonsai_session *ss[S];
+    bonsai_sampler *a[S], *b[S];
+    bonsai_batch_item items[S];
+    bonsai_batch_sample_item picks[S];
+    for (int k = 0; k < S; k++) {
+        assert_int_equal(bonsai_session_create(m, NULL, &ss[k]), 0);
+        bonsai_sampler_params p;
+        bonsai_sampler_params_init(&p);
+        p.seed = (uint64_t)(100 + k);
+        p.temperature = k == 1 ? 0.0f : 1.3f;  /* one greedy */
+        if (k == 2) p.repeat_penalty = 1.3f; /* one with penalties (never on a device) */
+        assert_int_equal(bonsai_sampler_create_default(&p, &a[k]), 0);
+        assert_int_equal(bonsai_sampler_create_default(&p, &b[k]), 0);
+        items[k] = (bonsai_batch_item){ss[k], (int32_t)(1 + 7 * k)};
+    }
+    picks[0] = (bonsai_batch_sample_item){ss[0], a[0], -1, 0};
+    assert_error(bonsai_batch_sample(picks, 1, 0), BONSAI_ERR_INVALID_STATE, "no logits");
+    for (int step = 0; step < STEPS; step++) {
+        assert_int_equal(bonsai_batch_eval(items, S, 0), 0);
+        for (int k = 0; k < S; k++) picks[k] = (bonsai_batch_sample_item){ss[k], a[k], -1, 0};
+        if (bonsai_batch_sample(picks, S, 0)) fail_msg("%s", bonsai_last_error());
+        for (int k = 0; k < S; k++) {
+            int32_t t;
+            float lp;
+            assert_int_equal(bonsai_session_sample(ss[k], b[k], &t, &lp), 0);
+            assert_int_equal(picks[k].token, t);
+            assert_true(picks[k].logprob == lp);
+            items[k].token = t;
+        }
+    }
+    /* refusals: nothing sampled (the samplers' next draws stay in step with their twins) */
+    bonsai_batch_sample_item shared[2] = {{ss[0], a[0], -1, 0}, {ss[1], a[0], -1, 0}};
+    assert_error(bonsai_batch_sample(shared, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "share a sampler");
+    bonsai_batch_sample_item no_sampler[2] = {{ss[0], a[0], -1, 0}, {ss[1], NULL, -1, 0}};
+    assert_error(bonsai_batch_sample(no_sampler, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "sampler");
+    assert_error(bonsai_batch_sample(shared, 0, 0), BONSAI_ERR_INVALID_ARGUMENT, "no items");
+    assert_error(bonsai_batch_sample(NULL, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "no items");
+    assert_error(bonsai_batch_sample(shared, 1, 1), BONSAI_ERR_INVALID_ARGUMENT, "flags");
+    bonsai_model *other = load_stories();
+    bonsai_session *o;
+    assert_int_equal(bonsai_session_create(other, NULL, &o), 0);
+    int32_t one = 1;
+    assert_int_equal(bonsai_session_eval(o, &one, 1, 0), 0);
+    bonsai_batch_sample_item mixed[2] = {{ss[0], a[0], -1, 0}, {o, a[1], -1, 0}};
+    assert_error(bonsai_batch_sample(mixed, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "same model");
+    /* one session twice, with two samplers: both from its logits */
+    bonsai_batch_sample_item twice[2] = {{ss[3], a[3], -1, 0}, {ss[3], a[0], -1, 0}};
+    assert_int_equal(bonsai_batch_sample(twice, 2, 0), 0);
+    int32_t t;
+    assert_int_equal(bonsai_session_sample(ss[3], b[3], &t, NULL), 0);
+    assert_int_equal(twice[0].token, t);
+    assert_int_equal(bonsai_session_sample(ss[3], b[0], &t, NULL), 0);
+    assert_int_equal(twice[1].token, t);
+    bonsai_session_free(o);
+    bonsai_model_free(other);
+    for (int k = 0; k < S; k++) {
+        bonsai_sampler_free(a[k]);
+        bonsai_sampler_free(b[k]);
+        bonsai_session_free(ss[k]);
+    }
+    bonsai_model_free(m);
+}
+
 static void test_batch_equals_one_by_one(void **state)
 {
     (void)state;
@@ -881,6 +951,7 @@ int main(void)
         cmocka_unit_test(test_logits_match_reference),
         cmocka_unit_test(test_greedy_story),
         cmocka_unit_test(test_session_sample),
+        cmocka_unit_test(test_batch_sample),
         cmocka_unit_test(test_batch_equals_one_by_one),
         cmocka_unit_test(test_context_full_truncate_clear),
         cmocka_unit_test(test_sessions_in_threads),

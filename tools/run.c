@@ -380,8 +380,9 @@ static bonsai_status greedy_sampler(bonsai_sampler **out)
     return st;
 }
 
-/* `count` sessions generating n tokens each, stepped together with bonsai_batch_eval: the median
- * over reps of the aggregate tokens/s (after a warm-up). */
+/* `count` sessions generating n tokens each, stepped together with bonsai_batch_eval and
+ * sampled together with bonsai_batch_sample (greedily, as a server would take each session's
+ * next token): the median over reps of the aggregate tokens/s (after a warm-up). */
 static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params *base, int count,
                                     int n, int reps, const int32_t *ids, uint32_t vocab,
                                     double *out)
@@ -390,13 +391,19 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
     sp.n_ctx = (uint32_t)n + 1;
     bonsai_session **ss = calloc((size_t)count, sizeof *ss);
     bonsai_batch_item *items = calloc((size_t)count, sizeof *items);
+    bonsai_batch_sample_item *picks = calloc((size_t)count, sizeof *picks);
     double *rates = calloc((size_t)reps, sizeof *rates);
-    bonsai_status st = ss && items && rates ? BONSAI_OK : BONSAI_ERR_NO_MEMORY;
-    bonsai_sampler *greedy = NULL;
-    if (!st) st = greedy_sampler(&greedy);
-    for (int i = 0; i < count && !st; i++) st = bonsai_session_create(m, &sp, &ss[i]);
+    bonsai_status st = ss && items && picks && rates ? BONSAI_OK : BONSAI_ERR_NO_MEMORY;
+    for (int i = 0; i < count && !st; i++) {
+        st = bonsai_session_create(m, &sp, &ss[i]);
+        if (!st) st = greedy_sampler(&picks[i].sampler);
+        picks[i].session = ss[i];
+    }
     for (int r = -1; r < reps && !st; r++) {
-        for (int i = 0; i < count; i++) bonsai_session_clear(ss[i]);
+        for (int i = 0; i < count; i++) {
+            bonsai_session_clear(ss[i]);
+            bonsai_sampler_reset(picks[i].sampler);
+        }
         double t0 = now();
         for (int k = 0; k < n && !st; k++) {
             for (int i = 0; i < count; i++) {
@@ -404,19 +411,18 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
                 items[i].token = (int32_t)((ids[k] + (uint32_t)i) % vocab);
             }
             st = bonsai_batch_eval(items, (uint32_t)count, 0);
-            /* each session's next token, as a generation would take it */
-            for (int i = 0; i < count && !st; i++) {
-                int32_t tok;
-                st = bonsai_session_sample(ss[i], greedy, &tok, NULL);
-            }
+            if (!st) st = bonsai_batch_sample(picks, (uint32_t)count, 0);
         }
         if (r >= 0) rates[r] = (double)count * n / (now() - t0);
     }
     if (!st) *out = summarize(rates, reps).median;
-    for (int i = 0; ss && i < count; i++) bonsai_session_free(ss[i]);
-    bonsai_sampler_free(greedy);
+    for (int i = 0; ss && i < count; i++) {
+        bonsai_session_free(ss[i]);
+        bonsai_sampler_free(picks[i].sampler);
+    }
     free(ss);
     free(items);
+    free(picks);
     free(rates);
     return st;
 }
@@ -535,8 +541,9 @@ const cli_command cli_bench_command = {
         "median, min and max, with the model's size and parameter count and the backend. Token "
         "ids are fixed pseudo-random ones; each repetition starts from an empty cache.\n\n"
         "--sessions also generates -n tokens in each of that many sessions at once, stepped "
-        "together with bonsai_batch_eval (one forward pass per step for all of them), and "
-        "reports the aggregate tokens/s per count.\n\n"
+        "together with bonsai_batch_eval (one forward pass per step for all of them) and "
+        "sampled greedily with bonsai_batch_sample, and reports the aggregate tokens/s per "
+        "count.\n\n"
         "--bw compares generation with the memory bandwidth: a token reads every weight once "
         "(the embedding matrix only for its row when the model has a separate output matrix) "
         "and the KV cache, so bandwidth / bytes per token bounds tg; the fraction of that bound "

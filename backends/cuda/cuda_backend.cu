@@ -10,7 +10,7 @@
  * CUDA's message, never a crash.
  */
 #include "decode.cuh"
-#include "gemm.cuh"
+#include "flash.cuh"
 #include "sample.cuh"
 
 extern "C" {
@@ -83,7 +83,8 @@ struct cuda_backend {
     int n_sm;
     bool fused, graphs; /* BONSAI_CUDA_FUSED, BONSAI_CUDA_GRAPH (default on) */
     dec_state dec;
-    sample_out *sampled; /* device: bsi sample result */
+    void *samp; /* device: sampling jobs, then their results */
+    size_t samp_cap;
     cudaStream_t stream;
     int32_t *ids; /* device copies of a batch's token ids / positions */
     int32_t *pos;
@@ -207,7 +208,7 @@ static void cuda_destroy(bsi_backend *be)
         cudaFree(b->ids);
         cudaFree(b->pos);
         cudaFree(b->xh);
-        cudaFree(b->sampled);
+        cudaFree(b->samp);
     }
     (void)cudaGetLastError();
     free(b->pos_host);
@@ -645,8 +646,23 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
         return failf(BONSAI_ERR_UNSUPPORTED, "cuda attention: heads of %lld values (at most %d)",
                      (long long)head_dim, ATT_MAX_HD);
     if (n_tok < 1) return BONSAI_OK;
+    bool q8 = kv_type == T_Q8_0;
+    if (n_tok > GEMV_MAX_TOK && (head_dim == 64 || head_dim == 128)) { /* a prompt: flash.cuh */
+        dim3 grid((unsigned)n_head, (unsigned)((n_tok + FA_BQ - 1) / FA_BQ));
+#define FA(hd, q8_)                                                                                \
+    attn_prefill<hd, q8_><<<grid, FA_THREADS, 0, b->stream>>>(                                     \
+        q, k_cache, v_cache, out, (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale)
+        if (head_dim == 64) {
+            if (q8) FA(64, true); else FA(64, false);
+        } else {
+            if (q8) FA(128, true); else FA(128, false);
+        }
+#undef FA
+        CU(cudaGetLastError());
+        return BONSAI_OK;
+    }
     dim3 grid((unsigned)n_head, (unsigned)n_tok);
-    if (kv_type == T_Q8_0)
+    if (q8)
         attention<true><<<grid, ATT_WARPS * WARP, 0, b->stream>>>(
             q, k_cache, v_cache, out, (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale);
     else
@@ -999,33 +1015,52 @@ static bonsai_status cuda_sync(bsi_backend *be)
 
 /* ---- sampling on the device (sample.cuh) ---- */
 
-static bonsai_status cuda_sample(bsi_backend *be, const float *logits, uint32_t n_vocab,
-                                 const bsi_sample_params *p, int32_t *token, float *logprob)
+static bonsai_status cuda_sample(bsi_backend *be, uint32_t n, const float *const *rows,
+                                 uint32_t n_vocab, const bsi_sample_params *p, int32_t *tokens,
+                                 float *logprobs)
 {
     cuda_backend *b = cb(be);
     USE(b);
-    *token = -1;
-    if (n_vocab < 1 || n_vocab > INT32_MAX) return BONSAI_OK;
-    if (!b->sampled) CU(cudaMalloc((void **)&b->sampled, sizeof *b->sampled));
-    sample_params sp;
-    sp.greedy = p->greedy;
-    sp.top_k = p->top_k;
-    sp.has_top_p = p->has_top_p;
-    sp.top_p = p->top_p;
-    sp.top_p_keep = p->top_p_keep > INT32_MAX ? INT32_MAX : (int)p->top_p_keep;
-    sp.has_min_p = p->has_min_p;
-    sp.min_p_log = p->min_p_log;
-    sp.min_p_keep = p->min_p_keep > INT32_MAX ? INT32_MAX : (int)p->min_p_keep;
-    sp.temp = p->temp;
-    sp.u = p->u;
-    sample_row<<<1, SAMPLE_THREADS, 0, b->stream>>>(logits, (int)n_vocab, sp, b->sampled);
-    CU(cudaGetLastError());
-    sample_out out;
-    CU(cudaMemcpyAsync(&out, b->sampled, sizeof out, cudaMemcpyDeviceToHost, b->stream));
-    CU(cudaStreamSynchronize(b->stream));
-    *token = out.token;
-    *logprob = out.logprob;
-    return BONSAI_OK;
+    for (uint32_t i = 0; i < n; i++) tokens[i] = -1;
+    if (n < 1 || n_vocab < 1 || n_vocab > INT32_MAX) return BONSAI_OK;
+    if (n > 65535) return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: sampling %u rows at once", n);
+    /* the jobs go up in one copy, the results come back in one */
+    size_t job_bytes = (size_t)n * sizeof(sample_job), out_bytes = (size_t)n * sizeof(sample_out);
+    bonsai_status st = grow(b, (void **)&b->samp, &b->samp_cap, job_bytes + out_bytes);
+    if (st) return st;
+    sample_job *jobs = (sample_job *)malloc(job_bytes);
+    sample_out *outs = (sample_out *)malloc(out_bytes);
+    if (!jobs || !outs) {
+        free(jobs);
+        free(outs);
+        return failf(BONSAI_ERR_NO_MEMORY, "out of memory sampling %u rows", n);
+    }
+    for (uint32_t i = 0; i < n; i++) jobs[i] = {rows[i], make_sample_params(p[i])};
+    sample_job *djobs = (sample_job *)b->samp;
+    sample_out *douts = (sample_out *)((unsigned char *)b->samp + job_bytes);
+    cudaError_t e = cudaMemcpyAsync(djobs, jobs, job_bytes, cudaMemcpyHostToDevice, b->stream);
+    const char *what = "cudaMemcpyAsync (sampling jobs)";
+    if (e == cudaSuccess) {
+        sample_rows<<<n, SAMPLE_THREADS, 0, b->stream>>>(djobs, (int)n_vocab, douts);
+        e = cudaGetLastError();
+        what = "sample_rows";
+    }
+    if (e == cudaSuccess) {
+        e = cudaMemcpyAsync(outs, douts, out_bytes, cudaMemcpyDeviceToHost, b->stream);
+        what = "cudaMemcpyAsync (sampled tokens)";
+    }
+    if (e == cudaSuccess) {
+        e = cudaStreamSynchronize(b->stream);
+        what = "cudaStreamSynchronize (sampling)";
+    }
+    if (e == cudaSuccess)
+        for (uint32_t i = 0; i < n; i++) {
+            tokens[i] = outs[i].token;
+            logprobs[i] = outs[i].logprob;
+        }
+    free(jobs);
+    free(outs);
+    return e == cudaSuccess ? BONSAI_OK : cuda_fail(e, what);
 }
 
 static bsi_backend_vtable table;

@@ -1,7 +1,7 @@
 /*
  * Sampling one row of logits on the GPU, as lib/sampler.c's built-in chain [top-k] [top-p]
  * [min-p] [temperature] dist (or greedy) does it on the host, so that only the token id (and its
- * log-probability) crosses to the host. One block of SAMPLE_THREADS threads:
+ * log-probability) crosses to the host. One block of SAMPLE_THREADS threads per row:
  *
  *   1. one pass over the row: its maximum, the first index holding it, and the sum of
  *      exp(logit - max) (the log-probability's denominator);
@@ -99,10 +99,37 @@ __device__ void bitonic(float *l, int *id, bool by_id)
     }
 }
 
-__global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample_row(const float *__restrict__ logits, int n_vocab, sample_params sp,
-               sample_out *__restrict__ out)
+/* The kernel's form of lib/backend.h's bsi_sample_params (a template, so that this header needs
+ * no C header). */
+template <class P> sample_params make_sample_params(const P &p)
 {
+    sample_params sp;
+    sp.greedy = p.greedy;
+    sp.top_k = p.top_k;
+    sp.has_top_p = p.has_top_p;
+    sp.top_p = p.top_p;
+    sp.top_p_keep = p.top_p_keep > INT32_MAX ? INT32_MAX : (int)p.top_p_keep;
+    sp.has_min_p = p.has_min_p;
+    sp.min_p_log = p.min_p_log;
+    sp.min_p_keep = p.min_p_keep > INT32_MAX ? INT32_MAX : (int)p.min_p_keep;
+    sp.temp = p.temp;
+    sp.u = p.u;
+    return sp;
+}
+
+/* One row to sample: its logits (device memory) and its chain. */
+struct sample_job {
+    const float *logits;
+    sample_params sp;
+};
+
+/* Samples row jobs[b] into outs[b], a block b per row (several sessions' rows in one launch). */
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_rows(const sample_job *__restrict__ jobs, int n_vocab, sample_out *__restrict__ outs)
+{
+    const float *__restrict__ logits = jobs[blockIdx.x].logits;
+    const sample_params sp = jobs[blockIdx.x].sp;
+    sample_out *out = outs + blockIdx.x;
     __shared__ float cl[SAMPLE_CAND];
     __shared__ int cid[SAMPLE_CAND];
     __shared__ float pr[SAMPLE_CAND];

@@ -649,6 +649,29 @@ BONSAI_API bool bonsai_sampler_done(const bonsai_sampler *s);
 BONSAI_API bonsai_status bonsai_session_sample(bonsai_session *session, bonsai_sampler *sampler,
                                                int32_t *token, float *logprob);
 
+/** One session to sample in a batch (bonsai_batch_sample()): session and sampler in, token and
+ * logprob out. */
+typedef struct bonsai_batch_sample_item {
+    bonsai_session *session;
+    bonsai_sampler *sampler;
+    int32_t token;  /**< out: the sampled token */
+    float logprob;  /**< out: its log-probability */
+} bonsai_batch_sample_item;
+
+/**
+ * The next token of several sessions at once (a server's step after bonsai_batch_eval()): each
+ * item gets what bonsai_session_sample(session, sampler, ...) would give, but on a GPU the rows
+ * whose chains run there are sampled in one launch with one copy back, instead of a round trip
+ * per session. Every session must have logits and run the same model on the same backend and
+ * device, and no two items may share a sampler (BONSAI_ERR_INVALID_STATE,
+ * BONSAI_ERR_INVALID_ARGUMENT; nothing is sampled then). A session may appear more than once.
+ * Items are finished in order: when one fails (a custom stage aborts, a device error), the
+ * samplers of the items before it have accepted their tokens and the rest are untouched.
+ * `flags` must be 0.
+ */
+BONSAI_API bonsai_status bonsai_batch_sample(bonsai_batch_sample_item *items, uint32_t n_items,
+                                             uint32_t flags);
+
 /* ------------------------------------------------------------------------------------------ */
 /** @name Generation */
 

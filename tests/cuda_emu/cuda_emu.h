@@ -38,6 +38,9 @@ struct dim3 {
 struct int4 {
     int x, y, z, w;
 };
+struct uint4 {
+    unsigned x, y, z, w;
+};
 struct float2 {
     float x, y;
 };

@@ -29,7 +29,8 @@ from .errors import (AbortedError, BackendError, BadMagicError, BonsaiError, Con
 from .model import (Detokenizer, HParams, Metadata, Model, TensorInfo, tensor_type_name,
                     value_type_name)
 from .sampler import SAMPLER_DEFAULTS, Candidates, Sampler, sampler_from_settings
-from .session import KV_TYPES, Generation, GenerationStats, Session, StopReason, batch_eval
+from .session import (KV_TYPES, Generation, GenerationStats, Session, StopReason, batch_eval,
+                      batch_sample)
 
 __version__ = "0.1.0"
 
@@ -44,8 +45,8 @@ LOG_DEBUG = _lib.BONSAI_LOG_DEBUG
 __all__ = [
     "Model", "Session", "Generation", "GenerationStats", "StopReason", "Chat", "Sampler",
     "Candidates", "Detokenizer", "Metadata", "TensorInfo", "HParams", "BackendInfo",
-    "batch_eval", "parse_reply", "render_chat", "tokenize_chat", "sampler_from_settings",
-    "tensor_type_name",
+    "batch_eval", "batch_sample", "parse_reply", "render_chat", "tokenize_chat",
+    "sampler_from_settings", "tensor_type_name",
     "value_type_name",
     "library_version", "library_version_number", "abi_version", "library_path", "backends",
     "set_log", "SAMPLER_DEFAULTS", "KV_TYPES", "ABI_VERSION",

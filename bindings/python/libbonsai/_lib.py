@@ -218,6 +218,15 @@ class bonsai_batch_item(Structure):
     ]
 
 
+class bonsai_batch_sample_item(Structure):
+    _fields_ = [
+        ("session", POINTER(bonsai_session)),
+        ("sampler", POINTER(bonsai_sampler)),
+        ("token", c_int32),
+        ("logprob", c_float),
+    ]
+
+
 class bonsai_token_data(Structure):
     _fields_ = [
         ("id", c_int32),
@@ -301,7 +310,7 @@ class bonsai_chat_message(Structure):
 #: Every public struct of the header, by its C name.
 STRUCTS = {cls.__name__: cls for cls in (
     bonsai_model_params, bonsai_model_hparams, bonsai_tensor_info, bonsai_backend_info,
-    bonsai_session_params, bonsai_batch_item,
+    bonsai_session_params, bonsai_batch_item, bonsai_batch_sample_item,
     bonsai_token_data, bonsai_candidates, bonsai_logit_bias, bonsai_sampler_params,
     bonsai_generate_params, bonsai_generate_stats, bonsai_chat_message)}
 
@@ -400,6 +409,7 @@ FUNCTIONS = {
     "bonsai_session_tokens": (POINTER(c_int32), [_session_p, POINTER(c_uint32)]),
     "bonsai_session_cancel": (None, [_session_p]),
     "bonsai_batch_eval": (_status, [POINTER(bonsai_batch_item), c_uint32, c_uint32]),
+    "bonsai_batch_sample": (_status, [POINTER(bonsai_batch_sample_item), c_uint32, c_uint32]),
     # tokenizer
     "bonsai_tokenize": (_status, [_model_p, c_char_p, c_size_t, c_uint32, POINTER(c_int32),
                                   c_uint32, POINTER(c_uint32)]),

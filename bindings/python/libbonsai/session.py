@@ -18,7 +18,8 @@ from .errors import InvalidArgumentError, InvalidStateError, check, make_error
 from .model import Model, _int32_array, _text_bytes, _tokenize
 from .sampler import SETTINGS, Sampler, sampler_from_settings
 
-__all__ = ["Session", "Generation", "GenerationStats", "StopReason", "KV_TYPES", "batch_eval"]
+__all__ = ["Session", "Generation", "GenerationStats", "StopReason", "KV_TYPES", "batch_eval",
+           "batch_sample"]
 
 #: KV cache types by name (kv_type= of Session).
 KV_TYPES = {"f16": _lib.BONSAI_TENSOR_F16, "q8_0": _lib.BONSAI_TENSOR_Q8_0}
@@ -381,6 +382,42 @@ def batch_eval(items: Sequence[Tuple[Session, int]]) -> None:
             arr[i].token = int(token)
         check(_lib.lib.bonsai_batch_eval(arr, len(items), 0))
     finally:
+        for session in held:
+            session._lock.release()
+
+
+def batch_sample(items: Sequence[Tuple[Session, Sampler]]) -> List[Tuple[int, float]]:
+    """The next token of several sessions at once (bonsai_batch_sample), e.g. after
+    batch_eval(): for each (session, sampler) pair, the (token, logprob) that
+    ``sampler.sample(session)`` would give, but on a GPU every row whose chain runs there is
+    sampled in one launch. Each session must have logits and run the same model on the same
+    backend, and no sampler may appear twice (InvalidStateError, InvalidArgumentError; nothing
+    is sampled then). Sessions and samplers must be free (no generation running)."""
+    items = list(items)
+    arr = (_lib.bonsai_batch_sample_item * max(len(items), 1))()
+    held, using = [], []
+    try:
+        for i, (session, sampler) in enumerate(items):
+            if any(u.sampler is sampler for u in using):
+                raise InvalidArgumentError(_lib.BONSAI_ERR_INVALID_ARGUMENT,
+                                           "batch_sample: item %d repeats a sampler" % i)
+            if not any(s is session for s in held):
+                session._acquire()
+                held.append(session)
+            u = sampler.using()
+            u.__enter__()
+            using.append(u)
+            arr[i].session = session._ptr
+            arr[i].sampler = sampler._handle()
+        st = _lib.lib.bonsai_batch_sample(arr, len(items), 0)
+        for u in using:  # a custom stage's exception first, then the library's error
+            if u.sampler._errors:
+                u.sampler.check_status(st)
+        check(st)
+        return [(int(arr[i].token), float(arr[i].logprob)) for i in range(len(items))]
+    finally:
+        for u in using:
+            u.__exit__(None, None, None)
         for session in held:
             session._lock.release()
 

@@ -129,6 +129,30 @@ class StoriesTest(unittest.TestCase):
             for s in sessions + alone:
                 s.close()
 
+    def test_batch_sample(self):
+        """Sampling several sessions at once gives each what its sampler gives it alone."""
+        m = self.model
+        sessions = [m.session(n_ctx=32) for _ in range(3)]
+        try:
+            for i, s in enumerate(sessions):
+                s.eval(m.tokenize(["Once upon a time", "The dog ran", "Lily"][i]))
+            batch = [libbonsai.Sampler.default(seed=7 + i, temperature=1.2) for i in range(3)]
+            twins = [libbonsai.Sampler.default(seed=7 + i, temperature=1.2) for i in range(3)]
+            got = libbonsai.batch_sample(list(zip(sessions, batch)))
+            self.assertEqual(got, [t.sample(s) for s, t in zip(sessions, twins)])
+            with self.assertRaises(libbonsai.InvalidArgumentError):
+                libbonsai.batch_sample([(sessions[0], batch[0]), (sessions[1], batch[0])])
+            fresh = m.session(n_ctx=8)
+            with self.assertRaises(libbonsai.InvalidStateError):
+                libbonsai.batch_sample([(sessions[0], batch[0]), (fresh, batch[1])])
+            fresh.close()
+            # refused before anything was sampled: still in step with the twins
+            got = libbonsai.batch_sample(list(zip(sessions, batch)))
+            self.assertEqual(got, [t.sample(s) for s, t in zip(sessions, twins)])
+        finally:
+            for s in sessions:
+                s.close()
+
     def test_backends(self):
         """Every usable backend tells the story; an unusable one is refused with its reason."""
         infos = libbonsai.backends()

@@ -1,0 +1,173 @@
+/*
+ * Causal attention of a prompt on tensor cores (mma.sync m16n8k16, fp16 inputs, fp32
+ * accumulators), flash-attention style: a block takes one query head and FA_BQ query tokens
+ * (16 per warp) and walks the cache in tiles of FA_BK positions with an online softmax, so each
+ * tile of K and V is read once per block instead of once per query token.
+ *
+ * Per tile: K (as stored, positions x dims) and V transposed (dims x positions) are converted to
+ * fp16 in shared memory (from the f16 or Q8_0 cache); S = Q K^T comes out in the accumulator
+ * layout, which is also the layout of the A operand of P V, so the probabilities never leave
+ * registers. Q is scaled and converted to fp16 once, into A fragments.
+ */
+#ifndef BONSAI_CUDA_FLASH_CUH
+#define BONSAI_CUDA_FLASH_CUH
+
+#include "gemm.cuh"
+
+namespace bsi_cuda {
+
+constexpr int FA_BQ = 64; /* query tokens per block (16 per warp) */
+constexpr int FA_BK = 64; /* cache positions per tile */
+constexpr int FA_THREADS = 128;
+
+/* Two floats as an fp16 pair (lo in the low half). */
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
+{
+    return (uint32_t)__half_as_ushort(__float2half(lo)) |
+           (uint32_t)__half_as_ushort(__float2half(hi)) << 16;
+}
+
+/* Dims d .. d + 7 (d a multiple of 8) of cache row p as 8 fp16 values. */
+template <bool Q8>
+__device__ __forceinline__ uint4 kv_row8(const void *__restrict__ cache, int p, int kv_dim, int d)
+{
+    if (!Q8) return *(const uint4 *)((const __half *)cache + (size_t)p * kv_dim + d);
+    const uint8_t *blk = (const uint8_t *)cache + (size_t)p * (kv_dim / 32) * 34 + (d / 32) * 34;
+    float s = half_bits_to_f32((uint16_t)(blk[0] | blk[1] << 8));
+    const int8_t *v = (const int8_t *)blk + 2 + d % 32;
+    uint4 r;
+    r.x = pack_half2(s * v[0], s * v[1]);
+    r.y = pack_half2(s * v[2], s * v[3]);
+    r.z = pack_half2(s * v[4], s * v[5]);
+    r.w = pack_half2(s * v[6], s * v[7]);
+    return r;
+}
+
+/* out [n_tok][n_head][HD] = softmax(q K^T * scale) V for tokens at positions pos .. pos + n_tok - 1,
+ * token t attending to cache positions 0 .. pos + t; q as out. Grid (n_head, ceil(n_tok / FA_BQ)). */
+template <int HD, bool Q8>
+__global__ void __launch_bounds__(FA_THREADS)
+    attn_prefill(const float *__restrict__ q, const void *__restrict__ kc,
+                 const void *__restrict__ vc, float *__restrict__ out, int pos, int n_tok,
+                 int n_head, int n_head_kv, float scale)
+{
+    static_assert(HD % 16 == 0, "head size a multiple of 16");
+    __shared__ __align__(16) __half ks[FA_BK][HD + 8]; /* row stride: conflict-free reads */
+    __shared__ __align__(16) __half vt[HD][FA_BK + 8];
+    const int h = blockIdx.x, t0 = blockIdx.y * FA_BQ;
+    const int kv_dim = n_head_kv * HD, koff = (h / (n_head / n_head_kv)) * HD;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g = lane >> 2, tq = lane & 3;
+    /* this lane's query rows (C layout: g and g + 8 of the warp's 16) and their positions */
+    const int r0 = t0 + warp * 16 + g, r1 = r0 + 8;
+    const int qp[2] = {pos + r0, pos + r1};
+    const int last = pos + min(t0 + FA_BQ, n_tok) - 1; /* the block's last position */
+
+    uint32_t qa[HD / 16][4];
+    {
+        const float *q0 = q + ((size_t)min(r0, n_tok - 1) * n_head + h) * HD;
+        const float *q1 = q + ((size_t)min(r1, n_tok - 1) * n_head + h) * HD;
+#pragma unroll
+        for (int c = 0; c < HD / 16; c++) {
+            int d = 16 * c + 2 * tq;
+            qa[c][0] = pack_half2(q0[d] * scale, q0[d + 1] * scale);
+            qa[c][1] = pack_half2(q1[d] * scale, q1[d + 1] * scale);
+            qa[c][2] = pack_half2(q0[d + 8] * scale, q0[d + 9] * scale);
+            qa[c][3] = pack_half2(q1[d + 8] * scale, q1[d + 9] * scale);
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[j][e] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    for (int kb = 0; kb <= last; kb += FA_BK) {
+        __syncthreads(); /* the previous tile is consumed */
+        for (int i = threadIdx.x; i < FA_BK * (HD / 8); i += FA_THREADS) {
+            int pr = i / (HD / 8), d = (i % (HD / 8)) * 8, p = min(kb + pr, last);
+            *(uint4 *)&ks[pr][d] = kv_row8<Q8>(kc, p, kv_dim, koff + d);
+            uint4 v = kv_row8<Q8>(vc, p, kv_dim, koff + d);
+            const __half *vh = (const __half *)&v;
+#pragma unroll
+            for (int j = 0; j < 8; j++) vt[d + j][pr] = vh[j];
+        }
+        __syncthreads();
+
+        /* S = Q K^T: s[j] holds rows g, g + 8 x positions kb + 8 j + 2 tq (+ 1) */
+        float s[FA_BK / 8][4];
+#pragma unroll
+        for (int j = 0; j < FA_BK / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < HD / 16; c++) {
+                const uint32_t *kp = (const uint32_t *)&ks[8 * j + g][16 * c + 2 * tq];
+                uint32_t b[2] = {kp[0], kp[4]};
+                mma_16816(s[j], qa[c], b);
+            }
+        }
+        /* causal mask, then the online softmax per row (a row's 64 scores sit in 4 lanes) */
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int j = 0; j < FA_BK / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int p = kb + 8 * j + 2 * tq + (e & 1);
+                if (p > qp[e >> 1]) s[j][e] = -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+            }
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            /* position 0 is in every row's first tile, so mx is finite from then on */
+            corr[r] = __expf(m[r] - mx[r]);
+            m[r] = mx[r];
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[j][e] *= corr[e >> 1];
+#pragma unroll
+        for (int j = 0; j < FA_BK / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[j][e] = __expf(s[j][e] - m[e >> 1]);
+                l[e >> 1] += s[j][e];
+            }
+        /* O += P V, P's k16 chunk c being the score tiles 2c and 2c + 1 */
+#pragma unroll
+        for (int c = 0; c < FA_BK / 16; c++) {
+            uint32_t pa[4] = {pack_half2(s[2 * c][0], s[2 * c][1]),
+                              pack_half2(s[2 * c][2], s[2 * c][3]),
+                              pack_half2(s[2 * c + 1][0], s[2 * c + 1][1]),
+                              pack_half2(s[2 * c + 1][2], s[2 * c + 1][3])};
+#pragma unroll
+            for (int j = 0; j < HD / 8; j++) {
+                const uint32_t *vp = (const uint32_t *)&vt[8 * j + g][16 * c + 2 * tq];
+                uint32_t b[2] = {vp[0], vp[4]};
+                mma_16816(o[j], pa, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int j = 0; j < HD / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int r = e >> 1 ? r1 : r0;
+            if (r < n_tok)
+                out[((size_t)r * n_head + h) * HD + 8 * j + 2 * tq + (e & 1)] = o[j][e] / l[e >> 1];
+        }
+}
+
+} // namespace bsi_cuda
+
+#endif
