@@ -190,6 +190,25 @@ class BenchKernels(unittest.TestCase):
         self.assertEqual({(row["rows"], row["cols"]) for row in gemv},
                          {(2048, 2048), (6144, 2048), (2048, 6144)})
 
+    def test_backend(self):
+        """--backend times a backend's operations through its table (here the CPU's)."""
+        import json
+        r = subprocess.run([BONSAI, "bench-kernels", "--backend", "cpu", "--json", "--quick",
+                            "--tokens", "12", "--threads", "2"], capture_output=True, text=True,
+                           timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual({row["kernel"] for row in rows}, {"matmul", "matmul_multi", "attention"})
+        for row in rows:
+            self.assertIn("cpu", row["backend"])
+            self.assertGreater(row["seconds"], 0)
+            self.assertGreater(row["tflops"], 0)
+        self.assertEqual({row["tokens"] for row in rows if row["kernel"] == "matmul"}, {1, 8, 12})
+        r = subprocess.run([BONSAI, "bench-kernels", "--backend", "nosuch"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("nosuch", r.stderr)
+
 
 def slurp(path, mode="rb"):
     with open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -701,7 +720,7 @@ OPTIONS = {
     "info": {"--no-metadata": False, "--no-tensors": False, "--backends": False},
     "quantize": {"--type": True, "--keep": False},
     "bench-kernels": {"--json": False, "--threads": True, "--isa": True, "--quick": False,
-                      "--tokens": True},
+                      "--tokens": True, "--backend": True},
     "synth": {"--arch": True, "--shape": True, "--tokenizer": True, "-o": True, "--output": True,
               "--seed": True, "--tokenizer-config": True, "--vocab-only": False,
               "--threads": True},

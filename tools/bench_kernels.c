@@ -179,10 +179,258 @@ static double time_matmul(bench_ctx *c, int64_t n_tok, double budget)
     return median(times, n);
 }
 
+/* ---- --backend NAME: the backend's own operations, timed through its table ---- */
+
+typedef bonsai_status (*queued_op)(void *ctx, int i);
+
+/* Seconds per call of op(ctx, i), calls queued back to back in batches that end with the
+ * backend's sync (a GPU's launches overlap as in a forward pass); the median over batches. */
+static double time_queued(bsi_backend *be, queued_op op, void *ctx, double budget,
+                          bonsai_status *st)
+{
+    int batch = be->vt->sync ? 20 : 1;
+    double times[32];
+    int n = 0;
+    *st = op(ctx, 0); /* warm-up */
+    if (!*st && be->vt->sync) *st = be->vt->sync(be);
+    double start = now();
+    while (!*st && n < 32 && (n < 5 || now() - start < budget)) {
+        double t0 = now();
+        for (int i = 0; i < batch && !*st; i++) *st = op(ctx, n * batch + i);
+        if (!*st && be->vt->sync) *st = be->vt->sync(be);
+        times[n++] = (now() - t0) / batch;
+    }
+    return n ? median(times, n) : 0;
+}
+
+typedef struct be_bench {
+    bsi_backend *be;
+    bsi_weight **w; /* copies of one matrix, or (multi) the matrices of one call */
+    int n_w;
+    float *x, *y[3], *q, *out;
+    void *kc, *vc;
+    int64_t n_tok, n_head, n_kv, hd;
+    const float *rows[16];
+    int n_rows;
+    uint32_t n_vocab;
+    bsi_sample_params sp[16];
+    int32_t tok[16];
+    float lp[16];
+} be_bench;
+
+static bonsai_status op_matmul(void *ctx, int i)
+{
+    be_bench *b = ctx;
+    return b->be->vt->matmul(b->be, b->w[i % b->n_w], b->x, b->y[0], b->n_tok);
+}
+
+static bonsai_status op_multi(void *ctx, int i)
+{
+    be_bench *b = ctx;
+    (void)i;
+    if (b->be->vt->matmul_multi)
+        return b->be->vt->matmul_multi(b->be, b->n_w, (const bsi_weight *const *)b->w, b->x,
+                                       b->y, b->n_tok);
+    for (int k = 0; k < b->n_w; k++) {
+        bonsai_status st = b->be->vt->matmul(b->be, b->w[k], b->x, b->y[k], b->n_tok);
+        if (st) return st;
+    }
+    return BONSAI_OK;
+}
+
+static bonsai_status op_attention(void *ctx, int i)
+{
+    be_bench *b = ctx;
+    (void)i;
+    return b->be->vt->attention(b->be, BONSAI_TENSOR_F16, b->q, b->kc, b->vc, b->out, b->n_tok,
+                                0, b->n_head, b->n_kv, b->hd, 1.0f / sqrtf((float)b->hd));
+}
+
+static bonsai_status op_sample(void *ctx, int i)
+{
+    be_bench *b = ctx;
+    (void)i;
+    return b->be->vt->sample(b->be, (uint32_t)b->n_rows, b->rows, b->n_vocab, b->sp, b->tok,
+                             b->lp);
+}
+
+/* Device (or host) floats: n random values in [-scale, scale]. */
+static bonsai_status be_floats(bsi_backend *be, size_t n, float scale, float **out)
+{
+    float *h = malloc(n * sizeof *h);
+    if (!h) return BONSAI_ERR_NO_MEMORY;
+    for (size_t i = 0; i < n; i++)
+        h[i] = scale * (float)((int64_t)(next() % 2001) - 1000) / 1000.0f;
+    bonsai_status st = be->vt->alloc(be, n * sizeof *h, (void **)out);
+    if (!st) st = be->vt->upload(be, *out, h, n * sizeof *h);
+    free(h);
+    return st;
+}
+
+static uint8_t *random_q1_data(const shape *s, size_t *bytes)
+{
+    *bytes = (size_t)s->rows * (size_t)(s->cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
+    uint8_t *data = malloc(*bytes);
+    if (!data) return NULL;
+    for (size_t i = 0; i < *bytes; i++) data[i] = (uint8_t)next();
+    for (size_t b = 0; b < *bytes; b += BSI_Q1_BLOCK_BYTES) { /* sane scales */
+        uint16_t h = bsi_fp32_to_fp16(0.01f + (float)(next() % 100) * 1e-4f);
+        memcpy(data + b, &h, 2);
+    }
+    return data;
+}
+
+typedef struct multi_shape {
+    int64_t rows[3];
+    int n;
+    int64_t cols;
+    const char *what;
+} multi_shape;
+
+static const multi_shape multi_shapes[] = {
+    {{2048, 1024, 1024}, 3, 2048, "1.7B q, k, v"},
+    {{6144, 6144}, 2, 2048, "1.7B gate, up"},
+    {{4096, 1024, 1024}, 3, 4096, "8B q, k, v"},
+    {{12288, 12288}, 2, 4096, "8B gate, up"},
+};
+
+static void report(bool json, const char *backend, const char *kernel, const char *what,
+                   int64_t rows, int64_t cols, int64_t tokens, double t, double bytes,
+                   double flop)
+{
+    if (json) {
+        printf("{\"kernel\":\"%s\",\"backend\":\"%s\",\"shape\":\"%s\",\"rows\":%" PRId64
+               ",\"cols\":%" PRId64 ",\"tokens\":%" PRId64 ",\"seconds\":%.9f,\"gbps\":%.6g,"
+               "\"tflops\":%.6g}\n",
+               kernel, backend, what, rows, cols, tokens, t, bytes / t / 1e9, flop / t / 1e12);
+        return;
+    }
+    printf("%-13s %-24s %6" PRId64 " %6" PRId64 " %5" PRId64 " %10.1f us %8.1f GB/s %7.2f TFLOP/s\n",
+           kernel, what, rows, cols, tokens, t * 1e6, bytes / t / 1e9, flop / t / 1e12);
+}
+
+/* Every measurement of --backend: matrix products of 1, 8 and `tokens` tokens (weights cycled
+ * through copies past any cache), the prompt's multi-matrix products, attention of a prompt,
+ * and sampling one and 16 rows where the backend samples. */
+static int bench_backend(const char *name, int threads, int tokens, bool quick, bool json)
+{
+    bsi_backend_config cfg = {.n_threads = threads};
+    be_bench b = {0};
+    bonsai_status st = bsi_backend_create(name, &cfg, &b.be);
+    if (st) {
+        fprintf(stderr, "bonsai bench-kernels: %s\n", bonsai_last_error());
+        return 1;
+    }
+    const char *desc = b.be->vt->describe(b.be);
+    if (!json)
+        printf("%s\n\n%-13s %-24s %6s %6s %5s %13s %13s %15s\n", desc, "kernel", "shape", "rows",
+               "cols", "tok", "time", "weights", "compute");
+    int64_t max_rows = 151669, max_cols = 12288;
+    for (int k = 0; k < 3 && !st; k++)
+        st = b.be->vt->alloc(b.be, (size_t)(tokens * max_rows) * sizeof(float), (void **)&b.y[k]);
+    if (!st) st = be_floats(b.be, (size_t)(tokens * max_cols), 1.0f, &b.x);
+    size_t n_shapes = quick ? 3 : sizeof shapes / sizeof shapes[0];
+    for (size_t si = 0; si < n_shapes && !st; si++) {
+        const shape *s = &shapes[si];
+        size_t bytes;
+        uint8_t *data = random_q1_data(s, &bytes);
+        if (!data) st = BONSAI_ERR_NO_MEMORY;
+        bench_ctx c = {.be = b.be};
+        if (!st) st = make_copies(&c, s, data);
+        free(data);
+        b.w = c.copies;
+        b.n_w = c.n_copies;
+        int64_t widths[3] = {1, 8, tokens};
+        for (int k = 0; k < 3 && !st; k++) {
+            if (s->rows > 100000 && k == 2) break; /* the LM head runs for one token */
+            b.n_tok = widths[k];
+            double t = time_queued(b.be, op_matmul, &b, 1.0, &st);
+            if (!st)
+                report(json, desc, "matmul", s->what, s->rows, s->cols, b.n_tok, t,
+                       (double)bytes, 2.0 * s->rows * s->cols * b.n_tok);
+        }
+        free_copies(&c);
+    }
+    for (size_t mi = 0; mi < sizeof multi_shapes / sizeof multi_shapes[0] && !st; mi++) {
+        const multi_shape *ms = &multi_shapes[mi];
+        if (quick && ms->cols > 2048) break;
+        bsi_weight *w[3] = {NULL, NULL, NULL};
+        double bytes = 0, flop = 0;
+        int64_t rows = 0;
+        for (int k = 0; k < ms->n && !st; k++) {
+            shape s = {ms->rows[k], ms->cols, ms->what};
+            size_t n;
+            uint8_t *data = random_q1_data(&s, &n);
+            if (!data) st = BONSAI_ERR_NO_MEMORY;
+            bsi_matrix_desc d = {"bench", BONSAI_TENSOR_Q1_0, s.rows, s.cols, data, false};
+            if (!st) st = b.be->vt->weight_create(b.be, &d, &w[k]);
+            free(data);
+            bytes += (double)n;
+            flop += 2.0 * s.rows * s.cols * tokens;
+            rows += s.rows;
+        }
+        b.w = w;
+        b.n_w = ms->n;
+        b.n_tok = tokens;
+        double t = st ? 0 : time_queued(b.be, op_multi, &b, 1.0, &st);
+        if (!st) report(json, desc, "matmul_multi", ms->what, rows, ms->cols, tokens, t, bytes, flop);
+        for (int k = 0; k < ms->n; k++)
+            if (w[k]) b.be->vt->weight_free(b.be, w[k]);
+    }
+    /* attention of a prompt from position 0: the 1.7B shape's heads (16 of 128, 8 kv heads) */
+    b.n_tok = tokens;
+    b.n_head = 16;
+    b.n_kv = 8;
+    b.hd = 128;
+    size_t kv_dim = (size_t)(b.n_kv * b.hd), nq = (size_t)(tokens * b.n_head * b.hd);
+    float *k = NULL, *v = NULL;
+    if (!st) st = be_floats(b.be, (size_t)tokens * kv_dim, 2.0f, &k);
+    if (!st) st = be_floats(b.be, (size_t)tokens * kv_dim, 2.0f, &v);
+    if (!st) st = be_floats(b.be, nq, 1.0f, &b.q);
+    if (!st) st = b.be->vt->alloc(b.be, nq * sizeof(float), (void **)&b.out);
+    if (!st) st = b.be->vt->alloc(b.be, (size_t)tokens * kv_dim * 2, &b.kc);
+    if (!st) st = b.be->vt->alloc(b.be, (size_t)tokens * kv_dim * 2, &b.vc);
+    if (!st)
+        st = b.be->vt->kv_store(b.be, BONSAI_TENSOR_F16, b.kc, b.vc, k, v, tokens,
+                                (int64_t)kv_dim, 0);
+    if (!st) {
+        double t = time_queued(b.be, op_attention, &b, 1.0, &st);
+        /* q.k and p.v over the causal half: 2 products x 2 flop x heads x head size x n^2 / 2 */
+        double flop = 2.0 * (double)b.n_head * (double)b.hd * (double)tokens * (double)tokens;
+        if (!st)
+            report(json, desc, "attention", "1.7B heads, causal", b.n_head, b.hd, tokens, t,
+                   2.0 * (double)tokens * kv_dim * 2, flop);
+    }
+    /* sampling rows of the 1.7B vocabulary with the default chain */
+    if (!st && b.be->vt->sample) {
+        b.n_vocab = 151669;
+        for (int i = 0; i < 16; i++) {
+            b.rows[i] = b.y[0] + (size_t)i * b.n_vocab; /* random-ish values from the products */
+            b.sp[i] = (bsi_sample_params){.top_k = 40, .has_top_p = true, .top_p = 0.95f,
+                                          .top_p_keep = 1, .has_min_p = true,
+                                          .min_p_log = logf(0.05f), .min_p_keep = 1,
+                                          .temp = 0.8f, .u = 0.5};
+        }
+        for (int n = 1; n <= 16 && !st; n *= 16) {
+            b.n_rows = n;
+            double t = time_queued(b.be, op_sample, &b, 0.5, &st);
+            if (!st)
+                report(json, desc, "sample", n == 1 ? "one row" : "16 rows at once", n,
+                       b.n_vocab, n, t, (double)n * b.n_vocab * 4, 0);
+        }
+    }
+    if (st) fprintf(stderr, "bonsai bench-kernels: %s\n", bonsai_last_error());
+    float *bufs[] = {b.x, b.y[0], b.y[1], b.y[2], b.q, b.out, k, v, b.kc, b.vc};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) b.be->vt->free(b.be, bufs[i]);
+    b.be->vt->destroy(b.be);
+    return st ? 1 : 0;
+}
+
 typedef struct bench_kernels_opts {
     bool json, quick;
     int64_t threads, tokens;
-    const char *isa;
+    const char *isa, *backend;
 } bench_kernels_opts;
 
 static int cmd_bench_kernels(int argc, char **argv);
@@ -218,12 +466,20 @@ static const cli_option bench_kernels_options[] = {
      .max = 4096,
      .def = "512",
      .help = "The width of the matrix-matrix product (prompt processing)."},
+    {.names = "--backend",
+     .value = "NAME",
+     .kind = CLI_STRING,
+     .offset = offsetof(bench_kernels_opts, backend),
+     .def = "none: the CPU's kernels per instruction set",
+     .help = "Instead, time that backend's operations through its table (cuda, cuda:N, cpu): "
+             "matrix products of 1, 8 and --tokens tokens, q/k/v and gate/up in one call, a "
+             "prompt's attention, and sampling one and 16 rows at once."},
 };
 
 const cli_command cli_bench_kernels_command = {
     .name = "bench-kernels",
     .summary = "measure memory bandwidth and the 1-bit kernels",
-    .synopsis = "[--json] [--threads N] [--isa NAME] [--quick] [--tokens N]",
+    .synopsis = "[--json] [--threads N] [--isa NAME] [--quick] [--tokens N] [--backend NAME]",
     .description =
         "Measures this machine's memory read bandwidth (1 and N threads), then the Q1_0 "
         "matrix-vector product (decode) on the Bonsai-1.7B and 8B shapes for every available "
@@ -237,16 +493,23 @@ const cli_command cli_bench_kernels_command = {
         "reported.\n\n"
         "With --json the keys are kernel (memory_read, q1_0_gemv, q1_0_gemm), isa, rows, cols, "
         "threads, gbps, bw_fraction, plus seconds, bw_gbps and, for the matrix-matrix product, "
-        "tokens, tok_per_s and speedup_vs_gemv.",
+        "tokens, tok_per_s and speedup_vs_gemv.\n\n"
+        "--backend NAME times a backend's own operations instead (a GPU's kernels): each "
+        "operation queued 20 times between waits for the device, the median per call, with the "
+        "weights read (GB/s) and the arithmetic (TFLOP/s) per second. JSON keys: kernel "
+        "(matmul, matmul_multi, attention, sample), backend, shape, rows, cols, tokens, "
+        "seconds, gbps, tflops.",
     .options = bench_kernels_options,
     .n_options = sizeof bench_kernels_options / sizeof bench_kernels_options[0],
     .exit_status = "0\tthe measurements were printed\n"
-                   "1\tout of memory, or the CPU backend failed (one line on standard error)\n"
+                   "1\tout of memory, or the backend failed (one line on standard error)\n"
                    "2\ta usage error (one line on standard error)",
     .examples = "The 1.7B shapes only, as JSON lines:\n"
                 "$ bonsai bench-kernels --quick --json\n"
                 "The AVX2 kernels at 1 and 8 threads:\n"
-                "$ bonsai bench-kernels --isa avx2 --threads 8",
+                "$ bonsai bench-kernels --isa avx2 --threads 8\n"
+                "The GPU's kernels at 512 tokens:\n"
+                "$ bonsai bench-kernels --backend cuda",
     .opts_size = sizeof(bench_kernels_opts),
     .run = cmd_bench_kernels,
 };
@@ -259,6 +522,7 @@ static int cmd_bench_kernels(int argc, char **argv)
     if (!cli_begin(&cli_bench_kernels_command, argc, argv, &o, &parsed, &rc)) return rc;
     if (o.threads > 256) o.threads = 256; /* a default out of the range */
     if (o.threads < 1) o.threads = 1;
+    if (o.backend) return bench_backend(o.backend, (int)o.threads, (int)o.tokens, o.quick, o.json);
     bool json = o.json, quick = o.quick;
     int threads = (int)o.threads, tokens = (int)o.tokens;
     const char *only_isa = o.isa;
