@@ -714,6 +714,11 @@ void bonsai_sampler_free(bonsai_sampler *s)
     bsi_handle_retire(s, &s->magic);
 }
 
+bool bsi_sampler_alive(const bonsai_sampler *s, const char *fn)
+{
+    return bsi_handle_alive(&s->magic, BSI_MAGIC_SAMPLER, fn);
+}
+
 #define NEED_SAMPLER(fn)                                                                           \
     do {                                                                                           \
         if (!s) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, fn ": sampler is NULL");              \

@@ -61,6 +61,9 @@ typedef struct bsi_sampler_stage_vt {
  * failure calls vt->free(ctx). */
 bonsai_status bsi_sampler_add_stage(bonsai_sampler *s, const bsi_sampler_stage_vt *vt, void *ctx);
 
+/* Whether s is a live sampler (false, with the error recorded for `fn`, for a freed one). */
+bool bsi_sampler_alive(const bonsai_sampler *s, const char *fn);
+
 /* Tells the stages how many tokens may still be sampled, this one included (UINT32_MAX: no
  * limit); generation calls it before each token. */
 void bsi_sampler_set_budget(bonsai_sampler *s, uint32_t n_left);

@@ -18,8 +18,9 @@
 #include <string.h>
 
 #define DEFAULT_MAX_CTX 4096
-/* sequences per fused decode step when a backend's step does not take a whole batch */
-#define DECODE_CHUNK 8
+/* the most sequences per fused decode step tried when a backend's step does not take a whole
+ * batch (halved until the backend takes them) */
+#define DECODE_CHUNK 64
 
 typedef struct scratch {
     float *x, *h, *q, *k, *v, *att, *g, *u, *logits;
@@ -327,8 +328,9 @@ static bonsai_status decode_step(bonsai_session *s, const int32_t *tokens, const
 }
 
 /* One token for each run's session by the backend's fused decode step: the whole batch at once,
- * or in steps of DECODE_CHUNK sequences when the backend takes no more. False, with nothing
- * done, when it takes neither or the sessions' caches differ in type; else *st is the result. */
+ * or in steps of the most sequences the backend takes (DECODE_CHUNK, or a power of two below it).
+ * False, with nothing done, when it takes neither or the sessions' caches differ in type; else
+ * *st is the result. */
 static bool fused_decode(bonsai_session *s, const int32_t *tokens, const fwd_run *runs,
                          size_t n_runs, bonsai_status *st)
 {
@@ -338,11 +340,13 @@ static bool fused_decode(bonsai_session *s, const int32_t *tokens, const fwd_run
         if (runs[r].s->kv_type != kv_type) return false;
     size_t chunk = n_runs;
     if (!vt->decode_ok(s->be, &s->dm, (uint32_t)n_runs, kv_type)) {
-        chunk = DECODE_CHUNK;
-        size_t rest = n_runs % chunk;
-        if (n_runs <= chunk || !vt->decode_ok(s->be, &s->dm, (uint32_t)chunk, kv_type) ||
-            (rest && !vt->decode_ok(s->be, &s->dm, (uint32_t)rest, kv_type)))
-            return false;
+        for (chunk = DECODE_CHUNK; chunk > 1; chunk /= 2) {
+            size_t rest = n_runs % chunk;
+            if (chunk < n_runs && vt->decode_ok(s->be, &s->dm, (uint32_t)chunk, kv_type) &&
+                (!rest || vt->decode_ok(s->be, &s->dm, (uint32_t)rest, kv_type)))
+                break;
+        }
+        if (chunk <= 1) return false;
     }
     *st = BONSAI_OK;
     for (size_t r = 0; r < n_runs && !*st; r += chunk) {
@@ -553,8 +557,11 @@ const float *bonsai_session_logits(const bonsai_session *s, uint32_t *n_rows)
 }
 
 /* Samples validated items: the rows the backend can take go to it in one call (one launch on a
- * GPU), the others and those it leaves are sampled here from downloaded logits, in order. */
-static bonsai_status sample_items(const char *fn, bonsai_batch_sample_item *items, uint32_t n)
+ * GPU), the others and those it leaves are sampled here from downloaded logits, in order. An
+ * item's token is set (from -1) only once its sampler has accepted it. want_logprob false: the
+ * host path may skip the log-probability. */
+static bonsai_status sample_items(const char *fn, bonsai_batch_sample_item *items, uint32_t n,
+                                  bool want_logprob)
 {
     bonsai_session *lead = items[0].session;
     const bsi_backend_vtable *vt = lead->be->vt;
@@ -565,6 +572,10 @@ static bonsai_status sample_items(const char *fn, bonsai_batch_sample_item *item
     const float **rows = NULL;
     int32_t *tok = NULL;
     float *lp = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        items[i].token = -1;
+        items[i].logprob = 0.0f;
+    }
     if (vt->sample) {
         idx = bsi_malloc(n * sizeof *idx);
         p = bsi_malloc(n * sizeof *p);
@@ -589,16 +600,25 @@ static bonsai_status sample_items(const char *fn, bonsai_batch_sample_item *item
                 break;
             }
             st = bsi_sampler_took(it->sampler, tok[j]);
-            it->token = tok[j];
-            it->logprob = lp[j++];
+            if (!st) {
+                it->token = tok[j];
+                it->logprob = lp[j];
+            }
+            j++;
             continue;
         }
         if (j < m && idx[j] == i) j++; /* left to the host */
         bonsai_session *s = it->session;
         st = logits_to_host(s);
+        int32_t t;
+        float l = 0.0f;
         if (!st)
             st = bonsai_sampler_sample(it->sampler, s->logits_host + (size_t)(s->n_logits - 1) * V,
-                                       V, &it->token, &it->logprob);
+                                       V, &t, want_logprob ? &l : NULL);
+        if (!st) {
+            it->token = t;
+            it->logprob = l;
+        }
     }
     free(idx), free(p), free(rows), free(tok), free(lp);
     return st;
@@ -616,7 +636,9 @@ bonsai_status bonsai_batch_sample(bonsai_batch_sample_item *items, uint32_t n_it
         if (!s || !items[i].sampler)
             return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: item %u has no %s", fn, i,
                             s ? "sampler" : "session");
-        if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn)) return BONSAI_ERR_INVALID_ARGUMENT;
+        if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn) ||
+            !bsi_sampler_alive(items[i].sampler, fn))
+            return BONSAI_ERR_INVALID_ARGUMENT;
         if (s->model != lead->model || s->w != lead->w)
             return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                             "%s: item %u: every session must run the same model on the same "
@@ -630,7 +652,7 @@ bonsai_status bonsai_batch_sample(bonsai_batch_sample_item *items, uint32_t n_it
                 return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                                 "%s: items %u and %u share a sampler", fn, j, i);
     }
-    return sample_items(fn, items, n_items);
+    return sample_items(fn, items, n_items, true);
 }
 
 bonsai_status bonsai_session_sample(bonsai_session *s, bonsai_sampler *sampler, int32_t *token,
@@ -639,11 +661,12 @@ bonsai_status bonsai_session_sample(bonsai_session *s, bonsai_sampler *sampler, 
     static const char fn[] = "bonsai_session_sample";
     if (!s || !sampler || !token)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: NULL argument", fn);
-    if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn)) return BONSAI_ERR_INVALID_ARGUMENT;
+    if (!bsi_handle_alive(&s->magic, BSI_MAGIC_SESSION, fn) || !bsi_sampler_alive(sampler, fn))
+        return BONSAI_ERR_INVALID_ARGUMENT;
     if (!s->n_logits)
         return bsi_fail(BONSAI_ERR_INVALID_STATE, "%s: no logits: evaluate a token first", fn);
     bonsai_batch_sample_item it = {s, sampler, -1, 0.0f};
-    bonsai_status st = sample_items(fn, &it, 1);
+    bonsai_status st = sample_items(fn, &it, 1, logprob != NULL);
     if (st) return st;
     *token = it.token;
     if (logprob) *logprob = it.logprob;

@@ -613,12 +613,13 @@ static void check_decode_paths(const char *path, uint32_t kv_type)
 }
 
 /* bonsai_batch_eval of k sessions at different positions against each session alone: one fused
- * step (k <= 8) or fused steps of 8 (k > 8). */
+ * step (k <= 64: dgemv up to 8 sessions, dmma on tensor cores beyond) or steps of 64 and the
+ * rest (k > 64). */
 static void check_batched(const char *path, uint32_t k)
 {
     bonsai_model *m;
     if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
-    enum { STEPS = 6, MAX_K = 12 };
+    enum { STEPS = 6, MAX_K = 70 };
     assert_true(k <= MAX_K);
     uint32_t vocab = bonsai_model_n_vocab(m);
     bonsai_session_params p;
@@ -672,6 +673,8 @@ static void test_decode(void **state)
         check_decode_paths(paths[i], BONSAI_TENSOR_Q8_0);
         check_batched(paths[i], 4);
         check_batched(paths[i], 12);
+        check_batched(paths[i], 40);
+        check_batched(paths[i], 70);
     }
 }
 

@@ -124,18 +124,22 @@ static dg_mat device_view(q1_matrix &m, float *y)
     return d;
 }
 
-static void launch_dgemv(int nt, int mode, dg_args a, int blocks)
+/* dgemv (up to DG_MAX_NT tokens) or dmma as cuda_backend.cu's dg_run launches them, with at most
+ * max_blocks blocks (fewer than planned: the grid-stride loops go round). */
+static void launch_dgemv(int nt, int mode, dg_args a, int max_blocks)
 {
-#define CASE(n)                                                                                    \
-    case n:                                                                                        \
-        if (mode == DG_STORE)                                                                      \
-            EMU_LAUNCH((dgemv<n, DG_STORE>), dim3(blocks), dim3(DG_WARPS *WARP), a);               \
-        if (mode == DG_ADD) EMU_LAUNCH((dgemv<n, DG_ADD>), dim3(blocks), dim3(DG_WARPS *WARP), a); \
-        if (mode == DG_SILU)                                                                       \
-            EMU_LAUNCH((dgemv<n, DG_SILU>), dim3(blocks), dim3(DG_WARPS *WARP), a);                \
+    int threads, blocks = std::min(dg_plan(a, nt, mode, &threads), max_blocks);
+#define CASE(k, n, ...)                                                                            \
+    case k:                                                                                        \
+        if (mode == DG_STORE) EMU_LAUNCH((__VA_ARGS__<n, DG_STORE>), dim3(blocks), dim3(threads), a); \
+        if (mode == DG_ADD) EMU_LAUNCH((__VA_ARGS__<n, DG_ADD>), dim3(blocks), dim3(threads), a);     \
+        if (mode == DG_SILU) EMU_LAUNCH((__VA_ARGS__<n, DG_SILU>), dim3(blocks), dim3(threads), a);   \
         break;
-    switch (nt) {
-        CASE(1) CASE(2) CASE(3) CASE(8) default : fail_msg("no dgemv<%d>", nt);
+    int key = nt <= DG_MAX_NT ? nt : nt <= 16 ? 16 : nt <= 32 ? 32 : 64;
+    switch (key) {
+        CASE(1, 1, dgemv) CASE(3, 3, dgemv) CASE(8, 8, dgemv)
+        CASE(16, 2, dmma) CASE(32, 4, dmma) CASE(64, 8, dmma)
+    default: fail_msg("no kernel for %d tokens", nt);
     }
 #undef CASE
 }
@@ -149,8 +153,8 @@ static bool close_to(double got, double want, double tol)
 static void test_dgemv(void **state)
 {
     (void)state;
-    const int E = 256, F = 384;
-    const int nts[] = {1, 3, 8};
+    const int E = 256, F = 352; /* F: 32-row groups, not a whole number of dmma's 64-row tiles */
+    const int nts[] = {1, 3, 8, 13, 40}; /* dgemv up to 8 tokens, dmma (tensor cores) beyond */
     for (int nt : nts) {
         std::vector<float> x((size_t)nt * E), nw(E);
         for (auto &v : x) v = uniform(-2, 2);
@@ -181,10 +185,9 @@ static void test_dgemv(void **state)
         a.m[1] = device_view(B, yb.data());
         a.m[2] = device_view(C, yc.data());
         a.n_mat = 3;
-        for (int i = 0; i < 3; i++) a.groups[i] = (a.m[i].rows + DG_ROWS - 1) / DG_ROWS;
         a.x = qa;
         a.cols = E;
-        launch_dgemv(nt, DG_STORE, a, 3); /* few blocks: the grid-stride loop goes round */
+        launch_dgemv(nt, DG_STORE, a, 1); /* one block: the grid-stride loop goes round */
         for (int t = 0; t < nt; t++) {
             for (int r = 0; r < 96; r++)
                 assert_true(close_to(ya[(size_t)t * 96 + r], ref_dot(A, r, in, t), 1e-4));
@@ -198,7 +201,6 @@ static void test_dgemv(void **state)
         memset(&a, 0, sizeof a);
         a.m[0] = device_view(A, ya.data());
         a.n_mat = 1;
-        a.groups[0] = 96 / DG_ROWS;
         a.x = qa;
         a.cols = E;
         launch_dgemv(nt, DG_ADD, a, 2);
@@ -211,7 +213,6 @@ static void test_dgemv(void **state)
         a.m[0] = device_view(G, nullptr);
         a.m[1] = device_view(U, nullptr);
         a.n_mat = 2;
-        a.groups[0] = F / 32;
         a.x = qa;
         a.out = qact{gq.data(), gd.data()};
         a.cols = E;

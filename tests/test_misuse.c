@@ -237,6 +237,11 @@ static void test_double_free(void **state)
     bonsai_sampler_free(smp);
     assert_int_equal(n_logged_errors, 1);
     assert_error(bonsai_sampler_add_greedy(smp), INVAL, "already freed");
+    int32_t tok = -1; /* s has logits (evaluated above) */
+    assert_error(bonsai_session_sample(s, smp, &tok, NULL), INVAL, "already freed");
+    bonsai_batch_sample_item pick = {s, smp, -1, 0.0f};
+    assert_error(bonsai_batch_sample(&pick, 1, 0), INVAL, "already freed");
+    assert_int_equal(pick.token, -1);
     bonsai_chat *chat = NULL;
     assert_int_equal(bonsai_chat_create(s, NULL, 0, &chat), 0);
     bonsai_chat_free(chat);

@@ -246,6 +246,13 @@ static void test_session_sample(void **state)
     bonsai_model_free(m);
 }
 
+static bool refuse_stage(bonsai_candidates *c, const int32_t *history, size_t n_history,
+                         void *user_data)
+{
+    (void)c, (void)history, (void)n_history, (void)user_data;
+    return false; /* abort the sampling */
+}
+
 /* bonsai_batch_sample: each item what bonsai_session_sample gives it alone (same seeds), over a
  * batch that mixes chains; bad batches are refused before anything is sampled. */
 static void test_batch_sample(void **state)
@@ -298,10 +305,29 @@ static void test_batch_sample(void **state)
     assert_int_equal(bonsai_session_eval(o, &one, 1, 0), 0);
     bonsai_batch_sample_item mixed[2] = {{ss[0], a[0], -1, 0}, {o, a[1], -1, 0}};
     assert_error(bonsai_batch_sample(mixed, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "same model");
+    int32_t t;
+    /* a custom stage that fails on the second item: the first is sampled and accepted, the
+     * second and third report -1 and their samplers are untouched */
+    bonsai_sampler *failing;
+    assert_int_equal(bonsai_sampler_create(9, &failing), 0);
+    assert_int_equal(bonsai_sampler_add_custom(failing, refuse_stage, NULL), 0);
+    assert_int_equal(bonsai_sampler_add_greedy(failing), 0);
+    bonsai_batch_sample_item partial[3] = {
+        {ss[0], a[0], 5, 0}, {ss[1], failing, 5, 0}, {ss[2], a[2], 5, 0}};
+    assert_error(bonsai_batch_sample(partial, 3, 0), BONSAI_ERR_ABORTED, "");
+    assert_true(partial[0].token >= 0);
+    assert_int_equal(partial[1].token, -1);
+    assert_int_equal(partial[2].token, -1);
+    assert_int_equal(bonsai_session_sample(ss[0], b[0], &t, NULL), 0); /* keep the twins in step */
+    assert_int_equal(partial[0].token, t);
+    assert_int_equal(bonsai_session_sample(ss[2], a[2], &t, NULL), 0);
+    int32_t t2;
+    assert_int_equal(bonsai_session_sample(ss[2], b[2], &t2, NULL), 0);
+    assert_int_equal(t, t2); /* a[2] drew nothing in the failed call */
+    bonsai_sampler_free(failing);
     /* one session twice, with two samplers: both from its logits */
     bonsai_batch_sample_item twice[2] = {{ss[3], a[3], -1, 0}, {ss[3], a[0], -1, 0}};
     assert_int_equal(bonsai_batch_sample(twice, 2, 0), 0);
-    int32_t t;
     assert_int_equal(bonsai_session_sample(ss[3], b[3], &t, NULL), 0);
     assert_int_equal(twice[0].token, t);
     assert_int_equal(bonsai_session_sample(ss[3], b[0], &t, NULL), 0);

@@ -677,9 +677,16 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
 #define DG_ROW(nt)                                                                                 \
     {(const void *)dgemv<nt, DG_STORE>, (const void *)dgemv<nt, DG_ADD>,                           \
      (const void *)dgemv<nt, DG_SILU>}
-static const void *const dg_fn[DEC_MAX_SEQ][3] = {DG_ROW(1), DG_ROW(2), DG_ROW(3), DG_ROW(4),
-                                                  DG_ROW(5), DG_ROW(6), DG_ROW(7), DG_ROW(8)};
+static const void *const dg_fn[DG_MAX_NT][3] = {DG_ROW(1), DG_ROW(2), DG_ROW(3), DG_ROW(4),
+                                                DG_ROW(5), DG_ROW(6), DG_ROW(7), DG_ROW(8)};
 #undef DG_ROW
+/* dmma by n-tiles of 8 tokens: 2 (9-16 tokens), 4 (17-32), 8 (33-64) */
+#define DM_ROW(wn)                                                                                 \
+    {(const void *)dmma<wn, DG_STORE>, (const void *)dmma<wn, DG_ADD>,                             \
+     (const void *)dmma<wn, DG_SILU>}
+static const void *const dm_fn[3][3] = {DM_ROW(2), DM_ROW(4), DM_ROW(8)};
+#undef DM_ROW
+static_assert(DEC_MAX_SEQ <= 64, "dmma takes up to 64 tokens");
 
 static void dec_free(cuda_backend *b)
 {
@@ -809,20 +816,12 @@ static dg_mat dg_matrix(const bsi_weight *w, float *y)
 /* One dgemv launch of nt tokens. */
 static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
 {
-    int blocks;
-    if (mode == DG_SILU) { /* a block per 32 rows */
-        a.groups[0] = a.m[0].rows / 32;
-        blocks = a.groups[0];
-    } else { /* a warp per DG_ROWS rows */
-        int total = 0;
-        for (int i = 0; i < a.n_mat; i++) total += a.groups[i] = (a.m[i].rows + DG_ROWS - 1) / DG_ROWS;
-        blocks = (total + DG_WARPS - 1) / DG_WARPS;
-    }
-    int cap = 8 * b->n_sm;
-    if (blocks > cap) blocks = cap;
+    int threads, blocks = dg_plan(a, nt, mode, &threads), cap = 8 * b->n_sm;
+    if (blocks > cap) blocks = cap; /* grid-stride loops take the rest */
+    const void *fn = nt > DG_MAX_NT ? dm_fn[nt <= 16 ? 0 : nt <= 32 ? 1 : 2][mode]
+                                    : dg_fn[nt - 1][mode];
     void *args[] = {&a};
-    CU(cudaLaunchKernel(dg_fn[nt - 1][mode], dim3((unsigned)blocks), dim3(DG_WARPS * WARP), args,
-                        0, b->stream));
+    CU(cudaLaunchKernel(fn, dim3((unsigned)blocks), dim3((unsigned)threads), args, 0, b->stream));
     return BONSAI_OK;
 }
 
@@ -1023,7 +1022,6 @@ static bonsai_status cuda_sample(bsi_backend *be, uint32_t n, const float *const
     USE(b);
     for (uint32_t i = 0; i < n; i++) tokens[i] = -1;
     if (n < 1 || n_vocab < 1 || n_vocab > INT32_MAX) return BONSAI_OK;
-    if (n > 65535) return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: sampling %u rows at once", n);
     /* the jobs go up in one copy, the results come back in one */
     size_t job_bytes = (size_t)n * sizeof(sample_job), out_bytes = (size_t)n * sizeof(sample_out);
     bonsai_status st = grow(b, (void **)&b->samp, &b->samp_cap, job_bytes + out_bytes);

@@ -4,30 +4,34 @@
  * positions, the sequences' KV cache buffers) is read from device memory, so one captured CUDA
  * graph serves every step. Per layer:
  *
- *   dgemv STORE  rmsnorm(x) -> int8 (prologue), q, k, v = Wq, Wk, Wv . x       (one launch)
- *   qk_rope_store  per head: q/k RMS norm, RoPE, k and v into the caches        (one launch)
- *   attn_decode  attention split over positions; the last block of a head merges (one launch)
- *   dgemv ADD    att -> int8, x += Wo . att                                     (one launch)
- *   dgemv SILU   rmsnorm(x) -> int8, g = silu(Wgate . x) * (Wup . x)           (one launch)
- *   dgemv ADD    g -> int8, x += Wdown . g                                      (one launch)
+ *   quant_rows     rmsnorm(x) -> int8 in blocks of 32
+ *   dgemv STORE    q, k, v = Wq, Wk, Wv . x                                   (one launch)
+ *   qk_rope_store  per head: q/k RMS norm, RoPE, k and v into the caches
+ *   attn_decode    attention split over positions; the last block of a head merges and
+ *                  writes the output as int8
+ *   dgemv ADD      x += Wo . att
+ *   quant_rows     rmsnorm(x) -> int8
+ *   dgemv SILU     g = silu(Wgate . x) * (Wup . x), quantized to int8 in its epilogue
+ *   dgemv ADD      x += Wdown . g
  *
  * and at the end rmsnorm(x) -> int8, logits = Wout . x (dgemv STORE).
  *
- * dgemv: the block first quantizes its input ([NT][cols] f32, RMS-normed when a norm weight is
- * given) to int8 in blocks of 32 in shared memory, with each block's scale and the sum of its
- * quantized values. A warp then takes DG_ROWS rows at a time (grid-stride over the rows of all
- * the launch's matrices); lane j reads sign word j, j + 32, ... of each row (coalesced) and
- * expands each 4 bits to 4 byte masks for dp4a: with S1 the sum of the values whose bit is set
- * and S the block's sum, the word's dot product is d_w * d_x * (2 S1 - S).
+ * dgemv (up to DG_MAX_NT tokens): a warp takes DG_ROWS rows at a time (grid-stride over the rows
+ * of all the launch's matrices); lane j reads sign word j, j + 32, ... of each row (coalesced)
+ * and expands each 4 bits to 4 byte masks for dp4a: with S1 the sum of the int8 values whose bit
+ * is set and S the block's sum, the word's dot product is d_w * d_x * (2 S1 - S). More tokens:
+ * dmma, the same launches on tensor cores (below).
  */
 #ifndef BONSAI_CUDA_DECODE_CUH
 #define BONSAI_CUDA_DECODE_CUH
 
-#include "kernels.cuh"
+#include "mma.cuh"
 
 namespace bsi_cuda {
 
-constexpr int DEC_MAX_SEQ = 8; /* sequences of one fused step */
+constexpr int DEC_MAX_SEQ = 64; /* sequences of one fused step */
+constexpr int DG_MAX_NT = 8;    /* up to this many: dgemv (dp4a); more: dmma (tensor cores) */
+constexpr int DM_WARPS = 4;     /* warps per dmma block */
 constexpr int DG_WARPS = 8;    /* warps per dgemv block */
 constexpr int DG_ROWS = 2;     /* rows per warp (STORE, ADD) */
 constexpr int DG_SILU_ROWS = 4; /* rows per warp (SILU): a block covers 32 rows of g */
@@ -59,6 +63,7 @@ struct dg_args {
     qact x;        /* the input, [NT][cols] */
     qact out;      /* SILU: g, [NT][rows] */
     int cols;
+    int nt;        /* tokens (dmma; dgemv has them as its template argument) */
 };
 
 /* Quantizes the 32 values a warp holds (one per lane) into q[lane] and *d (lane 0 writes). */
@@ -403,6 +408,186 @@ __global__ void __launch_bounds__(ATT_WARPS *WARP)
         quant32(o / ll, oq + b * 32, od + b);
     }
     if (threadIdx.x == 0) *cnt = 0;
+}
+
+/* ---- batched decode on tensor cores: 9 .. DEC_MAX_SEQ tokens ----
+ * dmma does what dgemv does (STORE, ADD, SILU, same arguments and results) with int8 mma.sync
+ * m16n8k32: the tokens' int8 activations times the weights as +-1 bytes built in registers from
+ * the sign bits. The k order inside an mma is free as long as A and B agree, so of each 32
+ * columns lane (g, t) takes columns 8t .. 8t + 7: for its rows one byte of the sign word (two
+ * nibbles, two registers), for its token one 64-bit load. Each 32-column block's int32 result is
+ * scaled by d_w d_x into fp32 accumulators. A warp takes 32 rows of one matrix (STORE, ADD) or
+ * the same 16 rows of gate and of up (SILU), times all the tokens, so each weight byte is read
+ * once per step and each activation load serves two m16 tiles. */
+
+/* The 4 bits of a nibble as 4 bytes of +1 (bit set) or -1, low bit in the low byte. */
+__device__ __forceinline__ uint32_t nibble_pm1(uint32_t nib)
+{
+    return ~(((nib * 0x00204081u) & 0x01010101u) * 0xFEu);
+}
+
+/* acc[i][j] += tile i of rows (rows rb[i][0], rb[i][1] = this lane's g and g + 8) . n-tile j of
+ * the tokens, over all columns; acc in the mma's C layout. */
+template <int WN, int MI>
+__device__ __forceinline__ void dm_dot(const uint32_t *const (&rb)[MI][2],
+                                       const __half *const (&rs)[MI][2], const qact &x, int cols,
+                                       int nt, float (&acc)[MI][WN][4])
+{
+    const int lane = threadIdx.x % WARP, g = lane >> 2, t = lane & 3;
+    const int words = cols / 32, nb = cols / QK;
+    for (int blk = 0; blk < nb; blk++) {
+        uint4 wv[MI][2];
+        float dw[MI][2];
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                wv[i][h] = __ldg((const uint4 *)(rb[i][h] + 4 * blk));
+                dw[i][h] = __half2float(rs[i][h][blk]);
+            }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int w = 4 * blk + k;
+            uint32_t a[MI][4];
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    uint32_t word = k == 0 ? wv[i][h].x : k == 1 ? wv[i][h].y
+                                                       : k == 2 ? wv[i][h].z : wv[i][h].w;
+                    uint32_t byte = word >> (8 * t);
+                    a[i][h] = nibble_pm1(byte & 0xFu);            /* columns 8t .. 8t + 3 */
+                    a[i][2 + h] = nibble_pm1((byte >> 4) & 0xFu); /* 8t + 4 .. 8t + 7 */
+                }
+#pragma unroll
+            for (int j = 0; j < WN; j++) {
+                int tb = min(8 * j + g, nt - 1), t0 = min(8 * j + 2 * t, nt - 1),
+                    t1 = min(8 * j + 2 * t + 1, nt - 1);
+                uint2 v = __ldg((const uint2 *)(x.q + (size_t)tb * cols + w * 32 + 8 * t));
+                uint32_t b[2] = {v.x, v.y};
+                float dx0 = __ldg(&x.d[(size_t)t0 * words + w]).x;
+                float dx1 = __ldg(&x.d[(size_t)t1 * words + w]).x;
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    int c[4] = {0, 0, 0, 0};
+                    mma_16832_s8(c, a[i], b);
+                    acc[i][j][0] = fmaf(dw[i][0] * dx0, (float)c[0], acc[i][j][0]);
+                    acc[i][j][1] = fmaf(dw[i][0] * dx1, (float)c[1], acc[i][j][1]);
+                    acc[i][j][2] = fmaf(dw[i][1] * dx0, (float)c[2], acc[i][j][2]);
+                    acc[i][j][3] = fmaf(dw[i][1] * dx1, (float)c[3], acc[i][j][3]);
+                }
+            }
+        }
+    }
+}
+
+/* Rows r and r + 8 of matrix M for this lane's A fragments (clamped for loads). */
+__device__ __forceinline__ void dm_rows(const dg_mat &M, int r, const uint32_t *(&rb)[2],
+                                        const __half *(&rs)[2], int words, int nb)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int row = min(r + 8 * h, M.rows - 1);
+        rb[h] = M.bits + (size_t)row * words;
+        rs[h] = M.scales + (size_t)row * nb;
+    }
+}
+
+/* Grid: STORE, ADD: a warp per 32 rows (a.groups[i] = ceil(rows_i / 32)), grid-stride; SILU: a
+ * block per 64 rows of g (a.groups[0] = ceil(rows / 64); rows a multiple of 32). */
+template <int WN, int MODE>
+__global__ void __launch_bounds__(DM_WARPS *WARP) dmma(dg_args a)
+{
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g = lane >> 2, t = lane & 3;
+    const int cols = a.cols, words = cols / 32, nb = cols / QK, nt = a.nt;
+    if (MODE == DG_SILU) {
+        __shared__ float gs[8 * WN][64 + 1];
+        const dg_mat &G = a.m[0], &U = a.m[1];
+        for (int tile = blockIdx.x; tile < a.groups[0]; tile += gridDim.x) {
+            const int r0 = tile * 64 + warp * 16;
+            const uint32_t *rb[2][2];
+            const __half *rs[2][2];
+            dm_rows(G, r0 + g, rb[0], rs[0], words, nb);
+            dm_rows(U, r0 + g, rb[1], rs[1], words, nb);
+            float acc[2][WN][4] = {};
+            dm_dot<WN, 2>(rb, rs, a.x, cols, nt, acc);
+#pragma unroll
+            for (int j = 0; j < WN; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float gv = acc[0][j][e];
+                    gs[8 * j + 2 * t + (e & 1)][warp * 16 + g + (e >= 2 ? 8 : 0)] =
+                        gv / (1.0f + __expf(-gv)) * acc[1][j][e];
+                }
+            __syncthreads();
+            /* quantize each token's 32-row groups, as quant32 does */
+            for (int it = threadIdx.x; it < nt * 2; it += DM_WARPS * WARP) {
+                int tok = it / 2, grp = it % 2, row = tile * 64 + grp * 32;
+                if (row >= G.rows) continue;
+                const float *v = &gs[tok][grp * 32];
+                float amax = 0.0f;
+                for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(v[i]));
+                float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+                int sum = 0;
+                int8_t *q = a.out.q + (size_t)tok * G.rows + row;
+                for (int i = 0; i < 32; i++) {
+                    int qv = __float2int_rn(v[i] * id);
+                    q[i] = (int8_t)qv;
+                    sum += qv;
+                }
+                a.out.d[(size_t)tok * (G.rows / 32) + row / 32] =
+                    make_float2(amax / 127.0f, (float)sum);
+            }
+            __syncthreads();
+        }
+        return;
+    }
+    const int total = MODE == DG_STORE ? a.groups[0] + a.groups[1] + a.groups[2] : a.groups[0];
+    for (int gw = blockIdx.x * DM_WARPS + warp; gw < total; gw += gridDim.x * DM_WARPS) {
+        int mi = 0, grp = gw;
+        if (MODE == DG_STORE)
+            while (mi < a.n_mat - 1 && grp >= a.groups[mi]) grp -= a.groups[mi++];
+        const dg_mat &M = a.m[mi];
+        const int r0 = grp * 32;
+        const uint32_t *rb[2][2];
+        const __half *rs[2][2];
+        dm_rows(M, r0 + g, rb[0], rs[0], words, nb);
+        dm_rows(M, r0 + 16 + g, rb[1], rs[1], words, nb);
+        float acc[2][WN][4] = {};
+        dm_dot<WN, 2>(rb, rs, a.x, cols, nt, acc);
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < WN; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int row = r0 + 16 * i + g + (e >= 2 ? 8 : 0), tok = 8 * j + 2 * t + (e & 1);
+                    if (row >= M.rows || tok >= nt) continue;
+                    float *y = M.y + (size_t)tok * M.rows + row;
+                    if (MODE == DG_STORE)
+                        *y = acc[i][j][e];
+                    else
+                        *y += acc[i][j][e];
+                }
+    }
+}
+
+/* Plans a dgemv (nt <= DG_MAX_NT) or dmma launch of nt tokens in `mode`: sets a.nt and
+ * a.groups, returns the blocks that give every group its own warp (STORE, ADD) or block (SILU),
+ * and the threads per block in *threads. */
+__host__ inline int dg_plan(dg_args &a, int nt, int mode, int *threads)
+{
+    a.nt = nt;
+    bool tc = nt > DG_MAX_NT;
+    int warps = tc ? DM_WARPS : DG_WARPS;
+    *threads = warps * WARP;
+    if (mode == DG_SILU) { /* a block per 32 rows of g (dgemv) or 64 (dmma) */
+        a.groups[0] = tc ? (a.m[0].rows + 63) / 64 : a.m[0].rows / 32;
+        return a.groups[0];
+    }
+    int total = 0, per = tc ? 32 : DG_ROWS; /* rows per warp */
+    for (int i = 0; i < a.n_mat; i++) total += a.groups[i] = (a.m[i].rows + per - 1) / per;
+    return (total + warps - 1) / warps;
 }
 
 } // namespace bsi_cuda

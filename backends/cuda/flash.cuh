@@ -84,10 +84,16 @@ __global__ void __launch_bounds__(FA_THREADS)
 
     for (int kb = 0; kb <= last; kb += FA_BK) {
         __syncthreads(); /* the previous tile is consumed */
+        /* K as stored: consecutive threads take consecutive 8-dim chunks of a position */
         for (int i = threadIdx.x; i < FA_BK * (HD / 8); i += FA_THREADS) {
-            int pr = i / (HD / 8), d = (i % (HD / 8)) * 8, p = min(kb + pr, last);
-            *(uint4 *)&ks[pr][d] = kv_row8<Q8>(kc, p, kv_dim, koff + d);
-            uint4 v = kv_row8<Q8>(vc, p, kv_dim, koff + d);
+            int pr = i / (HD / 8), d = (i % (HD / 8)) * 8;
+            *(uint4 *)&ks[pr][d] = kv_row8<Q8>(kc, min(kb + pr, last), kv_dim, koff + d);
+        }
+        /* V transposed: consecutive threads take consecutive positions, so that their 2-byte
+         * stores into a row of vt fall in different banks */
+        for (int i = threadIdx.x; i < FA_BK * (HD / 8); i += FA_THREADS) {
+            int pr = i % FA_BK, d = (i / FA_BK) * 8;
+            uint4 v = kv_row8<Q8>(vc, min(kb + pr, last), kv_dim, koff + d);
             const __half *vh = (const __half *)&v;
 #pragma unroll
             for (int j = 0; j < 8; j++) vt[d + j][pr] = vh[j];

@@ -20,7 +20,7 @@
 #ifndef BONSAI_CUDA_GEMM_CUH
 #define BONSAI_CUDA_GEMM_CUH
 
-#include "kernels.cuh"
+#include "mma.cuh"
 
 namespace bsi_cuda {
 
@@ -39,35 +39,6 @@ struct gemm_mats {
     int n;
 };
 
-#ifdef BSI_CUDA_EMU
-/* tests/cuda_emu provides mma_16816, cp_async16, cp_async_commit and cp_async_wait<N> */
-#else
-/* d = a * b + d for one warp: a 16x16 (row-major), b 16x8 (column-major), fp16; d fp32. */
-__device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
-{
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int N> __device__ __forceinline__ void cp_async_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-#endif
-
 /* Two fp16 lanes of value +-d: `nd` is -d in both halves; bit 0 of t2 flips the low half to +d,
  * bit 1 the high half (bits 0 -> 15 and 1 -> 31 of t2 * 0x40008000, as t2 < 4). */
 __device__ __forceinline__ uint32_t signed_pair(uint32_t t2, uint32_t nd)
@@ -81,6 +52,13 @@ __device__ __forceinline__ uint32_t signed_pair_hi(uint32_t nib, uint32_t nd)
     return (((nib & 0xCu) * 0x10002000u) & 0x80008000u) ^ nd;
 }
 
+/* fp16 of v, saturated to +-65504: an activation beyond fp16's range costs precision, not inf
+ * and then NaN in the products. */
+__device__ __forceinline__ __half sat_half(float v)
+{
+    return __float2half(fminf(fmaxf(v, -65504.0f), 65504.0f));
+}
+
 /* x [n][cols] f32 -> fp16, n * cols a multiple of 4. */
 __global__ void to_half(const float *__restrict__ x, __half *__restrict__ y, int64_t n4)
 {
@@ -88,10 +66,10 @@ __global__ void to_half(const float *__restrict__ x, __half *__restrict__ y, int
          i += (int64_t)gridDim.x * blockDim.x) {
         float4 v = ((const float4 *)x)[i];
         __half *o = y + 4 * i;
-        o[0] = __float2half(v.x);
-        o[1] = __float2half(v.y);
-        o[2] = __float2half(v.z);
-        o[3] = __float2half(v.w);
+        o[0] = sat_half(v.x);
+        o[1] = sat_half(v.y);
+        o[2] = sat_half(v.z);
+        o[3] = sat_half(v.w);
     }
 }
 

@@ -665,9 +665,9 @@ typedef struct bonsai_batch_sample_item {
  * per session. Every session must have logits and run the same model on the same backend and
  * device, and no two items may share a sampler (BONSAI_ERR_INVALID_STATE,
  * BONSAI_ERR_INVALID_ARGUMENT; nothing is sampled then). A session may appear more than once.
- * Items are finished in order: when one fails (a custom stage aborts, a device error), the
- * samplers of the items before it have accepted their tokens and the rest are untouched.
- * `flags` must be 0.
+ * Every item's token is -1 until its sampler has accepted one, and items are finished in order:
+ * when the call fails (a custom stage aborts, a device error), the items whose token is not -1
+ * were sampled and accepted, the others' samplers are untouched. `flags` must be 0.
  */
 BONSAI_API bonsai_status bonsai_batch_sample(bonsai_batch_sample_item *items, uint32_t n_items,
                                              uint32_t flags);

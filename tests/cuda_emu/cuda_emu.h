@@ -38,6 +38,9 @@ struct dim3 {
 struct int4 {
     int x, y, z, w;
 };
+struct uint2 {
+    unsigned x, y;
+};
 struct uint4 {
     unsigned x, y, z, w;
 };
@@ -194,6 +197,32 @@ inline void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
             float av = half_of(fa[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
             float bv = half_of(fb[4 + (k >= 8 ? 1 : 0)], k);
             sum += av * bv;
+        }
+        d[e] += sum;
+    }
+    __syncwarp();
+}
+
+/* mma.sync.m16n8k32.row.col s32.s8.s8.s32: a[0] = A[g][4t .. 4t+3], a[1] = A[g+8][4t ..],
+ * a[2] = A[g][16+4t ..], a[3] = A[g+8][16+4t ..] (lowest k in the low byte); b[0] =
+ * B[4t .. 4t+3][g], b[1] = B[16+4t ..][g]; d as for mma_16816. */
+inline void mma_16832_s8(int d[4], const uint32_t a[4], const uint32_t b[2])
+{
+    unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    uint32_t(&mine)[6] = cuda_emu::tl_state->frag[w][lane];
+    memcpy(mine, a, 16);
+    memcpy(mine + 4, b, 8);
+    __syncwarp();
+    auto byte_of = [](uint32_t reg, unsigned k) { return (int)(int8_t)(reg >> (8 * (k & 3))); };
+    unsigned g = lane / 4, t = lane % 4;
+    for (unsigned e = 0; e < 4; e++) {
+        unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+        int sum = 0;
+        for (unsigned k = 0; k < 32; k++) {
+            const uint32_t *fa = cuda_emu::tl_state->frag[w][(row % 8) * 4 + (k % 16) / 4];
+            const uint32_t *fb = cuda_emu::tl_state->frag[w][col * 4 + (k % 16) / 4];
+            sum += byte_of(fa[(row >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0)], k) *
+                   byte_of(fb[4 + (k >= 16 ? 1 : 0)], k);
         }
         d[e] += sum;
     }

@@ -392,7 +392,11 @@ def batch_sample(items: Sequence[Tuple[Session, Sampler]]) -> List[Tuple[int, fl
     ``sampler.sample(session)`` would give, but on a GPU every row whose chain runs there is
     sampled in one launch. Each session must have logits and run the same model on the same
     backend, and no sampler may appear twice (InvalidStateError, InvalidArgumentError; nothing
-    is sampled then). Sessions and samplers must be free (no generation running)."""
+    is sampled then). Sessions and samplers must be free (no generation running).
+
+    Items are finished in order: when the call fails part way (a custom stage raises, a device
+    error), the exception's ``results`` attribute lists (token, logprob) for the items whose
+    sampler accepted a token and None for the others, whose samplers are untouched."""
     items = list(items)
     arr = (_lib.bonsai_batch_sample_item * max(len(items), 1))()
     held, using = [], []
@@ -409,12 +413,20 @@ def batch_sample(items: Sequence[Tuple[Session, Sampler]]) -> List[Tuple[int, fl
             using.append(u)
             arr[i].session = session._ptr
             arr[i].sampler = sampler._handle()
+        for i in range(len(items)):
+            arr[i].token = -1
         st = _lib.lib.bonsai_batch_sample(arr, len(items), 0)
-        for u in using:  # a custom stage's exception first, then the library's error
-            if u.sampler._errors:
-                u.sampler.check_status(st)
-        check(st)
-        return [(int(arr[i].token), float(arr[i].logprob)) for i in range(len(items))]
+        results = [(int(arr[i].token), float(arr[i].logprob)) if arr[i].token >= 0 else None
+                   for i in range(len(items))]
+        try:
+            for u in using:  # a custom stage's exception first, then the library's error
+                if u.sampler._errors:
+                    u.sampler.check_status(st)
+            check(st)
+        except Exception as e:
+            e.results = results
+            raise
+        return results
     finally:
         for u in using:
             u.__exit__(None, None, None)

@@ -149,6 +149,17 @@ class StoriesTest(unittest.TestCase):
             # refused before anything was sampled: still in step with the twins
             got = libbonsai.batch_sample(list(zip(sessions, batch)))
             self.assertEqual(got, [t.sample(s) for s, t in zip(sessions, twins)])
+            # a stage that raises on the second item: the first was taken, the rest were not
+            def boom(candidates, history):
+                raise ValueError("no")
+            failing = libbonsai.Sampler().add_custom(boom).add_greedy()
+            with self.assertRaises(ValueError) as caught:
+                libbonsai.batch_sample([(sessions[0], batch[0]), (sessions[1], failing),
+                                        (sessions[2], batch[2])])
+            results = caught.exception.results
+            self.assertEqual(results[0], twins[0].sample(sessions[0]))
+            self.assertEqual(results[1:], [None, None])
+            self.assertEqual(batch[2].sample(sessions[2]), twins[2].sample(sessions[2]))
         finally:
             for s in sessions:
                 s.close()
