@@ -85,6 +85,8 @@ struct cuda_backend {
     dec_state dec;
     void *samp; /* device: sampling jobs, then their results */
     size_t samp_cap;
+    unsigned char *samp_host; /* the same, pinned host memory */
+    size_t samp_host_cap;
     cudaStream_t stream;
     int32_t *ids; /* device copies of a batch's token ids / positions */
     int32_t *pos;
@@ -209,6 +211,7 @@ static void cuda_destroy(bsi_backend *be)
         cudaFree(b->pos);
         cudaFree(b->xh);
         cudaFree(b->samp);
+        cudaFreeHost(b->samp_host);
     }
     (void)cudaGetLastError();
     free(b->pos_host);
@@ -647,7 +650,10 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
                      (long long)head_dim, ATT_MAX_HD);
     if (n_tok < 1) return BONSAI_OK;
     bool q8 = kv_type == T_Q8_0;
-    if (n_tok > GEMV_MAX_TOK && (head_dim == 64 || head_dim == 128)) { /* a prompt: flash.cuh */
+    /* a prompt on tensor cores (flash.cuh). Its grid is n_head x ceil(n_tok / 64) blocks, each
+     * walking the whole cache: a few tokens after a long cache keep more SMs busy in the
+     * per-token kernel below, hence the threshold */
+    if (n_tok >= FA_MIN_TOK && (head_dim == 64 || head_dim == 128)) {
         dim3 grid((unsigned)n_head, (unsigned)((n_tok + FA_BQ - 1) / FA_BQ));
 #define FA(hd, q8_)                                                                                \
     attn_prefill<hd, q8_><<<grid, FA_THREADS, 0, b->stream>>>(                                     \
@@ -1022,43 +1028,33 @@ static bonsai_status cuda_sample(bsi_backend *be, uint32_t n, const float *const
     USE(b);
     for (uint32_t i = 0; i < n; i++) tokens[i] = -1;
     if (n < 1 || n_vocab < 1 || n_vocab > INT32_MAX) return BONSAI_OK;
-    /* the jobs go up in one copy, the results come back in one */
-    size_t job_bytes = (size_t)n * sizeof(sample_job), out_bytes = (size_t)n * sizeof(sample_out);
-    bonsai_status st = grow(b, (void **)&b->samp, &b->samp_cap, job_bytes + out_bytes);
+    /* the jobs go up in one copy and the results come back in one, both through pinned memory
+     * (the same layout on both sides: jobs, then results) */
+    size_t job_bytes = (size_t)n * sizeof(sample_job), bytes = job_bytes + n * sizeof(sample_out);
+    bonsai_status st = grow(b, (void **)&b->samp, &b->samp_cap, bytes);
     if (st) return st;
-    sample_job *jobs = (sample_job *)malloc(job_bytes);
-    sample_out *outs = (sample_out *)malloc(out_bytes);
-    if (!jobs || !outs) {
-        free(jobs);
-        free(outs);
-        return failf(BONSAI_ERR_NO_MEMORY, "out of memory sampling %u rows", n);
+    if (bytes > b->samp_host_cap) {
+        cudaFreeHost(b->samp_host);
+        b->samp_host = NULL;
+        b->samp_host_cap = 0;
+        CU(cudaMallocHost((void **)&b->samp_host, bytes));
+        b->samp_host_cap = bytes;
     }
+    sample_job *jobs = (sample_job *)b->samp_host;
+    sample_out *outs = (sample_out *)((unsigned char *)b->samp_host + job_bytes);
     for (uint32_t i = 0; i < n; i++) jobs[i] = {rows[i], make_sample_params(p[i])};
     sample_job *djobs = (sample_job *)b->samp;
     sample_out *douts = (sample_out *)((unsigned char *)b->samp + job_bytes);
-    cudaError_t e = cudaMemcpyAsync(djobs, jobs, job_bytes, cudaMemcpyHostToDevice, b->stream);
-    const char *what = "cudaMemcpyAsync (sampling jobs)";
-    if (e == cudaSuccess) {
-        sample_rows<<<n, SAMPLE_THREADS, 0, b->stream>>>(djobs, (int)n_vocab, douts);
-        e = cudaGetLastError();
-        what = "sample_rows";
+    CU(cudaMemcpyAsync(djobs, jobs, job_bytes, cudaMemcpyHostToDevice, b->stream));
+    sample_rows<<<n, SAMPLE_THREADS, 0, b->stream>>>(djobs, (int)n_vocab, douts);
+    CU(cudaGetLastError());
+    CU(cudaMemcpyAsync(outs, douts, n * sizeof(sample_out), cudaMemcpyDeviceToHost, b->stream));
+    CU(cudaStreamSynchronize(b->stream)); /* also: the pinned jobs may be rewritten next call */
+    for (uint32_t i = 0; i < n; i++) {
+        tokens[i] = outs[i].token;
+        logprobs[i] = outs[i].logprob;
     }
-    if (e == cudaSuccess) {
-        e = cudaMemcpyAsync(outs, douts, out_bytes, cudaMemcpyDeviceToHost, b->stream);
-        what = "cudaMemcpyAsync (sampled tokens)";
-    }
-    if (e == cudaSuccess) {
-        e = cudaStreamSynchronize(b->stream);
-        what = "cudaStreamSynchronize (sampling)";
-    }
-    if (e == cudaSuccess)
-        for (uint32_t i = 0; i < n; i++) {
-            tokens[i] = outs[i].token;
-            logprobs[i] = outs[i].logprob;
-        }
-    free(jobs);
-    free(outs);
-    return e == cudaSuccess ? BONSAI_OK : cuda_fail(e, what);
+    return BONSAI_OK;
 }
 
 static bsi_backend_vtable table;

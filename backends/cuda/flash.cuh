@@ -19,6 +19,7 @@ namespace bsi_cuda {
 constexpr int FA_BQ = 64; /* query tokens per block (16 per warp) */
 constexpr int FA_BK = 64; /* cache positions per tile */
 constexpr int FA_THREADS = 128;
+constexpr int FA_MIN_TOK = 17; /* fewer tokens: the per-token attention kernel */
 
 /* Two floats as an fp16 pair (lo in the low half). */
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
