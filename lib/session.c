@@ -556,10 +556,10 @@ const float *bonsai_session_logits(const bonsai_session *s, uint32_t *n_rows)
     return s->logits_host;
 }
 
-/* Samples validated items: the rows the backend can take go to it in one call (one launch on a
- * GPU), the others and those it leaves are sampled here from downloaded logits, in order. An
- * item's token is set (from -1) only once its sampler has accepted it. want_logprob false: the
- * host path may skip the log-probability. */
+/* Samples validated items whose tokens are -1: the rows the backend can take go to it in one call
+ * (one launch on a GPU), the others and those it leaves are sampled here from downloaded logits,
+ * in order. An item's token is set only once its sampler has accepted it. want_logprob false:
+ * the host path may skip the log-probability. */
 static bonsai_status sample_items(const char *fn, bonsai_batch_sample_item *items, uint32_t n,
                                   bool want_logprob)
 {
@@ -572,10 +572,6 @@ static bonsai_status sample_items(const char *fn, bonsai_batch_sample_item *item
     const float **rows = NULL;
     int32_t *tok = NULL;
     float *lp = NULL;
-    for (uint32_t i = 0; i < n; i++) {
-        items[i].token = -1;
-        items[i].logprob = 0.0f;
-    }
     if (vt->sample) {
         idx = bsi_malloc(n * sizeof *idx);
         p = bsi_malloc(n * sizeof *p);
@@ -629,6 +625,10 @@ bonsai_status bonsai_batch_sample(bonsai_batch_sample_item *items, uint32_t n_it
 {
     static const char fn[] = "bonsai_batch_sample";
     if (!items || !n_items) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: no items", fn);
+    for (uint32_t i = 0; i < n_items; i++) { /* nothing sampled yet, whatever happens next */
+        items[i].token = -1;
+        items[i].logprob = 0.0f;
+    }
     if (flags) return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "%s: unknown flags %#x", fn, flags);
     bonsai_session *lead = items[0].session;
     for (uint32_t i = 0; i < n_items; i++) {

@@ -674,6 +674,7 @@ static void test_decode(void **state)
         check_decode_paths(paths[i], BONSAI_TENSOR_Q8_0);
         check_batched(paths[i], 4);
         check_batched(paths[i], 12);
+        check_batched(paths[i], 24);
         check_batched(paths[i], 40);
         check_batched(paths[i], 70);
     }

@@ -291,8 +291,10 @@ static void test_batch_sample(void **state)
         }
     }
     /* refusals: nothing sampled (the samplers' next draws stay in step with their twins) */
-    bonsai_batch_sample_item shared[2] = {{ss[0], a[0], -1, 0}, {ss[1], a[0], -1, 0}};
+    bonsai_batch_sample_item shared[2] = {{ss[0], a[0], 7, 0}, {ss[1], a[0], 7, 0}};
     assert_error(bonsai_batch_sample(shared, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "share a sampler");
+    assert_int_equal(shared[0].token, -1); /* a refused batch says that nothing was sampled */
+    assert_int_equal(shared[1].token, -1);
     bonsai_batch_sample_item no_sampler[2] = {{ss[0], a[0], -1, 0}, {ss[1], NULL, -1, 0}};
     assert_error(bonsai_batch_sample(no_sampler, 2, 0), BONSAI_ERR_INVALID_ARGUMENT, "sampler");
     assert_error(bonsai_batch_sample(shared, 0, 0), BONSAI_ERR_INVALID_ARGUMENT, "no items");

@@ -549,18 +549,13 @@ static int cmd_bench_kernels(int argc, char **argv)
         if (only_isa && strcmp(only_isa, bsi_isa_name((bsi_isa)isa))) continue;
         for (size_t si = 0; si < n_shapes; si++) {
             const shape *s = &shapes[si];
-            size_t bytes = (size_t)s->rows * (size_t)(s->cols / BSI_QK) * BSI_Q1_BLOCK_BYTES;
-            uint8_t *data = malloc(bytes);
+            size_t bytes;
+            uint8_t *data = random_q1_data(s, &bytes);
             float *x = malloc((size_t)(tokens * s->cols) * sizeof(float));
             float *y = malloc((size_t)(tokens * s->rows) * sizeof(float));
             if (!data || !x || !y) {
                 fprintf(stderr, "bonsai bench-kernels: out of memory\n");
                 return 1;
-            }
-            for (size_t i = 0; i < bytes; i++) data[i] = (uint8_t)next();
-            for (size_t b = 0; b < bytes; b += BSI_Q1_BLOCK_BYTES) { /* sane scales */
-                uint16_t h = bsi_fp32_to_fp16(0.01f + (float)(next() % 100) * 1e-4f);
-                memcpy(data + b, &h, 2);
             }
             for (int64_t i = 0; i < tokens * s->cols; i++)
                 x[i] = (float)((int64_t)(next() % 2001) - 1000) / 1000.0f;

@@ -416,9 +416,9 @@ __global__ void __launch_bounds__(ATT_WARPS *WARP)
  * the sign bits. The k order inside an mma is free as long as A and B agree, so of each 32
  * columns lane (g, t) takes columns 8t .. 8t + 7: for its rows one byte of the sign word (two
  * nibbles, two registers), for its token one 64-bit load. Each 32-column block's int32 result is
- * scaled by d_w d_x into fp32 accumulators. A warp takes 32 rows of one matrix (STORE, ADD) or
- * the same 16 rows of gate and of up (SILU), times all the tokens, so each weight byte is read
- * once per step and each activation load serves two m16 tiles. */
+ * scaled by d_w d_x into fp32 accumulators. A warp takes 16 rows of one matrix (STORE, ADD) or
+ * the same 16 rows of gate and of up (SILU), times all the tokens, over part of the columns, so
+ * each weight byte is read once per step, and a 2048-row matrix still spreads over 128 blocks. */
 
 /* The 4 bits of a nibble as 4 bytes of +1 (bit set) or -1, low bit in the low byte. */
 __device__ __forceinline__ uint32_t nibble_pm1(uint32_t nib)
@@ -427,15 +427,16 @@ __device__ __forceinline__ uint32_t nibble_pm1(uint32_t nib)
 }
 
 /* acc[i][j] += tile i of rows (rows rb[i][0], rb[i][1] = this lane's g and g + 8) . n-tile j of
- * the tokens, over all columns; acc in the mma's C layout. */
+ * the tokens, over the Q1_0 blocks blk0, blk0 + step, ... of the columns; acc in the mma's C
+ * layout. */
 template <int WN, int MI>
 __device__ __forceinline__ void dm_dot(const uint32_t *const (&rb)[MI][2],
                                        const __half *const (&rs)[MI][2], const qact &x, int cols,
-                                       int nt, float (&acc)[MI][WN][4])
+                                       int nt, int blk0, int step, float (&acc)[MI][WN][4])
 {
     const int lane = threadIdx.x % WARP, g = lane >> 2, t = lane & 3;
     const int words = cols / 32, nb = cols / QK;
-    for (int blk = 0; blk < nb; blk++) {
+    for (int blk = blk0; blk < nb; blk += step) {
         uint4 wv[MI][2];
         float dw[MI][2];
 #pragma unroll
@@ -445,7 +446,7 @@ __device__ __forceinline__ void dm_dot(const uint32_t *const (&rb)[MI][2],
                 wv[i][h] = __ldg((const uint4 *)(rb[i][h] + 4 * blk));
                 dw[i][h] = __half2float(rs[i][h][blk]);
             }
-#pragma unroll
+#pragma unroll 1 /* unrolled, the loads of all four words' activations exhaust the registers */
         for (int k = 0; k < 4; k++) {
             const int w = 4 * blk + k;
             uint32_t a[MI][4];
@@ -493,87 +494,91 @@ __device__ __forceinline__ void dm_rows(const dg_mat &M, int r, const uint32_t *
     }
 }
 
-/* Grid: STORE, ADD: a warp per 32 rows (a.groups[i] = ceil(rows_i / 32)), grid-stride; SILU: a
- * block per 64 rows of g (a.groups[0] = ceil(rows / 64); rows a multiple of 32). */
+/* A block of DM_WARPS warps per 16 rows of one matrix (STORE, ADD; a.groups[i] =
+ * ceil(rows_i / 16)) or per 32 rows of g (SILU; a.groups[0] = rows / 32), grid-stride. The warps
+ * split the columns (Q1_0 blocks w, w + DM_WARPS, ... for STORE and ADD; SILU: two warps per 16
+ * rows, alternate blocks), and their partial sums are added in a fixed order through shared
+ * memory, so results do not depend on timing. */
 template <int WN, int MODE>
 __global__ void __launch_bounds__(DM_WARPS *WARP) dmma(dg_args a)
 {
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g = lane >> 2, t = lane & 3;
     const int cols = a.cols, words = cols / 32, nb = cols / QK, nt = a.nt;
     if (MODE == DG_SILU) {
-        __shared__ float gs[8 * WN][64 + 1];
+        constexpr int KS = DM_WARPS / 2; /* warps per 16 rows */
+        __shared__ float red[DM_WARPS][2][8 * WN][16]; /* [warp][gate, up][token][row] */
+        __shared__ float gs[8 * WN][32];
         const dg_mat &G = a.m[0], &U = a.m[1];
+        const int half = warp / KS, kq = warp % KS;
         for (int tile = blockIdx.x; tile < a.groups[0]; tile += gridDim.x) {
-            const int r0 = tile * 64 + warp * 16;
+            const int r0 = tile * 32 + half * 16;
             const uint32_t *rb[2][2];
             const __half *rs[2][2];
             dm_rows(G, r0 + g, rb[0], rs[0], words, nb);
             dm_rows(U, r0 + g, rb[1], rs[1], words, nb);
             float acc[2][WN][4] = {};
-            dm_dot<WN, 2>(rb, rs, a.x, cols, nt, acc);
+            dm_dot<WN, 2>(rb, rs, a.x, cols, nt, kq, KS, acc);
 #pragma unroll
-            for (int j = 0; j < WN; j++)
+            for (int i = 0; i < 2; i++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float gv = acc[0][j][e];
-                    gs[8 * j + 2 * t + (e & 1)][warp * 16 + g + (e >= 2 ? 8 : 0)] =
-                        gv / (1.0f + __expf(-gv)) * acc[1][j][e];
-                }
+                for (int j = 0; j < WN; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        red[warp][i][8 * j + 2 * t + (e & 1)][g + (e >= 2 ? 8 : 0)] = acc[i][j][e];
             __syncthreads();
-            /* quantize each token's 32-row groups, as quant32 does */
-            for (int it = threadIdx.x; it < nt * 2; it += DM_WARPS * WARP) {
-                int tok = it / 2, grp = it % 2, row = tile * 64 + grp * 32;
-                if (row >= G.rows) continue;
-                const float *v = &gs[tok][grp * 32];
-                float amax = 0.0f;
-                for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(v[i]));
-                float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-                int sum = 0;
-                int8_t *q = a.out.q + (size_t)tok * G.rows + row;
-                for (int i = 0; i < 32; i++) {
-                    int qv = __float2int_rn(v[i] * id);
-                    q[i] = (int8_t)qv;
-                    sum += qv;
+            for (int it = threadIdx.x; it < nt * 32; it += DM_WARPS * WARP) {
+                int tok = it / 32, r = it % 32, h = r / 16, rr = r % 16;
+                float gv = 0.0f, uv = 0.0f;
+                for (int k = 0; k < KS; k++) {
+                    gv += red[h * KS + k][0][tok][rr];
+                    uv += red[h * KS + k][1][tok][rr];
                 }
-                a.out.d[(size_t)tok * (G.rows / 32) + row / 32] =
-                    make_float2(amax / 127.0f, (float)sum);
+                gs[tok][r] = gv / (1.0f + __expf(-gv)) * uv;
             }
+            __syncthreads();
+            for (int tok = warp; tok < nt; tok += DM_WARPS) /* rows is a multiple of 32 */
+                quant32(gs[tok][lane], a.out.q + (size_t)tok * G.rows + tile * 32,
+                        a.out.d + (size_t)tok * (G.rows / 32) + tile);
             __syncthreads();
         }
         return;
     }
+    __shared__ float red[DM_WARPS][8 * WN][16]; /* [warp][token][row] */
     const int total = MODE == DG_STORE ? a.groups[0] + a.groups[1] + a.groups[2] : a.groups[0];
-    for (int gw = blockIdx.x * DM_WARPS + warp; gw < total; gw += gridDim.x * DM_WARPS) {
-        int mi = 0, grp = gw;
+    for (int gb = blockIdx.x; gb < total; gb += gridDim.x) {
+        int mi = 0, grp = gb;
         if (MODE == DG_STORE)
             while (mi < a.n_mat - 1 && grp >= a.groups[mi]) grp -= a.groups[mi++];
         const dg_mat &M = a.m[mi];
-        const int r0 = grp * 32;
-        const uint32_t *rb[2][2];
-        const __half *rs[2][2];
+        const int r0 = grp * 16;
+        const uint32_t *rb[1][2];
+        const __half *rs[1][2];
         dm_rows(M, r0 + g, rb[0], rs[0], words, nb);
-        dm_rows(M, r0 + 16 + g, rb[1], rs[1], words, nb);
-        float acc[2][WN][4] = {};
-        dm_dot<WN, 2>(rb, rs, a.x, cols, nt, acc);
+        float acc[1][WN][4] = {};
+        dm_dot<WN, 1>(rb, rs, a.x, cols, nt, warp, DM_WARPS, acc);
 #pragma unroll
-        for (int i = 0; i < 2; i++)
+        for (int j = 0; j < WN; j++)
 #pragma unroll
-            for (int j = 0; j < WN; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int row = r0 + 16 * i + g + (e >= 2 ? 8 : 0), tok = 8 * j + 2 * t + (e & 1);
-                    if (row >= M.rows || tok >= nt) continue;
-                    float *y = M.y + (size_t)tok * M.rows + row;
-                    if (MODE == DG_STORE)
-                        *y = acc[i][j][e];
-                    else
-                        *y += acc[i][j][e];
-                }
+            for (int e = 0; e < 4; e++)
+                red[warp][8 * j + 2 * t + (e & 1)][g + (e >= 2 ? 8 : 0)] = acc[0][j][e];
+        __syncthreads();
+        for (int it = threadIdx.x; it < nt * 16; it += DM_WARPS * WARP) {
+            int tok = it / 16, r = it % 16, row = r0 + r;
+            if (row >= M.rows) continue;
+            float v = 0.0f;
+            for (int k = 0; k < DM_WARPS; k++) v += red[k][tok][r];
+            float *y = M.y + (size_t)tok * M.rows + row;
+            if (MODE == DG_STORE)
+                *y = v;
+            else
+                *y += v;
+        }
+        __syncthreads();
     }
 }
 
 /* Plans a dgemv (nt <= DG_MAX_NT) or dmma launch of nt tokens in `mode`: sets a.nt and
- * a.groups, returns the blocks that give every group its own warp (STORE, ADD) or block (SILU),
+ * a.groups, returns the blocks that give every group its own warp (dgemv STORE, ADD) or block,
  * and the threads per block in *threads. */
 __host__ inline int dg_plan(dg_args &a, int nt, int mode, int *threads)
 {
@@ -581,13 +586,13 @@ __host__ inline int dg_plan(dg_args &a, int nt, int mode, int *threads)
     bool tc = nt > DG_MAX_NT;
     int warps = tc ? DM_WARPS : DG_WARPS;
     *threads = warps * WARP;
-    if (mode == DG_SILU) { /* a block per 32 rows of g (dgemv) or 64 (dmma) */
-        a.groups[0] = tc ? (a.m[0].rows + 63) / 64 : a.m[0].rows / 32;
+    if (mode == DG_SILU) { /* a block per 32 rows of g */
+        a.groups[0] = a.m[0].rows / 32;
         return a.groups[0];
     }
-    int total = 0, per = tc ? 32 : DG_ROWS; /* rows per warp */
+    int total = 0, per = tc ? 16 : DG_ROWS; /* rows per block (dmma) or per warp (dgemv) */
     for (int i = 0; i < a.n_mat; i++) total += a.groups[i] = (a.m[i].rows + per - 1) / per;
-    return (total + warps - 1) / warps;
+    return tc ? total : (total + warps - 1) / warps;
 }
 
 } // namespace bsi_cuda

@@ -53,10 +53,10 @@ __device__ __forceinline__ uint32_t signed_pair_hi(uint32_t nib, uint32_t nd)
 }
 
 /* fp16 of v, saturated to +-65504: an activation beyond fp16's range costs precision, not inf
- * and then NaN in the products. */
+ * and then NaN in the products (a NaN stays NaN, as on the CPU). */
 __device__ __forceinline__ __half sat_half(float v)
 {
-    return __float2half(fminf(fmaxf(v, -65504.0f), 65504.0f));
+    return __float2half(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
 }
 
 /* x [n][cols] f32 -> fp16, n * cols a multiple of 4. */

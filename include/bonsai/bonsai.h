@@ -667,7 +667,8 @@ typedef struct bonsai_batch_sample_item {
  * BONSAI_ERR_INVALID_ARGUMENT; nothing is sampled then). A session may appear more than once.
  * Every item's token is -1 until its sampler has accepted one, and items are finished in order:
  * when the call fails (a custom stage aborts, a device error), the items whose token is not -1
- * were sampled and accepted, the others' samplers are untouched. `flags` must be 0.
+ * were sampled and accepted, and the samplers of the items after the failing one are untouched.
+ * `flags` must be 0.
  */
 BONSAI_API bonsai_status bonsai_batch_sample(bonsai_batch_sample_item *items, uint32_t n_items,
                                              uint32_t flags);

@@ -396,7 +396,8 @@ def batch_sample(items: Sequence[Tuple[Session, Sampler]]) -> List[Tuple[int, fl
 
     Items are finished in order: when the call fails part way (a custom stage raises, a device
     error), the exception's ``results`` attribute lists (token, logprob) for the items whose
-    sampler accepted a token and None for the others, whose samplers are untouched."""
+    sampler accepted a token and None for the others (those after the failing item are
+    untouched)."""
     items = list(items)
     arr = (_lib.bonsai_batch_sample_item * max(len(items), 1))()
     held, using = [], []
