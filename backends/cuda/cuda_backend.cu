@@ -728,6 +728,17 @@ static int dec_split(const cuda_backend *b, const bsi_decode_model *m, uint32_t 
     return want < 1 ? 1 : want > ATT_MAX_SPLIT ? ATT_MAX_SPLIT : want;
 }
 
+/* The most (sequence, split) pairs of any step: the attention partials' rows per head. */
+static size_t dec_max_splits(const cuda_backend *b, const bsi_decode_model *m)
+{
+    size_t most = 0;
+    for (uint32_t n = 1; n <= DEC_MAX_SEQ; n++) {
+        size_t k = (size_t)n * (size_t)dec_split(b, m, n);
+        if (k > most) most = k;
+    }
+    return most;
+}
+
 static bool cuda_decode_ok(bsi_backend *be, const bsi_decode_model *m, uint32_t n_seq,
                            uint32_t kv_type)
 {
@@ -764,7 +775,7 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
                 {(void **)&d->k, S * KV * 4},
                 {(void **)&d->v, S * KV * 4},
                 {(void **)&d->h, S * E * 4},
-                {(void **)&d->part, S * m->n_head * ATT_MAX_SPLIT * (hd + 2) * 4},
+                {(void **)&d->part, dec_max_splits(b, m) * m->n_head * (hd + 2) * 4},
                 {(void **)&d->qa.q, S * C},
                 {(void **)&d->qa.d, S * (C / 32) * sizeof(float2)},
                 {(void **)&d->qb.q, S * C},
