@@ -173,60 +173,47 @@ template <typename T> inline T __shfl_xor_sync(unsigned, T v, int o)
     return r;
 }
 
-/* mma.sync.m16n8k16.row.col f32.f16.f16.f32 with the PTX ISA's fragment layout: lane l is
- * group g = l / 4, thread t = l % 4; a[0] = A[g][2t .. 2t+1], a[1] = A[g+8][2t ..],
- * a[2] = A[g][2t+8 ..], a[3] = A[g+8][2t+8 ..] (low half first); b[0] = B[2t .. 2t+1][g],
- * b[1] = B[2t+8 ..][g]; d[0..1] = D[g][2t .. 2t+1], d[2..3] = D[g+8][2t ..]. */
-inline void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
+/* mma.sync m16n8kK for one warp with the PTX ISA's fragment layout, E elements per 32-bit
+ * register (K = 8 E): lane l is group g = l / 4, thread t = l % 4; a[0] holds A[g][E t ..],
+ * a[1] A[g+8][E t ..], a[2] A[g][K/2 + E t ..], a[3] A[g+8][K/2 + E t ..] (lowest k in the low
+ * bits); b[0] holds B[E t ..][g], b[1] B[K/2 + E t ..][g]; d[0..1] = D[g][2t .. 2t+1],
+ * d[2..3] = D[g+8][2t ..]. elem(reg, i) is element i of a register. */
+template <int E, class Acc, class Elem>
+inline void mma_emu(Acc d[4], const uint32_t a[4], const uint32_t b[2], Elem elem)
 {
+    constexpr unsigned K = 8 * E, H = K / 2;
     unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
     uint32_t(&mine)[6] = cuda_emu::tl_state->frag[w][lane];
     memcpy(mine, a, 16);
     memcpy(mine + 4, b, 8);
     __syncwarp();
-    auto half_of = [](uint32_t reg, unsigned k) {
-        return bsi_fp16_to_fp32((uint16_t)(reg >> (16 * (k & 1))));
-    };
     unsigned g = lane / 4, t = lane % 4;
     for (unsigned e = 0; e < 4; e++) {
         unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
-        float sum = 0.0f;
-        for (unsigned k = 0; k < 16; k++) {
-            const uint32_t *fa = cuda_emu::tl_state->frag[w][(row % 8) * 4 + (k % 8) / 2];
-            const uint32_t *fb = cuda_emu::tl_state->frag[w][col * 4 + (k % 8) / 2];
-            float av = half_of(fa[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
-            float bv = half_of(fb[4 + (k >= 8 ? 1 : 0)], k);
-            sum += av * bv;
+        Acc sum = 0;
+        for (unsigned k = 0; k < K; k++) {
+            const uint32_t *fa = cuda_emu::tl_state->frag[w][(row % 8) * 4 + (k % H) / E];
+            const uint32_t *fb = cuda_emu::tl_state->frag[w][col * 4 + (k % H) / E];
+            sum += elem(fa[(row >= 8 ? 1 : 0) + (k >= H ? 2 : 0)], k % E) *
+                   elem(fb[4 + (k >= H ? 1 : 0)], k % E);
         }
         d[e] += sum;
     }
     __syncwarp();
 }
 
-/* mma.sync.m16n8k32.row.col s32.s8.s8.s32: a[0] = A[g][4t .. 4t+3], a[1] = A[g+8][4t ..],
- * a[2] = A[g][16+4t ..], a[3] = A[g+8][16+4t ..] (lowest k in the low byte); b[0] =
- * B[4t .. 4t+3][g], b[1] = B[16+4t ..][g]; d as for mma_16816. */
+/* mma.sync.m16n8k16.row.col f32.f16.f16.f32 */
+inline void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
+{
+    mma_emu<2>(d, a, b, [](uint32_t reg, unsigned i) {
+        return bsi_fp16_to_fp32((uint16_t)(reg >> (16 * i)));
+    });
+}
+
+/* mma.sync.m16n8k32.row.col s32.s8.s8.s32 */
 inline void mma_16832_s8(int d[4], const uint32_t a[4], const uint32_t b[2])
 {
-    unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    uint32_t(&mine)[6] = cuda_emu::tl_state->frag[w][lane];
-    memcpy(mine, a, 16);
-    memcpy(mine + 4, b, 8);
-    __syncwarp();
-    auto byte_of = [](uint32_t reg, unsigned k) { return (int)(int8_t)(reg >> (8 * (k & 3))); };
-    unsigned g = lane / 4, t = lane % 4;
-    for (unsigned e = 0; e < 4; e++) {
-        unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
-        int sum = 0;
-        for (unsigned k = 0; k < 32; k++) {
-            const uint32_t *fa = cuda_emu::tl_state->frag[w][(row % 8) * 4 + (k % 16) / 4];
-            const uint32_t *fb = cuda_emu::tl_state->frag[w][col * 4 + (k % 16) / 4];
-            sum += byte_of(fa[(row >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0)], k) *
-                   byte_of(fb[4 + (k >= 16 ? 1 : 0)], k);
-        }
-        d[e] += sum;
-    }
-    __syncwarp();
+    mma_emu<4>(d, a, b, [](uint32_t reg, unsigned i) { return (int)(int8_t)(reg >> (8 * i)); });
 }
 
 /* cp.async: copied at once, so commit and wait have nothing to do */
