@@ -682,6 +682,26 @@ static void test_decode(void **state)
 
 /* Sampling on the GPU (bonsai_session_sample with a plain chain) against the host's sampler on
  * the same logits, with the same seed: the same tokens (up to rare float ties at a cut). */
+/* A sampling chain of check_sampling, and its sampler parameters (no penalties: on the GPU). */
+typedef struct sample_case {
+    const char *name;
+    float temp, top_p, min_p;
+    int32_t top_k;
+} sample_case;
+
+static bonsai_sampler_params case_params(const sample_case *c, uint64_t seed)
+{
+    bonsai_sampler_params p;
+    bonsai_sampler_params_init(&p);
+    p.seed = seed;
+    p.temperature = c->temp;
+    p.top_p = c->top_p;
+    p.min_p = c->min_p;
+    p.top_k = c->top_k;
+    p.repeat_penalty = 1.0f;
+    return p;
+}
+
 static void check_sampling(const char *path)
 {
     bonsai_model *m;
@@ -693,24 +713,13 @@ static void check_sampling(const char *path)
     bonsai_session *s;
     assert_int_equal(bonsai_session_create(m, &sp, &s), 0);
     uint32_t vocab = bonsai_model_n_vocab(m);
-    struct {
-        const char *name;
-        float temp, top_p, min_p;
-        int32_t top_k;
-    } cases[] = {
+    static const sample_case cases[] = {
         {"greedy", 0.0f, 0.95f, 0.05f, 40},       {"default", 0.8f, 0.95f, 0.05f, 40},
         {"hot top-k 200", 1.5f, 1.0f, 0.0f, 200}, {"top-p 0.9 alone", 1.0f, 0.9f, 0.0f, 0},
         {"min-p 0.1 alone", 1.0f, 1.0f, 0.1f, 0},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        bonsai_sampler_params p;
-        bonsai_sampler_params_init(&p);
-        p.seed = 5 + c;
-        p.temperature = cases[c].temp;
-        p.top_p = cases[c].top_p;
-        p.min_p = cases[c].min_p;
-        p.top_k = cases[c].top_k;
-        p.repeat_penalty = 1.0f;
+        bonsai_sampler_params p = case_params(&cases[c], 5 + c);
         bonsai_sampler *dev, *host;
         assert_int_equal(bonsai_sampler_create_default(&p, &dev), 0);
         assert_int_equal(bonsai_sampler_create_default(&p, &host), 0);
@@ -748,14 +757,7 @@ static void check_sampling(const char *path)
     bonsai_batch_item items[NC];
     bonsai_batch_sample_item picks[NC];
     for (int c = 0; c < NC; c++) {
-        bonsai_sampler_params p;
-        bonsai_sampler_params_init(&p);
-        p.seed = 50 + c;
-        p.temperature = cases[c].temp;
-        p.top_p = cases[c].top_p;
-        p.min_p = cases[c].min_p;
-        p.top_k = cases[c].top_k;
-        p.repeat_penalty = 1.0f;
+        bonsai_sampler_params p = case_params(&cases[c], (uint64_t)(50 + c));
         assert_int_equal(bonsai_sampler_create_default(&p, &dev[c]), 0);
         assert_int_equal(bonsai_sampler_create_default(&p, &host[c]), 0);
         assert_int_equal(bonsai_session_create(m, &sp, &ss[c]), 0);

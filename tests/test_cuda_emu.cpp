@@ -135,10 +135,10 @@ static void launch_dgemv(int nt, int mode, dg_args a, int max_blocks)
         if (mode == DG_ADD) EMU_LAUNCH((__VA_ARGS__<n, DG_ADD>), dim3(blocks), dim3(threads), a);     \
         if (mode == DG_SILU) EMU_LAUNCH((__VA_ARGS__<n, DG_SILU>), dim3(blocks), dim3(threads), a);   \
         break;
-    int key = nt <= DG_MAX_NT ? nt : nt <= 16 ? 16 : nt <= 32 ? 32 : 64;
+    int key = nt <= DG_MAX_NT ? nt : 100 + dm_wn(nt); /* dgemv<nt> or dmma<dm_wn(nt)> */
     switch (key) {
         CASE(1, 1, dgemv) CASE(8, 8, dgemv)
-        CASE(16, 2, dmma) CASE(32, 4, dmma) CASE(64, 8, dmma)
+        CASE(102, 2, dmma) CASE(104, 4, dmma) CASE(108, 8, dmma)
     default: fail_msg("no kernel for %d tokens", nt);
     }
 #undef CASE

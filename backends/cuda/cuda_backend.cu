@@ -686,7 +686,7 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
 static const void *const dg_fn[DG_MAX_NT][3] = {DG_ROW(1), DG_ROW(2), DG_ROW(3), DG_ROW(4),
                                                 DG_ROW(5), DG_ROW(6), DG_ROW(7), DG_ROW(8)};
 #undef DG_ROW
-/* dmma by n-tiles of 8 tokens: 2 (9-16 tokens), 4 (17-32), 8 (33-64) */
+/* dmma by dm_wn / 4: n-tiles of 8 tokens 2 (9-16 tokens), 4 (17-32), 8 (33-64) */
 #define DM_ROW(wn)                                                                                 \
     {(const void *)dmma<wn, DG_STORE>, (const void *)dmma<wn, DG_ADD>,                             \
      (const void *)dmma<wn, DG_SILU>}
@@ -835,8 +835,7 @@ static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
 {
     int threads, blocks = dg_plan(a, nt, mode, &threads), cap = 8 * b->n_sm;
     if (blocks > cap) blocks = cap; /* grid-stride loops take the rest */
-    const void *fn = nt > DG_MAX_NT ? dm_fn[nt <= 16 ? 0 : nt <= 32 ? 1 : 2][mode]
-                                    : dg_fn[nt - 1][mode];
+    const void *fn = nt > DG_MAX_NT ? dm_fn[dm_wn(nt) / 4][mode] : dg_fn[nt - 1][mode];
     void *args[] = {&a};
     CU(cudaLaunchKernel(fn, dim3((unsigned)blocks), dim3((unsigned)threads), args, 0, b->stream));
     return BONSAI_OK;

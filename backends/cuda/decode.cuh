@@ -577,6 +577,12 @@ __global__ void __launch_bounds__(DM_WARPS *WARP) dmma(dg_args a)
     }
 }
 
+/* n-tiles of 8 tokens of the dmma that takes nt (9 .. DEC_MAX_SEQ) tokens. */
+__host__ inline int dm_wn(int nt)
+{
+    return nt <= 16 ? 2 : nt <= 32 ? 4 : 8;
+}
+
 /* Plans a dgemv (nt <= DG_MAX_NT) or dmma launch of nt tokens in `mode`: sets a.nt and
  * a.groups, returns the blocks that give every group its own warp (dgemv STORE, ADD) or block,
  * and the threads per block in *threads. */
