@@ -578,20 +578,24 @@ static void check_model(const char *path)
 }
 
 /* The CUDA backend's decode paths, chosen when a session is created: BONSAI_CUDA_FUSED=0 runs a
- * step operation by operation; BONSAI_CUDA_GRAPH=0 launches the fused kernels without a graph. */
-static float *eval_mode(bonsai_model *m, const char *fused, const char *graph, uint32_t kv_type,
-                        const int32_t *ids, uint32_t n)
+ * step operation by operation; BONSAI_CUDA_GRAPH=0 launches the fused kernels without a graph;
+ * BONSAI_CUDA_PDL=0 without programmatic dependent launches (sm_90 and newer use them). */
+static float *eval_mode(bonsai_model *m, const char *fused, const char *graph, const char *pdl,
+                        uint32_t kv_type, const int32_t *ids, uint32_t n)
 {
     setenv("BONSAI_CUDA_FUSED", fused, 1);
     setenv("BONSAI_CUDA_GRAPH", graph, 1);
+    setenv("BONSAI_CUDA_PDL", pdl, 1);
     float *out = eval_kv(m, "cuda", kv_type, ids, n, true);
     unsetenv("BONSAI_CUDA_FUSED");
     unsetenv("BONSAI_CUDA_GRAPH");
+    unsetenv("BONSAI_CUDA_PDL");
     return out;
 }
 
 /* Token by token: the fused step against the per-operation one (close), and replayed from a
- * graph against launched eagerly (the same kernels: equal to the bit). */
+ * graph against launched eagerly, and with dependent launches against without (the same
+ * kernels: equal to the bit). */
 static void check_decode_paths(const char *path, uint32_t kv_type)
 {
     bonsai_model *m;
@@ -600,16 +604,18 @@ static void check_decode_paths(const char *path, uint32_t kv_type)
     uint32_t vocab = bonsai_model_n_vocab(m);
     int32_t ids[N];
     for (int i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
-    float *ops = eval_mode(m, "0", "0", kv_type, ids, N);
-    float *eager = eval_mode(m, "1", "0", kv_type, ids, N);
-    float *graph = eval_mode(m, "1", "1", kv_type, ids, N);
+    float *ops = eval_mode(m, "0", "0", "1", kv_type, ids, N);
+    float *eager = eval_mode(m, "1", "0", "1", kv_type, ids, N);
+    float *graph = eval_mode(m, "1", "1", "1", kv_type, ids, N);
+    float *plain = eval_mode(m, "1", "1", "0", kv_type, ids, N);
     double kl, top1;
     kl_top1(ops, eager, N, vocab, &kl, &top1);
     print_message("  %s (kv %s): fused step vs per-operation: mean KL %.3g, same top-1 %.1f%%\n",
                   path, kv_type == BONSAI_TENSOR_F16 ? "f16" : "q8_0", kl, 100 * top1);
     assert_true(kl < 1e-3 && top1 >= 0.99);
     assert_memory_equal(eager, graph, (size_t)N * vocab * sizeof *eager);
-    free(ops), free(eager), free(graph);
+    assert_memory_equal(plain, graph, (size_t)N * vocab * sizeof *plain);
+    free(ops), free(eager), free(graph), free(plain);
     bonsai_model_free(m);
 }
 

@@ -228,8 +228,6 @@ static void test_dgemv(void **state)
     }
 }
 
-/* attn_decode: split over positions (1 and 5 splits, the last block merging) with its output
- * quantized, against attention in double over the same f16 / Q8_0 cache. */
 /* ---- prompt GEMM on tensor cores (mma_16816 emulated with the PTX fragment layout) ---- */
 
 /* Several matrices of one width in one launch, against double sums of the fp16-rounded inputs
@@ -348,61 +346,6 @@ static std::vector<double> ref_attention(const float *qh, const kv_cache &c, int
     return out;
 }
 
-static void test_attention(void **state)
-{
-    (void)state;
-    const int n_seq = 2, nh = 4, nkv = 2, hd = 64, kv_dim = nkv * hd, n_ctx = 40;
-    const int pos_of[n_seq] = {0, 29};
-    for (int q8 = 0; q8 < 2; q8++) {
-        std::vector<float> q((size_t)n_seq * nh * hd);
-        for (auto &v : q) v = uniform(-1, 1);
-        /* caches: per sequence, [n_ctx][kv_dim] f16 or Q8_0 rows; the values as floats too */
-        std::vector<kv_cache> kv(n_seq);
-        for (int s = 0; s < n_seq; s++) kv[s] = random_cache(q8, n_ctx, kv_dim);
-        /* the step's table: kc[layer 0][seq], vc[...]; positions */
-        std::vector<void *> kc(n_seq), vc(n_seq);
-        for (int s = 0; s < n_seq; s++) kc[s] = kv[s].kbuf.data(), vc[s] = kv[s].vbuf.data();
-        std::vector<int32_t> pos(pos_of, pos_of + n_seq);
-        float scale = 1.0f / sqrtf((float)hd);
-        for (int n_split : {1, 5}) {
-            std::vector<int8_t> oq((size_t)n_seq * nh * hd);
-            std::vector<float2> od((size_t)n_seq * nh * hd / 32);
-            std::vector<float> part((size_t)n_seq * nh * n_split * (hd + 2));
-            std::vector<unsigned> counter((size_t)n_seq * nh, 0);
-            qact out{oq.data(), od.data()};
-            dim3 grid(nh, n_seq, n_split);
-            if (q8)
-                EMU_LAUNCH(attn_decode<true>, grid, dim3(ATT_WARPS * WARP), q.data(), kc.data(),
-                           vc.data(), 0, pos.data(), out, part.data(), counter.data(), n_seq, nh,
-                           nkv, hd, scale);
-            else
-                EMU_LAUNCH(attn_decode<false>, grid, dim3(ATT_WARPS * WARP), q.data(), kc.data(),
-                           vc.data(), 0, pos.data(), out, part.data(), counter.data(), n_seq, nh,
-                           nkv, hd, scale);
-            for (unsigned c : counter) assert_int_equal(c, 0); /* reset for the next step */
-            for (int s = 0; s < n_seq; s++)
-                for (int h = 0; h < nh; h++) {
-                    int kvh = h / (nh / nkv);
-                    const float *qh = q.data() + ((size_t)s * nh + h) * hd;
-                    std::vector<double> ref =
-                        ref_attention(qh, kv[s], kv_dim, kvh, hd, pos[s], scale);
-                    for (int i = 0; i < hd; i++) {
-                        double want = ref[i];
-                        size_t at = ((size_t)s * nh + h) * hd + i;
-                        float2 d = od[at / 32];
-                        double got = (double)d.x * oq[at];
-                        if (!(fabs(got - want) <= 0.51 * d.x + 1e-3))
-                            fail_msg("q8 %d split %d seq %d head %d dim %d: %g, want %g", q8,
-                                     n_split, s, h, i, got, want);
-                    }
-                }
-        }
-    }
-}
-
-/* qk_rope_store (per head: q/k RMS norm, RoPE at each sequence's own position, k and v into its
- * own cache) against the per-operation kernels it replaces (rmsnorm, rope, kv_store), also run
- * here, one sequence at a time. */
 /* A prompt's attention on tensor cores (attn_prefill) against attention in double: n_tok tokens
  * at positions pos .. pos + n_tok - 1 over a cache already holding them. */
 template <int HD>
@@ -449,11 +392,27 @@ static void test_prefill(void **state)
     check_prefill<128>(false, 100, 20); /* the 1.7B head size, cache tiles before the prompt */
 }
 
-static void check_qk_rope(bool neox, bool yarn, bool q8)
+/* Value i of a cache row (f16, or Q8_0 blocks of 32). */
+static float cache_value(const unsigned char *row, int i, bool q8)
 {
-    const int n_seq = 2, nh = 4, nkv = 2, hd = 64, n_rot = neox ? 64 : 32, kv_dim = nkv * hd;
-    const int n_ctx = 12, pos_of[n_seq] = {3, 9};
-    const float eps = 1e-6f;
+    if (!q8) {
+        __half h;
+        memcpy(&h, row + 2 * i, 2);
+        return __half2float(h);
+    }
+    const unsigned char *b = row + (i / 32) * 34;
+    return __half2float(__ushort_as_half((uint16_t)(b[0] | b[1] << 8))) * (int8_t)b[2 + i % 32];
+}
+
+/* attn_decode, the attention of a decode step from the raw q, k and v, against the per-operation
+ * kernels it replaces (rmsnorm, rope and kv_store, run here one sequence at a time) and attention
+ * in double: the cache rows at each sequence's own position (nothing else written), and the
+ * output, split over positions (the last block of a head merging) and quantized. */
+static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split)
+{
+    const int n_seq = 2, nh = 4, nkv = 2, n_rot = neox ? hd : hd / 2, kv_dim = nkv * hd;
+    const int n_ctx = 40, pos_of[n_seq] = {0, 29};
+    const float eps = 1e-6f, scale = 1.0f / sqrtf((float)hd);
     std::vector<float> q((size_t)n_seq * nh * hd), k((size_t)n_seq * kv_dim),
         v((size_t)n_seq * kv_dim), qn(hd), kn(hd);
     for (auto *a : {&q, &k, &v})
@@ -482,78 +441,97 @@ static void check_qk_rope(bool neox, bool yarn, bool q8)
     }
     rope_dev rd{freq.data(), n_rot, neox, (float)rp.m};
     size_t row = q8 ? (size_t)kv_dim / 32 * 34 : (size_t)kv_dim * 2;
-    std::vector<std::vector<unsigned char>> kc(n_seq, std::vector<unsigned char>(row * n_ctx)),
-        vc = kc, kc_ref = kc, vc_ref = kc;
+    std::vector<kv_cache> kv(n_seq), before(n_seq);
     std::vector<void *> ktab(n_seq), vtab(n_seq);
-    for (int s = 0; s < n_seq; s++) ktab[s] = kc[s].data(), vtab[s] = vc[s].data();
-    std::vector<int32_t> pos(pos_of, pos_of + n_seq);
-    std::vector<float> qf(q);
-    if (q8)
-        EMU_LAUNCH(qk_rope_store<true>, dim3(nh + 2 * nkv, n_seq), dim3(WARP), qf.data(), k.data(),
-                   v.data(), qn.data(), kn.data(), eps, pos.data(), ktab.data(), vtab.data(), 0,
-                   n_seq, nh, nkv, hd, rd);
-    else
-        EMU_LAUNCH(qk_rope_store<false>, dim3(nh + 2 * nkv, n_seq), dim3(WARP), qf.data(), k.data(),
-                   v.data(), qn.data(), kn.data(), eps, pos.data(), ktab.data(), vtab.data(), 0,
-                   n_seq, nh, nkv, hd, rd);
     for (int s = 0; s < n_seq; s++) {
-        float *qs = q.data() + (size_t)s * nh * hd;
-        std::vector<float> ks(k.begin() + (size_t)s * kv_dim, k.begin() + (size_t)(s + 1) * kv_dim);
-        EMU_LAUNCH(rmsnorm, dim3(nh), dim3(256), qs, qn.data(), qs, hd, eps);
+        before[s] = kv[s] = random_cache(q8, n_ctx, kv_dim);
+        ktab[s] = kv[s].kbuf.data(), vtab[s] = kv[s].vbuf.data();
+    }
+    std::vector<int32_t> pos(pos_of, pos_of + n_seq);
+    std::vector<int8_t> oq((size_t)n_seq * nh * hd);
+    std::vector<float2> od((size_t)n_seq * nh * hd / 32);
+    std::vector<float> part((size_t)n_seq * nh * n_split * (hd + 2));
+    std::vector<unsigned> counter((size_t)n_seq * nh, 0);
+    qact out{oq.data(), od.data()};
+    dim3 grid(nh, n_seq, n_split);
+    if (q8)
+        EMU_LAUNCH(attn_decode<true>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
+                   qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
+                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale);
+    else
+        EMU_LAUNCH(attn_decode<false>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
+                   qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
+                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale);
+    for (unsigned c : counter) assert_int_equal(c, 0); /* reset for the next step */
+    double worst = 0;
+    for (int s = 0; s < n_seq; s++) {
+        /* the reference: q and k normed and rotated, k and v stored, by per-operation kernels */
+        const size_t qd = (size_t)nh * hd;
+        std::vector<float> qs(q.begin() + s * qd, q.begin() + (s + 1) * qd);
+        std::vector<float> ks(k.begin() + s * kv_dim, k.begin() + (s + 1) * kv_dim);
+        EMU_LAUNCH(rmsnorm, dim3(nh), dim3(256), qs.data(), qn.data(), qs.data(), hd, eps);
         EMU_LAUNCH(rmsnorm, dim3(nkv), dim3(256), ks.data(), kn.data(), ks.data(), hd, eps);
-        EMU_LAUNCH(rope, dim3(1, nh), dim3(64), qs, pos.data() + s, nh, hd, rp);
+        EMU_LAUNCH(rope, dim3(1, nh), dim3(64), qs.data(), pos.data() + s, nh, hd, rp);
         EMU_LAUNCH(rope, dim3(1, nkv), dim3(64), ks.data(), pos.data() + s, nkv, hd, rp);
+        kv_cache ref = before[s];
         const float *vs = v.data() + (size_t)s * kv_dim;
         if (q8)
-            EMU_LAUNCH(kv_store_q8_0, dim3(1), dim3(2 * (kv_dim / 32) * WARP), kc_ref[s].data(),
-                       vc_ref[s].data(), ks.data(), vs, 1, kv_dim, pos[s]);
+            EMU_LAUNCH(kv_store_q8_0, dim3(1), dim3(2 * (kv_dim / 32) * WARP), ref.kbuf.data(),
+                       ref.vbuf.data(), ks.data(), vs, 1, kv_dim, pos[s]);
         else
-            EMU_LAUNCH(kv_store_f16, dim3(1), dim3(256), (__half *)kc_ref[s].data(),
-                       (__half *)vc_ref[s].data(), ks.data(), vs, 1, kv_dim, pos[s]);
-    }
-    for (size_t i = 0; i < q.size(); i++)
-        if (!close_to(qf[i], q[i], 1e-5))
-            fail_msg("neox %d yarn %d: q[%zu] %g, want %g", neox, yarn, i, qf[i], q[i]);
-    for (int s = 0; s < n_seq; s++)
+            EMU_LAUNCH(kv_store_f16, dim3(1), dim3(256), (__half *)ref.kbuf.data(),
+                       (__half *)ref.vbuf.data(), ks.data(), vs, 1, kv_dim, pos[s]);
         for (int which = 0; which < 2; which++) {
-            const unsigned char *got = (which ? vc : kc)[s].data() + pos[s] * row;
-            const unsigned char *want = (which ? vc_ref : kc_ref)[s].data() + pos[s] * row;
+            auto &got = which ? kv[s].vbuf : kv[s].kbuf;
+            auto &want = which ? ref.vbuf : ref.kbuf;
+            auto &was = which ? before[s].vbuf : before[s].kbuf;
+            auto &val = which ? kv[s].vval : kv[s].kval;
+            const unsigned char *g = got.data() + pos[s] * row, *w = want.data() + pos[s] * row;
             for (int i = 0; i < kv_dim; i++) {
-                float g, w, tol;
-                if (q8) {
-                    const unsigned char *bg = got + (i / 32) * 34, *bw = want + (i / 32) * 34;
-                    float dg = __half2float(__ushort_as_half((uint16_t)(bg[0] | bg[1] << 8)));
-                    float dw = __half2float(__ushort_as_half((uint16_t)(bw[0] | bw[1] << 8)));
-                    g = dg * (int8_t)bg[2 + i % 32];
-                    w = dw * (int8_t)bw[2 + i % 32];
-                    tol = 1.01f * dw;
-                } else {
-                    __half hg, hw;
-                    memcpy(&hg, got + 2 * i, 2);
-                    memcpy(&hw, want + 2 * i, 2);
-                    g = __half2float(hg);
-                    w = __half2float(hw);
-                    tol = 2e-3f * (1 + fabsf(w));
+                float gv = cache_value(g, i, q8), wv = cache_value(w, i, q8);
+                float tol = 2e-3f * (1 + fabsf(wv));
+                if (q8) { /* one quantization step */
+                    const unsigned char *bw = w + (i / 32) * 34;
+                    tol = 1.01f * __half2float(__ushort_as_half((uint16_t)(bw[0] | bw[1] << 8)));
                 }
-                if (!(fabsf(g - w) <= tol))
-                    fail_msg("neox %d yarn %d q8 %d seq %d %s[%d]: %g, want %g", neox, yarn, q8, s,
-                             which ? "v" : "k", i, g, w);
+                if (!(fabsf(gv - wv) <= tol))
+                    fail_msg("hd %d neox %d yarn %d q8 %d seq %d %s[%d]: %g, want %g", hd, neox,
+                             yarn, q8, s, which ? "v" : "k", i, gv, wv);
+                val[(size_t)pos[s] * kv_dim + i] = gv; /* what the attention below reads */
             }
             /* nothing written at other positions */
             for (int p = 0; p < n_ctx; p++)
                 if (p != pos[s])
-                    for (size_t b = 0; b < row; b++)
-                        assert_int_equal((which ? vc : kc)[s][p * row + b], 0);
+                    assert_memory_equal(got.data() + p * row, was.data() + p * row, row);
         }
+        for (int h = 0; h < nh; h++) {
+            std::vector<double> want =
+                ref_attention(qs.data() + (size_t)h * hd, kv[s], kv_dim, h / (nh / nkv), hd,
+                              pos[s], scale);
+            for (int i = 0; i < hd; i++) {
+                size_t at = ((size_t)s * nh + h) * hd + i;
+                float2 d = od[at / 32];
+                double got = (double)d.x * oq[at];
+                if (!(fabs(got - want[i]) <= 0.51 * d.x + 1e-3))
+                    fail_msg("hd %d q8 %d split %d seq %d head %d dim %d: %g, want %g", hd, q8,
+                             n_split, s, h, i, got, want[i]);
+                worst = fmax(worst, fabs(got - want[i]));
+            }
+        }
+    }
+    print_message("  attn_decode hd %d %s%s %s, %d split%s: worst output error %.2g\n", hd,
+                  neox ? "neox" : "normal", yarn ? " yarn" : "", q8 ? "q8_0" : "f16", n_split,
+                  n_split > 1 ? "s" : "", worst);
 }
 
-static void test_qk_rope_store(void **state)
+static void test_attn_decode(void **state)
 {
     (void)state;
-    check_qk_rope(true, false, false);
-    check_qk_rope(true, true, false);
-    check_qk_rope(false, false, true);
-    check_qk_rope(true, true, true);
+    check_attn_decode(64, true, false, false, 1);
+    check_attn_decode(64, true, true, false, 5);
+    check_attn_decode(64, false, false, true, 5);
+    check_attn_decode(128, true, true, true, 1);
+    check_attn_decode(128, false, true, false, 5);
 }
 
 /* sample_rows against the host sampler with the same seed, for several chains. */
@@ -649,9 +627,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dgemv),
         cmocka_unit_test(test_gemm),
-        cmocka_unit_test(test_attention),
         cmocka_unit_test(test_prefill),
-        cmocka_unit_test(test_qk_rope_store),
+        cmocka_unit_test(test_attn_decode),
         cmocka_unit_test(test_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -82,6 +82,7 @@ struct cuda_backend {
     int device;
     int n_sm;
     bool fused, graphs; /* BONSAI_CUDA_FUSED, BONSAI_CUDA_GRAPH (default on) */
+    bool pdl;           /* the decode step's kernels as programmatic dependent launches */
     dec_state dec;
     void *samp; /* device: sampling jobs, then their results */
     size_t samp_cap;
@@ -154,6 +155,44 @@ static int cuda_probe(char *reason, size_t size)
     return 100;
 }
 
+/* Whether the decode step's kernels go out as programmatic dependent launches (dep_enter in
+ * kernels.cuh): a GPU of compute capability 9.0 or newer running code built for 9.0 or newer
+ * (code built for older GPUs, such as the compute_80 PTX JIT-compiled for a newer GPU, has no
+ * wait in it, so it must never be launched that way), a runtime and driver that capture such
+ * launches into graphs (12.3), and BONSAI_CUDA_PDL not 0. */
+static bool pdl_usable(const cudaDeviceProp *prop)
+{
+    const char *env = getenv("BONSAI_CUDA_PDL");
+    if (env && !strcmp(env, "0")) return false;
+    int rt = 0, drv = 0;
+    cudaFuncAttributes fa;
+    if (prop->major < 9 || cudaRuntimeGetVersion(&rt) != cudaSuccess ||
+        cudaDriverGetVersion(&drv) != cudaSuccess || rt < 12030 || drv < 12030 ||
+        cudaFuncGetAttributes(&fa, (const void *)quant_rows) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return fa.binaryVersion >= 90 && fa.ptxVersion >= 90;
+}
+
+/* Launches kernel k on the backend's stream, as a programmatic dependent launch when the backend
+ * uses them (k must call dep_enter first). */
+template <typename... P, typename... A>
+static cudaError_t dep_launch(const cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block,
+                              A &&...args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.stream = b->stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = b->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...);
+}
+
 static void cuda_destroy(bsi_backend *be);
 
 static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **out)
@@ -188,8 +227,10 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     b->fused = !env || strcmp(env, "0");
     env = getenv("BONSAI_CUDA_GRAPH");
     b->graphs = !env || strcmp(env, "0");
-    snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB)", dev, prop.name, prop.major,
-             prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024));
+    b->pdl = pdl_usable(&prop);
+    snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB%s)", dev, prop.name,
+             prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
+             b->pdl ? ", PDL" : "");
     b->base.vt = NULL; /* set by the entry point's table below */
     *out = &b->base;
     return BONSAI_OK;
@@ -680,17 +721,14 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
 
 /* ---- the fused decode step (decode.cuh) ---- */
 
-#define DG_ROW(nt)                                                                                 \
-    {(const void *)dgemv<nt, DG_STORE>, (const void *)dgemv<nt, DG_ADD>,                           \
-     (const void *)dgemv<nt, DG_SILU>}
-static const void *const dg_fn[DG_MAX_NT][3] = {DG_ROW(1), DG_ROW(2), DG_ROW(3), DG_ROW(4),
-                                                DG_ROW(5), DG_ROW(6), DG_ROW(7), DG_ROW(8)};
+typedef void (*dg_kernel)(dg_args);
+#define DG_ROW(nt) {dgemv<nt, DG_STORE>, dgemv<nt, DG_ADD>, dgemv<nt, DG_SILU>}
+static const dg_kernel dg_fn[DG_MAX_NT][3] = {DG_ROW(1), DG_ROW(2), DG_ROW(3), DG_ROW(4),
+                                              DG_ROW(5), DG_ROW(6), DG_ROW(7), DG_ROW(8)};
 #undef DG_ROW
 /* dmma by dm_wn / 4: n-tiles of 8 tokens 2 (9-16 tokens), 4 (17-32), 8 (33-64) */
-#define DM_ROW(wn)                                                                                 \
-    {(const void *)dmma<wn, DG_STORE>, (const void *)dmma<wn, DG_ADD>,                             \
-     (const void *)dmma<wn, DG_SILU>}
-static const void *const dm_fn[3][3] = {DM_ROW(2), DM_ROW(4), DM_ROW(8)};
+#define DM_ROW(wn) {dmma<wn, DG_STORE>, dmma<wn, DG_ADD>, dmma<wn, DG_SILU>}
+static const dg_kernel dm_fn[3][3] = {DM_ROW(2), DM_ROW(4), DM_ROW(8)};
 #undef DM_ROW
 static_assert(DEC_MAX_SEQ <= 64, "dmma takes up to 64 tokens");
 
@@ -746,8 +784,7 @@ static bool cuda_decode_ok(bsi_backend *be, const bsi_decode_model *m, uint32_t 
     if (!b->fused || n_seq < 1 || n_seq > DEC_MAX_SEQ) return false;
     if (kv_type != T_F16 && kv_type != T_Q8_0) return false;
     if (m->head_dim > ATT_MAX_HD || m->head_dim % 2 || m->rope.n_rot > m->head_dim ||
-        m->rope.n_rot % 2 || m->n_head_kv < 1 || m->n_head % m->n_head_kv ||
-        m->n_head + 2 * m->n_head_kv > 65535)
+        m->rope.n_rot % 2 || m->n_head_kv < 1 || m->n_head % m->n_head_kv)
         return false;
     if (m->head_dim % 32) return false; /* the attention output is quantized per head */
     for (uint32_t l = 0; l < m->n_layer; l++) {
@@ -835,9 +872,8 @@ static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
 {
     int threads, blocks = dg_plan(a, nt, mode, &threads), cap = 8 * b->n_sm;
     if (blocks > cap) blocks = cap; /* grid-stride loops take the rest */
-    const void *fn = nt > DG_MAX_NT ? dm_fn[dm_wn(nt) / 4][mode] : dg_fn[nt - 1][mode];
-    void *args[] = {&a};
-    CU(cudaLaunchKernel(fn, dim3((unsigned)blocks), dim3((unsigned)threads), args, 0, b->stream));
+    dg_kernel fn = nt > DG_MAX_NT ? dm_fn[dm_wn(nt) / 4][mode] : dg_fn[nt - 1][mode];
+    CU(dep_launch(b, fn, dim3((unsigned)blocks), dim3((unsigned)threads), a));
     return BONSAI_OK;
 }
 
@@ -858,8 +894,7 @@ static bonsai_status dg_one(cuda_backend *b, int nt, int mode, const bsi_weight 
 static bonsai_status quant_x(cuda_backend *b, const float *x, const float *nw, float eps, int cols,
                              uint32_t n, const qact &out)
 {
-    quant_rows<<<n, QR_THREADS, 0, b->stream>>>(x, nw, eps, cols, out);
-    CU(cudaGetLastError());
+    CU(dep_launch(b, quant_rows, dim3(n), dim3(QR_THREADS), x, nw, eps, cols, out));
     return BONSAI_OK;
 }
 
@@ -886,6 +921,8 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
     bonsai_status s;
 #define TRY(call)                                                                                  \
     if ((s = (call))) return s
+    /* a plain launch: it follows the copy of the step's inputs; every later kernel of the step
+     * is a dependent launch (dep_launch) when the GPU takes them */
     get_rows<<<dim3(grid_for(E, 256), n), 256, 0, st>>>(view(m->tok_embd), tok, d->x);
     for (uint32_t l = 0; l < m->n_layer; l++) {
         const bsi_decode_layer *L = &m->layers[l];
@@ -900,23 +937,12 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
         a.x = d->qa;
         a.cols = E;
         TRY(dg_run(b, nt, DG_STORE, a));
-        dim3 g1((unsigned)(nh + 2 * nkv), n);
-        if (q8)
-            qk_rope_store<true><<<g1, WARP, 0, st>>>(d->q, d->k, d->v, L->q_norm, L->k_norm,
-                                                     m->eps, pos, kc, vc, (int)l, nt, nh, nkv, hd,
-                                                     rp);
-        else
-            qk_rope_store<false><<<g1, WARP, 0, st>>>(d->q, d->k, d->v, L->q_norm, L->k_norm,
-                                                      m->eps, pos, kc, vc, (int)l, nt, nh, nkv, hd,
-                                                      rp);
-        /* attention, its output quantized into qb; x += Wo att */
+        /* q/k norms, RoPE, k and v into the caches, attention: its output quantized into qb;
+         * x += Wo att */
         dim3 g2((unsigned)nh, n, (unsigned)ns);
-        if (q8)
-            attn_decode<true><<<g2, ATT_WARPS * WARP, 0, st>>>(
-                d->q, kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale);
-        else
-            attn_decode<false><<<g2, ATT_WARPS * WARP, 0, st>>>(
-                d->q, kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale);
+        CU(dep_launch(b, q8 ? attn_decode<true> : attn_decode<false>, g2,
+                      dim3(ATT_WARPS * WARP), d->q, d->k, d->v, L->q_norm, L->k_norm, m->eps, rp,
+                      kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale));
         TRY(dg_one(b, nt, DG_ADD, L->wo, d->x, d->qb));
         /* g = silu(Wgate h) * (Wup h) of the normed x, quantized into qb; x += Wdown g */
         TRY(quant_x(b, d->x, L->ffn_norm, m->eps, E, n, d->qa));
@@ -934,9 +960,9 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
         TRY(quant_x(b, d->x, m->output_norm, m->eps, E, n, d->qa));
         TRY(dg_one(b, nt, DG_STORE, m->output, logits, d->qa));
     } else {
-        rmsnorm<<<n, 256, 0, st>>>(d->x, m->output_norm, d->h, E, m->eps);
-        dense_matmul<<<(unsigned)((m->output->rows + 7) / 8), 8 * WARP, 0, st>>>(
-            view(m->output), d->h, logits, nt);
+        CU(dep_launch(b, rmsnorm, dim3(n), dim3(256), d->x, m->output_norm, d->h, E, m->eps));
+        CU(dep_launch(b, dense_matmul, dim3((unsigned)((m->output->rows + 7) / 8)),
+                      dim3(8 * WARP), view(m->output), d->h, logits, nt));
     }
 #undef TRY
     CU(cudaGetLastError());

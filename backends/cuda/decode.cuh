@@ -6,9 +6,9 @@
  *
  *   quant_rows     rmsnorm(x) -> int8 in blocks of 32
  *   dgemv STORE    q, k, v = Wq, Wk, Wv . x                                   (one launch)
- *   qk_rope_store  per head: q/k RMS norm, RoPE, k and v into the caches
- *   attn_decode    attention split over positions; the last block of a head merges and
- *                  writes the output as int8
+ *   attn_decode    per (head, split): q/k RMS norm and RoPE of its own copies of q, k and v
+ *                  (k and v also go into the caches), attention over its share of the
+ *                  positions; the last block of a head merges and writes the output as int8
  *   dgemv ADD      x += Wo . att
  *   quant_rows     rmsnorm(x) -> int8
  *   dgemv SILU     g = silu(Wgate . x) * (Wup . x), quantized to int8 in its epilogue
@@ -84,6 +84,7 @@ __global__ void __launch_bounds__(QR_THREADS)
     quant_rows(const float *__restrict__ x, const float *__restrict__ nw, float eps, int cols,
                qact out)
 {
+    dep_enter();
     __shared__ float red[QR_THREADS / WARP];
     __shared__ float s_scale;
     const int t = blockIdx.x, lane = threadIdx.x % WARP;
@@ -193,6 +194,7 @@ __device__ __forceinline__ void dg_rows(const dg_mat &M, int r0, int words, int 
 template <int NT, int MODE>
 __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
 {
+    dep_enter();
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int cols = a.cols, words = cols / 32, nb = cols / QK;
     if (MODE == DG_SILU) {
@@ -271,32 +273,20 @@ __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
 }
 
 /* RoPE of one model on the device: the angle of pair i at position p is p * freq[i] (YaRN's blend
- * folded into freq, in double as the CPU computes it), cos and sin scaled by m. */
+ * folded in, in double as the CPU computes it), cos and sin scaled by m. */
 struct rope_dev {
     const double *freq; /* [n_rot / 2] */
     int n_rot, neox;
     float m;
 };
 
-/* Per token and head, one warp: q heads get their RMS norm (qwen3) and RoPE in place; k heads
- * the same and then go to the cache at the token's position; v heads go to the cache. Caches of
- * layer `layer`: kc_tab[layer * n_seq + t]. */
-template <bool Q8>
-__global__ void qk_rope_store(float *q, const float *__restrict__ k, const float *__restrict__ v,
-                              const float *__restrict__ qn, const float *__restrict__ kn,
-                              float eps, const int32_t *__restrict__ pos,
-                              void *const *__restrict__ kc_tab, void *const *__restrict__ vc_tab,
-                              int layer, int n_seq, int n_head, int n_head_kv, int hd, rope_dev rp)
+/* One warp: head src (hd values) into buf, RMS-normed with weight nw when given (qwen3's q and k
+ * norms) and rotated for position p when rp is given. */
+__device__ __forceinline__ void head_prep(const float *__restrict__ src,
+                                          const float *__restrict__ nw, float eps, int hd, int p,
+                                          const rope_dev *rp, float *buf)
 {
-    __shared__ float buf[ATT_MAX_HD];
-    int job = blockIdx.x, t = blockIdx.y, lane = threadIdx.x;
-    int kv_dim = n_head_kv * hd;
-    bool is_q = job < n_head, is_k = !is_q && job < n_head + n_head_kv;
-    int h = is_q ? job : is_k ? job - n_head : job - n_head - n_head_kv;
-    const float *src = is_q ? q + ((size_t)t * n_head + h) * hd
-                       : is_k ? k + (size_t)t * kv_dim + h * hd
-                              : v + (size_t)t * kv_dim + h * hd;
-    const float *nw = is_q ? qn : is_k ? kn : NULL;
+    const int lane = threadIdx.x % WARP;
     float ss = 0.0f;
     for (int d = lane; d < hd; d += WARP) {
         buf[d] = src[d];
@@ -308,69 +298,106 @@ __global__ void qk_rope_store(float *q, const float *__restrict__ k, const float
         for (int d = lane; d < hd; d += WARP) buf[d] = buf[d] * sc * nw[d];
         __syncwarp();
     }
-    int p = pos[t];
-    if (is_q || is_k) {
-        for (int i = lane; i < rp.n_rot / 2; i += WARP) {
-            double s, c;
-            sincos((double)p * rp.freq[i], &s, &c);
-            float cf = (float)c * rp.m, sf = (float)s * rp.m;
-            int ia = rp.neox ? i : 2 * i, ib = rp.neox ? i + rp.n_rot / 2 : 2 * i + 1;
-            float x0 = buf[ia], x1 = buf[ib];
-            buf[ia] = x0 * cf - x1 * sf;
-            buf[ib] = x0 * sf + x1 * cf;
-        }
-        __syncwarp();
+    if (!rp) return;
+    for (int i = lane; i < rp->n_rot / 2; i += WARP) {
+        double s, c;
+        sincos((double)p * rp->freq[i], &s, &c);
+        float cf = (float)c * rp->m, sf = (float)s * rp->m;
+        int ia = rp->neox ? i : 2 * i, ib = rp->neox ? i + rp->n_rot / 2 : 2 * i + 1;
+        float x0 = buf[ia], x1 = buf[ib];
+        buf[ia] = x0 * cf - x1 * sf;
+        buf[ib] = x0 * sf + x1 * cf;
     }
-    if (is_q) {
-        float *dst = q + ((size_t)t * n_head + h) * hd;
-        for (int d = lane; d < hd; d += WARP) dst[d] = buf[d];
-        return;
-    }
-    void *cache = (is_k ? kc_tab : vc_tab)[(size_t)layer * n_seq + t];
-    if (!Q8) {
-        __half *row = (__half *)cache + (size_t)p * kv_dim + h * hd;
-        for (int d = lane; d < hd; d += WARP) row[d] = __float2half(buf[d]);
-        return;
-    }
-    /* Q8_0 blocks of 32, as kv_store_q8_0 (hd is a multiple of 32) */
-    uint8_t *row = (uint8_t *)cache + (size_t)p * (kv_dim / 32) * 34;
-    for (int b = 0; b < hd / 32; b++) {
-        float xv = buf[b * 32 + lane];
-        float amax = warp_max(fabsf(xv));
-        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        uint8_t *out = row + (size_t)(h * hd / 32 + b) * 34;
-        if (lane == 0) {
-            uint16_t db = __half_as_ushort(__float2half(amax / 127.0f));
-            out[0] = (uint8_t)(db & 0xff);
-            out[1] = (uint8_t)(db >> 8);
-        }
-        out[2 + lane] = (uint8_t)(int8_t)__float2int_rn(xv * id);
-    }
+    __syncwarp();
 }
 
-/* Attention of a decode step: a block per (query head, sequence, split); split s of n_split
- * takes its share of positions 0 .. pos[t] and writes (m, l, acc) to part; the last split of a
- * head to finish (counted in counter, which it resets for the next step) merges them into att. */
+/* Where kv head kvh of position p starts in a cache of kv_dim values a position. */
+template <bool Q8>
+__device__ __forceinline__ void *kv_row(void *cache, int p, int kv_dim, int kvh, int hd)
+{
+    if (!Q8) return (__half *)cache + (size_t)p * kv_dim + (size_t)kvh * hd;
+    return (uint8_t *)cache + ((size_t)p * (kv_dim / 32) + (size_t)kvh * hd / 32) * 34;
+}
+
+/* One warp: buf (hd values, a multiple of 32) rounded in place to what the cache holds (f16, or
+ * Q8_0 blocks of 32 as kv_store_q8_0 makes them), and stored at row in the cache's layout when
+ * row is given: what the block then uses equals what later steps read back. */
+template <bool Q8>
+__device__ __forceinline__ void kv_round(float *buf, int hd, void *row)
+{
+    const int lane = threadIdx.x % WARP;
+    if constexpr (!Q8) {
+        for (int d = lane; d < hd; d += WARP) {
+            __half h = __float2half(buf[d]);
+            if (row) ((__half *)row)[d] = h;
+            buf[d] = __half2float(h);
+        }
+    } else {
+        for (int b = 0; b < hd / 32; b++) {
+            float xv = buf[b * 32 + lane];
+            float amax = warp_max(fabsf(xv));
+            float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            __half dh = __float2half(amax / 127.0f);
+            int qv = __float2int_rn(xv * id);
+            buf[b * 32 + lane] = __half2float(dh) * (float)qv;
+            if (row) {
+                uint8_t *out = (uint8_t *)row + (size_t)b * 34;
+                if (lane == 0) {
+                    uint16_t db = __half_as_ushort(dh);
+                    out[0] = (uint8_t)(db & 0xff);
+                    out[1] = (uint8_t)(db >> 8);
+                }
+                out[2 + lane] = (uint8_t)(int8_t)qv;
+            }
+        }
+    }
+    __syncwarp();
+}
+
+/* Attention of a decode step: a block per (query head, sequence, split), from the step's raw q,
+ * k and v. Warps 0 to 2 first make the block's own copies of query head h (RMS norm, RoPE), and
+ * of k (the same) and v of h's kv head at the sequence's position p, rounded as the cache holds
+ * them; in split 0 the first query head of each kv head also stores them in the cache (caches of
+ * layer `layer`: kc_tab[layer * n_seq + t]). Split s of n_split then takes its share of positions
+ * 0 .. p, position p from the copies (no block reads it from the cache during the step), and
+ * writes (m, l, acc) to part; the last split of a head to finish (counted in counter, which it
+ * resets for the next step) merges them into att, quantized. */
 template <bool Q8>
 __global__ void __launch_bounds__(ATT_WARPS *WARP)
-    attn_decode(const float *__restrict__ q, void *const *__restrict__ kc_tab,
-                void *const *__restrict__ vc_tab, int layer, const int32_t *__restrict__ pos,
-                qact att, float *part, unsigned *counter, int n_seq, int n_head, int n_head_kv,
-                int hd, float scale)
+    attn_decode(const float *__restrict__ q, const float *__restrict__ k,
+                const float *__restrict__ v, const float *__restrict__ qn,
+                const float *__restrict__ kn, float eps, rope_dev rp,
+                void *const *__restrict__ kc_tab, void *const *__restrict__ vc_tab, int layer,
+                const int32_t *__restrict__ pos, qact att, float *part, unsigned *counter,
+                int n_seq, int n_head, int n_head_kv, int hd, float scale)
 {
+    dep_enter();
     __shared__ attn_smem sm;
+    __shared__ float cur[3][ATT_MAX_HD]; /* query head h; k and v of kv head kvh at p */
     __shared__ bool last;
-    int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
-    int kvh = h / (n_head / n_head_kv);
-    int n_pos = pos[t] + 1, chunk = (n_pos + n_split - 1) / n_split;
+    const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
+    const int grp = n_head / n_head_kv, kvh = h / grp, kv_dim = n_head_kv * hd;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int p = pos[t];
+    void *kc = kc_tab[(size_t)layer * n_seq + t], *vc = vc_tab[(size_t)layer * n_seq + t];
+    const bool store = split == 0 && h % grp == 0;
+    if (warp == 0) {
+        head_prep(q + ((size_t)t * n_head + h) * hd, qn, eps, hd, p, &rp, cur[0]);
+    } else if (warp == 1) {
+        head_prep(k + (size_t)t * kv_dim + (size_t)kvh * hd, kn, eps, hd, p, &rp, cur[1]);
+        kv_round<Q8>(cur[1], hd, store ? kv_row<Q8>(kc, p, kv_dim, kvh, hd) : NULL);
+    } else if (warp == 2) {
+        head_prep(v + (size_t)t * kv_dim + (size_t)kvh * hd, NULL, eps, hd, p, NULL, cur[2]);
+        kv_round<Q8>(cur[2], hd, store ? kv_row<Q8>(vc, p, kv_dim, kvh, hd) : NULL);
+    }
+    __syncthreads();
+    int n_pos = p + 1, chunk = (n_pos + n_split - 1) / n_split;
     int p0 = split * chunk, p1 = min(n_pos, p0 + chunk);
-    attn_block<Q8>(q + ((size_t)t * n_head + h) * hd, scale, kc_tab[(size_t)layer * n_seq + t],
-                   vc_tab[(size_t)layer * n_seq + t], n_head_kv * hd, kvh * hd, hd, p0, p1, sm);
+    attn_block<Q8>(cur[0], scale, kc, vc, kv_dim, kvh * hd, hd, p0, p1, sm, p, cur[1], cur[2]);
     /* the head's output, quantized (hd is a multiple of 32): att [t][n_head * hd] */
     const int Q = n_head * hd;
     int8_t *oq = att.q + (size_t)t * Q + (size_t)h * hd;
     float2 *od = att.d + (size_t)t * (Q / 32) + (size_t)h * hd / 32;
-    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     if (n_split == 1) {
         for (int b = warp; b < hd / 32; b += ATT_WARPS)
             quant32(sm.acc[b * 32 + lane] / sm.l, oq + b * 32, od + b);
@@ -502,6 +529,7 @@ __device__ __forceinline__ void dm_rows(const dg_mat &M, int r, const uint32_t *
 template <int WN, int MODE>
 __global__ void __launch_bounds__(DM_WARPS *WARP) dmma(dg_args a)
 {
+    dep_enter();
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g = lane >> 2, t = lane & 3;
     const int cols = a.cols, words = cols / 32, nb = cols / QK, nt = a.nt;
     if (MODE == DG_SILU) {

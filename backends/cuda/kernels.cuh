@@ -40,6 +40,20 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+/* Programmatic dependent launch (sm_90 and newer). The fused decode step launches its kernels
+ * with the programmatic-serialization attribute, so the next kernel's blocks can be scheduled
+ * while this one drains instead of after it. Every kernel launched that way calls this first, in
+ * every block, before it touches memory: it waits until the previous kernel has completed and its
+ * writes are visible (so ordering stays transitive along the stream), then lets the next kernel be
+ * scheduled. Launched without the attribute, or below sm_90, it does nothing. */
+__device__ __forceinline__ void dep_enter()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float bf16_to_f32(uint16_t h)
 {
     return __uint_as_float((uint32_t)h << 16);
@@ -140,6 +154,7 @@ __global__ void q1_gemv(const uint32_t *__restrict__ bits, const __half *__restr
 __global__ void dense_matmul(wview w, const float *__restrict__ x, float *__restrict__ y,
                              int n_tok)
 {
+    dep_enter();
     int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     int64_t row = (int64_t)blockIdx.x * (blockDim.x / WARP) + warp;
     if (row >= w.rows) return;
@@ -154,6 +169,7 @@ __global__ void dense_matmul(wview w, const float *__restrict__ x, float *__rest
 /* y[t] = row ids[t] of w. */
 __global__ void get_rows(wview w, const int32_t *__restrict__ ids, float *__restrict__ y)
 {
+    dep_enter();
     int t = blockIdx.y;
     int64_t r = ids[t];
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < w.cols;
@@ -164,6 +180,7 @@ __global__ void get_rows(wview w, const int32_t *__restrict__ ids, float *__rest
 /* One block per row: y = x / sqrt(mean(x^2) + eps) * w (y may alias x). */
 __global__ void rmsnorm(const float *x, const float *__restrict__ w, float *y, int n, float eps)
 {
+    dep_enter();
     __shared__ float part[32];
     const float *xr = x + (size_t)blockIdx.x * n;
     float *yr = y + (size_t)blockIdx.x * n;
@@ -317,7 +334,8 @@ __device__ __forceinline__ float kv_at(const void *cache, int64_t p, int kv_dim,
  * warps: each warp takes every ATT_WARPS-th position with an online softmax (running max, sum and
  * weighted V), then the warps' results are merged into sm.m, sm.l and sm.acc[d] (weighted V not
  * yet divided by l; m = -inf and l = 0 for an empty range). Lane l holds dimensions l, l + 32, ...
- * of the head; qh is the query head, `scale` the score scale. */
+ * of the head; qh is the query head, `scale` the score scale. Position pcur, when in the range,
+ * is read from kcur and vcur (the head's values) instead of the cache. */
 constexpr int ATT_WARPS = 4, ATT_MAX_HD = 256;
 
 struct attn_smem {
@@ -330,7 +348,8 @@ struct attn_smem {
 template <bool Q8>
 __device__ void attn_block(const float *__restrict__ qh, float scale, const void *__restrict__ kc,
                            const void *__restrict__ vc, int kv_dim, int koff, int head_dim, int p0,
-                           int p1, attn_smem &sm)
+                           int p1, attn_smem &sm, int pcur = -1, const float *kcur = NULL,
+                           const float *vcur = NULL)
 {
     constexpr int PER = ATT_MAX_HD / WARP;
     int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -347,7 +366,8 @@ __device__ void attn_block(const float *__restrict__ qh, float scale, const void
 #pragma unroll
         for (int i = 0; i < PER; i++) {
             int d = lane + WARP * i;
-            if (d < head_dim) s += qv[i] * kv_at<Q8>(kc, p, kv_dim, koff + d);
+            if (d < head_dim)
+                s += qv[i] * (p == pcur ? kcur[d] : kv_at<Q8>(kc, p, kv_dim, koff + d));
         }
         s = warp_sum(s);
         float m_new = fmaxf(m, s);
@@ -356,7 +376,9 @@ __device__ void attn_block(const float *__restrict__ qh, float scale, const void
 #pragma unroll
         for (int i = 0; i < PER; i++) {
             int d = lane + WARP * i;
-            float vv = d < head_dim ? kv_at<Q8>(vc, p, kv_dim, koff + d) : 0.0f;
+            float vv = d >= head_dim ? 0.0f
+                       : p == pcur   ? vcur[d]
+                                     : kv_at<Q8>(vc, p, kv_dim, koff + d);
             acc[i] = acc[i] * corr + e * vv;
         }
         m = m_new;
