@@ -149,7 +149,9 @@ static bool close_to(double got, double want, double tol)
     return fabs(got - want) <= tol * (1.0 + fabs(want));
 }
 
-/* quant_rows (with and without the norm) and dgemv in its three modes, for 1, 3 and 8 tokens. */
+/* quant_rows against a host quantization, then dgemv (1 and 8 tokens; STORE and SILU quantizing
+ * their own input, which must equal quant_rows') and dmma (13, 24, 40) in their three modes
+ * against double sums over quant_rows' output. */
 static void test_dgemv(void **state)
 {
     (void)state;
@@ -185,7 +187,10 @@ static void test_dgemv(void **state)
         a.m[1] = device_view(B, yb.data());
         a.m[2] = device_view(C, yc.data());
         a.n_mat = 3;
-        a.x = qa;
+        a.x = qa; /* dmma's input; dgemv's blocks quantize their own from x */
+        a.xf = x.data();
+        a.nw = nw.data();
+        a.eps = 1e-6f;
         a.cols = E;
         launch_dgemv(nt, DG_STORE, a, 1); /* one block: the grid-stride loop goes round */
         for (int t = 0; t < nt; t++) {
@@ -214,6 +219,9 @@ static void test_dgemv(void **state)
         a.m[1] = device_view(U, nullptr);
         a.n_mat = 2;
         a.x = qa;
+        a.xf = x.data();
+        a.nw = nw.data();
+        a.eps = 1e-6f;
         a.out = qact{gq.data(), gd.data()};
         a.cols = E;
         launch_dgemv(nt, DG_SILU, a, 5);

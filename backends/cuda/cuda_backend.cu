@@ -81,6 +81,7 @@ struct cuda_backend {
     bsi_backend base;
     int device;
     int n_sm;
+    size_t smem_optin; /* the most shared memory a block may have */
     bool fused, graphs; /* BONSAI_CUDA_FUSED, BONSAI_CUDA_GRAPH (default on) */
     bool pdl;           /* the decode step's kernels as programmatic dependent launches */
     dec_state dec;
@@ -175,15 +176,16 @@ static bool pdl_usable(const cudaDeviceProp *prop)
     return fa.binaryVersion >= 90 && fa.ptxVersion >= 90;
 }
 
-/* Launches kernel k on the backend's stream, as a programmatic dependent launch when the backend
- * uses them (k must call dep_enter first). */
+/* Launches kernel k with smem bytes of dynamic shared memory on the backend's stream, as a
+ * programmatic dependent launch when the backend uses them (k must call dep_enter first). */
 template <typename... P, typename... A>
 static cudaError_t dep_launch(const cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block,
-                              A &&...args)
+                              size_t smem, A &&...args)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = b->stream;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -223,6 +225,7 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
         return st;
     }
     b->n_sm = prop.multiProcessorCount;
+    b->smem_optin = prop.sharedMemPerBlockOptin;
     const char *env = getenv("BONSAI_CUDA_FUSED");
     b->fused = !env || strcmp(env, "0");
     env = getenv("BONSAI_CUDA_GRAPH");
@@ -787,6 +790,7 @@ static bool cuda_decode_ok(bsi_backend *be, const bsi_decode_model *m, uint32_t 
         m->rope.n_rot % 2 || m->n_head_kv < 1 || m->n_head % m->n_head_kv)
         return false;
     if (m->head_dim % 32) return false; /* the attention output is quantized per head */
+    if (dg_smem(DG_MAX_NT, (int)m->n_embd) > b->smem_optin) return false;
     for (uint32_t l = 0; l < m->n_layer; l++) {
         const bsi_decode_layer *L = &m->layers[l];
         const bsi_weight *w[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
@@ -849,6 +853,17 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
     if (e == cudaSuccess) e = cudaMalloc((void **)&d->in_dev, d->in_bytes);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&d->in_host, d->in_bytes);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&d->in_done, cudaEventDisableTiming);
+    /* dgemv's blocks keep x quantized in shared memory: beyond the default 48 KB (n_embd over
+     * ~4800 at 8 tokens) the kernels must be allowed more (cuda_decode_ok checked the device) */
+    for (int nt = 1; nt <= DG_MAX_NT && e == cudaSuccess; nt++) {
+        size_t need = dg_smem(nt, (int)E);
+        if (need <= 48 * 1024) continue;
+        e = cudaFuncSetAttribute(dg_fn[nt - 1][DG_STORE],
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need);
+        if (e == cudaSuccess)
+            e = cudaFuncSetAttribute(dg_fn[nt - 1][DG_SILU],
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need);
+    }
     if (e != cudaSuccess) {
         dec_free(b);
         return cuda_fail(e, "setting up the decode step");
@@ -872,14 +887,15 @@ static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
 {
     int threads, blocks = dg_plan(a, nt, mode, &threads), cap = 8 * b->n_sm;
     if (blocks > cap) blocks = cap; /* grid-stride loops take the rest */
-    dg_kernel fn = nt > DG_MAX_NT ? dm_fn[dm_wn(nt) / 4][mode] : dg_fn[nt - 1][mode];
-    CU(dep_launch(b, fn, dim3((unsigned)blocks), dim3((unsigned)threads), a));
+    bool tc = nt > DG_MAX_NT;
+    dg_kernel fn = tc ? dm_fn[dm_wn(nt) / 4][mode] : dg_fn[nt - 1][mode];
+    size_t smem = !tc && mode != DG_ADD ? dg_smem(nt, a.cols) : 0;
+    CU(dep_launch(b, fn, dim3((unsigned)blocks), dim3((unsigned)threads), smem, a));
     return BONSAI_OK;
 }
 
-/* y = W x (DG_STORE) or y += W x (DG_ADD) for nt tokens of x quantized. */
-static bonsai_status dg_one(cuda_backend *b, int nt, int mode, const bsi_weight *w, float *y,
-                            const qact &x)
+/* y += W x for nt tokens of x quantized. */
+static bonsai_status dg_add(cuda_backend *b, int nt, const bsi_weight *w, float *y, const qact &x)
 {
     dg_args a;
     memset(&a, 0, sizeof a);
@@ -887,14 +903,23 @@ static bonsai_status dg_one(cuda_backend *b, int nt, int mode, const bsi_weight 
     a.n_mat = 1;
     a.x = x;
     a.cols = (int)w->cols;
-    return dg_run(b, nt, mode, a);
+    return dg_run(b, nt, DG_ADD, a);
 }
 
-/* x [n][cols] (RMS-normed with nw when given) quantized into out, on the stream. */
-static bonsai_status quant_x(cuda_backend *b, const float *x, const float *nw, float eps, int cols,
-                             uint32_t n, const qact &out)
+/* Makes a's input rmsnorm(x) [nt][cols] with weight nw: dgemv (STORE, SILU) normalizes and
+ * quantizes it in each block; for dmma quant_rows does it first, into the step's qa. */
+static bonsai_status dg_input(cuda_backend *b, int nt, dg_args &a, const float *x,
+                              const float *nw, float eps, int cols)
 {
-    CU(dep_launch(b, quant_rows, dim3(n), dim3(QR_THREADS), x, nw, eps, cols, out));
+    a.cols = cols;
+    if (nt <= DG_MAX_NT) {
+        a.xf = x;
+        a.nw = nw;
+        a.eps = eps;
+        return BONSAI_OK;
+    }
+    a.x = b->dec.qa;
+    CU(dep_launch(b, quant_rows, dim3((unsigned)nt), dim3(QR_THREADS), 0, x, nw, eps, cols, a.x));
     return BONSAI_OK;
 }
 
@@ -927,42 +952,42 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
     for (uint32_t l = 0; l < m->n_layer; l++) {
         const bsi_decode_layer *L = &m->layers[l];
         /* q, k, v of the normed x */
-        TRY(quant_x(b, d->x, L->attn_norm, m->eps, E, n, d->qa));
         dg_args a;
         memset(&a, 0, sizeof a);
         a.m[0] = dg_matrix(L->wq, d->q);
         a.m[1] = dg_matrix(L->wk, d->k);
         a.m[2] = dg_matrix(L->wv, d->v);
         a.n_mat = 3;
-        a.x = d->qa;
-        a.cols = E;
+        TRY(dg_input(b, nt, a, d->x, L->attn_norm, m->eps, E));
         TRY(dg_run(b, nt, DG_STORE, a));
         /* q/k norms, RoPE, k and v into the caches, attention: its output quantized into qb;
          * x += Wo att */
         dim3 g2((unsigned)nh, n, (unsigned)ns);
         CU(dep_launch(b, q8 ? attn_decode<true> : attn_decode<false>, g2,
-                      dim3(ATT_WARPS * WARP), d->q, d->k, d->v, L->q_norm, L->k_norm, m->eps, rp,
+                      dim3(ATT_WARPS * WARP), 0, d->q, d->k, d->v, L->q_norm, L->k_norm, m->eps, rp,
                       kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale));
-        TRY(dg_one(b, nt, DG_ADD, L->wo, d->x, d->qb));
+        TRY(dg_add(b, nt, L->wo, d->x, d->qb));
         /* g = silu(Wgate h) * (Wup h) of the normed x, quantized into qb; x += Wdown g */
-        TRY(quant_x(b, d->x, L->ffn_norm, m->eps, E, n, d->qa));
         memset(&a, 0, sizeof a);
         a.m[0] = dg_matrix(L->w_gate, NULL);
         a.m[1] = dg_matrix(L->w_up, NULL);
         a.n_mat = 2;
-        a.x = d->qa;
         a.out = d->qb;
-        a.cols = E;
+        TRY(dg_input(b, nt, a, d->x, L->ffn_norm, m->eps, E));
         TRY(dg_run(b, nt, DG_SILU, a));
-        TRY(dg_one(b, nt, DG_ADD, L->w_down, d->x, d->qb));
+        TRY(dg_add(b, nt, L->w_down, d->x, d->qb));
     }
     if (m->output->type == T_Q1_0) {
-        TRY(quant_x(b, d->x, m->output_norm, m->eps, E, n, d->qa));
-        TRY(dg_one(b, nt, DG_STORE, m->output, logits, d->qa));
+        dg_args a;
+        memset(&a, 0, sizeof a);
+        a.m[0] = dg_matrix(m->output, logits);
+        a.n_mat = 1;
+        TRY(dg_input(b, nt, a, d->x, m->output_norm, m->eps, E));
+        TRY(dg_run(b, nt, DG_STORE, a));
     } else {
-        CU(dep_launch(b, rmsnorm, dim3(n), dim3(256), d->x, m->output_norm, d->h, E, m->eps));
+        CU(dep_launch(b, rmsnorm, dim3(n), dim3(256), 0, d->x, m->output_norm, d->h, E, m->eps));
         CU(dep_launch(b, dense_matmul, dim3((unsigned)((m->output->rows + 7) / 8)),
-                      dim3(8 * WARP), view(m->output), d->h, logits, nt));
+                      dim3(8 * WARP), 0, view(m->output), d->h, logits, nt));
     }
 #undef TRY
     CU(cudaGetLastError());

@@ -4,23 +4,25 @@
  * positions, the sequences' KV cache buffers) is read from device memory, so one captured CUDA
  * graph serves every step. Per layer:
  *
- *   quant_rows     rmsnorm(x) -> int8 in blocks of 32
- *   dgemv STORE    q, k, v = Wq, Wk, Wv . x                                   (one launch)
+ *   dgemv STORE    q, k, v = Wq, Wk, Wv . rmsnorm(x)                          (one launch)
  *   attn_decode    per (head, split): q/k RMS norm and RoPE of its own copies of q, k and v
  *                  (k and v also go into the caches), attention over its share of the
  *                  positions; the last block of a head merges and writes the output as int8
  *   dgemv ADD      x += Wo . att
- *   quant_rows     rmsnorm(x) -> int8
- *   dgemv SILU     g = silu(Wgate . x) * (Wup . x), quantized to int8 in its epilogue
+ *   dgemv SILU     g = silu(Wgate . h) * (Wup . h), h = rmsnorm(x), quantized to int8 in
+ *                  its epilogue
  *   dgemv ADD      x += Wdown . g
  *
- * and at the end rmsnorm(x) -> int8, logits = Wout . x (dgemv STORE).
+ * and at the end logits = Wout . rmsnorm(x) (dgemv STORE): 5 kernels a layer.
  *
- * dgemv (up to DG_MAX_NT tokens): a warp takes DG_ROWS rows at a time (grid-stride over the rows
- * of all the launch's matrices); lane j reads sign word j, j + 32, ... of each row (coalesced)
- * and expands each 4 bits to 4 byte masks for dp4a: with S1 the sum of the int8 values whose bit
- * is set and S the block's sum, the word's dot product is d_w * d_x * (2 S1 - S). More tokens:
- * dmma, the same launches on tensor cores (below).
+ * dgemv (up to DG_MAX_NT tokens): in STORE and SILU each block first RMS-norms and quantizes its
+ * own copy of x (int8 in blocks of 32, in shared memory; a few KB, read from L2); ADD's input
+ * comes quantized by the kernel before. A warp takes DG_ROWS rows at a time (grid-stride over the
+ * rows of all the launch's matrices); lane j reads sign word j, j + 32, ... of each row
+ * (coalesced) and expands each 4 bits to 4 byte masks for dp4a: with S1 the sum of the int8
+ * values whose bit is set and S the block's sum, the word's dot product is d_w * d_x * (2 S1 - S).
+ * More tokens: dmma, the same launches on tensor cores (below), after quant_rows (a block per
+ * token: rmsnorm(x) -> int8), 7 kernels a layer.
  */
 #ifndef BONSAI_CUDA_DECODE_CUH
 #define BONSAI_CUDA_DECODE_CUH
@@ -35,7 +37,9 @@ constexpr int DM_WARPS = 4;     /* warps per dmma block */
 constexpr int DG_WARPS = 8;    /* warps per dgemv block */
 constexpr int DG_ROWS = 2;     /* rows per warp (STORE, ADD) */
 constexpr int DG_SILU_ROWS = 4; /* rows per warp (SILU): a block covers 32 rows of g */
-constexpr int QR_THREADS = 512; /* quant_rows: 4 values per thread, 2048 per pass */
+constexpr int QR_THREADS = DG_WARPS * WARP; /* quant_rows, as dgemv's prologue */
+/* norm_quant's shared floats: partial sums of squares per (token, warp), then a scale per token */
+constexpr int DG_RED = DG_MAX_NT * DG_WARPS + DG_MAX_NT;
 constexpr int ATT_MAX_SPLIT = 32;
 
 enum dg_mode { DG_STORE = 0, DG_ADD = 1, DG_SILU = 2 };
@@ -60,7 +64,10 @@ struct dg_args {
     dg_mat m[3];
     int n_mat;
     int groups[3]; /* row groups of each matrix: DG_ROWS rows (a warp), SILU 32 rows (a block) */
-    qact x;        /* the input, [NT][cols] */
+    qact x;        /* the input, [NT][cols] (dmma; dgemv ADD) */
+    const float *xf; /* dgemv STORE and SILU: the input unquantized, [NT][cols], */
+    const float *nw; /* RMS-normed with this weight (when not NULL) */
+    float eps;
     qact out;      /* SILU: g, [NT][rows] */
     int cols;
     int nt;        /* tokens (dmma; dgemv has them as its template argument) */
@@ -78,56 +85,84 @@ __device__ __forceinline__ void quant32(float v, int8_t *q, float2 *d)
     if (lane == 0) *d = make_float2(amax / 127.0f, sum);
 }
 
-/* One block per row of x [n][cols]: RMS-normed with weight nw when given, quantized into out.
- * Each thread takes 4 values at a time; the 8 threads of a block of 32 reduce among themselves. */
-__global__ void __launch_bounds__(QR_THREADS)
-    quant_rows(const float *__restrict__ x, const float *__restrict__ nw, float eps, int cols,
-               qact out)
+/* Rows 0 .. n - 1 (n <= DG_MAX_NT) of x [n][cols] (cols a multiple of 128), RMS-normed with
+ * weight nw when given, quantized into out by a block of DG_WARPS warps: each thread takes 4
+ * values at a time, and the 8 threads of a block of 32 reduce among themselves. red: DG_RED
+ * shared floats. quant_rows and dgemv's prologue both use it, so they quantize alike. */
+__device__ __forceinline__ void norm_quant(const float *__restrict__ x,
+                                           const float *__restrict__ nw, float eps, int cols,
+                                           int n, qact out, float *red)
 {
-    dep_enter();
-    __shared__ float red[QR_THREADS / WARP];
-    __shared__ float s_scale;
-    const int t = blockIdx.x, lane = threadIdx.x % WARP;
-    const float *xr = x + (size_t)t * cols;
-    float scale = 1.0f;
+    constexpr int T = DG_WARPS * WARP;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    float *scale = red + DG_MAX_NT * DG_WARPS;
     if (nw) {
-        float s = 0.0f;
-        for (int i = threadIdx.x * 4; i < cols; i += QR_THREADS * 4) {
-            float4 v = *(const float4 *)(xr + i);
-            s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        }
-        s = warp_sum(s);
-        if (lane == 0) red[threadIdx.x / WARP] = s;
+        float s[DG_MAX_NT];
+#pragma unroll
+        for (int t = 0; t < DG_MAX_NT; t++) s[t] = 0.0f;
+        for (int i = threadIdx.x * 4; i < cols; i += T * 4)
+#pragma unroll
+            for (int t = 0; t < DG_MAX_NT; t++)
+                if (t < n) {
+                    float4 v = *(const float4 *)(x + (size_t)t * cols + i);
+                    s[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                }
+#pragma unroll
+        for (int t = 0; t < DG_MAX_NT; t++)
+            if (t < n) {
+                float w = warp_sum(s[t]);
+                if (lane == 0) red[t * DG_WARPS + warp] = w;
+            }
         __syncthreads();
-        if (threadIdx.x == 0) {
+        if ((int)threadIdx.x < n) {
             float tot = 0.0f;
-            for (int w = 0; w < QR_THREADS / WARP; w++) tot += red[w];
-            s_scale = rsqrtf(tot / (float)cols + eps);
+            for (int w = 0; w < DG_WARPS; w++) tot += red[threadIdx.x * DG_WARPS + w];
+            scale[threadIdx.x] = rsqrtf(tot / (float)cols + eps);
         }
         __syncthreads();
-        scale = s_scale;
     }
-    for (int i = threadIdx.x * 4; i < cols; i += QR_THREADS * 4) {
-        float4 v = *(const float4 *)(xr + i);
+    for (int j = threadIdx.x * 4; j < n * cols; j += T * 4) {
+        const int t = j / cols, i = j - t * cols;
+        float4 v = *(const float4 *)(x + j);
         if (nw) {
+            float sc = scale[t];
             float4 w = *(const float4 *)(nw + i);
-            v.x = v.x * scale * w.x;
-            v.y = v.y * scale * w.y;
-            v.z = v.z * scale * w.z;
-            v.w = v.w * scale * w.w;
+            v.x = v.x * sc * w.x;
+            v.y = v.y * sc * w.y;
+            v.z = v.z * sc * w.z;
+            v.w = v.w * sc * w.w;
         }
         float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
         for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         float id = amax > 0.0f ? 127.0f / amax : 0.0f;
         int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id),
             q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
-        char4 packed = make_char4((signed char)q0, (signed char)q1, (signed char)q2,
-                                  (signed char)q3);
-        *(char4 *)(out.q + (size_t)t * cols + i) = packed;
+        *(char4 *)(out.q + j) = make_char4((signed char)q0, (signed char)q1, (signed char)q2,
+                                           (signed char)q3);
         int sum = q0 + q1 + q2 + q3;
         for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (lane % 8 == 0) out.d[(size_t)t * (cols / 32) + i / 32] = make_float2(amax / 127.0f, (float)sum);
+        if (lane % 8 == 0) out.d[j / 32] = make_float2(amax / 127.0f, (float)sum);
     }
+}
+
+/* One block per row of x [n][cols]: RMS-normed with weight nw when given, quantized into out
+ * (the input of dmma; dgemv quantizes its own). */
+__global__ void __launch_bounds__(QR_THREADS)
+    quant_rows(const float *__restrict__ x, const float *__restrict__ nw, float eps, int cols,
+               qact out)
+{
+    dep_enter();
+    __shared__ float red[DG_RED];
+    const size_t t = blockIdx.x;
+    qact row{out.q + t * cols, out.d + t * (cols / 32)};
+    norm_quant(x + t * cols, nw, eps, cols, 1, row, red);
+}
+
+/* Dynamic shared memory of a dgemv STORE or SILU block of nt tokens over cols columns: norm_quant's
+ * floats, then the block's copy of x quantized (scales, then values; all 16-byte aligned). */
+__host__ __device__ inline size_t dg_smem(int nt, int cols)
+{
+    return DG_RED * sizeof(float) + (size_t)nt * (cols / 32) * sizeof(float2) + (size_t)nt * cols;
 }
 
 /* 4 bits (weights 4k .. 4k + 3 of a word) to 4 bytes of 0 or 1, low weight in the low byte. */
@@ -136,8 +171,9 @@ __device__ __forceinline__ int nibble_mask(uint32_t word, int k)
     return (int)((((word >> (4 * k)) & 0xfu) * 0x00204081u) & 0x01010101u);
 }
 
-/* acc[r][t] += row r of the word-set . token t, over the row's words lane, lane + 32, ... */
-template <int NT, int R>
+/* acc[r][t] += row r of the word-set . token t, over the row's words lane, lane + 32, ...; x in
+ * shared memory (SM) or global. */
+template <int NT, int R, bool SM>
 __device__ __forceinline__ void dg_dot(const uint32_t *const (&bp)[R], const __half *const (&sp)[R],
                                        const qact &x, int cols, float (&acc)[R][NT])
 {
@@ -148,9 +184,15 @@ __device__ __forceinline__ void dg_dot(const uint32_t *const (&bp)[R], const __h
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int4 *p = (const int4 *)(x.q + (size_t)t * cols + (size_t)w * 32);
-            xa[t][0] = __ldg(p);
-            xa[t][1] = __ldg(p + 1);
-            xs[t] = __ldg(x.d + (size_t)t * words + w);
+            if constexpr (SM) { /* the block's own copy in shared memory */
+                xa[t][0] = p[0];
+                xa[t][1] = p[1];
+                xs[t] = x.d[(size_t)t * words + w];
+            } else {
+                xa[t][0] = __ldg(p);
+                xa[t][1] = __ldg(p + 1);
+                xs[t] = __ldg(x.d + (size_t)t * words + w);
+            }
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -197,6 +239,17 @@ __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
     dep_enter();
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int cols = a.cols, words = cols / 32, nb = cols / QK;
+    /* STORE and SILU: the block first normalizes and quantizes its own copy of x (a few KB) in
+     * shared memory, instead of a separate quant_rows launch; ADD reads x already quantized */
+    constexpr bool SM = MODE != DG_ADD;
+    qact x = a.x;
+    if constexpr (SM) {
+        DYN_SMEM(smem);
+        x.d = (float2 *)(smem + DG_RED * sizeof(float));
+        x.q = (int8_t *)(x.d + (size_t)NT * (cols / 32));
+        norm_quant(a.xf, a.nw, a.eps, cols, NT, x, (float *)smem);
+        __syncthreads();
+    }
     if (MODE == DG_SILU) {
         /* a block per 32 rows of g: warp w takes rows 4w .. 4w + 3 of gate and of up */
         __shared__ float gs[NT][32];
@@ -219,7 +272,7 @@ __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
             for (int r = 0; r < 2 * DG_SILU_ROWS; r++)
 #pragma unroll
                 for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
-            dg_dot<NT, 2 * DG_SILU_ROWS>(bp, sp, a.x, cols, acc);
+            dg_dot<NT, 2 * DG_SILU_ROWS, SM>(bp, sp, x, cols, acc);
             if (lane == 0)
 #pragma unroll
                 for (int r = 0; r < DG_SILU_ROWS; r++)
@@ -253,7 +306,7 @@ __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
         for (int r = 0; r < DG_ROWS; r++)
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
-        dg_dot<NT, DG_ROWS>(bp, sp, a.x, cols, acc);
+        dg_dot<NT, DG_ROWS, SM>(bp, sp, x, cols, acc);
         if (lane == 0) {
 #pragma unroll
             for (int r = 0; r < DG_ROWS; r++) {

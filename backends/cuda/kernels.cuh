@@ -40,6 +40,13 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+/* A kernel's dynamic shared memory, as bytes aligned to 16. */
+#ifdef BSI_CUDA_EMU
+#define DYN_SMEM(name) unsigned char *name = cuda_emu::dyn_smem()
+#else
+#define DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 /* Programmatic dependent launch (sm_90 and newer). The fused decode step launches its kernels
  * with the programmatic-serialization attribute, so the next kernel's blocks can be scheduled
  * while this one drains instead of after it. Every kernel launched that way calls this first, in

@@ -32,6 +32,12 @@ void *trampoline(void *p)
 
 } // namespace
 
+unsigned char *dyn_smem()
+{
+    alignas(16) static unsigned char buf[256 * 1024];
+    return buf;
+}
+
 void run(dim3 grid, dim3 block, const std::function<void()> &body)
 {
     unsigned n = block.x * block.y * block.z;

@@ -231,6 +231,9 @@ namespace cuda_emu
  * threads), a block at a time. */
 void run(dim3 grid, dim3 block, const std::function<void()> &body);
 
+/* A block's dynamic shared memory (blocks run one at a time): 256 KB, 16-byte aligned. */
+unsigned char *dyn_smem();
+
 } // namespace cuda_emu
 
 /* kernel<<<grid, block>>>(args...) becomes EMU_LAUNCH(kernel, grid, block, args...) */
