@@ -187,7 +187,7 @@ static void test_dgemv(void **state)
         a.m[1] = device_view(B, yb.data());
         a.m[2] = device_view(C, yc.data());
         a.n_mat = 3;
-        a.x = qa; /* dmma's input; dgemv's blocks quantize their own from x */
+        a.x = nt > DG_MAX_NT ? qa : qact{}; /* dmma's input; dgemv quantizes its own from x */
         a.xf = x.data();
         a.nw = nw.data();
         a.eps = 1e-6f;
@@ -218,7 +218,7 @@ static void test_dgemv(void **state)
         a.m[0] = device_view(G, nullptr);
         a.m[1] = device_view(U, nullptr);
         a.n_mat = 2;
-        a.x = qa;
+        a.x = nt > DG_MAX_NT ? qa : qact{};
         a.xf = x.data();
         a.nw = nw.data();
         a.eps = 1e-6f;
@@ -416,7 +416,7 @@ static float cache_value(const unsigned char *row, int i, bool q8)
  * kernels it replaces (rmsnorm, rope and kv_store, run here one sequence at a time) and attention
  * in double: the cache rows at each sequence's own position (nothing else written), and the
  * output, split over positions (the last block of a head merging) and quantized. */
-static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split)
+static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split, bool reverse)
 {
     const int n_seq = 2, nh = 4, nkv = 2, n_rot = neox ? hd : hd / 2, kv_dim = nkv * hd;
     const int n_ctx = 40, pos_of[n_seq] = {0, 29};
@@ -462,6 +462,9 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
     std::vector<unsigned> counter((size_t)n_seq * nh, 0);
     qact out{oq.data(), od.data()};
     dim3 grid(nh, n_seq, n_split);
+    /* last to first, the blocks that store k and v run after the others, which must not read
+     * the new position from the cache */
+    cuda_emu::g_reverse_blocks = reverse;
     if (q8)
         EMU_LAUNCH(attn_decode<true>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
                    qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
@@ -470,6 +473,7 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
         EMU_LAUNCH(attn_decode<false>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
                    qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
                    part.data(), counter.data(), n_seq, nh, nkv, hd, scale);
+    cuda_emu::g_reverse_blocks = false;
     for (unsigned c : counter) assert_int_equal(c, 0); /* reset for the next step */
     double worst = 0;
     for (int s = 0; s < n_seq; s++) {
@@ -527,19 +531,53 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
             }
         }
     }
-    print_message("  attn_decode hd %d %s%s %s, %d split%s: worst output error %.2g\n", hd,
+    print_message("  attn_decode hd %d %s%s %s, %d split%s%s: worst output error %.2g\n", hd,
                   neox ? "neox" : "normal", yarn ? " yarn" : "", q8 ? "q8_0" : "f16", n_split,
-                  n_split > 1 ? "s" : "", worst);
+                  n_split > 1 ? "s" : "", reverse ? ", blocks last to first" : "", worst);
+}
+
+/* A warp's kv_round of hd values: the rounded copy into out, the cache row into row. */
+template <bool Q8> static void kv_round_kernel(const float *in, float *out, void *row, int hd)
+{
+    __shared__ float buf[ATT_MAX_HD];
+    for (int d = threadIdx.x; d < hd; d += WARP) buf[d] = in[d];
+    __syncwarp();
+    kv_round<Q8>(buf, hd, row);
+    for (int d = threadIdx.x; d < hd; d += WARP) out[d] = buf[d];
+}
+
+/* What attn_decode uses for the new position equals, to the bit, what later steps read back. */
+static void check_kv_round(bool q8)
+{
+    const int hd = 128;
+    std::vector<float> in(hd), out(hd);
+    for (auto &v : in) v = uniform(-3, 3);
+    in[5] = 0; /* and a block of zeros */
+    for (int i = 64; i < 96; i++) in[i] = 0;
+    std::vector<unsigned char> row(hd * 2);
+    if (q8)
+        EMU_LAUNCH(kv_round_kernel<true>, dim3(1), dim3(WARP), in.data(), out.data(), row.data(),
+                   hd);
+    else
+        EMU_LAUNCH(kv_round_kernel<false>, dim3(1), dim3(WARP), in.data(), out.data(), row.data(),
+                   hd);
+    for (int i = 0; i < hd; i++) {
+        float back = cache_value(row.data(), i, q8);
+        assert_memory_equal(&out[i], &back, sizeof back);
+        assert_true(fabsf(out[i] - in[i]) <= (q8 ? 0.6f * 3.0f / 127 : 2e-3f));
+    }
 }
 
 static void test_attn_decode(void **state)
 {
     (void)state;
-    check_attn_decode(64, true, false, false, 1);
-    check_attn_decode(64, true, true, false, 5);
-    check_attn_decode(64, false, false, true, 5);
-    check_attn_decode(128, true, true, true, 1);
-    check_attn_decode(128, false, true, false, 5);
+    check_kv_round(false);
+    check_kv_round(true);
+    check_attn_decode(64, true, false, false, 1, true);
+    check_attn_decode(64, true, true, false, 5, false);
+    check_attn_decode(64, false, false, true, 5, true);
+    check_attn_decode(128, true, true, true, 1, false);
+    check_attn_decode(128, false, true, false, 5, true);
 }
 
 /* sample_rows against the host sampler with the same seed, for several chains. */

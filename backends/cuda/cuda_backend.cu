@@ -75,6 +75,7 @@ struct dec_state {
     size_t in_bytes;
     cudaEvent_t in_done; /* the last upload of in_host finished */
     dec_graph graphs[DEC_MAX_SEQ + 1];
+    int wave[DG_MAX_NT][3]; /* dgemv STORE, SILU of 1 .. 8 tokens: the blocks of one full wave */
 };
 
 struct cuda_backend {
@@ -790,7 +791,9 @@ static bool cuda_decode_ok(bsi_backend *be, const bsi_decode_model *m, uint32_t 
         m->rope.n_rot % 2 || m->n_head_kv < 1 || m->n_head % m->n_head_kv)
         return false;
     if (m->head_dim % 32) return false; /* the attention output is quantized per head */
-    if (dg_smem(DG_MAX_NT, (int)m->n_embd) > b->smem_optin) return false;
+    /* dgemv's copy of x, and SILU's static gs (cuda_decode's setup makes room up to this) */
+    if (dg_smem(DG_MAX_NT, (int)m->n_embd) + DG_MAX_NT * 32 * sizeof(float) > b->smem_optin)
+        return false;
     for (uint32_t l = 0; l < m->n_layer; l++) {
         const bsi_decode_layer *L = &m->layers[l];
         const bsi_weight *w[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
@@ -853,17 +856,26 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
     if (e == cudaSuccess) e = cudaMalloc((void **)&d->in_dev, d->in_bytes);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&d->in_host, d->in_bytes);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&d->in_done, cudaEventDisableTiming);
-    /* dgemv's blocks keep x quantized in shared memory: beyond the default 48 KB (n_embd over
-     * ~4800 at 8 tokens) the kernels must be allowed more (cuda_decode_ok checked the device) */
-    for (int nt = 1; nt <= DG_MAX_NT && e == cudaSuccess; nt++) {
-        size_t need = dg_smem(nt, (int)E);
-        if (need <= 48 * 1024) continue;
-        e = cudaFuncSetAttribute(dg_fn[nt - 1][DG_STORE],
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need);
-        if (e == cudaSuccess)
-            e = cudaFuncSetAttribute(dg_fn[nt - 1][DG_SILU],
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need);
-    }
+    /* dgemv STORE and SILU keep x quantized in shared memory (dg_smem). Each may have all the
+     * device allows a block beyond its static shared memory (the attribute belongs to the
+     * process, so it is only ever set to that most, never lowered by a smaller model), and is
+     * launched as one full wave of blocks, so that each block's copy of x serves the most rows */
+    const int modes[2] = {DG_STORE, DG_SILU};
+    for (int nt = 1; nt <= DG_MAX_NT && e == cudaSuccess; nt++)
+        for (int i = 0; i < 2 && e == cudaSuccess; i++) {
+            dg_kernel fn = dg_fn[nt - 1][modes[i]];
+            size_t need = dg_smem(nt, (int)E);
+            cudaFuncAttributes fa;
+            e = cudaFuncGetAttributes(&fa, fn);
+            if (e == cudaSuccess && need + fa.sharedSizeBytes > 48 * 1024)
+                e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)(b->smem_optin - fa.sharedSizeBytes));
+            int per_sm = 0;
+            if (e == cudaSuccess)
+                e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, DG_WARPS * WARP,
+                                                                  need);
+            d->wave[nt - 1][modes[i]] = (per_sm > 0 ? per_sm : 1) * b->n_sm;
+        }
     if (e != cudaSuccess) {
         dec_free(b);
         return cuda_fail(e, "setting up the decode step");
@@ -885,11 +897,12 @@ static dg_mat dg_matrix(const bsi_weight *w, float *y)
 /* One dgemv launch of nt tokens. */
 static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
 {
-    int threads, blocks = dg_plan(a, nt, mode, &threads), cap = 8 * b->n_sm;
+    bool tc = nt > DG_MAX_NT, own_x = !tc && mode != DG_ADD;
+    int threads, blocks = dg_plan(a, nt, mode, &threads);
+    int cap = own_x ? b->dec.wave[nt - 1][mode] : 8 * b->n_sm;
     if (blocks > cap) blocks = cap; /* grid-stride loops take the rest */
-    bool tc = nt > DG_MAX_NT;
     dg_kernel fn = tc ? dm_fn[dm_wn(nt) / 4][mode] : dg_fn[nt - 1][mode];
-    size_t smem = !tc && mode != DG_ADD ? dg_smem(nt, a.cols) : 0;
+    size_t smem = own_x ? dg_smem(nt, a.cols) : 0;
     CU(dep_launch(b, fn, dim3((unsigned)blocks), dim3((unsigned)threads), smem, a));
     return BONSAI_OK;
 }

@@ -415,6 +415,7 @@ __device__ __forceinline__ void kv_round(float *buf, int hd, void *row)
  * 0 .. p, position p from the copies (no block reads it from the cache during the step), and
  * writes (m, l, acc) to part; the last split of a head to finish (counted in counter, which it
  * resets for the next step) merges them into att, quantized. */
+static_assert(ATT_WARPS >= 3, "attn_decode prepares q, k and v with a warp each");
 template <bool Q8>
 __global__ void __launch_bounds__(ATT_WARPS *WARP)
     attn_decode(const float *__restrict__ q, const float *__restrict__ k,

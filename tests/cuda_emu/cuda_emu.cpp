@@ -10,6 +10,7 @@ namespace cuda_emu
 thread_local dim3 tl_thread, tl_block;
 thread_local block_state *tl_state;
 dim3 g_grid, g_block;
+bool g_reverse_blocks;
 
 namespace
 {
@@ -53,23 +54,26 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 256 * 1024);
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                pthread_barrier_init(&st->block, nullptr, n);
-                for (unsigned w = 0; w < n / 32; w++)
-                    pthread_barrier_init(&st->warp[w], nullptr, 32);
-                for (unsigned t = 0; t < n; t++) {
-                    args[t] = {&body, st, dim3(t), dim3(bx, by, bz)};
-                    if (pthread_create(&threads[t], &attr, trampoline, &args[t])) {
-                        fprintf(stderr, "cuda_emu: pthread_create failed\n");
-                        abort();
-                    }
-                }
-                for (unsigned t = 0; t < n; t++) pthread_join(threads[t], nullptr);
-                pthread_barrier_destroy(&st->block);
-                for (unsigned w = 0; w < n / 32; w++) pthread_barrier_destroy(&st->warp[w]);
+    unsigned long total = (unsigned long)grid.x * grid.y * grid.z;
+    for (unsigned long i = 0; i < total; i++) {
+        unsigned long b = g_reverse_blocks ? total - 1 - i : i;
+        dim3 blk((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
+                 (unsigned)(b / grid.x / grid.y));
+        /* dynamic shared memory starts as garbage, as on a GPU, not as what the last block left */
+        memset(dyn_smem(), 0xA5, 256 * 1024);
+        pthread_barrier_init(&st->block, nullptr, n);
+        for (unsigned w = 0; w < n / 32; w++) pthread_barrier_init(&st->warp[w], nullptr, 32);
+        for (unsigned t = 0; t < n; t++) {
+            args[t] = {&body, st, dim3(t), blk};
+            if (pthread_create(&threads[t], &attr, trampoline, &args[t])) {
+                fprintf(stderr, "cuda_emu: pthread_create failed\n");
+                abort();
             }
+        }
+        for (unsigned t = 0; t < n; t++) pthread_join(threads[t], nullptr);
+        pthread_barrier_destroy(&st->block);
+        for (unsigned w = 0; w < n / 32; w++) pthread_barrier_destroy(&st->warp[w]);
+    }
     pthread_attr_destroy(&attr);
     delete st;
 }

@@ -231,8 +231,13 @@ namespace cuda_emu
  * threads), a block at a time. */
 void run(dim3 grid, dim3 block, const std::function<void()> &body);
 
-/* A block's dynamic shared memory (blocks run one at a time): 256 KB, 16-byte aligned. */
+/* A block's dynamic shared memory (blocks run one at a time): 256 KB, 16-byte aligned, filled
+ * with 0xA5 before each block. */
 unsigned char *dyn_smem();
+
+/* Run the blocks last to first instead of first to last (a kernel's results must not depend on
+ * the order). */
+extern bool g_reverse_blocks;
 
 } // namespace cuda_emu
 
