@@ -436,17 +436,9 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
     rp.lo = yarn ? 3 : 0;
     rp.hi = yarn ? 20 : 0;
     rp.m = yarn ? 1 + 0.1 * log(4.0) : 1;
-    /* the fused kernel's table: angle = pos * freq[i], YaRN's blend folded in */
+    /* the fused kernel's table, as cuda_backend.cu makes it: angle = pos * freq[i] */
     std::vector<double> freq(n_rot / 2);
-    for (int i = 0; i < n_rot / 2; i++) {
-        double f = pow(rp.freq_base, -2.0 * i / n_rot);
-        if (yarn) {
-            double ramp = (i - rp.lo) / fmax(0.001, rp.hi - rp.lo);
-            double r = 1.0 - fmin(fmax(ramp, 0.0), 1.0);
-            f = f / rp.factor * (1.0 - r) + f * r;
-        }
-        freq[i] = f;
-    }
+    for (int i = 0; i < n_rot / 2; i++) freq[i] = rope_freq(rp, i);
     rope_dev rd{freq.data(), n_rot, neox, (float)rp.m};
     size_t row = q8 ? (size_t)kv_dim / 32 * 34 : (size_t)kv_dim * 2;
     std::vector<kv_cache> kv(n_seq), before(n_seq);

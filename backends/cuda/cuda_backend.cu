@@ -836,15 +836,7 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
     size_t n_pair = m->rope.n_rot / 2 ? m->rope.n_rot / 2 : 1;
     double *freq = (double *)calloc(n_pair, sizeof *freq);
     if (!freq) e = cudaErrorMemoryAllocation;
-    for (size_t i = 0; freq && i < m->rope.n_rot / 2; i++) {
-        double f = pow(rp.freq_base, -2.0 * (double)i / (double)rp.n_rot);
-        if (rp.yarn) {
-            double ramp = ((double)i - rp.lo) / fmax(0.001, rp.hi - rp.lo);
-            double r = 1.0 - fmin(fmax(ramp, 0.0), 1.0);
-            f = f / rp.factor * (1.0 - r) + f * r;
-        }
-        freq[i] = f;
-    }
+    for (size_t i = 0; freq && i < m->rope.n_rot / 2; i++) freq[i] = rope_freq(rp, (int)i);
     if (e == cudaSuccess) e = cudaMalloc((void **)&d->freq, n_pair * sizeof *freq);
     if (e == cudaSuccess)
         e = cudaMemcpyAsync(d->freq, freq, n_pair * sizeof *freq, cudaMemcpyHostToDevice,

@@ -215,18 +215,22 @@ struct rope_params {
     int yarn;
 };
 
+/* The angle of pair i per position: base^(-2i/n_rot), YaRN's blend folded in. */
+__host__ __device__ inline double rope_freq(const rope_params &p, int i)
+{
+    double f = pow(p.freq_base, -2.0 * (double)i / (double)p.n_rot);
+    if (!p.yarn) return f;
+    double ramp = ((double)i - p.lo) / fmax(0.001, p.hi - p.lo);
+    double r = 1.0 - fmin(fmax(ramp, 0.0), 1.0);
+    return f / p.factor * (1.0 - r) + f * r;
+}
+
 __global__ void rope(float *x, const int32_t *__restrict__ pos, int n_heads, int head_dim,
                      rope_params p)
 {
     int t = blockIdx.x, h = blockIdx.y;
     for (int i = threadIdx.x; i < p.n_rot / 2; i += blockDim.x) {
-        double inv_freq = pow(p.freq_base, -2.0 * (double)i / (double)p.n_rot);
-        double theta_e = (double)pos[t] * inv_freq, theta = theta_e;
-        if (p.yarn) {
-            double ramp = ((double)i - p.lo) / fmax(0.001, p.hi - p.lo);
-            double r = 1.0 - fmin(fmax(ramp, 0.0), 1.0);
-            theta = theta_e / p.factor * (1.0 - r) + theta_e * r;
-        }
+        double theta = (double)pos[t] * rope_freq(p, i);
         float c = (float)(cos(theta) * p.m), s = (float)(sin(theta) * p.m);
         float *v = x + ((size_t)t * n_heads + h) * head_dim;
         int a = p.neox ? i : 2 * i, b = p.neox ? i + p.n_rot / 2 : 2 * i + 1;
