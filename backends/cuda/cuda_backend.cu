@@ -177,10 +177,23 @@ static bool pdl_usable(const cudaDeviceProp *prop)
     return fa.binaryVersion >= 90 && fa.ptxVersion >= 90;
 }
 
+/* Stops using dependent launches on this instance (they failed: the driver or the capture would
+ * not take them), with a warning. */
+static void pdl_off(cuda_backend *b, const char *why)
+{
+    b->pdl = false;
+    char *tag = strstr(b->desc, ", PDL)");
+    if (tag) memmove(tag, tag + 5, strlen(tag + 5) + 1);
+    char msg[256];
+    snprintf(msg, sizeof msg, "cuda: %s; going on without programmatic dependent launches", why);
+    if (host) host->log(BONSAI_LOG_WARN, msg);
+}
+
 /* Launches kernel k with smem bytes of dynamic shared memory on the backend's stream, as a
- * programmatic dependent launch when the backend uses them (k must call dep_enter first). */
+ * programmatic dependent launch when the backend uses them (k must call dep_enter first); if
+ * such a launch is refused, as a plain one from then on. */
 template <typename... P, typename... A>
-static cudaError_t dep_launch(const cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block,
+static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block,
                               size_t smem, A &&...args)
 {
     cudaLaunchConfig_t cfg = {};
@@ -193,7 +206,14 @@ static cudaError_t dep_launch(const cuda_backend *b, void (*k)(P...), dim3 grid,
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = b->pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...);
+    cudaError_t e = cudaLaunchKernelEx(&cfg, k, args...);
+    if (e == cudaSuccess || !cfg.numAttrs) return e;
+    (void)cudaGetLastError();
+    char why[160];
+    snprintf(why, sizeof why, "a dependent launch failed (%s)", cudaGetErrorString(e));
+    pdl_off(b, why);
+    cfg.numAttrs = 0;
+    return cudaLaunchKernelEx(&cfg, k, args...);
 }
 
 static void cuda_destroy(bsi_backend *be);
@@ -1050,6 +1070,7 @@ static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint
         g->exec = NULL;
     }
     if (!g->exec) {
+        bool pdl = b->pdl;
         CU(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
         s = dec_launch(b, m, n, kv_type);
         cudaGraph_t graph = NULL;
@@ -1060,8 +1081,15 @@ static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint
         }
         if (graph) cudaGraphDestroy(graph);
         if (s || e != cudaSuccess) {
-            /* no graph: this instance launches its steps one kernel at a time from now on */
             (void)cudaGetLastError();
+            if (pdl) { /* once more with plain launches before giving graphs up */
+                char why[160];
+                snprintf(why, sizeof why, "capturing the decode step failed (%s)",
+                         s ? "a launch failed" : cudaGetErrorString(e));
+                if (b->pdl) pdl_off(b, why);
+                return dec_replay(b, m, n, kv_type);
+            }
+            /* no graph: this instance launches its steps one kernel at a time from now on */
             char msg[256];
             snprintf(msg, sizeof msg, "cuda: capturing the decode step failed (%s); going on "
                      "without graphs", s ? "a launch failed" : cudaGetErrorString(e));
