@@ -1267,13 +1267,14 @@ bonsai_status bonsai_sampler_sample(bonsai_sampler *s, const float *logits, uint
     bonsai_candidates c;
     int32_t tok = -1;
     bool done = false;
+    /* a call that fails leaves the generator as it found it, so a retry draws the same */
+    uint64_t rng[4];
+    memcpy(rng, s->rng, sizeof rng);
     if (s->n_checks) {
         /* fast path: the chain without the constraints, kept if they all accept its choice */
-        uint64_t rng[4];
-        memcpy(rng, s->rng, sizeof rng);
         st = run_chain(s, logits, n_vocab, true, &c);
         if (!st) st = selection(&c, n_vocab, &tok);
-        if (st && st != BONSAI_ERR_INVALID_STATE) return st;
+        if (st && st != BONSAI_ERR_INVALID_STATE) goto failed;
         done = !st;
         for (size_t i = 0; i < s->n_stages && done; i++)
             if (s->stages[i].vt->check) done = s->stages[i].vt->check(s->stages[i].ctx, tok);
@@ -1282,13 +1283,16 @@ bonsai_status bonsai_sampler_sample(bonsai_sampler *s, const float *logits, uint
     if (!done) {
         st = run_chain(s, logits, n_vocab, false, &c);
         if (!st) st = selection(&c, n_vocab, &tok);
-        if (st) return st;
+        if (st) goto failed;
     }
     st = accept_token(s, tok);
-    if (st) return st;
+    if (st) goto failed;
     *token = tok;
     if (logprob) *logprob = log_softmax_at(logits, n_vocab, tok, vocab_max_of(s, logits).max);
     return BONSAI_OK;
+failed:
+    memcpy(s->rng, rng, sizeof rng);
+    return st;
 }
 
 bonsai_status bonsai_sampler_accept(bonsai_sampler *s, int32_t token)

@@ -591,6 +591,21 @@ static void test_custom(void **state)
     assert_error(bonsai_sampler_sample(s, logits, 4, &tok, NULL), BONSAI_ERR_INVALID_STATE, "grew");
     bonsai_sampler_free(s);
     cap_clear();
+
+    /* a call that fails after dist drew leaves the generator as it was: the next calls draw what
+     * a sampler with the same seed that never failed draws */
+    const float flat[] = {0.0f, 0.1f, 0.2f, 0.1f, 0.0f, 0.3f, 0.2f, 0.1f};
+    bonsai_sampler *failing = new_sampler(42), *plain = new_sampler(42);
+    calls = 2; /* abort_fn refuses the first call */
+    assert_int_equal(bonsai_sampler_add_dist(failing), BONSAI_OK);
+    assert_int_equal(bonsai_sampler_add_custom(failing, abort_fn, &calls), BONSAI_OK);
+    assert_int_equal(bonsai_sampler_add_dist(plain), BONSAI_OK);
+    assert_error(bonsai_sampler_sample(failing, flat, 8, &tok, NULL), BONSAI_ERR_ABORTED, "abort");
+    calls = -100;
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(sample_ok(failing, flat, 8), sample_ok(plain, flat, 8));
+    bonsai_sampler_free(failing);
+    bonsai_sampler_free(plain);
 }
 
 static void sequence(bonsai_sampler *s, const float *logits, uint32_t n, int32_t *out, int len)
