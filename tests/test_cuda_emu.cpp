@@ -193,6 +193,14 @@ static void test_dgemv(void **state)
         a.eps = 1e-6f;
         a.cols = E;
         launch_dgemv(nt, DG_STORE, a, 1); /* one block: the grid-stride loop goes round */
+        if (nt <= DG_MAX_NT) { /* its copy of x filled the shared memory dg_smem gives, no more */
+            const unsigned char *sm = cuda_emu::dyn_smem();
+            size_t end = dg_smem(nt, E), last_set = 0;
+            for (size_t i = 0; i < end; i++)
+                if (sm[i] != 0xA5) last_set = i;
+            assert_true(last_set + 16 >= end);
+            for (size_t i = end; i < end + 4096; i++) assert_int_equal(sm[i], 0xA5);
+        }
         for (int t = 0; t < nt; t++) {
             for (int r = 0; r < 96; r++)
                 assert_true(close_to(ya[(size_t)t * 96 + r], ref_dot(A, r, in, t), 1e-4));
