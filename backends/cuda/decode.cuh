@@ -88,7 +88,11 @@ __device__ __forceinline__ void quant32(float v, int8_t *q, float2 *d)
 /* Rows 0 .. n - 1 (n <= DG_MAX_NT) of x [n][cols] (cols a multiple of 128), RMS-normed with
  * weight nw when given, quantized into out by a block of DG_WARPS warps: each thread takes 4
  * values at a time, and the 8 threads of a block of 32 reduce among themselves. red: DG_RED
- * shared floats. quant_rows and dgemv's prologue both use it, so they quantize alike. */
+ * shared floats. quant_rows and dgemv's prologue both use it, so they quantize alike. HALVES
+ * (dgemv's copy in shared memory): in each row, the first 16 values of every block of 32 come
+ * first, in block order, then the last 16 of each, so that lanes reading consecutive blocks read
+ * consecutive 16-byte pieces (no bank conflicts). */
+template <bool HALVES>
 __device__ __forceinline__ void norm_quant(const float *__restrict__ x,
                                            const float *__restrict__ nw, float eps, int cols,
                                            int n, qact out, float *red)
@@ -137,8 +141,10 @@ __device__ __forceinline__ void norm_quant(const float *__restrict__ x,
         float id = amax > 0.0f ? 127.0f / amax : 0.0f;
         int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id),
             q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
-        *(char4 *)(out.q + j) = make_char4((signed char)q0, (signed char)q1, (signed char)q2,
-                                           (signed char)q3);
+        size_t at = j;
+        if (HALVES) at = (size_t)t * cols + (i & 16 ? cols / 2 : 0) + (i >> 5) * 16 + (i & 15);
+        *(char4 *)(out.q + at) = make_char4((signed char)q0, (signed char)q1, (signed char)q2,
+                                            (signed char)q3);
         int sum = q0 + q1 + q2 + q3;
         for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
         if (lane % 8 == 0) out.d[j / 32] = make_float2(amax / 127.0f, (float)sum);
@@ -155,11 +161,12 @@ __global__ void __launch_bounds__(QR_THREADS)
     __shared__ float red[DG_RED];
     const size_t t = blockIdx.x;
     qact row{out.q + t * cols, out.d + t * (cols / 32)};
-    norm_quant(x + t * cols, nw, eps, cols, 1, row, red);
+    norm_quant<false>(x + t * cols, nw, eps, cols, 1, row, red);
 }
 
 /* Dynamic shared memory of a dgemv STORE or SILU block of nt tokens over cols columns: norm_quant's
- * floats, then the block's copy of x quantized (scales, then values; all 16-byte aligned). */
+ * floats, then the block's copy of x quantized (scales, then values in halves; all 16-byte
+ * aligned). */
 __host__ __device__ inline size_t dg_smem(int nt, int cols)
 {
     return DG_RED * sizeof(float) + (size_t)nt * (cols / 32) * sizeof(float2) + (size_t)nt * cols;
@@ -183,12 +190,13 @@ __device__ __forceinline__ void dg_dot(const uint32_t *const (&bp)[R], const __h
         float2 xs[NT];
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            const int4 *p = (const int4 *)(x.q + (size_t)t * cols + (size_t)w * 32);
-            if constexpr (SM) { /* the block's own copy in shared memory */
-                xa[t][0] = p[0];
-                xa[t][1] = p[1];
+            if constexpr (SM) { /* the block's own copy in shared memory, in halves */
+                const int8_t *r = x.q + (size_t)t * cols + (size_t)w * 16;
+                xa[t][0] = *(const int4 *)r;
+                xa[t][1] = *(const int4 *)(r + cols / 2);
                 xs[t] = x.d[(size_t)t * words + w];
             } else {
+                const int4 *p = (const int4 *)(x.q + (size_t)t * cols + (size_t)w * 32);
                 xa[t][0] = __ldg(p);
                 xa[t][1] = __ldg(p + 1);
                 xs[t] = __ldg(x.d + (size_t)t * words + w);
@@ -247,7 +255,7 @@ __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
         DYN_SMEM(smem);
         x.d = (float2 *)(smem + DG_RED * sizeof(float));
         x.q = (int8_t *)(x.d + (size_t)NT * (cols / 32));
-        norm_quant(a.xf, a.nw, a.eps, cols, NT, x, (float *)smem);
+        norm_quant<true>(a.xf, a.nw, a.eps, cols, NT, x, (float *)smem);
         __syncthreads();
     }
     if (MODE == DG_SILU) {
