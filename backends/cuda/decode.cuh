@@ -381,8 +381,8 @@ __device__ __forceinline__ void *kv_row(void *cache, int p, int kv_dim, int kvh,
 }
 
 /* One warp: buf (hd values, a multiple of 32) rounded in place to what the cache holds (f16, or
- * Q8_0 blocks of 32 as kv_store_q8_0 makes them), and stored at row in the cache's layout when
- * row is given: what the block then uses equals what later steps read back. */
+ * Q8_0 blocks of 32 by q8_0_block, as kv_store_q8_0 stores them), and stored at row in the
+ * cache's layout when row is given: what the block then uses equals what later steps read back. */
 template <bool Q8>
 __device__ __forceinline__ void kv_round(float *buf, int hd, void *row)
 {
@@ -394,23 +394,9 @@ __device__ __forceinline__ void kv_round(float *buf, int hd, void *row)
             buf[d] = __half2float(h);
         }
     } else {
-        for (int b = 0; b < hd / 32; b++) {
-            float xv = buf[b * 32 + lane];
-            float amax = warp_max(fabsf(xv));
-            float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-            __half dh = __float2half(amax / 127.0f);
-            int qv = __float2int_rn(xv * id);
-            buf[b * 32 + lane] = __half2float(dh) * (float)qv;
-            if (row) {
-                uint8_t *out = (uint8_t *)row + (size_t)b * 34;
-                if (lane == 0) {
-                    uint16_t db = __half_as_ushort(dh);
-                    out[0] = (uint8_t)(db & 0xff);
-                    out[1] = (uint8_t)(db >> 8);
-                }
-                out[2 + lane] = (uint8_t)(int8_t)qv;
-            }
-        }
+        for (int b = 0; b < hd / 32; b++)
+            buf[b * 32 + lane] =
+                q8_0_block(buf[b * 32 + lane], row ? (uint8_t *)row + (size_t)b * 34 : NULL);
     }
     __syncwarp();
 }

@@ -306,8 +306,28 @@ __global__ void kv_store_f16(__half *kc, __half *vc, const float *k, const float
     }
 }
 
-/* KV cache rows, Q8_0 blocks of 32 (fp16 d = max|x| / 127, q = round(x * 127 / max|x|)):
- * a warp per block of 32 values of k or v. */
+/* One warp, one Q8_0 block of 32 values (xv: this lane's), fp16 d = max|x| / 127 and
+ * q = round(x * 127 / max|x|): stored at out (34 bytes: d, then the 32 q) when out is given;
+ * returns this lane's value as the block holds it, d * q. */
+__device__ __forceinline__ float q8_0_block(float xv, uint8_t *out)
+{
+    int lane = threadIdx.x % WARP;
+    float amax = warp_max(fabsf(xv));
+    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    __half d = __float2half(amax / 127.0f);
+    int q = __float2int_rn(xv * id);
+    if (out) {
+        if (lane == 0) {
+            uint16_t bitsv = __half_as_ushort(d);
+            out[0] = (uint8_t)(bitsv & 0xff);
+            out[1] = (uint8_t)(bitsv >> 8);
+        }
+        out[2 + lane] = (uint8_t)(int8_t)q;
+    }
+    return __half2float(d) * (float)q;
+}
+
+/* KV cache rows, Q8_0 blocks of 32 (q8_0_block): a warp per block of 32 values of k or v. */
 __global__ void kv_store_q8_0(uint8_t *kc, uint8_t *vc, const float *k, const float *v, int n_tok,
                               int dim, int pos)
 {
@@ -319,16 +339,7 @@ __global__ void kv_store_q8_0(uint8_t *kc, uint8_t *vc, const float *k, const fl
     int64_t b = is_v ? job - blocks : job;
     int64_t t = b / (dim / 32), blk = b % (dim / 32);
     float xv = (is_v ? v : k)[t * dim + blk * 32 + lane];
-    float amax = warp_max(fabsf(xv));
-    float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    uint8_t *out = (is_v ? vc : kc) + (size_t)(pos + t) * (size_t)(dim / 32) * 34 + blk * 34;
-    if (lane == 0) {
-        __half d = __float2half(amax / 127.0f);
-        uint16_t bitsv = __half_as_ushort(d);
-        out[0] = (uint8_t)(bitsv & 0xff);
-        out[1] = (uint8_t)(bitsv >> 8);
-    }
-    out[2 + lane] = (uint8_t)(int8_t)__float2int_rn(xv * id);
+    q8_0_block(xv, (is_v ? vc : kc) + (size_t)(pos + t) * (size_t)(dim / 32) * 34 + blk * 34);
 }
 
 /* Element d of kv head h at position p of a cache row of kv_dim values. */
