@@ -1082,17 +1082,16 @@ static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint
         if (graph) cudaGraphDestroy(graph);
         if (s || e != cudaSuccess) {
             (void)cudaGetLastError();
+            char why[160];
+            snprintf(why, sizeof why, "capturing the decode step failed (%s)",
+                     s ? "a launch failed" : cudaGetErrorString(e));
             if (pdl) { /* once more with plain launches before giving graphs up */
-                char why[160];
-                snprintf(why, sizeof why, "capturing the decode step failed (%s)",
-                         s ? "a launch failed" : cudaGetErrorString(e));
                 if (b->pdl) pdl_off(b, why);
                 return dec_replay(b, m, n, kv_type);
             }
             /* no graph: this instance launches its steps one kernel at a time from now on */
             char msg[256];
-            snprintf(msg, sizeof msg, "cuda: capturing the decode step failed (%s); going on "
-                     "without graphs", s ? "a launch failed" : cudaGetErrorString(e));
+            snprintf(msg, sizeof msg, "cuda: %s; going on without graphs", why);
             if (host) host->log(BONSAI_LOG_WARN, msg);
             b->graphs = false;
             return dec_launch(b, m, n, kv_type);
