@@ -414,9 +414,7 @@ def batch_sample(items: Sequence[Tuple[Session, Sampler]]) -> List[Tuple[int, fl
             using.append(u)
             arr[i].session = session._ptr
             arr[i].sampler = sampler._handle()
-        for i in range(len(items)):
-            arr[i].token = -1
-        st = _lib.lib.bonsai_batch_sample(arr, len(items), 0)
+        st = _lib.lib.bonsai_batch_sample(arr, len(items), 0)  # sets every token to -1 first
         results = [(int(arr[i].token), float(arr[i].logprob)) if arr[i].token >= 0 else None
                    for i in range(len(items))]
         try:
