@@ -1,37 +1,228 @@
-/* The CPU side of tests/cuda_emu/cuda_emu.h: threads, barriers and the launch. */
+/* The CPU side of tests/cuda_emu/cuda_emu.h: fibers, barriers and the launch. */
 #include "cuda_emu.h"
 
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
+#include <sys/mman.h>
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+#ifdef EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace cuda_emu
 {
 
-thread_local dim3 tl_thread, tl_block;
-thread_local block_state *tl_state;
-dim3 g_grid, g_block;
+block_state *g_state;
 bool g_reverse_blocks;
 
 namespace
 {
 
-struct thread_arg {
-    const std::function<void()> *body;
-    block_state *state;
-    dim3 thread, block;
+constexpr size_t STACK = 512 * 1024; /* per CUDA thread; the sanitizers' frames are large */
+/* Stacks are STACK apart, so their tops would all fall in the same cache sets and every switch
+ * would miss: fiber t's stack starts COLOR * (t % COLORS) bytes lower instead (up to 128 KB). */
+constexpr size_t COLOR = 1040, COLORS = 126;
+
+/* A fiber's saved context. On x86-64 a stack pointer: switch() below pushes the callee-saved
+ * registers, swaps stacks and pops them (swapcontext would also save the signal mask, a system
+ * call per switch, most of the emulator's time). Elsewhere ucontext. */
+#if defined(__x86_64__)
+struct context {
+    void *sp;
+};
+extern "C" void cuda_emu_switch(void **save_sp, void *load_sp);
+asm(".text\n"
+    ".p2align 4\n"
+    ".local cuda_emu_switch\n"
+    ".type cuda_emu_switch, @function\n"
+    "cuda_emu_switch:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    ".size cuda_emu_switch, .-cuda_emu_switch\n");
+void switch_to(context *save, context *load)
+{
+    cuda_emu_switch(&save->sp, load->sp);
+}
+#else
+struct context {
+    ucontext_t uc;
+};
+void switch_to(context *save, context *load)
+{
+    swapcontext(&save->uc, &load->uc);
+}
+#endif
+
+struct fiber {
+    context ctx;
+    unsigned char *stack;
+    unsigned index;
+    bool done;
 };
 
-void *trampoline(void *p)
+/* The running block (of the thread running a launch: they take turns): its fibers, how many
+ * have not ended, the one running, the waits in a row that found their barrier closed (the
+ * deadlock check), the scheduler's context and (AddressSanitizer) stack. */
+fiber *t_fibers;
+unsigned t_n, t_live, t_idle;
+fiber *t_cur;
+context t_sched;
+const std::function<void()> *t_body;
+#ifdef EMU_ASAN
+const void *t_main_bottom;
+size_t t_main_size;
+bool t_from_sched; /* the switch into a new fiber came from the scheduler */
+#endif
+
+/* From the running fiber to fiber `to`, or back to the scheduler (to == nullptr); `dying`: the
+ * running fiber has ended and is never resumed. Fibers hand over to each other directly, so a
+ * barrier costs one switch a thread. */
+void switch_from_running(fiber *to, bool dying)
 {
-    thread_arg *a = (thread_arg *)p;
-    tl_thread = a->thread;
-    tl_block = a->block;
-    tl_state = a->state;
-    (*a->body)();
-    return nullptr;
+    fiber *from = t_cur;
+    t_cur = to;
+    if (to) threadIdx = dim3(to->index);
+#ifdef EMU_ASAN
+    void *fake = nullptr;
+    t_from_sched = false;
+    __sanitizer_start_switch_fiber(dying ? nullptr : &fake, to ? to->stack : t_main_bottom,
+                                   to ? STACK : t_main_size);
+#else
+    (void)dying;
+#endif
+    switch_to(&from->ctx, to ? &to->ctx : &t_sched);
+#ifdef EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
 }
 
+/* The fiber after the running one, in turn, that has not ended. */
+fiber *next_fiber()
+{
+    unsigned i = t_cur->index;
+    do i = (i + 1) % t_n;
+    while (t_fibers[i].done);
+    return &t_fibers[i];
+}
+
+/* A fiber's first and only frame: it never returns (no fiber hands over to one that ended). */
+void fiber_main()
+{
+#ifdef EMU_ASAN
+    if (t_from_sched)
+        __sanitizer_finish_switch_fiber(nullptr, &t_main_bottom, &t_main_size);
+    else
+        __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+    (*t_body)();
+    t_cur->done = true;
+    t_idle = 0;
+    switch_from_running(--t_live ? next_fiber() : nullptr, true);
+    abort();
+}
+
+/* f ready to run the body from the start */
+__attribute__((noinline)) void prepare(fiber *f, unsigned char *stack, unsigned t)
+{
+    f->stack = stack;
+    f->index = t;
+    f->done = false;
+    size_t size = STACK - COLOR * (t % COLORS);
+#ifdef EMU_ASAN
+    /* the frames of the fiber that last ran here never returned: their redzones are still
+     * poisoned */
+    __asan_unpoison_memory_region(stack, STACK);
+#endif
+#if defined(__x86_64__)
+    /* the first switch pops six zeroed registers and "returns" into fiber_main with the stack
+     * as after a call (rsp + 8 aligned to 16) */
+    void **top = (void **)(stack + size);
+    top[-1] = nullptr;             /* fiber_main's return address: never used */
+    top[-2] = (void *)&fiber_main; /* cuda_emu_switch's ret */
+    for (int i = 3; i <= 8; i++) top[-i] = nullptr;
+    f->ctx.sp = &top[-8];
+#else
+    /* (apart from run(): getcontext returns twice) */
+    getcontext(&f->ctx.uc);
+    f->ctx.uc.uc_stack.ss_sp = stack;
+    f->ctx.uc.uc_stack.ss_size = size;
+    f->ctx.uc.uc_link = nullptr;
+    makecontext(&f->ctx.uc, fiber_main, 0);
+#endif
+}
+
+/* The scheduler runs a block: fiber 0 first; control comes back when all have ended. */
+void run_block(fiber *fibers, unsigned n)
+{
+    t_fibers = fibers;
+    t_n = t_live = n;
+    t_idle = 0;
+    t_cur = &fibers[0];
+    threadIdx = dim3(0);
+#ifdef EMU_ASAN
+    void *fake = nullptr;
+    t_from_sched = true;
+    __sanitizer_start_switch_fiber(&fake, fibers[0].stack, STACK);
+#endif
+    switch_to(&t_sched, &fibers[0].ctx);
+#ifdef EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+/* launches from several threads take turns: __shared__ variables and dyn_smem() are global */
+std::mutex launch_lock;
+
 } // namespace
+
+void barrier_wait(barrier *b)
+{
+    unsigned long gen = b->generation;
+    t_idle = 0;
+    if (++b->count == b->expected) {
+        b->count = 0;
+        b->generation++;
+        return;
+    }
+    /* the others run meanwhile; if every fiber that has not ended waits on a closed barrier
+     * (more waits in a row than there are fibers), none ever will go on */
+    while (b->generation == gen) {
+        if (++t_idle > 2 * t_live) {
+            fprintf(stderr, "cuda_emu: block (%u, %u, %u) is stuck: a barrier that some of its "
+                            "threads never reach\n",
+                    blockIdx.x, blockIdx.y, blockIdx.z);
+            abort();
+        }
+        switch_from_running(next_fiber(), false);
+    }
+}
 
 unsigned char *dyn_smem()
 {
@@ -46,35 +237,37 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
         fprintf(stderr, "cuda_emu: blocks must be 1-D, a multiple of 32 threads, at most 1024\n");
         abort();
     }
-    g_grid = grid;
-    g_block = block;
+    std::lock_guard<std::mutex> hold(launch_lock);
+    /* the fibers' stacks: made once, kept (untouched pages cost nothing) */
+    static std::vector<unsigned char *> stacks;
+    while (stacks.size() < n) {
+        void *p = mmap(nullptr, STACK, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            fprintf(stderr, "cuda_emu: no memory for a fiber's stack\n");
+            abort();
+        }
+        stacks.push_back((unsigned char *)p);
+    }
+    gridDim = grid;
+    blockDim = block;
     block_state *st = new block_state;
-    std::vector<pthread_t> threads(n);
-    std::vector<thread_arg> args(n);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
+    std::vector<fiber> fibers(n);
+    t_body = &body;
     unsigned long total = (unsigned long)grid.x * grid.y * grid.z;
     for (unsigned long i = 0; i < total; i++) {
         unsigned long b = g_reverse_blocks ? total - 1 - i : i;
-        dim3 blk((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
-                 (unsigned)(b / grid.x / grid.y));
+        blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
+                        (unsigned)(b / grid.x / grid.y));
+        g_state = st;
         /* dynamic shared memory starts as garbage, as on a GPU, not as what the last block left */
         memset(dyn_smem(), 0xA5, 256 * 1024);
-        pthread_barrier_init(&st->block, nullptr, n);
-        for (unsigned w = 0; w < n / 32; w++) pthread_barrier_init(&st->warp[w], nullptr, 32);
-        for (unsigned t = 0; t < n; t++) {
-            args[t] = {&body, st, dim3(t), blk};
-            if (pthread_create(&threads[t], &attr, trampoline, &args[t])) {
-                fprintf(stderr, "cuda_emu: pthread_create failed\n");
-                abort();
-            }
-        }
-        for (unsigned t = 0; t < n; t++) pthread_join(threads[t], nullptr);
-        pthread_barrier_destroy(&st->block);
-        for (unsigned w = 0; w < n / 32; w++) pthread_barrier_destroy(&st->warp[w]);
+        st->block = {0, n, 0};
+        for (unsigned w = 0; w < 32; w++) st->warp[w] = {0, 32, 0};
+        memset(st->parity, 0, sizeof st->parity);
+        for (unsigned t = 0; t < n; t++) prepare(&fibers[t], stacks[t], t);
+        run_block(fibers.data(), n);
     }
-    pthread_attr_destroy(&attr);
     delete st;
 }
 

@@ -1,8 +1,10 @@
 /*
  * Just enough of CUDA to run this project's kernels on the CPU, for tests on machines without a
- * GPU: every CUDA thread of a block is a POSIX thread; __syncthreads is a barrier of the block,
- * warp shuffles exchange values through a per-warp slot array between two barriers of the warp.
- * Blocks run one after another, so __shared__ variables are function statics. Slow, and blind to
+ * GPU: every CUDA thread of a block is a fiber (its own stack, switched with ucontext) on the
+ * calling thread, run in turn until it waits at a barrier or ends; __syncthreads is a barrier of
+ * the block, warp shuffles exchange values through a per-warp slot array between two barriers of
+ * the warp. Blocks run one after another, so __shared__ variables are function statics (and
+ * launches from several threads take turns). Slow, and blind to
  * what only hardware shows (memory ordering, timing, occupancy), but it executes the kernels'
  * own source: indexing, reductions, barriers and the algorithms. Used with BSI_CUDA_EMU defined
  * before the kernels' headers (tests/test_cuda_emu.cpp).
@@ -17,7 +19,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <pthread.h>
 #include <vector>
 
 #define __global__
@@ -131,31 +132,37 @@ inline void __threadfence()
 namespace cuda_emu
 {
 
+/* A barrier of `expected` fibers; `generation` counts the times it opened. */
+struct barrier {
+    unsigned count, expected;
+    unsigned long generation;
+};
+
 struct block_state {
-    pthread_barrier_t block;
-    pthread_barrier_t warp[32];
-    uint64_t slot[32][32];
+    barrier block;
+    barrier warp[32];
+    uint64_t slot[2][32][32];  /* shuffles: [parity][warp][lane] */
+    unsigned char parity[32][32]; /* [warp][lane]: the lane's shuffles so far, modulo 2 */
     uint32_t frag[32][32][6]; /* mma_16816: each lane's a[4], b[2] */
 };
 
-extern thread_local dim3 tl_thread, tl_block;
-extern thread_local block_state *tl_state;
-extern dim3 g_grid, g_block;
+extern block_state *g_state; /* the running block's */
+
+/* Waits until all the barrier's fibers have arrived (the others run meanwhile). */
+void barrier_wait(barrier *b);
 
 } // namespace cuda_emu
 
-#define threadIdx (cuda_emu::tl_thread)
-#define blockIdx  (cuda_emu::tl_block)
-#define blockDim  (cuda_emu::g_block)
-#define gridDim   (cuda_emu::g_grid)
+/* the built-in variables: the running fiber's (launches take turns, see run()) */
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 inline void __syncthreads()
 {
-    pthread_barrier_wait(&cuda_emu::tl_state->block);
+    cuda_emu::barrier_wait(&cuda_emu::g_state->block);
 }
 inline void __syncwarp(unsigned = 0xffffffffu)
 {
-    pthread_barrier_wait(&cuda_emu::tl_state->warp[threadIdx.x / 32]);
+    cuda_emu::barrier_wait(&cuda_emu::g_state->warp[threadIdx.x / 32]);
 }
 
 template <typename T> inline T __shfl_xor_sync(unsigned, T v, int o)
@@ -164,10 +171,13 @@ template <typename T> inline T __shfl_xor_sync(unsigned, T v, int o)
     unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof v);
-    cuda_emu::tl_state->slot[w][lane] = bits;
+    /* one barrier: a lane cannot write this slot set again before the next shuffle's barrier,
+     * which every lane reaches only after reading this one's */
+    unsigned char &par = cuda_emu::g_state->parity[w][lane];
+    cuda_emu::g_state->slot[par][w][lane] = bits;
     __syncwarp();
-    bits = cuda_emu::tl_state->slot[w][lane ^ (unsigned)o];
-    __syncwarp();
+    bits = cuda_emu::g_state->slot[par][w][lane ^ (unsigned)o];
+    par ^= 1;
     T r;
     memcpy(&r, &bits, sizeof r);
     return r;
@@ -183,7 +193,7 @@ inline void mma_emu(Acc d[4], const uint32_t a[4], const uint32_t b[2], Elem ele
 {
     constexpr unsigned K = 8 * E, H = K / 2;
     unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    uint32_t(&mine)[6] = cuda_emu::tl_state->frag[w][lane];
+    uint32_t(&mine)[6] = cuda_emu::g_state->frag[w][lane];
     memcpy(mine, a, 16);
     memcpy(mine + 4, b, 8);
     __syncwarp();
@@ -192,8 +202,8 @@ inline void mma_emu(Acc d[4], const uint32_t a[4], const uint32_t b[2], Elem ele
         unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         Acc sum = 0;
         for (unsigned k = 0; k < K; k++) {
-            const uint32_t *fa = cuda_emu::tl_state->frag[w][(row % 8) * 4 + (k % H) / E];
-            const uint32_t *fb = cuda_emu::tl_state->frag[w][col * 4 + (k % H) / E];
+            const uint32_t *fa = cuda_emu::g_state->frag[w][(row % 8) * 4 + (k % H) / E];
+            const uint32_t *fb = cuda_emu::g_state->frag[w][col * 4 + (k % H) / E];
             sum += elem(fa[(row >= 8 ? 1 : 0) + (k >= H ? 2 : 0)], k % E) *
                    elem(fb[4 + (k >= H ? 1 : 0)], k % E);
         }
