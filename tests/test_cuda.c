@@ -120,6 +120,9 @@ static void test_sessions(void **state)
 /* Operations against the CPU's scalar reference */
 
 static bsi_backend *gpu, *ref;
+/* BONSAI_TEST_CUDA_EMU=1: the module is the CPU emulation of the backend (tests/cuda_emu), a
+ * thousand times slower than a GPU: the same checks at fewer shapes, positions and steps */
+static bool emu;
 
 static int setup_backends(void **state)
 {
@@ -243,11 +246,17 @@ static void test_q1_matmul(void **state)
         {1, 128, 1},    {33, 256, 1},   {2048, 2048, 1}, {6144, 2048, 2},  {2048, 6144, 3},
         {1000, 384, 8}, {777, 1024, 9}, {300, 512, 64},  {2048, 2048, 65}, {129, 4096, 130},
     };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        uint8_t *w = random_q1(shapes[i][0], shapes[i][1]);
+    /* emulated: each kernel and both GEMM tile widths (64 and 128 tokens), partial tiles */
+    static const int64_t small[][3] = {
+        {1, 128, 1},   {33, 256, 1},  {300, 512, 2},   {260, 384, 8},
+        {130, 384, 9}, {129, 512, 64}, {100, 256, 65}, {65, 384, 130},
+    };
+    size_t n_shapes = emu ? sizeof small / sizeof small[0] : sizeof shapes / sizeof shapes[0];
+    for (size_t i = 0; i < n_shapes; i++) {
+        const int64_t *sh = emu ? small[i] : shapes[i];
+        uint8_t *w = random_q1(sh[0], sh[1]);
         /* fp32 activations up to 8 tokens; fp16 activations on tensor cores beyond */
-        check_matmul(BONSAI_TENSOR_Q1_0, w, shapes[i][0], shapes[i][1], shapes[i][2],
-                     shapes[i][2] <= 8 ? 1e-5 : 2e-3);
+        check_matmul(BONSAI_TENSOR_Q1_0, w, sh[0], sh[1], sh[2], sh[2] <= 8 ? 1e-5 : 2e-3);
         free(w);
     }
 }
@@ -490,13 +499,22 @@ static void test_attention(void **state)
 /* ------------------------------------------------------------------------------------------ */
 /* Whole models: the GPU against the CPU */
 
-/* Mean KL divergence of the next-token distributions (CPU as the truth) and top-1 agreement over
- * n positions of logits [n][vocab]. */
-static void kl_top1(const float *a, const float *b, uint32_t n, uint32_t vocab, double *kl,
-                    double *top1)
+/* How logits b [n][vocab] agree with a, the truth: the mean KL divergence of the next-token
+ * distributions, the share of positions with the same top-1 token, and the share where b's top-1
+ * is a's or a near tie of it: a token a ranks less than NEAR_TIE (of its top logit's magnitude,
+ * at least 1) below its top. The synthetic models' logits are flat (random weights over 151,669
+ * tokens: the best two are often within 0.1%), so int8 activations (the fused step's, the CPU
+ * kernels') swap near-tied tokens at a few percent of positions; the checks ask >= 99% with near
+ * ties counted as agreeing, and print both shares and every swap. */
+#define NEAR_TIE 1e-2
+typedef struct agreement {
+    double kl, top1, top1_near;
+} agreement;
+
+static agreement compare_logits(const float *a, const float *b, uint32_t n, uint32_t vocab)
 {
     double sum_kl = 0;
-    uint32_t same = 0;
+    uint32_t same = 0, near = 0;
     for (uint32_t p = 0; p < n; p++) {
         const float *x = a + (size_t)p * vocab, *y = b + (size_t)p * vocab;
         double mx = -INFINITY, my = -INFINITY;
@@ -514,9 +532,24 @@ static void kl_top1(const float *a, const float *b, uint32_t n, uint32_t vocab, 
         }
         sum_kl += k;
         same += ax == ay;
+        bool tie = mx - x[ay] <= NEAR_TIE * fmax(1.0, fabs(mx));
+        near += ax == ay || tie;
+        if (ax != ay)
+            print_message("    position %u: top-1 %u (logit %.4f), here %u (%.4f there): %s\n", p,
+                          ax, mx, ay, (double)x[ay], tie ? "a near tie" : "a difference");
     }
-    *kl = sum_kl / n;
-    *top1 = (double)same / n;
+    agreement r = {sum_kl / n, (double)same / n, (double)near / n};
+    return r;
+}
+
+/* Prints how logits agree and checks mean KL < 1e-3 and top-1 (near ties counted) >= 99%. */
+static void check_agreement(const char *what, const float *truth, const float *got, uint32_t n,
+                            uint32_t vocab)
+{
+    agreement r = compare_logits(truth, got, n, vocab);
+    print_message("  %s: mean KL %.3g, same top-1 %.1f%% (%.1f%% with near ties) of %u\n", what,
+                  r.kl, 100 * r.top1, 100 * r.top1_near, n);
+    assert_true(r.kl < 1e-3 && r.top1_near >= 0.99);
 }
 
 static float *eval_kv(bonsai_model *m, const char *backend, uint32_t kv_type, const int32_t *ids,
@@ -557,22 +590,19 @@ static void check_model(const char *path)
 {
     bonsai_model *m;
     if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
-    enum { N = 64 };
+    enum { MAX_N = 64 };
+    const uint32_t N = emu ? 16 : MAX_N;
     uint32_t vocab = bonsai_model_n_vocab(m);
-    int32_t ids[N];
-    for (int i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
+    int32_t ids[MAX_N];
+    for (uint32_t i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
     float *cpu = eval_all(m, "cpu", ids, N, false);
     float *batch = eval_all(m, "cuda", ids, N, false);
     float *step = eval_all(m, "cuda", ids, N, true);
-    double kl, top1;
-    kl_top1(cpu, batch, N, vocab, &kl, &top1);
-    print_message("  %s: GPU batch vs CPU: mean KL %.3g, same top-1 %.1f%%\n", path, kl,
-                  100 * top1);
-    assert_true(kl < 1e-3 && top1 >= 0.99);
-    kl_top1(cpu, step, N, vocab, &kl, &top1);
-    print_message("  %s: GPU token by token vs CPU: mean KL %.3g, same top-1 %.1f%%\n", path, kl,
-                  100 * top1);
-    assert_true(kl < 1e-3 && top1 >= 0.99);
+    char what[512];
+    snprintf(what, sizeof what, "%s: GPU batch vs CPU", path);
+    check_agreement(what, cpu, batch, N, vocab);
+    snprintf(what, sizeof what, "%s: GPU token by token vs CPU", path);
+    check_agreement(what, cpu, step, N, vocab);
     free(cpu), free(batch), free(step);
     bonsai_model_free(m);
 }
@@ -600,19 +630,19 @@ static void check_decode_paths(const char *path, uint32_t kv_type)
 {
     bonsai_model *m;
     if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
-    enum { N = 48 };
+    enum { MAX_N = 48 };
+    const uint32_t N = emu ? 6 : MAX_N;
     uint32_t vocab = bonsai_model_n_vocab(m);
-    int32_t ids[N];
-    for (int i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
+    int32_t ids[MAX_N];
+    for (uint32_t i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
     float *ops = eval_mode(m, "0", "0", "1", kv_type, ids, N);
     float *eager = eval_mode(m, "1", "0", "1", kv_type, ids, N);
     float *graph = eval_mode(m, "1", "1", "1", kv_type, ids, N);
     float *plain = eval_mode(m, "1", "1", "0", kv_type, ids, N);
-    double kl, top1;
-    kl_top1(ops, eager, N, vocab, &kl, &top1);
-    print_message("  %s (kv %s): fused step vs per-operation: mean KL %.3g, same top-1 %.1f%%\n",
-                  path, kv_type == BONSAI_TENSOR_F16 ? "f16" : "q8_0", kl, 100 * top1);
-    assert_true(kl < 1e-3 && top1 >= 0.99);
+    char what[512];
+    snprintf(what, sizeof what, "%s (kv %s): fused step vs per-operation", path,
+             kv_type == BONSAI_TENSOR_F16 ? "f16" : "q8_0");
+    check_agreement(what, ops, eager, N, vocab);
     assert_memory_equal(eager, graph, (size_t)N * vocab * sizeof *eager);
     assert_memory_equal(plain, graph, (size_t)N * vocab * sizeof *plain);
     free(ops), free(eager), free(graph), free(plain);
@@ -626,7 +656,8 @@ static void check_batched(const char *path, uint32_t k)
 {
     bonsai_model *m;
     if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
-    enum { STEPS = 6, MAX_K = 70 };
+    enum { MAX_STEPS = 6, MAX_K = 70 };
+    const int STEPS = emu ? 2 : MAX_STEPS;
     assert_true(k <= MAX_K);
     uint32_t vocab = bonsai_model_n_vocab(m);
     bonsai_session_params p;
@@ -634,7 +665,7 @@ static void check_batched(const char *path, uint32_t k)
     p.backend = "cuda";
     p.n_ctx = 64;
     bonsai_session *bat[MAX_K], *one[MAX_K];
-    int32_t tok[MAX_K][STEPS];
+    int32_t tok[MAX_K][MAX_STEPS];
     for (uint32_t i = 0; i < k; i++) {
         assert_int_equal(bonsai_session_create(m, &p, &bat[i]), 0);
         assert_int_equal(bonsai_session_create(m, &p, &one[i]), 0);
@@ -646,23 +677,24 @@ static void check_batched(const char *path, uint32_t k)
         for (int t = 0; t < STEPS; t++) tok[i][t] = (int32_t)(test_rand() % vocab);
     }
     double worst_kl = 0;
-    uint32_t same = 0;
+    uint32_t same = 0, near = 0;
     for (int t = 0; t < STEPS; t++) {
         bonsai_batch_item items[MAX_K];
         for (uint32_t i = 0; i < k; i++) items[i] = (bonsai_batch_item){bat[i], tok[i][t]};
         if (bonsai_batch_eval(items, k, 0)) fail_msg("%s", bonsai_last_error());
         for (uint32_t i = 0; i < k; i++) {
             assert_int_equal(bonsai_session_eval(one[i], &tok[i][t], 1, 0), 0);
-            double kl, top1;
-            kl_top1(bonsai_session_logits(one[i], NULL), bonsai_session_logits(bat[i], NULL), 1,
-                    vocab, &kl, &top1);
-            worst_kl = kl > worst_kl ? kl : worst_kl;
-            same += top1 == 1.0;
+            agreement r = compare_logits(bonsai_session_logits(one[i], NULL),
+                                         bonsai_session_logits(bat[i], NULL), 1, vocab);
+            worst_kl = r.kl > worst_kl ? r.kl : worst_kl;
+            same += r.top1 == 1.0;
+            near += r.top1_near == 1.0;
         }
     }
-    print_message("  %s: %u sessions batched vs alone: worst KL %.3g, same top-1 %u of %u\n", path,
-                  k, worst_kl, same, k * STEPS);
-    assert_true(worst_kl < 1e-3 && same >= (k * STEPS * 99 + 99) / 100);
+    print_message("  %s: %u sessions batched vs alone: worst KL %.3g, same top-1 %u (%u with near "
+                  "ties) of %u\n",
+                  path, k, worst_kl, same, near, k * STEPS);
+    assert_true(worst_kl < 1e-3 && near >= (k * STEPS * 99 + 99) / 100);
     for (uint32_t i = 0; i < k; i++) {
         bonsai_session_free(bat[i]);
         bonsai_session_free(one[i]);
@@ -678,11 +710,11 @@ static void test_decode(void **state)
         if (!paths[i] || !*paths[i]) continue;
         check_decode_paths(paths[i], BONSAI_TENSOR_F16);
         check_decode_paths(paths[i], BONSAI_TENSOR_Q8_0);
-        check_batched(paths[i], 4);
-        check_batched(paths[i], 12);
-        check_batched(paths[i], 24);
-        check_batched(paths[i], 40);
-        check_batched(paths[i], 70);
+        /* dgemv (up to 8), dmma with 2, 4 and 8 n-tiles, a step of 64 and the rest; emulated:
+         * dgemv and dmma of 2 and 4 n-tiles */
+        static const uint32_t ks[] = {4, 12, 24, 40, 70}, emu_ks[] = {3, 12, 20};
+        size_t nk = emu ? sizeof emu_ks / sizeof emu_ks[0] : sizeof ks / sizeof ks[0];
+        for (size_t j = 0; j < nk; j++) check_batched(paths[i], emu ? emu_ks[j] : ks[j]);
     }
 }
 
@@ -730,7 +762,8 @@ static void check_sampling(const char *path)
         assert_int_equal(bonsai_sampler_create_default(&p, &dev), 0);
         assert_int_equal(bonsai_sampler_create_default(&p, &host), 0);
         bonsai_session_clear(s);
-        enum { STEPS = 100 };
+        /* emulated, with a full vocabulary: a few steps (each a whole LM head) */
+        const int STEPS = emu && vocab > 4096 ? 4 : 100;
         int same = 0;
         double worst_lp = 0;
         int32_t tok = 1;
@@ -757,7 +790,8 @@ static void check_sampling(const char *path)
 
     /* the same chains, a session each, stepped by bonsai_batch_eval and sampled by one
      * bonsai_batch_sample (one launch for every row) */
-    enum { NC = sizeof cases / sizeof cases[0], BSTEPS = 60 };
+    enum { NC = sizeof cases / sizeof cases[0] };
+    const int BSTEPS = emu && vocab > 4096 ? 3 : 60;
     bonsai_session *ss[NC];
     bonsai_sampler *dev[NC], *host[NC];
     bonsai_batch_item items[NC];
@@ -832,6 +866,9 @@ int main(int argc, char **argv)
                 req && !strcmp(req, "1") ? "FAIL" : "SKIP", e ? e->reason : "not registered");
         return req && !strcmp(req, "1") ? 1 : 77;
     }
+    emu = getenv("BONSAI_TEST_CUDA_EMU") && !strcmp(getenv("BONSAI_TEST_CUDA_EMU"), "1");
+    const char *only = getenv("BONSAI_TEST_FILTER"); /* e.g. test_decode, test_* */
+    if (only && *only) cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_q1_matmul), cmocka_unit_test(test_q1_matmul_multi),
         cmocka_unit_test(test_dense_matmul),

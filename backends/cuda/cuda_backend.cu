@@ -17,13 +17,19 @@ extern "C" {
 #include "backend.h"
 }
 
+#ifdef BSI_CUDA_EMU /* on the CPU, for tests (tests/cuda_emu) */
+#include "cuda_emu_runtime.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <utility>
 
 using namespace bsi_cuda;
 
@@ -189,12 +195,11 @@ static void pdl_off(cuda_backend *b, const char *why)
     if (host) host->log(BONSAI_LOG_WARN, msg);
 }
 
-/* Launches kernel k with smem bytes of dynamic shared memory on the backend's stream, as a
- * programmatic dependent launch when the backend uses them (k must call dep_enter first); if
- * such a launch is refused, as a plain one from then on. */
+/* Launches kernel k with smem bytes of dynamic shared memory on the backend's stream: a plain
+ * launch, or (pdl) a programmatic dependent launch, for which k must call dep_enter first. */
 template <typename... P, typename... A>
-static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block,
-                              size_t smem, A &&...args)
+static cudaError_t launch_as(cuda_backend *b, bool pdl, void (*k)(P...), dim3 grid, dim3 block,
+                             size_t smem, A &&...args)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
@@ -205,15 +210,31 @@ static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
-    cfg.numAttrs = b->pdl ? 1 : 0;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, k, args...);
-    if (e == cudaSuccess || !cfg.numAttrs) return e;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
+}
+
+/* A plain launch of k on the backend's stream. */
+template <typename... P, typename... A>
+static cudaError_t launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                          A &&...args)
+{
+    return launch_as(b, false, k, grid, block, smem, std::forward<A>(args)...);
+}
+
+/* A launch of k (which calls dep_enter first) as a programmatic dependent launch when the backend
+ * uses them; if such a launch is refused, as a plain one from then on. */
+template <typename... P, typename... A>
+static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block,
+                              size_t smem, A &&...args)
+{
+    cudaError_t e = launch_as(b, b->pdl, k, grid, block, smem, args...);
+    if (e == cudaSuccess || !b->pdl) return e;
     (void)cudaGetLastError();
     char why[160];
     snprintf(why, sizeof why, "a dependent launch failed (%s)", cudaGetErrorString(e));
     pdl_off(b, why);
-    cfg.numAttrs = 0;
-    return cudaLaunchKernelEx(&cfg, k, args...);
+    return launch_as(b, false, k, grid, block, smem, args...);
 }
 
 static void cuda_destroy(bsi_backend *be);
@@ -487,8 +508,7 @@ static bonsai_status q1_gemm(cuda_backend *b, int n, const bsi_weight *const *w,
     bonsai_status st = grow(b, (void **)&b->xh, &b->xh_cap, bytes);
     if (st) return st;
     int64_t n4 = n_tok * cols / 4;
-    to_half<<<grid_for(n4, 256), 256, 0, b->stream>>>(x, b->xh, n4);
-    CU(cudaGetLastError());
+    CU(launch(b, to_half, dim3(grid_for(n4, 256)), dim3(256), 0, x, b->xh, n4));
 
     gemm_mats m = {};
     m.n = n;
@@ -503,10 +523,10 @@ static bonsai_status q1_gemm(cuda_backend *b, int n, const bsi_weight *const *w,
     unsigned tiles = (unsigned)m.tile0[n];
     if (tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm) {
         dim3 grid(tiles, (unsigned)((n_tok + 127) / 128));
-        q1_gemm_mma<8><<<grid, GEMM_THREADS, 0, b->stream>>>(m, b->xh, (int)cols, (int)n_tok);
+        CU(launch(b, (q1_gemm_mma<8>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols, (int)n_tok));
     } else {
         dim3 grid(tiles, (unsigned)((n_tok + 63) / 64));
-        q1_gemm_mma<4><<<grid, GEMM_THREADS, 0, b->stream>>>(m, b->xh, (int)cols, (int)n_tok);
+        CU(launch(b, (q1_gemm_mma<4>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols, (int)n_tok));
     }
     CU(cudaGetLastError());
     return BONSAI_OK;
@@ -528,7 +548,7 @@ static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const flo
         dim3 block(GEMV_WARPS * WARP);
         switch (n_tok) {
 #define CASE(n)                                                                                    \
-    case n: q1_gemv<n><<<grid, block, 0, b->stream>>>(w->bits, w->scales, x, y, rows, cols); break;
+    case n: CU(launch(b, (q1_gemv<n>), grid, block, 0, w->bits, w->scales, x, y, rows, cols)); break;
             CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
         default: break;
@@ -536,7 +556,7 @@ static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const flo
     } else {
         int warps = 8;
         dim3 grid((unsigned)((rows + warps - 1) / warps));
-        dense_matmul<<<grid, warps * WARP, 0, b->stream>>>(view(w), x, y, (int)n_tok);
+        CU(launch(b, dense_matmul, grid, dim3(warps * WARP), 0, view(w), x, y, (int)n_tok));
     }
     CU(cudaGetLastError());
     return BONSAI_OK;
@@ -575,8 +595,7 @@ static bonsai_status cuda_get_rows(bsi_backend *be, const bsi_weight *w, const i
     bonsai_status st = stage_ints(b, &b->ids, &b->ids_cap, ids, n_tok);
     if (st) return st;
     dim3 grid(grid_for(w->cols, 256), (unsigned)n_tok);
-    get_rows<<<grid, 256, 0, b->stream>>>(view(w), b->ids, y);
-    CU(cudaGetLastError());
+    CU(launch(b, get_rows, grid, dim3(256), 0, view(w), b->ids, y));
     return BONSAI_OK;
 }
 
@@ -588,8 +607,7 @@ static bonsai_status cuda_rmsnorm(bsi_backend *be, const float *x, const float *
     if (n_rows < 1) return BONSAI_OK;
     if (n_rows > INT32_MAX || n > INT32_MAX)
         return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: rmsnorm of %lld rows", (long long)n_rows);
-    rmsnorm<<<(unsigned)n_rows, 256, 0, b->stream>>>(x, weight, y, (int)n, eps);
-    CU(cudaGetLastError());
+    CU(launch(b, rmsnorm, dim3((unsigned)n_rows), dim3(256), 0, x, weight, y, (int)n, eps));
     return BONSAI_OK;
 }
 
@@ -644,8 +662,7 @@ static bonsai_status cuda_rope(bsi_backend *be, float *x, const int32_t *pos, in
     }
     rope_params p = make_rope(r);
     dim3 grid((unsigned)n_tok, (unsigned)n_heads);
-    rope<<<grid, 64, 0, b->stream>>>(x, b->pos, (int)n_heads, (int)head_dim, p);
-    CU(cudaGetLastError());
+    CU(launch(b, rope, grid, dim3(64), 0, x, b->pos, (int)n_heads, (int)head_dim, p));
     return BONSAI_OK;
 }
 
@@ -654,8 +671,7 @@ static bonsai_status cuda_softmax(bsi_backend *be, float *x, int64_t n, int64_t 
     cuda_backend *b = cb(be);
     USE(b);
     if (n_rows < 1) return BONSAI_OK;
-    softmax<<<(unsigned)n_rows, 256, 0, b->stream>>>(x, (int)n);
-    CU(cudaGetLastError());
+    CU(launch(b, softmax, dim3((unsigned)n_rows), dim3(256), 0, x, (int)n));
     return BONSAI_OK;
 }
 
@@ -665,8 +681,7 @@ static bonsai_status cuda_silu_mul(bsi_backend *be, const float *gate, const flo
     cuda_backend *b = cb(be);
     USE(b);
     if (n < 1) return BONSAI_OK;
-    silu_mul<<<grid_for(n, 256), 256, 0, b->stream>>>(gate, up, y, n);
-    CU(cudaGetLastError());
+    CU(launch(b, silu_mul, dim3(grid_for(n, 256)), dim3(256), 0, gate, up, y, n));
     return BONSAI_OK;
 }
 
@@ -675,8 +690,7 @@ static bonsai_status cuda_add(bsi_backend *be, const float *a, const float *bb, 
     cuda_backend *b = cb(be);
     USE(b);
     if (n < 1) return BONSAI_OK;
-    add<<<grid_for(n, 256), 256, 0, b->stream>>>(a, bb, y, n);
-    CU(cudaGetLastError());
+    CU(launch(b, add, dim3(grid_for(n, 256)), dim3(256), 0, a, bb, y, n));
     return BONSAI_OK;
 }
 
@@ -690,11 +704,9 @@ static bonsai_status cuda_kv_store(bsi_backend *be, uint32_t kv_type, void *k_ca
     if (kv_type == T_Q8_0) {
         if (dim % 32) return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: Q8_0 KV rows of %lld", (long long)dim);
         int64_t threads = 2 * n_tok * (dim / 32) * WARP;
-        kv_store_q8_0<<<grid_for(threads, 256), 256, 0, b->stream>>>(
-            (uint8_t *)k_cache, (uint8_t *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos);
+        CU(launch(b, kv_store_q8_0, dim3(grid_for(threads, 256)), dim3(256), 0, (uint8_t *)k_cache, (uint8_t *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
     } else {
-        kv_store_f16<<<grid_for(n_tok * dim, 256), 256, 0, b->stream>>>(
-            (__half *)k_cache, (__half *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos);
+        CU(launch(b, kv_store_f16, dim3(grid_for(n_tok * dim, 256)), dim3(256), 0, (__half *)k_cache, (__half *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
     }
     CU(cudaGetLastError());
     return BONSAI_OK;
@@ -721,8 +733,8 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
     if (n_tok >= FA_MIN_TOK && (head_dim == 64 || head_dim == 128)) {
         dim3 grid((unsigned)n_head, (unsigned)((n_tok + FA_BQ - 1) / FA_BQ));
 #define FA(hd, q8_)                                                                                \
-    attn_prefill<hd, q8_><<<grid, FA_THREADS, 0, b->stream>>>(                                     \
-        q, k_cache, v_cache, out, (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale)
+    CU(launch(b, (attn_prefill<hd, q8_>), grid, dim3(FA_THREADS), 0, \
+        q, k_cache, v_cache, out, (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale))
         if (head_dim == 64) {
             if (q8) FA(64, true); else FA(64, false);
         } else {
@@ -734,12 +746,9 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
     }
     dim3 grid((unsigned)n_head, (unsigned)n_tok);
     if (q8)
-        attention<true><<<grid, ATT_WARPS * WARP, 0, b->stream>>>(
-            q, k_cache, v_cache, out, (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale);
+        CU(launch(b, (attention<true>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out, (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
     else
-        attention<false><<<grid, ATT_WARPS * WARP, 0, b->stream>>>(
-            q, k_cache, v_cache, out, (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale);
-    CU(cudaGetLastError());
+        CU(launch(b, (attention<false>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out, (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
     return BONSAI_OK;
 }
 
@@ -954,7 +963,6 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
 {
     float *logits = b->dec.logits;
     dec_state *d = &b->dec;
-    cudaStream_t st = b->stream;
     int E = (int)m->n_embd, hd = (int)m->head_dim;
     int nh = (int)m->n_head, nkv = (int)m->n_head_kv, nt = (int)n;
     const int32_t *tok = (const int32_t *)d->in_dev, *pos = tok + DEC_MAX_SEQ;
@@ -973,7 +981,7 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
     if ((s = (call))) return s
     /* a plain launch: it follows the copy of the step's inputs; every later kernel of the step
      * is a dependent launch (dep_launch) when the GPU takes them */
-    get_rows<<<dim3(grid_for(E, 256), n), 256, 0, st>>>(view(m->tok_embd), tok, d->x);
+    CU(launch(b, get_rows, dim3(grid_for(E, 256), n), dim3(256), 0, view(m->tok_embd), tok, d->x));
     for (uint32_t l = 0; l < m->n_layer; l++) {
         const bsi_decode_layer *L = &m->layers[l];
         /* q, k, v of the normed x */
@@ -1139,8 +1147,7 @@ static bonsai_status cuda_sample(bsi_backend *be, uint32_t n, const float *const
     sample_job *djobs = (sample_job *)b->samp;
     sample_out *douts = (sample_out *)((unsigned char *)b->samp + job_bytes);
     CU(cudaMemcpyAsync(djobs, jobs, job_bytes, cudaMemcpyHostToDevice, b->stream));
-    sample_rows<<<n, SAMPLE_THREADS, 0, b->stream>>>(djobs, (int)n_vocab, douts);
-    CU(cudaGetLastError());
+    CU(launch(b, sample_rows, dim3(n), dim3(SAMPLE_THREADS), 0, djobs, (int)n_vocab, douts));
     CU(cudaMemcpyAsync(outs, douts, n * sizeof(sample_out), cudaMemcpyDeviceToHost, b->stream));
     CU(cudaStreamSynchronize(b->stream)); /* also: the pinned jobs may be rewritten next call */
     for (uint32_t i = 0; i < n; i++) {

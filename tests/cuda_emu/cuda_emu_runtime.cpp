@@ -1,0 +1,317 @@
+/* The emulated CUDA runtime of tests/cuda_emu/cuda_emu_runtime.h. */
+#include "cuda_emu_runtime.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <set>
+#include <vector>
+
+struct cuda_emu_stream {
+    bool capturing;
+    std::vector<std::function<void()>> *recording;
+};
+struct cuda_emu_graph {
+    std::vector<std::function<void()>> work;
+};
+struct cuda_emu_event {
+    int unused;
+};
+
+namespace
+{
+
+std::mutex lock; /* the tables below, for sessions on several threads */
+std::set<void *> device_blocks, host_blocks;
+std::map<const void *, cudaFuncAttributes> attributes;
+thread_local cudaError_t last_error = cudaSuccess;
+thread_local int capturing = 0; /* streams this thread is capturing */
+
+cudaError_t fail(cudaError_t e)
+{
+    last_error = e;
+    return e;
+}
+
+cudaError_t alloc(std::set<void *> &set, void **p, size_t bytes)
+{
+    *p = nullptr;
+    if (!bytes) return cudaSuccess;
+    /* 256-byte alignment, as cudaMalloc's; never more than the emulated device holds */
+    if (bytes > ((size_t)1 << 32)) return fail(cudaErrorMemoryAllocation);
+    void *q = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!q) return fail(cudaErrorMemoryAllocation);
+    std::lock_guard<std::mutex> hold(lock);
+    set.insert(q);
+    *p = q;
+    return cudaSuccess;
+}
+
+cudaError_t release(std::set<void *> &set, void *p)
+{
+    if (!p) return cudaSuccess;
+    std::lock_guard<std::mutex> hold(lock);
+    if (!set.erase(p)) return fail(cudaErrorInvalidValue);
+    free(p);
+    return cudaSuccess;
+}
+
+} // namespace
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    }
+    return "unknown error";
+}
+
+const char *cudaGetErrorName(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    }
+    return "cudaErrorUnknown";
+}
+
+cudaError_t cudaGetLastError()
+{
+    cudaError_t e = last_error;
+    last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaGetDeviceCount(int *n)
+{
+    *n = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int dev)
+{
+    return dev == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice);
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev)
+{
+    if (dev != 0) return fail(cudaErrorInvalidDevice);
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "cuda_emu");
+    p->totalGlobalMem = (size_t)4 << 30;
+    p->sharedMemPerBlockOptin = 232448; /* an H100's */
+    p->major = 9;
+    p->minor = 0;
+    p->multiProcessorCount = 2;
+    return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int *v)
+{
+    *v = 12080;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int *v)
+{
+    *v = 12080;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    return alloc(device_blocks, p, bytes);
+}
+
+cudaError_t cudaFree(void *p)
+{
+    return release(device_blocks, p);
+}
+
+cudaError_t cudaMallocHost(void **p, size_t bytes)
+{
+    return alloc(host_blocks, p, bytes);
+}
+
+cudaError_t cudaFreeHost(void *p)
+{
+    return release(host_blocks, p);
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind)
+{
+    /* the legacy stream: refused while this thread captures (cudaStreamCaptureModeThreadLocal) */
+    if (capturing) return fail(cudaErrorStreamCaptureImplicit);
+    if (bytes) memcpy(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind,
+                            cudaStream_t s)
+{
+    return cuda_emu::submit(s, [=] {
+        if (bytes) memcpy(dst, src, bytes);
+    });
+}
+
+cudaError_t cudaMemsetAsync(void *dst, int v, size_t bytes, cudaStream_t s)
+{
+    return cuda_emu::submit(s, [=] { memset(dst, v, bytes); });
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
+{
+    *s = new cuda_emu_stream{false, nullptr};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+    if (!s) return fail(cudaErrorInvalidResourceHandle);
+    if (s->capturing) {
+        capturing--;
+        delete s->recording;
+    }
+    delete s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s)
+{
+    if (!s) return fail(cudaErrorInvalidResourceHandle);
+    if (s->capturing) return fail(cudaErrorStreamCaptureUnsupported);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned)
+{
+    *e = new cuda_emu_event{0};
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+    delete e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+    if (!e || !s) return fail(cudaErrorInvalidResourceHandle);
+    return s->capturing ? fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e)
+{
+    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode)
+{
+    if (!s) return fail(cudaErrorInvalidResourceHandle);
+    if (s->capturing) return fail(cudaErrorStreamCaptureUnsupported);
+    s->capturing = true;
+    s->recording = new std::vector<std::function<void()>>;
+    capturing++;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
+{
+    *g = nullptr;
+    if (!s || !s->capturing) return fail(cudaErrorInvalidValue);
+    s->capturing = false;
+    capturing--;
+    *g = new cuda_emu_graph{std::move(*s->recording)};
+    delete s->recording;
+    s->recording = nullptr;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long)
+{
+    *e = new cuda_emu_graph{g->work};
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t g)
+{
+    delete g;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e)
+{
+    delete e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s)
+{
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    for (const std::function<void()> &w : e->work) {
+        cudaError_t r = cuda_emu::submit(s, w);
+        if (r) return r;
+    }
+    return cudaSuccess;
+}
+
+namespace cuda_emu
+{
+
+cudaError_t submit(cudaStream_t s, std::function<void()> work)
+{
+    if (!s) return fail(cudaErrorInvalidResourceHandle);
+    if (s->capturing)
+        s->recording->push_back(std::move(work));
+    else
+        work();
+    return cudaSuccess;
+}
+
+cudaFuncAttributes &func_attributes(const void *fn)
+{
+    std::lock_guard<std::mutex> hold(lock);
+    auto it = attributes.find(fn);
+    if (it == attributes.end()) {
+        /* compiled for sm_90 (so dependent launches are taken); no static shared memory is
+         * counted (the emulator's __shared__ variables are function statics) */
+        cudaFuncAttributes a = {};
+        a.binaryVersion = a.ptxVersion = 90;
+        a.maxDynamicSharedSizeBytes = 48 * 1024;
+        it = attributes.emplace(fn, a).first;
+    }
+    return it->second;
+}
+
+cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<void()> body)
+{
+    const dim3 g = cfg->gridDim, b = cfg->blockDim;
+    unsigned threads = b.x * b.y * b.z;
+    if (!g.x || !g.y || !g.z || g.y > 65535 || g.z > 65535 || !threads || threads > 1024 ||
+        b.y != 1 || b.z != 1 || threads % 32)
+        return fail(cudaErrorInvalidValue);
+    if (cfg->dynamicSmemBytes > (size_t)func_attributes(fn).maxDynamicSharedSizeBytes) {
+        fprintf(stderr, "cuda_emu: a launch asks %zu bytes of dynamic shared memory, the "
+                        "function allows %d\n",
+                cfg->dynamicSmemBytes, func_attributes(fn).maxDynamicSharedSizeBytes);
+        return fail(cudaErrorInvalidValue);
+    }
+    return submit(cfg->stream, [g, b, body] { run(g, b, body); });
+}
+
+} // namespace cuda_emu

@@ -1,0 +1,178 @@
+/*
+ * Just enough of the CUDA runtime API for the CUDA backend's host code (backends/cuda/
+ * cuda_backend.cu) to run on the CPU over tests/cuda_emu: one emulated device ("cuda_emu",
+ * compute capability 9.0, 2 multiprocessors), device memory that is host memory, streams that
+ * run their work at once (in order), and graph capture that records a stream's work instead, to
+ * run it at each cudaGraphLaunch. It also checks what a real runtime refuses and a test should
+ * hear of: more than 48 KB of dynamic shared memory without the function's attribute raised,
+ * synchronizing a stream or copying synchronously while this thread captures, unknown pointers
+ * freed. The module built this way (tests/cuda_emu/libbonsai-cuda.so) lets test_cuda run its
+ * GPU tests where there is no GPU.
+ */
+#ifndef BONSAI_CUDA_EMU_RUNTIME_H
+#define BONSAI_CUDA_EMU_RUNTIME_H
+
+#include "cuda_emu.h"
+
+#include <cstddef>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+enum cudaError_t {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureImplicit = 906,
+};
+
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+};
+
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2,
+};
+
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+enum cudaLaunchAttributeID { cudaLaunchAttributeProgrammaticStreamSerialization = 5 };
+
+constexpr unsigned cudaStreamNonBlocking = 1;
+constexpr unsigned cudaEventDisableTiming = 2;
+
+struct cudaDeviceProp {
+    char name[256];
+    size_t totalGlobalMem;
+    size_t sharedMemPerBlockOptin;
+    int major, minor;
+    int multiProcessorCount;
+};
+
+struct cudaFuncAttributes {
+    size_t sharedSizeBytes;
+    int binaryVersion, ptxVersion;
+    int maxDynamicSharedSizeBytes;
+};
+
+union cudaLaunchAttributeValue {
+    int programmaticStreamSerializationAllowed;
+};
+struct cudaLaunchAttribute {
+    cudaLaunchAttributeID id;
+    cudaLaunchAttributeValue val;
+};
+
+struct cuda_emu_stream;
+struct cuda_emu_graph;
+typedef cuda_emu_stream *cudaStream_t;
+typedef cuda_emu_graph *cudaGraph_t;
+typedef cuda_emu_graph *cudaGraphExec_t;
+typedef struct cuda_emu_event *cudaEvent_t;
+
+struct cudaLaunchConfig_t {
+    dim3 gridDim, blockDim;
+    size_t dynamicSmemBytes;
+    cudaStream_t stream;
+    cudaLaunchAttribute *attrs;
+    unsigned numAttrs;
+};
+
+const char *cudaGetErrorString(cudaError_t e);
+const char *cudaGetErrorName(cudaError_t e);
+cudaError_t cudaGetLastError();
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaSetDevice(int dev);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev);
+cudaError_t cudaRuntimeGetVersion(int *v);
+cudaError_t cudaDriverGetVersion(int *v);
+
+cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMallocHost(void **p, size_t bytes);
+cudaError_t cudaFreeHost(void *p);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t s);
+cudaError_t cudaMemsetAsync(void *dst, int v, size_t bytes, cudaStream_t s);
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags);
+cudaError_t cudaGraphDestroy(cudaGraph_t g);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s);
+
+namespace cuda_emu
+{
+/* Work on stream s: done now, or recorded if s is being captured. */
+cudaError_t submit(cudaStream_t s, std::function<void()> work);
+/* The function's attributes, by its address. */
+cudaFuncAttributes &func_attributes(const void *fn);
+/* A launch of fn: checks the configuration, then submits. */
+cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<void()> body);
+} // namespace cuda_emu
+
+template <typename... P>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, void (*fn)(P...))
+{
+    *a = cuda_emu::func_attributes((const void *)fn);
+    return cudaSuccess;
+}
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, const void *fn)
+{
+    *a = cuda_emu::func_attributes(fn);
+    return cudaSuccess;
+}
+
+template <typename... P>
+cudaError_t cudaFuncSetAttribute(void (*fn)(P...), cudaFuncAttribute attr, int value)
+{
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > 232448)
+        return cudaErrorInvalidValue;
+    cuda_emu::func_attributes((const void *)fn).maxDynamicSharedSizeBytes = value;
+    return cudaSuccess;
+}
+
+/* Blocks of `threads` threads with `smem` bytes each that fit one multiprocessor of the
+ * emulated device (2048 threads, 228 KB of shared memory, at most 32 blocks). */
+template <typename... P>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, void (*)(P...), int threads,
+                                                          size_t smem)
+{
+    if (threads < 1 || threads > 1024) return cudaErrorInvalidValue;
+    int by_threads = 2048 / threads, by_smem = (int)(233472 / (smem + 1024));
+    *n = std::min(32, std::min(by_threads, by_smem));
+    return cudaSuccess;
+}
+
+/* kernel(args...) as the grid of cfg: the arguments are converted to the kernel's parameter
+ * types and copied now, as a real launch (or a captured one) takes them. */
+template <typename... P, typename... A>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *cfg, void (*kernel)(P...), A &&...args)
+{
+    static_assert(sizeof...(P) == sizeof...(A), "a kernel's arguments, one for each parameter");
+    std::tuple<typename std::decay<P>::type...> params(std::forward<A>(args)...);
+    return cuda_emu::launch((const void *)kernel, cfg,
+                            [kernel, params]() { std::apply(kernel, params); });
+}
+
+#endif
