@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
-#include <set>
 #include <vector>
 
 struct cuda_emu_stream {
@@ -23,7 +22,7 @@ namespace
 {
 
 std::mutex lock; /* the tables below, for sessions on several threads */
-std::set<void *> device_blocks, host_blocks;
+std::map<const unsigned char *, size_t> device_blocks, host_blocks; /* base -> bytes */
 std::map<const void *, cudaFuncAttributes> attributes;
 thread_local cudaError_t last_error = cudaSuccess;
 thread_local int capturing = 0; /* streams this thread is capturing */
@@ -34,7 +33,9 @@ cudaError_t fail(cudaError_t e)
     return e;
 }
 
-cudaError_t alloc(std::set<void *> &set, void **p, size_t bytes)
+typedef std::map<const unsigned char *, size_t> blocks;
+
+cudaError_t alloc(blocks &set, void **p, size_t bytes)
 {
     *p = nullptr;
     if (!bytes) return cudaSuccess;
@@ -43,17 +44,45 @@ cudaError_t alloc(std::set<void *> &set, void **p, size_t bytes)
     void *q = aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (!q) return fail(cudaErrorMemoryAllocation);
     std::lock_guard<std::mutex> hold(lock);
-    set.insert(q);
+    set[(const unsigned char *)q] = bytes;
     *p = q;
     return cudaSuccess;
 }
 
-cudaError_t release(std::set<void *> &set, void *p)
+cudaError_t release(blocks &set, void *p)
 {
     if (!p) return cudaSuccess;
     std::lock_guard<std::mutex> hold(lock);
-    if (!set.erase(p)) return fail(cudaErrorInvalidValue);
+    if (!set.erase((const unsigned char *)p)) return fail(cudaErrorInvalidValue);
     free(p);
+    return cudaSuccess;
+}
+
+/* Whether [p, p + bytes) lies in one block of device memory: the device side of a copy must (a
+ * host pointer there would be a crash or garbage on a GPU). */
+bool on_device(const void *p, size_t bytes)
+{
+    std::lock_guard<std::mutex> hold(lock);
+    const unsigned char *c = (const unsigned char *)p;
+    auto it = device_blocks.upper_bound(c);
+    if (it == device_blocks.begin()) return false;
+    --it;
+    return c >= it->first && bytes <= it->second && (size_t)(c - it->first) <= it->second - bytes;
+}
+
+/* A copy's device sides checked; cudaErrorInvalidValue with a message if one is not device
+ * memory. */
+cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    if (!bytes) return cudaSuccess;
+    bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice,
+         src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if ((dst_dev && !on_device(dst, bytes)) || (src_dev && !on_device(src, bytes))) {
+        fprintf(stderr, "cuda_emu: a copy of %zu bytes (kind %d) whose device side is not device "
+                        "memory\n",
+                bytes, (int)kind);
+        return fail(cudaErrorInvalidValue);
+    }
     return cudaSuccess;
 }
 
@@ -152,17 +181,19 @@ cudaError_t cudaFreeHost(void *p)
     return release(host_blocks, p);
 }
 
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind)
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
 {
     /* the legacy stream: refused while this thread captures (cudaStreamCaptureModeThreadLocal) */
     if (capturing) return fail(cudaErrorStreamCaptureImplicit);
+    if (cudaError_t e = check_copy(dst, src, bytes, kind)) return e;
     if (bytes) memcpy(dst, src, bytes);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind,
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t s)
 {
+    if (cudaError_t e = check_copy(dst, src, bytes, kind)) return e;
     return cuda_emu::submit(s, [=] {
         if (bytes) memcpy(dst, src, bytes);
     });
@@ -170,6 +201,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 
 cudaError_t cudaMemsetAsync(void *dst, int v, size_t bytes, cudaStream_t s)
 {
+    if (cudaError_t e = check_copy(dst, nullptr, bytes, cudaMemcpyHostToDevice)) return e;
     return cuda_emu::submit(s, [=] { memset(dst, v, bytes); });
 }
 
