@@ -248,7 +248,7 @@ static void test_q1_matmul(void **state)
     };
     /* emulated: each kernel and both GEMM tile widths (64 and 128 tokens), partial tiles */
     static const int64_t small[][3] = {
-        {1, 128, 1},   {33, 256, 1},  {300, 512, 2},   {260, 384, 8},
+        {1, 128, 1},   {33, 256, 1},   {300, 512, 2},  {260, 384, 8},
         {130, 384, 9}, {129, 512, 64}, {100, 256, 65}, {65, 384, 130},
     };
     size_t n_shapes = emu ? sizeof small / sizeof small[0] : sizeof shapes / sizeof shapes[0];

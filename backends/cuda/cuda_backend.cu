@@ -225,8 +225,8 @@ static cudaError_t launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 bloc
 /* A launch of k (which calls dep_enter first) as a programmatic dependent launch when the backend
  * uses them; if such a launch is refused, as a plain one from then on. */
 template <typename... P, typename... A>
-static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block,
-                              size_t smem, A &&...args)
+static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                              A &&...args)
 {
     cudaError_t e = launch_as(b, b->pdl, k, grid, block, smem, args...);
     if (e == cudaSuccess || !b->pdl) return e;
@@ -523,10 +523,12 @@ static bonsai_status q1_gemm(cuda_backend *b, int n, const bsi_weight *const *w,
     unsigned tiles = (unsigned)m.tile0[n];
     if (tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm) {
         dim3 grid(tiles, (unsigned)((n_tok + 127) / 128));
-        CU(launch(b, (q1_gemm_mma<8>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols, (int)n_tok));
+        CU(launch(b, (q1_gemm_mma<8>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols,
+                  (int)n_tok));
     } else {
         dim3 grid(tiles, (unsigned)((n_tok + 63) / 64));
-        CU(launch(b, (q1_gemm_mma<4>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols, (int)n_tok));
+        CU(launch(b, (q1_gemm_mma<4>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols,
+                  (int)n_tok));
     }
     CU(cudaGetLastError());
     return BONSAI_OK;
@@ -548,7 +550,9 @@ static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const flo
         dim3 block(GEMV_WARPS * WARP);
         switch (n_tok) {
 #define CASE(n)                                                                                    \
-    case n: CU(launch(b, (q1_gemv<n>), grid, block, 0, w->bits, w->scales, x, y, rows, cols)); break;
+    case n:                                                                                        \
+        CU(launch(b, (q1_gemv<n>), grid, block, 0, w->bits, w->scales, x, y, rows, cols));         \
+        break;
             CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
         default: break;
@@ -704,9 +708,11 @@ static bonsai_status cuda_kv_store(bsi_backend *be, uint32_t kv_type, void *k_ca
     if (kv_type == T_Q8_0) {
         if (dim % 32) return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: Q8_0 KV rows of %lld", (long long)dim);
         int64_t threads = 2 * n_tok * (dim / 32) * WARP;
-        CU(launch(b, kv_store_q8_0, dim3(grid_for(threads, 256)), dim3(256), 0, (uint8_t *)k_cache, (uint8_t *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
+        CU(launch(b, kv_store_q8_0, dim3(grid_for(threads, 256)), dim3(256), 0, (uint8_t *)k_cache,
+                  (uint8_t *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
     } else {
-        CU(launch(b, kv_store_f16, dim3(grid_for(n_tok * dim, 256)), dim3(256), 0, (__half *)k_cache, (__half *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
+        CU(launch(b, kv_store_f16, dim3(grid_for(n_tok * dim, 256)), dim3(256), 0,
+                  (__half *)k_cache, (__half *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
     }
     CU(cudaGetLastError());
     return BONSAI_OK;
@@ -733,8 +739,8 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
     if (n_tok >= FA_MIN_TOK && (head_dim == 64 || head_dim == 128)) {
         dim3 grid((unsigned)n_head, (unsigned)((n_tok + FA_BQ - 1) / FA_BQ));
 #define FA(hd, q8_)                                                                                \
-    CU(launch(b, (attn_prefill<hd, q8_>), grid, dim3(FA_THREADS), 0, \
-        q, k_cache, v_cache, out, (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale))
+    CU(launch(b, (attn_prefill<hd, q8_>), grid, dim3(FA_THREADS), 0, q, k_cache, v_cache, out,     \
+              (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale))
         if (head_dim == 64) {
             if (q8) FA(64, true); else FA(64, false);
         } else {
@@ -746,9 +752,11 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
     }
     dim3 grid((unsigned)n_head, (unsigned)n_tok);
     if (q8)
-        CU(launch(b, (attention<true>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out, (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
+        CU(launch(b, (attention<true>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out,
+                  (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
     else
-        CU(launch(b, (attention<false>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out, (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
+        CU(launch(b, (attention<false>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out,
+                  (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
     return BONSAI_OK;
 }
 

@@ -215,8 +215,9 @@ void barrier_wait(barrier *b)
      * (more waits in a row than there are fibers), none ever will go on */
     while (b->generation == gen) {
         if (++t_idle > 2 * t_live) {
-            fprintf(stderr, "cuda_emu: block (%u, %u, %u) is stuck: a barrier that some of its "
-                            "threads never reach\n",
+            fprintf(stderr,
+                    "cuda_emu: block (%u, %u, %u) is stuck: a barrier that some of its "
+                    "threads never reach\n",
                     blockIdx.x, blockIdx.y, blockIdx.z);
             abort();
         }

@@ -141,7 +141,7 @@ struct barrier {
 struct block_state {
     barrier block;
     barrier warp[32];
-    uint64_t slot[2][32][32];  /* shuffles: [parity][warp][lane] */
+    uint64_t slot[2][32][32];     /* shuffles: [parity][warp][lane] */
     unsigned char parity[32][32]; /* [warp][lane]: the lane's shuffles so far, modulo 2 */
     uint32_t frag[32][32][6]; /* mma_16816: each lane's a[4], b[2] */
 };

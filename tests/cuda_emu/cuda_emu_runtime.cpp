@@ -78,8 +78,9 @@ cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
     bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice,
          src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
     if ((dst_dev && !on_device(dst, bytes)) || (src_dev && !on_device(src, bytes))) {
-        fprintf(stderr, "cuda_emu: a copy of %zu bytes (kind %d) whose device side is not device "
-                        "memory\n",
+        fprintf(stderr,
+                "cuda_emu: a copy of %zu bytes (kind %d) whose device side is not device "
+                "memory\n",
                 bytes, (int)kind);
         return fail(cudaErrorInvalidValue);
     }
@@ -96,9 +97,12 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
-    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
-    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureUnsupported:
+        return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+        return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit:
+        return "operation would make the legacy stream depend on a capturing blocking stream";
     }
     return "unknown error";
 }
@@ -338,8 +342,9 @@ cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<
         b.y != 1 || b.z != 1 || threads % 32)
         return fail(cudaErrorInvalidValue);
     if (cfg->dynamicSmemBytes > (size_t)func_attributes(fn).maxDynamicSharedSizeBytes) {
-        fprintf(stderr, "cuda_emu: a launch asks %zu bytes of dynamic shared memory, the "
-                        "function allows %d\n",
+        fprintf(stderr,
+                "cuda_emu: a launch asks %zu bytes of dynamic shared memory, the "
+                "function allows %d\n",
                 cfg->dynamicSmemBytes, func_attributes(fn).maxDynamicSharedSizeBytes);
         return fail(cudaErrorInvalidValue);
     }

@@ -131,8 +131,7 @@ cudaFuncAttributes &func_attributes(const void *fn);
 cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<void()> body);
 } // namespace cuda_emu
 
-template <typename... P>
-cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, void (*fn)(P...))
+template <typename... P> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, void (*fn)(P...))
 {
     *a = cuda_emu::func_attributes((const void *)fn);
     return cudaSuccess;
