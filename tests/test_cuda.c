@@ -713,8 +713,9 @@ static void test_decode(void **state)
         /* dgemv (up to 8), dmma with 2, 4 and 8 n-tiles, a step of 64 and the rest; emulated:
          * dgemv and dmma of 2 and 4 n-tiles */
         static const uint32_t ks[] = {4, 12, 24, 40, 70}, emu_ks[] = {3, 12, 20};
+        const uint32_t *k = emu ? emu_ks : ks;
         size_t nk = emu ? sizeof emu_ks / sizeof emu_ks[0] : sizeof ks / sizeof ks[0];
-        for (size_t j = 0; j < nk; j++) check_batched(paths[i], emu ? emu_ks[j] : ks[j]);
+        for (size_t j = 0; j < nk; j++) check_batched(paths[i], k[j]);
     }
 }
 

@@ -530,7 +530,6 @@ static bonsai_status q1_gemm(cuda_backend *b, int n, const bsi_weight *const *w,
         CU(launch(b, (q1_gemm_mma<4>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols,
                   (int)n_tok));
     }
-    CU(cudaGetLastError());
     return BONSAI_OK;
 }
 
@@ -562,7 +561,6 @@ static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const flo
         dim3 grid((unsigned)((rows + warps - 1) / warps));
         CU(launch(b, dense_matmul, grid, dim3(warps * WARP), 0, view(w), x, y, (int)n_tok));
     }
-    CU(cudaGetLastError());
     return BONSAI_OK;
 }
 
@@ -714,7 +712,6 @@ static bonsai_status cuda_kv_store(bsi_backend *be, uint32_t kv_type, void *k_ca
         CU(launch(b, kv_store_f16, dim3(grid_for(n_tok * dim, 256)), dim3(256), 0,
                   (__half *)k_cache, (__half *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
     }
-    CU(cudaGetLastError());
     return BONSAI_OK;
 }
 
@@ -747,7 +744,6 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
             if (q8) FA(128, true); else FA(128, false);
         }
 #undef FA
-        CU(cudaGetLastError());
         return BONSAI_OK;
     }
     dim3 grid((unsigned)n_head, (unsigned)n_tok);
@@ -1031,7 +1027,6 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
                       dim3(8 * WARP), 0, view(m->output), d->h, logits, nt));
     }
 #undef TRY
-    CU(cudaGetLastError());
     return BONSAI_OK;
 }
 

@@ -37,7 +37,7 @@ constexpr size_t STACK = 512 * 1024; /* per CUDA thread; the sanitizers' frames 
  * would miss: fiber t's stack starts COLOR * (t % COLORS) bytes lower instead (up to 128 KB). */
 constexpr size_t COLOR = 1040, COLORS = 126;
 
-/* A fiber's saved context. On x86-64 a stack pointer: switch() below pushes the callee-saved
+/* A fiber's saved context. On x86-64 a stack pointer: cuda_emu_switch pushes the callee-saved
  * registers, swaps stacks and pops them (swapcontext would also save the signal mask, a system
  * call per switch, most of the emulator's time). Elsewhere ucontext. */
 #if defined(__x86_64__)
@@ -101,26 +101,31 @@ size_t t_main_size;
 bool t_from_sched; /* the switch into a new fiber came from the scheduler */
 #endif
 
-/* From the running fiber to fiber `to`, or back to the scheduler (to == nullptr); `dying`: the
- * running fiber has ended and is never resumed. Fibers hand over to each other directly, so a
- * barrier costs one switch a thread. */
-void switch_from_running(fiber *to, bool dying)
+/* Saves the running context (the scheduler's or a fiber's) into `save` and runs fiber `to`, or
+ * the scheduler (to == nullptr); `dying`: the context saved has ended and is never resumed. */
+void hand_over(context *save, fiber *to, bool dying)
 {
-    fiber *from = t_cur;
     t_cur = to;
     if (to) threadIdx = dim3(to->index);
 #ifdef EMU_ASAN
     void *fake = nullptr;
-    t_from_sched = false;
+    t_from_sched = save == &t_sched;
     __sanitizer_start_switch_fiber(dying ? nullptr : &fake, to ? to->stack : t_main_bottom,
                                    to ? STACK : t_main_size);
 #else
     (void)dying;
 #endif
-    switch_to(&from->ctx, to ? &to->ctx : &t_sched);
+    switch_to(save, to ? &to->ctx : &t_sched);
 #ifdef EMU_ASAN
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
+}
+
+/* From the running fiber to fiber `to`, or back to the scheduler (to == nullptr). Fibers hand
+ * over to each other directly, so a barrier costs one switch a thread. */
+void switch_from_running(fiber *to, bool dying)
+{
+    hand_over(&t_cur->ctx, to, dying);
 }
 
 /* The fiber after the running one, in turn, that has not ended. */
@@ -184,17 +189,7 @@ void run_block(fiber *fibers, unsigned n)
     t_fibers = fibers;
     t_n = t_live = n;
     t_idle = 0;
-    t_cur = &fibers[0];
-    threadIdx = dim3(0);
-#ifdef EMU_ASAN
-    void *fake = nullptr;
-    t_from_sched = true;
-    __sanitizer_start_switch_fiber(&fake, fibers[0].stack, STACK);
-#endif
-    switch_to(&t_sched, &fibers[0].ctx);
-#ifdef EMU_ASAN
-    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#endif
+    hand_over(&t_sched, &fibers[0], false);
 }
 
 /* launches from several threads take turns: __shared__ variables and dyn_smem() are global */

@@ -8,8 +8,7 @@
 #include <vector>
 
 struct cuda_emu_stream {
-    bool capturing;
-    std::vector<std::function<void()>> *recording;
+    std::vector<std::function<void()>> *recording; /* while captured, else null */
 };
 struct cuda_emu_graph {
     std::vector<std::function<void()>> work;
@@ -21,8 +20,10 @@ struct cuda_emu_event {
 namespace
 {
 
+typedef std::map<const unsigned char *, size_t> blocks; /* base -> bytes */
+
 std::mutex lock; /* the tables below, for sessions on several threads */
-std::map<const unsigned char *, size_t> device_blocks, host_blocks; /* base -> bytes */
+blocks device_blocks, host_blocks;
 std::map<const void *, cudaFuncAttributes> attributes;
 thread_local cudaError_t last_error = cudaSuccess;
 thread_local int capturing = 0; /* streams this thread is capturing */
@@ -32,8 +33,6 @@ cudaError_t fail(cudaError_t e)
     last_error = e;
     return e;
 }
-
-typedef std::map<const unsigned char *, size_t> blocks;
 
 cudaError_t alloc(blocks &set, void **p, size_t bytes)
 {
@@ -99,8 +98,6 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorStreamCaptureUnsupported:
         return "operation not permitted when stream is capturing";
-    case cudaErrorStreamCaptureInvalidated:
-        return "operation failed due to a previous error during capture";
     case cudaErrorStreamCaptureImplicit:
         return "operation would make the legacy stream depend on a capturing blocking stream";
     }
@@ -116,7 +113,6 @@ const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
-    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
     }
     return "cudaErrorUnknown";
@@ -146,7 +142,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev)
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "cuda_emu");
     p->totalGlobalMem = (size_t)4 << 30;
-    p->sharedMemPerBlockOptin = 232448; /* an H100's */
+    p->sharedMemPerBlockOptin = cuda_emu::SMEM_OPTIN;
     p->major = 9;
     p->minor = 0;
     p->multiProcessorCount = 2;
@@ -211,17 +207,15 @@ cudaError_t cudaMemsetAsync(void *dst, int v, size_t bytes, cudaStream_t s)
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
 {
-    *s = new cuda_emu_stream{false, nullptr};
+    *s = new cuda_emu_stream{nullptr};
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
     if (!s) return fail(cudaErrorInvalidResourceHandle);
-    if (s->capturing) {
-        capturing--;
-        delete s->recording;
-    }
+    if (s->recording) capturing--;
+    delete s->recording;
     delete s;
     return cudaSuccess;
 }
@@ -229,7 +223,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s)
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
     if (!s) return fail(cudaErrorInvalidResourceHandle);
-    if (s->capturing) return fail(cudaErrorStreamCaptureUnsupported);
+    if (s->recording) return fail(cudaErrorStreamCaptureUnsupported);
     return cudaSuccess;
 }
 
@@ -248,7 +242,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t e)
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
     if (!e || !s) return fail(cudaErrorInvalidResourceHandle);
-    return s->capturing ? fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+    return s->recording ? fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
@@ -259,8 +253,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e)
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode)
 {
     if (!s) return fail(cudaErrorInvalidResourceHandle);
-    if (s->capturing) return fail(cudaErrorStreamCaptureUnsupported);
-    s->capturing = true;
+    if (s->recording) return fail(cudaErrorStreamCaptureUnsupported);
     s->recording = new std::vector<std::function<void()>>;
     capturing++;
     return cudaSuccess;
@@ -269,8 +262,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode)
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
     *g = nullptr;
-    if (!s || !s->capturing) return fail(cudaErrorInvalidValue);
-    s->capturing = false;
+    if (!s || !s->recording) return fail(cudaErrorInvalidValue);
     capturing--;
     *g = new cuda_emu_graph{std::move(*s->recording)};
     delete s->recording;
@@ -312,7 +304,7 @@ namespace cuda_emu
 cudaError_t submit(cudaStream_t s, std::function<void()> work)
 {
     if (!s) return fail(cudaErrorInvalidResourceHandle);
-    if (s->capturing)
+    if (s->recording)
         s->recording->push_back(std::move(work));
     else
         work();
@@ -346,11 +338,12 @@ cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<
     if (!g.x || !g.y || !g.z || g.y > 65535 || g.z > 65535 || !threads || threads > 1024 ||
         b.y != 1 || b.z != 1 || threads % 32)
         return fail(cudaErrorInvalidValue);
-    if (cfg->dynamicSmemBytes > (size_t)func_attributes(fn).maxDynamicSharedSizeBytes) {
+    int allowed = func_attributes(fn).maxDynamicSharedSizeBytes;
+    if (cfg->dynamicSmemBytes > (size_t)allowed) {
         fprintf(stderr,
                 "cuda_emu: a launch asks %zu bytes of dynamic shared memory, the "
                 "function allows %d\n",
-                cfg->dynamicSmemBytes, func_attributes(fn).maxDynamicSharedSizeBytes);
+                cfg->dynamicSmemBytes, allowed);
         return fail(cudaErrorInvalidValue);
     }
     return submit(cfg->stream, [g, b, body] { run(g, b, body); });

@@ -27,7 +27,6 @@ enum cudaError_t {
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorStreamCaptureUnsupported = 900,
-    cudaErrorStreamCaptureInvalidated = 901,
     cudaErrorStreamCaptureImplicit = 906,
 };
 
@@ -123,6 +122,8 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s);
 
 namespace cuda_emu
 {
+constexpr int SMEM_OPTIN = 232448;  /* shared memory a block may opt into (an H100's) */
+constexpr int SMEM_PER_SM = 233472; /* shared memory of a multiprocessor */
 /* Work on stream s: done now, or recorded if s is being captured. */
 cudaError_t submit(cudaStream_t s, std::function<void()> work);
 /* The function's attributes, by its address. */
@@ -131,21 +132,21 @@ cudaFuncAttributes &func_attributes(const void *fn);
 cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<void()> body);
 } // namespace cuda_emu
 
-template <typename... P> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, void (*fn)(P...))
-{
-    *a = cuda_emu::func_attributes((const void *)fn);
-    return cudaSuccess;
-}
 inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, const void *fn)
 {
     *a = cuda_emu::func_attributes(fn);
     return cudaSuccess;
 }
+template <typename... P> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, void (*fn)(P...))
+{
+    return cudaFuncGetAttributes(a, (const void *)fn);
+}
 
 template <typename... P>
 cudaError_t cudaFuncSetAttribute(void (*fn)(P...), cudaFuncAttribute attr, int value)
 {
-    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > 232448)
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+        value > cuda_emu::SMEM_OPTIN)
         return cudaErrorInvalidValue;
     cuda_emu::func_attributes((const void *)fn).maxDynamicSharedSizeBytes = value;
     return cudaSuccess;
@@ -158,7 +159,7 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, void (*)(P...)
                                                           size_t smem)
 {
     if (threads < 1 || threads > 1024) return cudaErrorInvalidValue;
-    int by_threads = 2048 / threads, by_smem = (int)(233472 / (smem + 1024));
+    int by_threads = 2048 / threads, by_smem = (int)(cuda_emu::SMEM_PER_SM / (smem + 1024));
     *n = std::min(32, std::min(by_threads, by_smem));
     return cudaSuccess;
 }
