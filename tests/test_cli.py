@@ -391,6 +391,38 @@ class Synth(unittest.TestCase):
         self.assertEqual(tensors, [])
         self.assertEqual(meta["general.architecture"], (8, "qwen3"))
 
+    def test_small_vocab(self):
+        path = self.synth("v4k.gguf", "--vocab", "4096")
+        meta, _ = self.check_layout(path, bonsai_tensors(2, 256, 768, 4, 2, 4096, False))
+        v = {k: val for k, (_, val) in meta.items()}
+        import json
+        tok = json.loads(slurp(self.tokenizer, "r"))
+        vocab = tok["model"]["vocab"]
+        self.assertEqual(len(v["tokenizer.ggml.tokens"]), 4096)
+        for text, i in vocab.items():
+            if i < 4096:
+                self.assertEqual(v["tokenizer.ggml.tokens"][i], text)
+        # the merges among the kept tokens, in order (Qwen3's: 256 bytes, then one per merge)
+        want = [" ".join(m) for m in tok["model"]["merges"]
+                if vocab.get(m[0] + m[1], 1 << 30) < 4096 and vocab[m[0]] < 4096
+                and vocab[m[1]] < 4096]
+        self.assertEqual(v["tokenizer.ggml.merges"], want)
+        self.assertEqual(len(want), 4096 - 256)
+        # no special id beyond the vocabulary, no chat template (its tokens are gone)
+        for key in ("eos_token_id", "padding_token_id", "bos_token_id"):
+            self.assertNotIn("tokenizer.ggml." + key, meta)
+        self.assertNotIn("tokenizer.chat_template", meta)
+        # where the whole tokenizer's tokens are all below 4096, the same ids; else smaller pieces
+        full = self.synth("full-vocab.gguf", "--vocab-only")
+        for text, ids in (("the world, this is a test.", "1782 1879 11 419 374 264 1273 13"),
+                          ("Hello", "39 301 385")):
+            r = run("tokenize", "-m", path, text)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout.split(), ids.split())
+        self.assertEqual(run("tokenize", "-m", full, "the world, this is a test.").stdout.split(),
+                         "1782 1879 11 419 374 264 1273 13".split())
+        self.assertEqual(run("tokenize", "-m", full, "Hello").stdout.split(), ["9707"])
+
     def test_bad_arguments(self):
         out = os.path.join(self.dir, "bad.gguf")
         base = ["synth", "--tokenizer", self.tokenizer, "-o", out]
@@ -400,6 +432,7 @@ class Synth(unittest.TestCase):
                      base + ["--arch", "qwen3", "--shape", "tiny", "--seed", "x"],
                      base + ["--arch", "qwen3", "--shape", "tiny", "--seed", "-1"],
                      base + ["--arch", "qwen3", "--shape", "tiny", "--threads", "0"],
+                     base + ["--arch", "qwen3", "--shape", "tiny", "--vocab", "255"],
                      base + ["--arch", "qwen3", "--shape", "tiny", "--bogus"],
                      base + ["--arch", "qwen3", "--shape", "tiny", "--seed"],
                      ["synth", "--arch", "qwen3", "--shape", "tiny", "--tokenizer",
@@ -722,7 +755,7 @@ OPTIONS = {
     "bench-kernels": {"--json": False, "--threads": True, "--isa": True, "--quick": False,
                       "--tokens": True, "--backend": True},
     "synth": {"--arch": True, "--shape": True, "--tokenizer": True, "-o": True, "--output": True,
-              "--seed": True, "--tokenizer-config": True, "--vocab-only": False,
+              "--seed": True, "--tokenizer-config": True, "--vocab": True, "--vocab-only": False,
               "--threads": True},
     "eval": {"-m": True, "--model": True, "--ids": True, "--logits": True, "--all": False,
              "--perplexity": False, "-f": True, "--file": True, "-c": True, "--ctx-size": True,

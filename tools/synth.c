@@ -244,6 +244,59 @@ static bonsai_status load_tokenizer(const char *path, const char *cfg_path, bsi_
     return st;
 }
 
+/* ---- a smaller vocabulary ---- */
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static bool kept(const char *const *sorted, uint32_t n, const char *s)
+{
+    return bsearch(&s, sorted, n, sizeof *sorted, compare_strings) != NULL;
+}
+
+/* Keeps the first n token ids (n >= 256 keeps a byte-level BPE's whole byte alphabet), the merges
+ * whose two parts and result are among them, and the special ids below n; the chat template goes
+ * (its control tokens are beyond any small n). A model of the same shapes with a small LM head:
+ * fast tests of whole-model paths. */
+static bonsai_status truncate_vocab(tokenizer *tk, uint32_t n, bsi_arena *a)
+{
+    if (n >= tk->n_tokens) return BONSAI_OK;
+    const char **sorted = bsi_arena_alloc(a, (size_t)n * sizeof *sorted);
+    if (!sorted) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+    memcpy(sorted, tk->tokens, (size_t)n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, compare_strings);
+    uint32_t k = 0;
+    char *buf = NULL; /* a merge's left part, NUL, then the two parts joined */
+    size_t cap = 0;
+    for (uint32_t i = 0; i < tk->n_merges; i++) {
+        const char *m = tk->merges[i], *right = strchr(m, ' ');
+        if (!right++) continue;
+        size_t ll = (size_t)(right - 1 - m), len = strlen(m);
+        if (2 * len + 2 > cap) {
+            free(buf);
+            cap = 2 * len + 2;
+            if (!(buf = malloc(cap))) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
+        }
+        char *joined = buf + ll + 1;
+        memcpy(buf, m, ll);
+        buf[ll] = 0;
+        memcpy(joined, m, ll);
+        memcpy(joined + ll, right, len - ll); /* the right part and its NUL */
+        if (kept(sorted, n, buf) && kept(sorted, n, right) && kept(sorted, n, joined))
+            tk->merges[k++] = m;
+    }
+    free(buf);
+    tk->n_merges = k;
+    tk->n_tokens = n;
+    if (tk->eos_id >= n) tk->eos_id = -1;
+    if (tk->pad_id >= n) tk->pad_id = -1;
+    if (tk->bos_id >= n) tk->bos_id = -1;
+    tk->chat_template = NULL;
+    return BONSAI_OK;
+}
+
 /* ---- metadata ---- */
 
 static bonsai_status add_metadata(bsi_gguf_writer *w, const shape *s, uint64_t seed,
@@ -472,6 +525,7 @@ typedef struct synth_options {
     const char *tokenizer, *tokenizer_config, *out;
     bool vocab_only;
     int threads;
+    uint32_t n_vocab; /* 0: the tokenizer's; else its first n_vocab ids (truncate_vocab) */
 } synth_options;
 
 static bonsai_status synth(const synth_options *o, uint64_t *n_tensors, uint64_t *data_bytes)
@@ -489,6 +543,7 @@ static bonsai_status synth(const synth_options *o, uint64_t *n_tensors, uint64_t
         goto done;
     }
     if ((st = load_tokenizer(o->tokenizer, o->tokenizer_config, arena, &tk)) ||
+        (o->n_vocab && (st = truncate_vocab(&tk, o->n_vocab, arena))) ||
         (st = add_metadata(w, o->shape, o->seed, &tk)))
         goto done;
     if (!o->vocab_only) {
@@ -534,7 +589,7 @@ done:
 typedef struct synth_args {
     int arch, shape;
     uint64_t seed;
-    int64_t threads;
+    int64_t threads, vocab;
     const char *tokenizer, *tokenizer_config, *out;
     bool vocab_only;
 } synth_args;
@@ -589,6 +644,15 @@ static const cli_option synth_option_table[] = {
      .kind = CLI_FLAG,
      .offset = offsetof(synth_args, vocab_only),
      .help = "Write the metadata without tensors."},
+    {.names = "--vocab",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(synth_args, vocab),
+     .min = 256,
+     .max = MAX_TOKEN_ID,
+     .def = "the tokenizer's",
+     .help = "Keep the first N token ids (and the merges among them), without the chat template: "
+             "a small LM head for fast tests."},
     {.names = "--threads",
      .value = "N",
      .kind = CLI_INT,
@@ -602,8 +666,9 @@ static const cli_option synth_option_table[] = {
 const cli_command cli_synth_command = {
     .name = "synth",
     .summary = "write a Bonsai-shaped test model with random weights",
-    .synopsis = "--arch qwen3 --shape tiny|1.7b|4b|8b --tokenizer TOKENIZER.json -o OUT.gguf "
-                "[--seed N] [--tokenizer-config CONFIG.json] [--vocab-only] [--threads N]",
+    .synopsis =
+        "--arch qwen3 --shape tiny|1.7b|4b|8b --tokenizer TOKENIZER.json -o OUT.gguf "
+        "[--seed N] [--tokenizer-config CONFIG.json] [--vocab N] [--vocab-only] [--threads N]",
     .description =
         "Writes a Bonsai-shaped test model: the tensor names, shapes and types of the published "
         "Bonsai models (every matrix Q1_0, norms F32; a separate output.weight only for 8b), the "
@@ -645,7 +710,8 @@ static int cmd_synth(int argc, char **argv)
                        .tokenizer_config = a.tokenizer_config,
                        .out = a.out,
                        .vocab_only = a.vocab_only,
-                       .threads = (int)a.threads};
+                       .threads = (int)a.threads,
+                       .n_vocab = (uint32_t)a.vocab};
     char *cfg = NULL;
     if (!o.tokenizer_config) { /* qwen3-tokenizer_config.json next to the tokenizer */
         const char *slash = strrchr(o.tokenizer, '/');
