@@ -261,6 +261,7 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
         st->block = {0, n, 0};
         for (unsigned w = 0; w < 32; w++) st->warp[w] = {0, 32, 0};
         memset(st->parity, 0, sizeof st->parity);
+        memset(st->mma_parity, 0, sizeof st->mma_parity);
         for (unsigned t = 0; t < n; t++) prepare(&fibers[t], stacks[t], t);
         run_block(fibers.data(), n);
     }

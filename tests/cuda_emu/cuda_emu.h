@@ -143,7 +143,10 @@ struct block_state {
     barrier warp[32];
     uint64_t slot[2][32][32];     /* shuffles: [parity][warp][lane] */
     unsigned char parity[32][32]; /* [warp][lane]: the lane's shuffles so far, modulo 2 */
-    uint32_t frag[32][32][6]; /* mma_16816: each lane's a[4], b[2] */
+    /* mma: each lane's a[4] and b[2], decoded (up to 4 elements of 4 bytes per register), by the
+     * same parity as the shuffles' slots */
+    uint32_t frag[2][32][32][24];
+    unsigned char mma_parity[32][32];
 };
 
 extern block_state *g_state; /* the running block's */
@@ -191,25 +194,31 @@ template <typename T> inline T __shfl_xor_sync(unsigned, T v, int o)
 template <int E, class Acc, class Elem>
 inline void mma_emu(Acc d[4], const uint32_t a[4], const uint32_t b[2], Elem elem)
 {
+    static_assert(sizeof(Acc) == 4 && E <= 4, "4-byte elements, at most 4 per register");
     constexpr unsigned K = 8 * E, H = K / 2;
     unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    uint32_t(&mine)[6] = cuda_emu::g_state->frag[w][lane];
-    memcpy(mine, a, 16);
-    memcpy(mine + 4, b, 8);
+    /* each lane decodes its own registers once: element i of register r at [E r + i] */
+    unsigned char &par = cuda_emu::g_state->mma_parity[w][lane];
+    auto frags = cuda_emu::g_state->frag[par];
+    Acc *mine = (Acc *)frags[w][lane];
+    for (unsigned r = 0; r < 6; r++)
+        for (unsigned i = 0; i < E; i++) mine[E * r + i] = elem(r < 4 ? a[r] : b[r - 4], i);
+    /* one barrier, as for shuffles: no lane writes this parity's slots again before every lane
+     * has passed the next mma's barrier, i.e. has read these */
     __syncwarp();
     unsigned g = lane / 4, t = lane % 4;
     for (unsigned e = 0; e < 4; e++) {
         unsigned row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         Acc sum = 0;
         for (unsigned k = 0; k < K; k++) {
-            const uint32_t *fa = cuda_emu::g_state->frag[w][(row % 8) * 4 + (k % H) / E];
-            const uint32_t *fb = cuda_emu::g_state->frag[w][col * 4 + (k % H) / E];
-            sum += elem(fa[(row >= 8 ? 1 : 0) + (k >= H ? 2 : 0)], k % E) *
-                   elem(fb[4 + (k >= H ? 1 : 0)], k % E);
+            const Acc *fa = (const Acc *)frags[w][(row % 8) * 4 + (k % H) / E];
+            const Acc *fb = (const Acc *)frags[w][col * 4 + (k % H) / E];
+            sum += fa[E * ((row >= 8 ? 1 : 0) + (k >= H ? 2 : 0)) + k % E] *
+                   fb[E * (4 + (k >= H ? 1 : 0)) + k % E];
         }
         d[e] += sum;
     }
-    __syncwarp();
+    par ^= 1;
 }
 
 /* mma.sync.m16n8k16.row.col f32.f16.f16.f32 */
