@@ -783,14 +783,17 @@ bonsai_status bonsai_batch_eval(const bonsai_batch_item *items, uint32_t n_items
         bonsai_session *s = items[i].session;
         st = scratch_reserve(s, 1, 1);
         if (!st) st = logits_host_reserve(s, 1);
-        /* its row is overwritten before the batch is known to succeed: keep its logits */
-        if (!st) st = logits_to_host(s);
     }
     const bsi_backend_vtable *vt = lead->be->vt;
     if (!st) {
-        for (uint32_t i = 0; i < n_items; i++) lead->pos[i] = (int32_t)items[i].session->n_past;
-        lead->n_logits = 0;
-        lead->logits_pending = false;
+        /* from here a failure leaves every session at its position without logits, as
+         * bonsai_session_eval does (keeping them would cost a download of each one per step) */
+        for (uint32_t i = 0; i < n_items; i++) {
+            bonsai_session *s = items[i].session;
+            lead->pos[i] = (int32_t)s->n_past;
+            s->n_logits = 0;
+            s->logits_pending = false;
+        }
         st = forward_runs(lead, tokens, n_items, runs, n_items, n_items, NULL);
     }
     size_t V = lead->a->n_vocab;

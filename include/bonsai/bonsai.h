@@ -372,7 +372,9 @@ BONSAI_API void bonsai_session_free(bonsai_session *session);
  * Evaluate n_tokens tokens at the next positions (bonsai_session_n_past() onwards) in one batch
  * and keep the logits of the last token (or of every token with BONSAI_EVAL_ALL_LOGITS).
  * BONSAI_ERR_CONTEXT_FULL when they do not fit: nothing is evaluated and the session stays as it
- * was. BONSAI_ERR_OUT_OF_RANGE for a token id outside the vocabulary.
+ * was. BONSAI_ERR_OUT_OF_RANGE for a token id outside the vocabulary. When the computation itself
+ * fails (BONSAI_ERR_BACKEND: the GPU reported an error; BONSAI_ERR_NO_MEMORY), the session stays
+ * at its position with no logits, and the call may be repeated.
  */
 BONSAI_API bonsai_status bonsai_session_eval(bonsai_session *session, const int32_t *tokens,
                                              uint32_t n_tokens, uint32_t flags);
@@ -417,7 +419,9 @@ typedef struct bonsai_batch_item {
  * session's logits become that token's (as bonsai_session_eval() of the one token would give).
  * Every session must run the same model on the same backend and device, appear once, and have
  * room for its token; otherwise nothing is evaluated (BONSAI_ERR_INVALID_ARGUMENT,
- * BONSAI_ERR_CONTEXT_FULL, BONSAI_ERR_OUT_OF_RANGE). The computation runs on the first item's
+ * BONSAI_ERR_CONTEXT_FULL, BONSAI_ERR_OUT_OF_RANGE). When the computation itself fails, every
+ * session stays at its position with no logits, as with bonsai_session_eval(), and the call may be
+ * repeated. The computation runs on the first item's
  * session; no session of the batch may be in use by another thread during the call. `flags`
  * must be 0.
  */
