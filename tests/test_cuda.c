@@ -3,7 +3,8 @@
  *
  *   test_cuda registry   how the library finds the module and reports it (runs everywhere)
  *   test_cuda gpu        every operation against the CPU's scalar reference on random data, and
- *                        whole models on the GPU against the CPU; exits 77 (skipped) when no
+ *                        whole models on the GPU against the CPU (and, on the emulated module of
+ *                        tests/cuda_emu, CUDA calls failing in turn); exits 77 (skipped) when no
  *                        usable GPU is present, or fails then if BONSAI_REQUIRE_GPU=1
  */
 #include "test_util.h"
@@ -12,6 +13,7 @@
 #include "half.h"
 #include "q1.h"
 
+#include <dlfcn.h>
 #include <math.h>
 
 static const bsi_backend_entry *find_entry(const char *name)
@@ -702,19 +704,25 @@ static void check_batched(const char *path, uint32_t k)
     bonsai_model_free(m);
 }
 
+/* The qwen3-tiny of the whole-model checks; emulated, its copy with the first 4,096 token ids when
+ * given (BONSAI_TEST_QWEN3_TINY_4K): the full LM head is most of the emulator's time. */
+static const char *tiny_model(void)
+{
+    const char *small = getenv("BONSAI_TEST_QWEN3_TINY_4K");
+    return emu && small && *small ? small : getenv("BONSAI_TEST_QWEN3_TINY");
+}
+
 static void test_decode(void **state)
 {
     (void)state;
-    const char *paths[] = {getenv("BONSAI_TEST_QWEN3_TINY"), getenv("BONSAI_TEST_QWEN3_1B7")};
+    const char *paths[] = {tiny_model(), getenv("BONSAI_TEST_QWEN3_1B7")};
     for (size_t i = 0; i < 2; i++) {
         if (!paths[i] || !*paths[i]) continue;
         check_decode_paths(paths[i], BONSAI_TENSOR_F16);
         check_decode_paths(paths[i], BONSAI_TENSOR_Q8_0);
-        /* dgemv (up to 8), dmma with 2, 4 and 8 n-tiles, a step of 64 and the rest; emulated:
-         * dgemv and dmma of 2 and 4 n-tiles */
-        static const uint32_t ks[] = {4, 12, 24, 40, 70}, emu_ks[] = {3, 12, 20};
-        const uint32_t *k = emu ? emu_ks : ks;
-        size_t nk = emu ? sizeof emu_ks / sizeof emu_ks[0] : sizeof ks / sizeof ks[0];
+        /* dgemv (up to 8), dmma with 2, 4 and 8 n-tiles, a step of 64 and the rest */
+        static const uint32_t k[] = {4, 12, 24, 40, 70};
+        size_t nk = sizeof k / sizeof k[0];
         for (size_t j = 0; j < nk; j++) check_batched(paths[i], k[j]);
     }
 }
@@ -843,10 +851,187 @@ static void test_models(void **state)
 {
     (void)state;
     check_model(test_data("stories260K.gguf"));
-    const char *tiny = getenv("BONSAI_TEST_QWEN3_TINY");
+    const char *tiny = tiny_model();
     if (tiny && *tiny) check_model(tiny);
     const char *big = getenv("BONSAI_TEST_QWEN3_1B7"); /* optional: bonsai synth --shape 1.7b */
     if (big && *big) check_model(big);
+}
+
+/* ---- device errors: every failable CUDA call of a session's life failing in turn ----
+ *
+ * Emulated only: the emulated runtime's cuda_emu_fail_call(n, by_site) makes its n-th failable
+ * call from now fail once (cudaErrorMemoryAllocation where it allocates, cudaErrorUnknown
+ * elsewhere); by site, only each call site's first call counts. For n = 0, 1, 2, ... until a run
+ * makes fewer calls than n, the same scenario (sessions created, a prompt, decode steps captured
+ * in graphs, sampling on the device, a batch of two sessions, everything freed) runs with call n
+ * failing. Each call that fails must say so with
+ * BONSAI_ERR_BACKEND or BONSAI_ERR_NO_MEMORY and a message naming CUDA, leave the session able to
+ * repeat the call, and the repeated call must succeed. Every run must give the fault-free run's
+ * logits and tokens to the bit (a failed graph capture falls back to eager launches of the same
+ * kernels), and free every allocation, stream, event and graph it made. */
+
+static void (*emu_fail_call)(long, int);
+static long (*emu_failures)(void);
+static long (*emu_live)(void);
+static long failures_seen;
+
+/* Everything a scenario run read: logits rows and sampled tokens, in order. */
+typedef struct trace {
+    float *v;
+    size_t n, cap;
+} trace;
+
+static void trace_add(trace *t, const float *x, size_t n)
+{
+    if (t->n + n > t->cap) {
+        t->cap = (t->n + n) * 2;
+        t->v = realloc(t->v, t->cap * sizeof *t->v);
+        assert_non_null(t->v);
+    }
+    memcpy(t->v + t->n, x, n * sizeof *x);
+    t->n += n;
+}
+
+/* A call that failed: an injected failure must have fired (the only failures expected here),
+ * and been reported as a device error naming CUDA. */
+static void injected_failure(bonsai_status st, const char *call)
+{
+    long f = emu_failures();
+    const char *msg = bonsai_last_error();
+    if (f == failures_seen)
+        fail_msg("%s failed without an injected failure: %d (%s)", call, (int)st, msg);
+    failures_seen = f;
+    if (st != BONSAI_ERR_BACKEND && st != BONSAI_ERR_NO_MEMORY)
+        fail_msg("%s: an injected CUDA failure gave status %d (%s)", call, (int)st, msg);
+    if (!strstr(msg, "cuda")) fail_msg("%s: the message does not name CUDA: %s", call, msg);
+}
+
+/* The call; if it fails, once more (the injected failure fires once): it must succeed then. */
+#define RETRY(call)                                                                                \
+    do {                                                                                           \
+        bonsai_status st_ = (call);                                                                \
+        if (st_) {                                                                                 \
+            injected_failure(st_, #call);                                                          \
+            st_ = (call);                                                                          \
+        }                                                                                          \
+        if (st_) fail_msg("%s, repeated: %s", #call, bonsai_last_error());                         \
+    } while (0)
+
+/* The session's last row of logits, into the trace (downloaded: that copy may fail too). */
+static void trace_logits(trace *t, bonsai_session *s, uint32_t vocab)
+{
+    uint32_t rows = 0;
+    const float *l = bonsai_session_logits(s, &rows);
+    if (!l) {
+        injected_failure(BONSAI_ERR_BACKEND, "bonsai_session_logits");
+        l = bonsai_session_logits(s, &rows);
+    }
+    assert_non_null(l);
+    trace_add(t, l + (size_t)(rows - 1) * vocab, vocab);
+}
+
+static void error_scenario(const char *path, trace *t)
+{
+    bonsai_model *m;
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    uint32_t vocab = bonsai_model_n_vocab(m);
+    bonsai_session_params p;
+    bonsai_session_params_init(&p);
+    p.backend = "cuda";
+    p.n_ctx = 32;
+    bonsai_session *a = NULL, *b = NULL;
+    RETRY(bonsai_session_create(m, &p, &a));
+    const int32_t prompt[5] = {11, 222, 3333, 44, 5};
+    RETRY(bonsai_session_eval(a, prompt, 5, 0)); /* the prompt path (GEMM, attention) */
+    trace_logits(t, a, vocab);
+    for (int32_t i = 0; i < 2; i++) { /* decode steps: the first captures the graph */
+        int32_t tok = 100 + 7 * i;
+        RETRY(bonsai_session_eval(a, &tok, 1, 0));
+        trace_logits(t, a, vocab);
+    }
+    bonsai_sampler_params sp;
+    bonsai_sampler_params_init(&sp);
+    sp.seed = 7; /* the default chain: the GPU runs it */
+    bonsai_sampler *sa, *sb;
+    assert_int_equal(bonsai_sampler_create_default(&sp, &sa), 0);
+    sp.seed = 8;
+    assert_int_equal(bonsai_sampler_create_default(&sp, &sb), 0);
+    /* a token sampled on the device (the logits are still there), then the logits read */
+    int32_t ta = 99;
+    float lp;
+    RETRY(bonsai_session_eval(a, &ta, 1, 0));
+    RETRY(bonsai_session_sample(a, sa, &ta, &lp));
+    float f = (float)ta;
+    trace_add(t, &f, 1);
+    trace_add(t, &lp, 1);
+    trace_logits(t, a, vocab);
+    /* a second session (the weights are placed already), then both in a batch */
+    RETRY(bonsai_session_create(m, &p, &b));
+    RETRY(bonsai_session_eval(b, prompt + 1, 1, 0));
+    bonsai_batch_item items[2] = {{a, ta}, {b, 9}};
+    RETRY(bonsai_batch_eval(items, 2, 0));
+    bonsai_batch_sample_item picks[2] = {{a, sa, -1, 0}, {b, sb, -1, 0}};
+    RETRY(bonsai_batch_sample(picks, 2, 0));
+    float got[4] = {(float)picks[0].token, picks[0].logprob, (float)picks[1].token,
+                    picks[1].logprob};
+    trace_add(t, got, 4);
+    trace_logits(t, a, vocab);
+    trace_logits(t, b, vocab);
+    bonsai_sampler_free(sa);
+    bonsai_sampler_free(sb);
+    bonsai_session_free(a);
+    bonsai_session_free(b);
+    bonsai_model_free(m);
+}
+
+static void test_device_errors(void **state)
+{
+    (void)state;
+    const char *path = tiny_model();
+    if (!emu || !path || !*path) skip(); /* only the emulated runtime injects failures */
+    const bsi_backend_entry *e = find_entry("cuda");
+    void *h = dlopen(e->path, RTLD_NOW | RTLD_NOLOAD);
+    assert_non_null(h);
+    *(void **)&emu_fail_call = dlsym(h, "cuda_emu_fail_call");
+    *(void **)&emu_failures = dlsym(h, "cuda_emu_failures");
+    *(void **)&emu_live = dlsym(h, "cuda_emu_live");
+    assert_true(emu_fail_call && emu_failures && emu_live);
+    long live0 = emu_live();
+    trace want = {0};
+    emu_fail_call(-1, 0);
+    failures_seen = emu_failures();
+    error_scenario(path, &want);
+    assert_int_equal(emu_failures(), failures_seen);
+    assert_int_equal(emu_live(), live0);
+    /* the first call of each call site in turn; BONSAI_TEST_FAULTS=every: every call (626, 4.5
+     * minutes); BONSAI_TEST_FAULT_FROM=n: from the n-th on (to reproduce a failure) */
+    const char *every = getenv("BONSAI_TEST_FAULTS"), *from = getenv("BONSAI_TEST_FAULT_FROM");
+    int by_site = !(every && !strcmp(every, "every"));
+    long n = from ? atol(from) : 0;
+    for (;; n++) {
+        trace got = {0};
+        long before = emu_failures();
+        emu_fail_call(n, by_site);
+        error_scenario(path, &got);
+        bool fired = emu_failures() != before;
+        failures_seen = emu_failures();
+        emu_fail_call(-1, 0);
+        if (got.n != want.n || memcmp(got.v, want.v, want.n * sizeof *want.v))
+            fail_msg("with call %ld failing (BONSAI_TEST_FAULT_FROM=%ld CUDA_EMU_FAULT_TRACE=1 "
+                     "repeats it), the results differ from the fault-free run's",
+                     n, n);
+        if (emu_live() != live0)
+            fail_msg("with call %ld failing (BONSAI_TEST_FAULT_FROM=%ld CUDA_EMU_FAULT_TRACE=1 "
+                     "repeats it), %ld allocations, streams, events or graphs are left",
+                     n, n, emu_live() - live0);
+        free(got.v);
+        if (!fired) break; /* the scenario makes fewer calls than n + 1 */
+    }
+    print_message("  %s: each of %ld failable CUDA %s failing in turn: reported, repeated, the "
+                  "same results, nothing left\n",
+                  path, n, by_site ? "call sites (their first calls)" : "calls");
+    free(want.v);
+    dlclose(h);
 }
 
 int main(int argc, char **argv)
@@ -871,11 +1056,11 @@ int main(int argc, char **argv)
     const char *only = getenv("BONSAI_TEST_FILTER"); /* e.g. test_decode, test_* */
     if (only && *only) cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_q1_matmul), cmocka_unit_test(test_q1_matmul_multi),
-        cmocka_unit_test(test_dense_matmul),
-        cmocka_unit_test(test_get_rows),  cmocka_unit_test(test_small_ops),
-        cmocka_unit_test(test_attention), cmocka_unit_test(test_models),
-        cmocka_unit_test(test_decode),    cmocka_unit_test(test_sampling),
+        cmocka_unit_test(test_q1_matmul),    cmocka_unit_test(test_q1_matmul_multi),
+        cmocka_unit_test(test_dense_matmul), cmocka_unit_test(test_get_rows),
+        cmocka_unit_test(test_small_ops),    cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_models),       cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_sampling),     cmocka_unit_test(test_device_errors),
     };
     return cmocka_run_group_tests(tests, setup_backends, teardown_backends);
 }

@@ -287,18 +287,19 @@ static void cuda_destroy(bsi_backend *be)
 {
     if (!be) return;
     cuda_backend *b = cb(be);
-    if (cudaSetDevice(b->device) == cudaSuccess) {
-        dec_free(b);
-        if (b->stream) {
-            cudaStreamSynchronize(b->stream);
-            cudaStreamDestroy(b->stream);
-        }
-        cudaFree(b->ids);
-        cudaFree(b->pos);
-        cudaFree(b->xh);
-        cudaFree(b->samp);
-        cudaFreeHost(b->samp_host);
+    /* frees are tried whatever fails before them: a device in an error state may refuse them too,
+     * but nothing is left behind that could have been freed */
+    (void)cudaSetDevice(b->device);
+    dec_free(b);
+    if (b->stream) {
+        cudaStreamSynchronize(b->stream);
+        cudaStreamDestroy(b->stream);
     }
+    cudaFree(b->ids);
+    cudaFree(b->pos);
+    cudaFree(b->xh);
+    cudaFree(b->samp);
+    cudaFreeHost(b->samp_host);
     (void)cudaGetLastError();
     free(b->pos_host);
     free(b);
@@ -327,10 +328,9 @@ static bonsai_status cuda_alloc(bsi_backend *be, size_t bytes, void **out)
 static void cuda_free(bsi_backend *be, void *ptr)
 {
     if (!ptr) return;
-    if (cudaSetDevice(cb(be)->device) == cudaSuccess) {
-        cudaStreamSynchronize(cb(be)->stream);
-        cudaFree(ptr);
-    }
+    (void)cudaSetDevice(cb(be)->device); /* tried whatever fails, as in cuda_destroy */
+    cudaStreamSynchronize(cb(be)->stream);
+    cudaFree(ptr);
     (void)cudaGetLastError();
 }
 
@@ -446,8 +446,9 @@ static bonsai_status cuda_weight_create(bsi_backend *be, const bsi_matrix_desc *
 
 static void cuda_weight_free(bsi_backend *be, bsi_weight *w)
 {
-    if (w && cudaSetDevice(cb(be)->device) == cudaSuccess) weight_release(w);
-    (void)cudaGetLastError();
+    if (!w) return;
+    (void)cudaSetDevice(cb(be)->device); /* tried whatever fails, as in cuda_destroy */
+    weight_release(w);
 }
 
 static wview view(const bsi_weight *w)

@@ -1,14 +1,18 @@
 /* The emulated CUDA runtime of tests/cuda_emu/cuda_emu_runtime.h. */
 #include "cuda_emu_runtime.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <dlfcn.h>
 #include <map>
 #include <mutex>
+#include <set>
 #include <vector>
 
 struct cuda_emu_stream {
     std::vector<std::function<void()>> *recording; /* while captured, else null */
+    bool invalidated;                              /* a call failed while captured */
 };
 struct cuda_emu_graph {
     std::vector<std::function<void()>> work;
@@ -32,6 +36,22 @@ cudaError_t fail(cudaError_t e)
 {
     last_error = e;
     return e;
+}
+
+/* streams, events and graphs (captured or instantiated) that exist */
+std::atomic<long> live_objects;
+
+/* fault injection (cuda_emu_fail_call) */
+std::mutex fault_lock;
+long fault_at = -1, fault_calls, fault_count;
+bool fault_by_site;                 /* count only each call site's first call */
+std::set<const void *> fault_sites; /* the call sites seen since cuda_emu_fail_call */
+
+/* A failure of a call on stream s: while s is captured, it invalidates the capture. */
+cudaError_t fail_on(cudaStream_t s, cudaError_t e)
+{
+    if (s && s->recording) s->invalidated = true;
+    return fail(e);
 }
 
 cudaError_t alloc(blocks &set, void **p, size_t bytes)
@@ -88,6 +108,58 @@ cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 
 } // namespace
 
+extern "C" __attribute__((visibility("default"))) void cuda_emu_fail_call(long n, int by_site)
+{
+    std::lock_guard<std::mutex> hold(fault_lock);
+    fault_at = n;
+    fault_calls = 0;
+    fault_by_site = by_site != 0;
+    fault_sites.clear();
+}
+
+extern "C" __attribute__((visibility("default"))) long cuda_emu_failures(void)
+{
+    std::lock_guard<std::mutex> hold(fault_lock);
+    return fault_count;
+}
+
+extern "C" __attribute__((visibility("default"))) long cuda_emu_live(void)
+{
+    std::lock_guard<std::mutex> hold(lock);
+    return (long)(device_blocks.size() + host_blocks.size()) + live_objects.load();
+}
+
+namespace cuda_emu
+{
+cudaError_t injected(cudaError_t e, const char *call, const void *site)
+{
+    std::lock_guard<std::mutex> hold(fault_lock);
+    if (fault_at < 0) return cudaSuccess;
+    if (fault_by_site && !fault_sites.insert(site).second) return cudaSuccess;
+    if (fault_calls++ != fault_at) return cudaSuccess;
+    fault_at = -1;
+    fault_count++;
+    /* CUDA_EMU_FAULT_TRACE=1: which call failed, and where (for addr2line -f -e the module) */
+    static const bool trace =
+        getenv("CUDA_EMU_FAULT_TRACE") && !strcmp(getenv("CUDA_EMU_FAULT_TRACE"), "1");
+    if (trace) {
+        Dl_info info;
+        uintptr_t at = (uintptr_t)site;
+        if (dladdr(site, &info) && info.dli_fbase) at -= (uintptr_t)info.dli_fbase;
+        fprintf(stderr, "cuda_emu: injected %s into %s, called at %#lx\n", cudaGetErrorName(e),
+                call, (unsigned long)at);
+    }
+    return fail(e);
+}
+} // namespace cuda_emu
+
+/* the same for a call on stream s (a capture it fails invalidates) */
+#define INJECT_ON(s, error)                                                                        \
+    do {                                                                                           \
+        if (cudaError_t e_ = cuda_emu::injected(error, __func__, __builtin_return_address(0)))     \
+            return fail_on(s, e_);                                                                 \
+    } while (0)
+
 const char *cudaGetErrorString(cudaError_t e)
 {
     switch (e) {
@@ -100,6 +172,9 @@ const char *cudaGetErrorString(cudaError_t e)
         return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureImplicit:
         return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureInvalidated:
+        return "operation failed due to a previous error during capture";
+    case cudaErrorUnknown: return "unknown error";
     }
     return "unknown error";
 }
@@ -114,6 +189,8 @@ const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorUnknown: return "cudaErrorUnknown";
     }
     return "cudaErrorUnknown";
 }
@@ -127,17 +204,20 @@ cudaError_t cudaGetLastError()
 
 cudaError_t cudaGetDeviceCount(int *n)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     *n = 1;
     return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int dev)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     return dev == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice);
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     if (dev != 0) return fail(cudaErrorInvalidDevice);
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "cuda_emu");
@@ -163,6 +243,8 @@ cudaError_t cudaDriverGetVersion(int *v)
 
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
+    *p = nullptr;
+    CUDA_EMU_INJECT(cudaErrorMemoryAllocation);
     return alloc(device_blocks, p, bytes);
 }
 
@@ -173,6 +255,8 @@ cudaError_t cudaFree(void *p)
 
 cudaError_t cudaMallocHost(void **p, size_t bytes)
 {
+    *p = nullptr;
+    CUDA_EMU_INJECT(cudaErrorMemoryAllocation);
     return alloc(host_blocks, p, bytes);
 }
 
@@ -183,6 +267,7 @@ cudaError_t cudaFreeHost(void *p)
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     /* the legacy stream: refused while this thread captures (cudaStreamCaptureModeThreadLocal) */
     if (capturing) return fail(cudaErrorStreamCaptureImplicit);
     if (cudaError_t e = check_copy(dst, src, bytes, kind)) return e;
@@ -193,6 +278,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t s)
 {
+    INJECT_ON(s, cudaErrorUnknown);
     if (cudaError_t e = check_copy(dst, src, bytes, kind)) return e;
     return cuda_emu::submit(s, [=] {
         if (bytes) memcpy(dst, src, bytes);
@@ -201,13 +287,17 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 
 cudaError_t cudaMemsetAsync(void *dst, int v, size_t bytes, cudaStream_t s)
 {
+    INJECT_ON(s, cudaErrorUnknown);
     if (cudaError_t e = check_copy(dst, nullptr, bytes, cudaMemcpyHostToDevice)) return e;
     return cuda_emu::submit(s, [=] { memset(dst, v, bytes); });
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
 {
-    *s = new cuda_emu_stream{nullptr};
+    *s = nullptr;
+    CUDA_EMU_INJECT(cudaErrorMemoryAllocation);
+    *s = new cuda_emu_stream{nullptr, false};
+    live_objects++;
     return cudaSuccess;
 }
 
@@ -217,11 +307,13 @@ cudaError_t cudaStreamDestroy(cudaStream_t s)
     if (s->recording) capturing--;
     delete s->recording;
     delete s;
+    live_objects--;
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     if (!s) return fail(cudaErrorInvalidResourceHandle);
     if (s->recording) return fail(cudaErrorStreamCaptureUnsupported);
     return cudaSuccess;
@@ -229,29 +321,37 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned)
 {
+    *e = nullptr;
+    CUDA_EMU_INJECT(cudaErrorMemoryAllocation);
     *e = new cuda_emu_event{0};
+    live_objects++;
     return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t e)
 {
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
     delete e;
+    live_objects--;
     return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
+    INJECT_ON(s, cudaErrorUnknown);
     if (!e || !s) return fail(cudaErrorInvalidResourceHandle);
     return s->recording ? fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     if (!s) return fail(cudaErrorInvalidResourceHandle);
     if (s->recording) return fail(cudaErrorStreamCaptureUnsupported);
     s->recording = new std::vector<std::function<void()>>;
@@ -263,33 +363,50 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
     *g = nullptr;
     if (!s || !s->recording) return fail(cudaErrorInvalidValue);
+    /* the capture ends, whatever happens (an injected failure included) */
     capturing--;
-    *g = new cuda_emu_graph{std::move(*s->recording)};
-    delete s->recording;
+    std::vector<std::function<void()>> *work = s->recording;
+    bool invalidated = s->invalidated;
     s->recording = nullptr;
-    return cudaSuccess;
+    s->invalidated = false;
+    cudaError_t e = cuda_emu::injected(cudaErrorUnknown, __func__, __builtin_return_address(0));
+    if (!e && invalidated) e = fail(cudaErrorStreamCaptureInvalidated);
+    if (!e) {
+        *g = new cuda_emu_graph{std::move(*work)};
+        live_objects++;
+    }
+    delete work;
+    return e;
 }
 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long)
 {
+    *e = nullptr;
+    CUDA_EMU_INJECT(cudaErrorMemoryAllocation);
     *e = new cuda_emu_graph{g->work};
+    live_objects++;
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphDestroy(cudaGraph_t g)
 {
+    if (!g) return fail(cudaErrorInvalidResourceHandle);
     delete g;
+    live_objects--;
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e)
 {
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
     delete e;
+    live_objects--;
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s)
 {
+    INJECT_ON(s, cudaErrorUnknown);
     if (!e) return fail(cudaErrorInvalidResourceHandle);
     for (const std::function<void()> &w : e->work) {
         cudaError_t r = cuda_emu::submit(s, w);
@@ -328,6 +445,8 @@ cudaFuncAttributes &func_attributes(const void *fn)
 
 cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<void()> body)
 {
+    if (cudaError_t e = injected(cudaErrorUnknown, "a launch", __builtin_return_address(0)))
+        return fail_on(cfg->stream, e);
     /* CUDA_EMU_REVERSE_BLOCKS=1: every grid's blocks last to first (no kernel may depend on the
      * order in which blocks run) */
     static const bool reverse = getenv("CUDA_EMU_REVERSE_BLOCKS") &&
@@ -337,14 +456,14 @@ cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<
     unsigned threads = b.x * b.y * b.z;
     if (!g.x || !g.y || !g.z || g.y > 65535 || g.z > 65535 || !threads || threads > 1024 ||
         b.y != 1 || b.z != 1 || threads % 32)
-        return fail(cudaErrorInvalidValue);
+        return fail_on(cfg->stream, cudaErrorInvalidValue);
     int allowed = func_attributes(fn).maxDynamicSharedSizeBytes;
     if (cfg->dynamicSmemBytes > (size_t)allowed) {
         fprintf(stderr,
                 "cuda_emu: a launch asks %zu bytes of dynamic shared memory, the "
                 "function allows %d\n",
                 cfg->dynamicSmemBytes, allowed);
-        return fail(cudaErrorInvalidValue);
+        return fail_on(cfg->stream, cudaErrorInvalidValue);
     }
     return submit(cfg->stream, [g, b, body] { run(g, b, body); });
 }

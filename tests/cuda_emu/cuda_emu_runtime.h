@@ -8,6 +8,12 @@
  * synchronizing a stream or copying synchronously while this thread captures, unknown pointers
  * freed. The module built this way (tests/cuda_emu/libbonsai-cuda.so) lets test_cuda run its
  * GPU tests where there is no GPU.
+ *
+ * Fault injection: cuda_emu_fail_call(n, by_site), exported by the module, makes the n-th call
+ * from now (0: the next) of those that can fail on a GPU (allocations, copies, launches, stream,
+ * event and graph calls; not frees and destroys) fail once, with cudaErrorMemoryAllocation where it
+ * allocates and cudaErrorUnknown elsewhere. A call that fails on a stream being captured
+ * invalidates the capture, as on a GPU (cudaStreamEndCapture then fails too).
  */
 #ifndef BONSAI_CUDA_EMU_RUNTIME_H
 #define BONSAI_CUDA_EMU_RUNTIME_H
@@ -27,7 +33,9 @@ enum cudaError_t {
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
     cudaErrorStreamCaptureImplicit = 906,
+    cudaErrorUnknown = 999,
 };
 
 enum cudaMemcpyKind {
@@ -120,8 +128,30 @@ cudaError_t cudaGraphDestroy(cudaGraph_t g);
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e);
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s);
 
+extern "C" {
+/* The n-th failable call from now (0: the next) fails, once; n < 0: none. With by_site, only the
+ * first call from each call site (return address) counts: a sweep over n then tries every
+ * site once instead of every call. */
+void cuda_emu_fail_call(long n, int by_site);
+/* The failures injected so far. */
+long cuda_emu_failures(void);
+/* Allocations (device and pinned host memory), streams, events and graphs that exist: what a
+ * test expects to be 0 once it has freed everything. */
+long cuda_emu_live(void);
+}
+
 namespace cuda_emu
 {
+/* e (recorded as the last error) when this failable call (named `call`) is the one to fail,
+ * else cudaSuccess. */
+cudaError_t injected(cudaError_t e, const char *call, const void *site);
+/* In a runtime function: returns `error` when this call is the one to fail (its site: where the
+ * function was called from). */
+#define CUDA_EMU_INJECT(error)                                                                     \
+    do {                                                                                           \
+        if (cudaError_t e_ = cuda_emu::injected(error, __func__, __builtin_return_address(0)))     \
+            return e_;                                                                             \
+    } while (0)
 constexpr int SMEM_OPTIN = 232448;  /* shared memory a block may opt into (an H100's) */
 constexpr int SMEM_PER_SM = 233472; /* shared memory of a multiprocessor */
 /* Work on stream s: done now, or recorded if s is being captured. */
@@ -134,6 +164,7 @@ cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<
 
 inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, const void *fn)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     *a = cuda_emu::func_attributes(fn);
     return cudaSuccess;
 }
@@ -145,6 +176,7 @@ template <typename... P> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a
 template <typename... P>
 cudaError_t cudaFuncSetAttribute(void (*fn)(P...), cudaFuncAttribute attr, int value)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
         value > cuda_emu::SMEM_OPTIN)
         return cudaErrorInvalidValue;
@@ -158,6 +190,7 @@ template <typename... P>
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, void (*)(P...), int threads,
                                                           size_t smem)
 {
+    CUDA_EMU_INJECT(cudaErrorUnknown);
     if (threads < 1 || threads > 1024) return cudaErrorInvalidValue;
     int by_threads = 2048 / threads, by_smem = (int)(cuda_emu::SMEM_PER_SM / (smem + 1024));
     *n = std::min(32, std::min(by_threads, by_smem));
