@@ -339,26 +339,39 @@ static void test_get_rows(void **state)
     float *f = random_floats((size_t)ROWS * COLS, 1.0f);
     const void *data[] = {w, f};
     const uint32_t types[] = {BONSAI_TENSOR_Q1_0, BONSAI_TENSOR_F32};
-    int32_t ids[N] = {0, 49, 3, 3, 17, 48, 1};
+    /* 7 tokens; 100 (more than the grid's rows on the emulated device: each strides); more than
+     * a grid dimension holds (65,535) */
+    const size_t counts[] = {N, 100, 70000};
+    int32_t *ids = malloc(sizeof(int32_t) * 70000);
+    assert_non_null(ids);
+    for (size_t i = 0; i < 70000; i++) ids[i] = (int32_t)(test_rand() % ROWS);
+    ids[1] = ROWS - 1;
     for (int k = 0; k < 2; k++) {
         bsi_matrix_desc d = {"rows", types[k], ROWS, COLS, data[k], false};
         bsi_weight *wg, *wr;
         assert_int_equal(gpu->vt->weight_create(gpu, &d, &wg), 0);
         assert_int_equal(ref->vt->weight_create(ref, &d, &wr), 0);
-        float *yr = malloc(sizeof(float) * N * COLS), *dy = dev_floats(NULL, N * COLS);
-        assert_int_equal(ref->vt->get_rows(ref, wr, ids, yr, N), 0);
-        assert_int_equal(gpu->vt->get_rows(gpu, wg, ids, dy, N), 0);
-        float *y = host_copy(dy, N * COLS);
-        assert_memory_equal(y, yr, sizeof(float) * N * COLS); /* exact */
-        int32_t bad = ROWS;
-        assert_error(gpu->vt->get_rows(gpu, wg, &bad, dy, 1), BONSAI_ERR_OUT_OF_RANGE, "token id");
-        print_message("  get_rows %-35s ok (exact)\n", bonsai_tensor_type_name(types[k]));
-        gpu->vt->free(gpu, dy);
+        for (size_t c = 0; c < 3; c++) {
+            size_t n = counts[c];
+            float *yr = malloc(sizeof(float) * n * COLS), *dy = dev_floats(NULL, n * COLS);
+            assert_int_equal(ref->vt->get_rows(ref, wr, ids, yr, (int64_t)n), 0);
+            assert_int_equal(gpu->vt->get_rows(gpu, wg, ids, dy, (int64_t)n), 0);
+            float *y = host_copy(dy, n * COLS);
+            assert_memory_equal(y, yr, sizeof(float) * n * COLS); /* exact */
+            if (c == 0) {
+                int32_t bad = ROWS;
+                assert_error(gpu->vt->get_rows(gpu, wg, &bad, dy, 1), BONSAI_ERR_OUT_OF_RANGE,
+                             "token id");
+            }
+            print_message("  get_rows %-5s of %6zu tokens ok (exact)\n",
+                          bonsai_tensor_type_name(types[k]), n);
+            gpu->vt->free(gpu, dy);
+            free(y), free(yr);
+        }
         gpu->vt->weight_free(gpu, wg);
         ref->vt->weight_free(ref, wr);
-        free(y), free(yr);
     }
-    free(w), free(f);
+    free(ids), free(w), free(f);
 }
 
 static void test_small_ops(void **state)
@@ -496,6 +509,9 @@ static void test_attention(void **state)
     check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 600, 0, 512);
     check_attention(BONSAI_TENSOR_Q8_0, 16, 8, 128, 256, 40, 100);
     check_attention(BONSAI_TENSOR_F16, 8, 2, 64, 200, 3, 130);
+    /* a store of 8,666 tokens of 1,024 values at once: more Q8_0 blocks than warps in a grid of
+     * 65,535 blocks (the grid is smaller: its warps stride over the blocks) */
+    check_attention(BONSAI_TENSOR_Q8_0, 8, 8, 128, 13000, 12999, 1);
 }
 
 /* ------------------------------------------------------------------------------------------ */

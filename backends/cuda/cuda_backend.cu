@@ -334,13 +334,22 @@ static void cuda_free(bsi_backend *be, void *ptr)
     (void)cudaGetLastError();
 }
 
+/* Host to device on the instance's stream, waited for: complete on the device when it returns, so
+ * any stream may read it after. (A plain cudaMemcpy from pageable memory returns once the data is
+ * staged, its DMA possibly still under way, and it is not ordered with the instances'
+ * non-blocking streams.) */
+static cudaError_t upload_now(cuda_backend *b, void *dst, const void *src, size_t bytes)
+{
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream);
+    return e == cudaSuccess ? cudaStreamSynchronize(b->stream) : e;
+}
+
 static bonsai_status cuda_upload(bsi_backend *be, void *dst, const void *src, size_t bytes)
 {
     cuda_backend *b = cb(be);
     USE(b);
     if (!bytes) return BONSAI_OK;
-    CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream));
-    CU(cudaStreamSynchronize(b->stream)); /* the caller may reuse src at once */
+    CU(upload_now(b, dst, src, bytes));
     return BONSAI_OK;
 }
 
@@ -419,10 +428,8 @@ static bonsai_status cuda_weight_create(bsi_backend *be, const bsi_matrix_desc *
                 }
             cudaError_t e = cudaMalloc((void **)&w->bits, nbits * sizeof *hb);
             if (e == cudaSuccess) e = cudaMalloc((void **)&w->scales, nsc * sizeof *hs);
-            if (e == cudaSuccess)
-                e = cudaMemcpy(w->bits, hb, nbits * sizeof *hb, cudaMemcpyHostToDevice);
-            if (e == cudaSuccess)
-                e = cudaMemcpy(w->scales, hs, nsc * sizeof *hs, cudaMemcpyHostToDevice);
+            if (e == cudaSuccess) e = upload_now(b, w->bits, hb, nbits * sizeof *hb);
+            if (e == cudaSuccess) e = upload_now(b, w->scales, hs, nsc * sizeof *hs);
             if (e != cudaSuccess) st = cuda_fail(e, "uploading a Q1_0 matrix");
         }
         free(hb);
@@ -433,7 +440,7 @@ static bonsai_status cuda_weight_create(bsi_backend *be, const bsi_matrix_desc *
                                                                 : (size_t)(d->cols / 32) * 34;
         size_t bytes = w->row_bytes * (size_t)d->rows;
         cudaError_t e = cudaMalloc(&w->data, bytes);
-        if (e == cudaSuccess) e = cudaMemcpy(w->data, d->data, bytes, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) e = upload_now(b, w->data, d->data, bytes);
         if (e != cudaSuccess) st = cuda_fail(e, "uploading a matrix");
     }
     if (st) {
@@ -495,7 +502,8 @@ static bonsai_status stage_ints(cuda_backend *b, int32_t **buf, size_t *cap, con
     bonsai_status st = grow(b, (void **)buf, cap, bytes);
     if (st) return st;
     CU(cudaMemcpyAsync(*buf, src, bytes, cudaMemcpyHostToDevice, b->stream));
-    /* pageable source: the copy is complete when the call returns */
+    /* pageable source: staged when the call returns (src may change), on the device in stream
+     * order */
     return BONSAI_OK;
 }
 
@@ -594,11 +602,15 @@ static bonsai_status cuda_get_rows(bsi_backend *be, const bsi_weight *w, const i
         if (ids[t] < 0 || ids[t] >= w->rows)
             return failf(BONSAI_ERR_OUT_OF_RANGE, "token id %d outside 0..%lld", (int)ids[t],
                          (long long)(w->rows - 1));
-    if (n_tok > 65535) return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: get_rows of %lld tokens", (long long)n_tok);
+    if (n_tok > INT32_MAX)
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: get_rows of %lld tokens",
+                     (long long)n_tok);
     bonsai_status st = stage_ints(b, &b->ids, &b->ids_cap, ids, n_tok);
     if (st) return st;
-    dim3 grid(grid_for(w->cols, 256), (unsigned)n_tok);
-    CU(launch(b, get_rows, grid, dim3(256), 0, view(w), b->ids, y));
+    /* a block row per token up to 16 per multiprocessor, each striding over the tokens */
+    int64_t rows = n_tok < 16 * (int64_t)b->n_sm ? n_tok : 16 * (int64_t)b->n_sm;
+    dim3 grid(grid_for(w->cols, 256), (unsigned)(rows > 65535 ? 65535 : rows));
+    CU(launch(b, get_rows, grid, dim3(256), 0, view(w), b->ids, y, (int)n_tok));
     return BONSAI_OK;
 }
 
@@ -706,8 +718,10 @@ static bonsai_status cuda_kv_store(bsi_backend *be, uint32_t kv_type, void *k_ca
     if (n_tok < 1) return BONSAI_OK;
     if (kv_type == T_Q8_0) {
         if (dim % 32) return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: Q8_0 KV rows of %lld", (long long)dim);
-        int64_t threads = 2 * n_tok * (dim / 32) * WARP;
-        CU(launch(b, kv_store_q8_0, dim3(grid_for(threads, 256)), dim3(256), 0, (uint8_t *)k_cache,
+        /* a warp per 32 values of k or v, up to 8 blocks per multiprocessor, striding */
+        unsigned blocks = grid_for(2 * n_tok * (dim / 32) * WARP, 256);
+        if (blocks > 8u * (unsigned)b->n_sm) blocks = 8u * (unsigned)b->n_sm;
+        CU(launch(b, kv_store_q8_0, dim3(blocks), dim3(256), 0, (uint8_t *)k_cache,
                   (uint8_t *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
     } else {
         CU(launch(b, kv_store_f16, dim3(grid_for(n_tok * dim, 256)), dim3(256), 0,
@@ -986,7 +1000,8 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
     if ((s = (call))) return s
     /* a plain launch: it follows the copy of the step's inputs; every later kernel of the step
      * is a dependent launch (dep_launch) when the GPU takes them */
-    CU(launch(b, get_rows, dim3(grid_for(E, 256), n), dim3(256), 0, view(m->tok_embd), tok, d->x));
+    CU(launch(b, get_rows, dim3(grid_for(E, 256), n), dim3(256), 0, view(m->tok_embd), tok, d->x,
+              nt));
     for (uint32_t l = 0; l < m->n_layer; l++) {
         const bsi_decode_layer *L = &m->layers[l];
         /* q, k, v of the normed x */

@@ -174,14 +174,16 @@ __global__ void dense_matmul(wview w, const float *__restrict__ x, float *__rest
 }
 
 /* y[t] = row ids[t] of w. */
-__global__ void get_rows(wview w, const int32_t *__restrict__ ids, float *__restrict__ y)
+__global__ void get_rows(wview w, const int32_t *__restrict__ ids, float *__restrict__ y,
+                         int n_tok)
 {
     dep_enter();
-    int t = blockIdx.y;
-    int64_t r = ids[t];
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < w.cols;
-         i += (int64_t)gridDim.x * blockDim.x)
-        y[t * w.cols + i] = weight_at(w, r, i);
+    for (int64_t t = blockIdx.y; t < n_tok; t += gridDim.y) { /* gridDim.y <= 65535 */
+        int64_t r = ids[t];
+        for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < w.cols;
+             i += (int64_t)gridDim.x * blockDim.x)
+            y[t * w.cols + i] = weight_at(w, r, i);
+    }
 }
 
 /* One block per row: y = x / sqrt(mean(x^2) + eps) * w (y may alias x). */
@@ -333,13 +335,16 @@ __global__ void kv_store_q8_0(uint8_t *kc, uint8_t *vc, const float *k, const fl
 {
     int lane = threadIdx.x % WARP;
     int64_t blocks = (int64_t)n_tok * (dim / 32);
-    int64_t job = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP;
-    if (job >= 2 * blocks) return;
-    bool is_v = job >= blocks;
-    int64_t b = is_v ? job - blocks : job;
-    int64_t t = b / (dim / 32), blk = b % (dim / 32);
-    float xv = (is_v ? v : k)[t * dim + blk * 32 + lane];
-    q8_0_block(xv, (is_v ? vc : kc) + (size_t)(pos + t) * (size_t)(dim / 32) * 34 + blk * 34);
+    /* a warp per job, striding over the grid's warps (the grid is capped at 65,535 blocks);
+     * the condition is the same for a warp's lanes, as q8_0_block's shuffles need */
+    for (int64_t job = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP; job < 2 * blocks;
+         job += (int64_t)gridDim.x * blockDim.x / WARP) {
+        bool is_v = job >= blocks;
+        int64_t b = is_v ? job - blocks : job;
+        int64_t t = b / (dim / 32), blk = b % (dim / 32);
+        float xv = (is_v ? v : k)[t * dim + blk * 32 + lane];
+        q8_0_block(xv, (is_v ? vc : kc) + (size_t)(pos + t) * (size_t)(dim / 32) * 34 + blk * 34);
+    }
 }
 
 /* Element d of kv head h at position p of a cache row of kv_dim values. */

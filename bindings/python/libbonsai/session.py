@@ -366,7 +366,9 @@ def batch_eval(items: Sequence[Tuple[Session, int]]) -> None:
     `items` are (session, token) pairs; every session must run the same model on the same
     backend, appear once and have room for its token, or nothing is evaluated
     (InvalidArgumentError, ContextFullError, OutOfRangeError). Every session must be free (no
-    generation running, no Chat holding it): InvalidStateError otherwise.
+    generation running, no Chat holding it): InvalidStateError otherwise. If the computation
+    itself fails (BackendError, OutOfMemoryError), every session stays at its position without
+    logits, and the call may be repeated.
     """
     items = list(items)
     arr = (_lib.bonsai_batch_item * max(len(items), 1))()
