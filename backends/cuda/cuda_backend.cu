@@ -68,11 +68,14 @@ struct dec_graph {
     cudaGraphExec_t exec;
 };
 
-/* The fused decode step's buffers (for the model last decoded), made on first use. */
+/* The fused decode step's buffers (for the model last decoded), made on first use for the
+ * sequences of that step and grown with larger steps: a session that only ever steps alone keeps
+ * one row of logits, not DEC_MAX_SEQ (~39 MB at 151,669 tokens). */
 struct dec_state {
     const bsi_decode_model *m;
+    uint32_t cap; /* sequences the buffers hold: a power of two, at most DEC_MAX_SEQ */
     float *x, *q, *k, *v, *h, *part;
-    float *logits; /* [DEC_MAX_SEQ][n_vocab]: the graph's output, copied to the caller's buffer */
+    float *logits; /* [cap][n_vocab]: the graph's output, copied to the caller's buffer */
     qact qa, qb; /* quantized activations: qa the normed x; qb the attention output, then g */
     unsigned *counter;
     double *freq;
@@ -818,11 +821,12 @@ static int dec_split(const cuda_backend *b, const bsi_decode_model *m, uint32_t 
     return want < 1 ? 1 : want > ATT_MAX_SPLIT ? ATT_MAX_SPLIT : want;
 }
 
-/* The most (sequence, split) pairs of any step: the attention partials' rows per head. */
-static size_t dec_max_splits(const cuda_backend *b, const bsi_decode_model *m)
+/* The most (sequence, split) pairs of any step of up to cap sequences: the attention partials'
+ * rows per head. */
+static size_t dec_max_splits(const cuda_backend *b, const bsi_decode_model *m, uint32_t cap)
 {
     size_t most = 0;
-    for (uint32_t n = 1; n <= DEC_MAX_SEQ; n++) {
+    for (uint32_t n = 1; n <= cap; n++) {
         size_t k = (size_t)n * (size_t)dec_split(b, m, n);
         if (k > most) most = k;
     }
@@ -851,13 +855,16 @@ static bool cuda_decode_ok(bsi_backend *be, const bsi_decode_model *m, uint32_t 
     return true;
 }
 
-/* The decode buffers for model m (for up to DEC_MAX_SEQ sequences). */
-static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
+/* The decode buffers for model m and steps of up to n sequences (n <= DEC_MAX_SEQ); made again,
+ * the graphs with them, when they hold fewer. */
+static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m, uint32_t n)
 {
     dec_state *d = &b->dec;
-    if (d->m == m) return BONSAI_OK;
+    if (d->m == m && n <= d->cap) return BONSAI_OK;
+    uint32_t cap = 1;
+    while (cap < n) cap *= 2;
     dec_free(b);
-    size_t S = DEC_MAX_SEQ, E = m->n_embd, hd = m->head_dim, Q = (size_t)m->n_head * hd,
+    size_t S = cap, E = m->n_embd, hd = m->head_dim, Q = (size_t)m->n_head * hd,
            KV = (size_t)m->n_head_kv * hd, C = (size_t)dec_max_cols(m);
     struct {
         void **p;
@@ -867,7 +874,7 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
                 {(void **)&d->k, S * KV * 4},
                 {(void **)&d->v, S * KV * 4},
                 {(void **)&d->h, S * E * 4},
-                {(void **)&d->part, dec_max_splits(b, m) * m->n_head * (hd + 2) * 4},
+                {(void **)&d->part, dec_max_splits(b, m, cap) * m->n_head * (hd + 2) * 4},
                 {(void **)&d->qa.q, S * C},
                 {(void **)&d->qa.d, S * (C / 32) * sizeof(float2)},
                 {(void **)&d->qb.q, S * C},
@@ -892,7 +899,7 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
     if (e == cudaSuccess) e = cudaStreamSynchronize(b->stream); /* freq is freed next */
     free(freq);
     d->rope_m = (float)rp.m;
-    d->in_bytes = 2 * S * sizeof(int32_t) + 2 * (size_t)m->n_layer * S * sizeof(void *);
+    d->in_bytes = 2 * DEC_MAX_SEQ * sizeof(int32_t) + 2 * (size_t)m->n_layer * S * sizeof(void *);
     if (e == cudaSuccess) e = cudaMalloc((void **)&d->in_dev, d->in_bytes);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&d->in_host, d->in_bytes);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&d->in_done, cudaEventDisableTiming);
@@ -921,6 +928,7 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m)
         return cuda_fail(e, "setting up the decode step");
     }
     d->m = m;
+    d->cap = cap;
     return BONSAI_OK;
 }
 
@@ -1057,7 +1065,7 @@ static bonsai_status cuda_decode(bsi_backend *be, const bsi_decode_model *m,
     uint32_t kv_type = seqs[0].kv_type;
     if (!cuda_decode_ok(be, m, n, kv_type))
         return failf(BONSAI_ERR_INVALID_STATE, "cuda: decode called for a step it does not take");
-    bonsai_status s = dec_init(b, m);
+    bonsai_status s = dec_init(b, m, n);
     if (s) return s;
     dec_state *d = &b->dec;
     /* the step's inputs: the previous upload from the pinned buffer must be done */
