@@ -341,17 +341,18 @@ static void test_get_rows(void **state)
     const uint32_t types[] = {BONSAI_TENSOR_Q1_0, BONSAI_TENSOR_F32};
     /* 7 tokens; 100 (more than the grid's rows on the emulated device: each strides); more than
      * a grid dimension holds (65,535) */
-    const size_t counts[] = {N, 100, 70000};
-    int32_t *ids = malloc(sizeof(int32_t) * 70000);
+    enum { MOST = 70000 };
+    const size_t counts[] = {N, 100, MOST};
+    int32_t *ids = malloc(sizeof(int32_t) * MOST);
     assert_non_null(ids);
-    for (size_t i = 0; i < 70000; i++) ids[i] = (int32_t)(test_rand() % ROWS);
+    for (size_t i = 0; i < MOST; i++) ids[i] = (int32_t)(test_rand() % ROWS);
     ids[1] = ROWS - 1;
     for (int k = 0; k < 2; k++) {
         bsi_matrix_desc d = {"rows", types[k], ROWS, COLS, data[k], false};
         bsi_weight *wg, *wr;
         assert_int_equal(gpu->vt->weight_create(gpu, &d, &wg), 0);
         assert_int_equal(ref->vt->weight_create(ref, &d, &wr), 0);
-        for (size_t c = 0; c < 3; c++) {
+        for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
             size_t n = counts[c];
             float *yr = malloc(sizeof(float) * n * COLS), *dy = dev_floats(NULL, n * COLS);
             assert_int_equal(ref->vt->get_rows(ref, wr, ids, yr, (int64_t)n), 0);
@@ -738,8 +739,7 @@ static void test_decode(void **state)
         check_decode_paths(paths[i], BONSAI_TENSOR_Q8_0);
         /* dgemv (up to 8), dmma with 2, 4 and 8 n-tiles, a step of 64 and the rest */
         static const uint32_t k[] = {4, 12, 24, 40, 70};
-        size_t nk = sizeof k / sizeof k[0];
-        for (size_t j = 0; j < nk; j++) check_batched(paths[i], k[j]);
+        for (size_t j = 0; j < sizeof k / sizeof k[0]; j++) check_batched(paths[i], k[j]);
     }
 }
 
@@ -880,11 +880,11 @@ static void test_models(void **state)
  * elsewhere); by site, only each call site's first call counts. For n = 0, 1, 2, ... until a run
  * makes fewer calls than n, the same scenario (sessions created, a prompt, decode steps captured
  * in graphs, sampling on the device, a batch of two sessions, everything freed) runs with call n
- * failing. Each call that fails must say so with
- * BONSAI_ERR_BACKEND or BONSAI_ERR_NO_MEMORY and a message naming CUDA, leave the session able to
- * repeat the call, and the repeated call must succeed. Every run must give the fault-free run's
- * logits and tokens to the bit (a failed graph capture falls back to eager launches of the same
- * kernels), and free every allocation, stream, event and graph it made. */
+ * failing. Each call that fails must say so with BONSAI_ERR_BACKEND or BONSAI_ERR_NO_MEMORY and a
+ * message naming CUDA, leave the session able to repeat the call, and the repeated call must
+ * succeed. Every run must give the fault-free run's logits and tokens to the bit (a failed graph
+ * capture falls back to eager launches of the same kernels), and free every allocation, stream,
+ * event and graph it made. */
 
 static void (*emu_fail_call)(long, int);
 static long (*emu_failures)(void);

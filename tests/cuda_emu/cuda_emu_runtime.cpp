@@ -445,8 +445,7 @@ cudaFuncAttributes &func_attributes(const void *fn)
 
 cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<void()> body)
 {
-    if (cudaError_t e = injected(cudaErrorUnknown, "a launch", __builtin_return_address(0)))
-        return fail_on(cfg->stream, e);
+    INJECT_ON(cfg->stream, cudaErrorUnknown);
     /* CUDA_EMU_REVERSE_BLOCKS=1: every grid's blocks last to first (no kernel may depend on the
      * order in which blocks run) */
     static const bool reverse = getenv("CUDA_EMU_REVERSE_BLOCKS") &&
