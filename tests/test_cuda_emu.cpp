@@ -668,6 +668,72 @@ static void test_sampling(void **state)
     check_sample_chain("top-p 0.9 over a flat distribution", p, 2000, 0.5f, 0); /* the host's */
 }
 
+/* ---- the emulator's thread schedules (CUDA_EMU_SCHEDULE) ---- */
+
+/* Thread t of a block writes slot t of its block's row of buf, then reads slot t ^ 1 into out,
+ * with or without a barrier between; `turns` records the order in which the threads started. */
+static void swap_neighbours(int *buf, int *out, int *turns, unsigned *next, bool sync)
+{
+    int t = (int)threadIdx.x, n = (int)blockDim.x, b = (int)blockIdx.x;
+    turns[b * n + (int)atomicAdd(&next[b], 1u)] = t;
+    buf[b * n + t] = t + 1;
+    if (sync) __syncthreads();
+    out[b * n + t] = buf[b * n + (t ^ 1)];
+}
+
+static void test_schedule(void **state)
+{
+    (void)state;
+    constexpr int N = 64, B = 3;
+    const cuda_emu::schedule_order orders[3] = {cuda_emu::schedule_order::forward,
+                                                cuda_emu::schedule_order::reverse,
+                                                cuda_emu::schedule_order::shuffle};
+    std::vector<int> racy[3];
+    for (int o = 0; o < 3; o++) {
+        cuda_emu::set_schedule(orders[o], 5);
+        for (int sync = 1; sync >= 0; sync--) {
+            std::vector<int> buf(N * B, 0), out(N * B, -1), turns(N * B, -1);
+            std::vector<unsigned> next(B, 0);
+            int *pb = buf.data(), *po = out.data(), *pt = turns.data();
+            unsigned *pn = next.data();
+            bool s = sync != 0;
+            EMU_LAUNCH(swap_neighbours, dim3(B), dim3(N), pb, po, pt, pn, s);
+            for (int b = 0; b < B; b++) {
+                std::vector<bool> seen(N, false);
+                for (int i = 0; i < N; i++) {
+                    int t = turns[b * N + i];
+                    assert_true(t >= 0 && t < N && !seen[t]); /* every thread ran once */
+                    seen[t] = true;
+                    if (orders[o] == cuda_emu::schedule_order::forward) assert_int_equal(t, i);
+                    if (orders[o] == cuda_emu::schedule_order::reverse)
+                        assert_int_equal(t, N - 1 - i);
+                }
+                if (sync)
+                    for (int t = 0; t < N; t++) assert_int_equal(out[b * N + t], (t ^ 1) + 1);
+            }
+            if (orders[o] == cuda_emu::schedule_order::shuffle) {
+                /* neither order, and a different one in each block */
+                bool fwd = true, rev = true, same = true;
+                for (int i = 0; i < N; i++) {
+                    fwd = fwd && turns[i] == i;
+                    rev = rev && turns[i] == N - 1 - i;
+                    same = same && turns[i] == turns[N + i];
+                }
+                assert_false(fwd || rev || same);
+            }
+            if (!sync) racy[o] = out;
+        }
+    }
+    cuda_emu::reset_schedule();
+    /* without the barrier each schedule shows the race differently: forward, thread 0 reads
+     * slot 1 before thread 1 wrote it; reverse, thread 1 reads slot 0 too early */
+    assert_int_equal(racy[0][0], 0);
+    assert_int_equal(racy[0][1], 1);
+    assert_int_equal(racy[1][0], 2);
+    assert_int_equal(racy[1][1], 0);
+    assert_true(racy[2] != racy[0] && racy[2] != racy[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -676,6 +742,7 @@ int main(void)
         cmocka_unit_test(test_prefill),
         cmocka_unit_test(test_attn_decode),
         cmocka_unit_test(test_sampling),
+        cmocka_unit_test(test_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -128,13 +128,17 @@ void switch_from_running(fiber *to, bool dying)
     hand_over(&t_cur->ctx, to, dying);
 }
 
+/* The order in which the block's fibers take turns: t_order[k] is the k-th fiber, t_turn[f] the
+ * turn of fiber f (see schedule()). */
+std::vector<unsigned> t_order, t_turn;
+
 /* The fiber after the running one, in turn, that has not ended. */
 fiber *next_fiber()
 {
-    unsigned i = t_cur->index;
-    do i = (i + 1) % t_n;
-    while (t_fibers[i].done);
-    return &t_fibers[i];
+    unsigned k = t_turn[t_cur->index];
+    do k = (k + 1) % t_n;
+    while (t_fibers[t_order[k]].done);
+    return &t_fibers[t_order[k]];
 }
 
 /* A fiber's first and only frame: it never returns (no fiber hands over to one that ended). */
@@ -183,19 +187,83 @@ __attribute__((noinline)) void prepare(fiber *f, unsigned char *stack, unsigned 
 #endif
 }
 
-/* The scheduler runs a block: fiber 0 first; control comes back when all have ended. */
+/* The scheduler runs a block: its first fiber in turn first; control comes back when all have
+ * ended. */
 void run_block(fiber *fibers, unsigned n)
 {
     t_fibers = fibers;
     t_n = t_live = n;
     t_idle = 0;
-    hand_over(&t_sched, &fibers[0], false);
+    hand_over(&t_sched, &fibers[t_order[0]], false);
+}
+
+/* The order of the threads' turns (set_schedule, CUDA_EMU_SCHEDULE); read on the first launch. */
+struct schedule_cfg {
+    schedule_order how = schedule_order::forward;
+    uint64_t seed = 1;
+    bool set = false;
+} g_schedule;
+
+const schedule_cfg &schedule()
+{
+    if (g_schedule.set) return g_schedule;
+    g_schedule.set = true;
+    const char *e = getenv("CUDA_EMU_SCHEDULE");
+    if (!e || !*e || !strcmp(e, "forward")) return g_schedule;
+    if (!strcmp(e, "reverse")) {
+        g_schedule.how = schedule_order::reverse;
+    } else if (!strncmp(e, "shuffle", 7) && (!e[7] || e[7] == ':')) {
+        g_schedule.how = schedule_order::shuffle;
+        if (e[7]) g_schedule.seed = strtoull(e + 8, nullptr, 10);
+    } else {
+        fprintf(stderr,
+                "cuda_emu: CUDA_EMU_SCHEDULE=%s: want forward, reverse, shuffle or "
+                "shuffle:SEED\n",
+                e);
+        abort();
+    }
+    return g_schedule;
+}
+
+/* t_order and t_turn for the n fibers of the `serial`-th block run */
+void order_fibers(unsigned n, uint64_t serial)
+{
+    t_order.resize(n);
+    t_turn.resize(n);
+    const schedule_cfg &c = schedule();
+    for (unsigned i = 0; i < n; i++) t_order[i] = c.how == schedule_order::reverse ? n - 1 - i : i;
+    if (c.how == schedule_order::shuffle) {
+        /* Fisher-Yates driven by splitmix64 of (seed, block) */
+        uint64_t x = c.seed * 0x9E3779B97F4A7C15ull + serial;
+        for (unsigned i = n - 1; i > 0; i--) {
+            uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+            z ^= z >> 31;
+            std::swap(t_order[i], t_order[z % (i + 1)]);
+        }
+    }
+    for (unsigned i = 0; i < n; i++) t_turn[t_order[i]] = i;
 }
 
 /* launches from several threads take turns: __shared__ variables and dyn_smem() are global */
 std::mutex launch_lock;
 
 } // namespace
+
+void set_schedule(schedule_order how, uint64_t seed)
+{
+    std::lock_guard<std::mutex> hold(launch_lock);
+    g_schedule.how = how;
+    g_schedule.seed = seed;
+    g_schedule.set = true;
+}
+
+void reset_schedule()
+{
+    std::lock_guard<std::mutex> hold(launch_lock);
+    g_schedule = schedule_cfg();
+}
 
 void barrier_wait(barrier *b)
 {
@@ -251,8 +319,14 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
     std::vector<fiber> fibers(n);
     t_body = &body;
     unsigned long total = (unsigned long)grid.x * grid.y * grid.z;
+    /* CUDA_EMU_REVERSE_BLOCKS=1 turns the blocks' order around (as g_reverse_blocks does; both:
+     * first to last again) */
+    static const bool env_reverse =
+        getenv("CUDA_EMU_REVERSE_BLOCKS") && !strcmp(getenv("CUDA_EMU_REVERSE_BLOCKS"), "1");
+    bool reverse = g_reverse_blocks != env_reverse;
+    static uint64_t serial; /* blocks run so far (under launch_lock) */
     for (unsigned long i = 0; i < total; i++) {
-        unsigned long b = g_reverse_blocks ? total - 1 - i : i;
+        unsigned long b = reverse ? total - 1 - i : i;
         blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
                         (unsigned)(b / grid.x / grid.y));
         g_state = st;
@@ -263,6 +337,7 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
         memset(st->parity, 0, sizeof st->parity);
         memset(st->mma_parity, 0, sizeof st->mma_parity);
         for (unsigned t = 0; t < n; t++) prepare(&fibers[t], stacks[t], t);
+        order_fibers(n, serial++);
         run_block(fibers.data(), n);
     }
     delete st;

@@ -258,6 +258,17 @@ unsigned char *dyn_smem();
  * the order). */
 extern bool g_reverse_blocks;
 
+/* The order in which a block's threads take turns between two barriers: a thread runs until it
+ * waits at a barrier (__syncthreads, __syncwarp, a shuffle, an mma), then the next in turn runs,
+ * and the last to arrive at a barrier goes on first. forward: 0, 1, 2...; reverse: n-1, n-2...;
+ * shuffle: a pseudo-random order from `seed`, different for every block. The environment
+ * variable CUDA_EMU_SCHEDULE (forward, reverse, shuffle or shuffle:SEED) sets it for a whole
+ * run; this call overrides it. No kernel's results may depend on it: one that does reads shared
+ * memory that another thread writes with no barrier between them, a race on a GPU. */
+enum class schedule_order { forward, reverse, shuffle };
+void set_schedule(schedule_order how, uint64_t seed = 1);
+void reset_schedule(); /* back to CUDA_EMU_SCHEDULE */
+
 } // namespace cuda_emu
 
 /* kernel<<<grid, block>>>(args...) becomes EMU_LAUNCH(kernel, grid, block, args...) */

@@ -446,11 +446,6 @@ cudaFuncAttributes &func_attributes(const void *fn)
 cudaError_t launch(const void *fn, const cudaLaunchConfig_t *cfg, std::function<void()> body)
 {
     INJECT_ON(cfg->stream, cudaErrorUnknown);
-    /* CUDA_EMU_REVERSE_BLOCKS=1: every grid's blocks last to first (no kernel may depend on the
-     * order in which blocks run) */
-    static const bool reverse = getenv("CUDA_EMU_REVERSE_BLOCKS") &&
-                                !strcmp(getenv("CUDA_EMU_REVERSE_BLOCKS"), "1");
-    g_reverse_blocks = reverse;
     const dim3 g = cfg->gridDim, b = cfg->blockDim;
     unsigned threads = b.x * b.y * b.z;
     if (!g.x || !g.y || !g.z || g.y > 65535 || g.z > 65535 || !threads || threads > 1024 ||
