@@ -887,9 +887,26 @@ static void test_models(void **state)
  * event and graph it made. */
 
 static void (*emu_fail_call)(long, int);
+static void (*emu_fail_named)(const char *, long, long);
+static long (*emu_calls)(const char *);
 static long (*emu_failures)(void);
 static long (*emu_live)(void);
 static long failures_seen;
+
+/* The emulated runtime's fault injection, from the loaded module (dlclose the handle after). */
+static void *emu_hooks(void)
+{
+    const bsi_backend_entry *e = find_entry("cuda");
+    void *h = dlopen(e->path, RTLD_NOW | RTLD_NOLOAD);
+    assert_non_null(h);
+    *(void **)&emu_fail_call = dlsym(h, "cuda_emu_fail_call");
+    *(void **)&emu_fail_named = dlsym(h, "cuda_emu_fail_named");
+    *(void **)&emu_calls = dlsym(h, "cuda_emu_calls");
+    *(void **)&emu_failures = dlsym(h, "cuda_emu_failures");
+    *(void **)&emu_live = dlsym(h, "cuda_emu_live");
+    assert_true(emu_fail_call && emu_fail_named && emu_calls && emu_failures && emu_live);
+    return h;
+}
 
 /* Everything a scenario run read: logits rows and sampled tokens, in order. */
 typedef struct trace {
@@ -1005,13 +1022,7 @@ static void test_device_errors(void **state)
     (void)state;
     const char *path = tiny_model();
     if (!emu || !path || !*path) skip(); /* only the emulated runtime injects failures */
-    const bsi_backend_entry *e = find_entry("cuda");
-    void *h = dlopen(e->path, RTLD_NOW | RTLD_NOLOAD);
-    assert_non_null(h);
-    *(void **)&emu_fail_call = dlsym(h, "cuda_emu_fail_call");
-    *(void **)&emu_failures = dlsym(h, "cuda_emu_failures");
-    *(void **)&emu_live = dlsym(h, "cuda_emu_live");
-    assert_true(emu_fail_call && emu_failures && emu_live);
+    void *h = emu_hooks();
     long live0 = emu_live();
     trace want = {0};
     emu_fail_call(-1, 0);
@@ -1050,6 +1061,109 @@ static void test_device_errors(void **state)
     dlclose(h);
 }
 
+/* ---- decode steps whose graph capture fails (emulated only) ----
+ *
+ * Out of memory while capturing (instantiating the graph, most likely) may pass: that step runs
+ * its kernels one by one and the next step captures again, up to 8 such failures in a row. Any
+ * other failure turns dependent launches off and captures once more, and if that fails too, turns
+ * graphs off for the session. Every step must give the logits of a session whose captures never
+ * fail, to the bit. */
+
+#define CAPTURE_STEPS 12
+
+/* A session's prompt then CAPTURE_STEPS decode steps, `call` failing `times` times in a row from
+ * its first call after the prompt: the logits of each step into t, and per step the graph
+ * launches and captures it made. */
+static void capture_steps(bonsai_model *m, const char *call, long times, trace *t,
+                          long launches[CAPTURE_STEPS], long captures[CAPTURE_STEPS])
+{
+    bonsai_session_params p;
+    bonsai_session_params_init(&p);
+    p.backend = "cuda";
+    p.n_ctx = 32;
+    bonsai_session *s;
+    assert_int_equal(bonsai_session_create(m, &p, &s), BONSAI_OK);
+    const int32_t prompt[5] = {11, 222, 3333, 44, 5};
+    assert_int_equal(bonsai_session_eval(s, prompt, 5, 0), BONSAI_OK);
+    long before = emu_failures();
+    if (call) emu_fail_named(call, 0, times);
+    for (int i = 0; i < CAPTURE_STEPS; i++) {
+        long g = emu_calls("cudaGraphLaunch"), c = emu_calls("cudaStreamBeginCapture");
+        int32_t tok = 100 + 7 * i;
+        if (bonsai_session_eval(s, &tok, 1, 0))
+            fail_msg("step %d with %s failing %ld times: %s", i, call, times,
+                     bonsai_last_error());
+        launches[i] = emu_calls("cudaGraphLaunch") - g;
+        captures[i] = emu_calls("cudaStreamBeginCapture") - c;
+        uint32_t rows = 0;
+        const float *l = bonsai_session_logits(s, &rows);
+        assert_non_null(l);
+        trace_add(t, l, bonsai_model_n_vocab(m));
+    }
+    emu_fail_call(-1, 0);
+    assert_int_equal(emu_failures() - before, call ? times : 0);
+    failures_seen = emu_failures();
+    bonsai_session_free(s);
+}
+
+static void test_capture_failures(void **state)
+{
+    (void)state;
+    const char *path = tiny_model();
+    if (!emu || !path || !*path) skip();
+    void *h = emu_hooks();
+    const char *pdl = getenv("BONSAI_CUDA_PDL"), *graph = getenv("BONSAI_CUDA_GRAPH");
+    if ((pdl && !strcmp(pdl, "0")) || (graph && !strcmp(graph, "0"))) {
+        dlclose(h);
+        skip(); /* the cases below need dependent launches and graphs on */
+    }
+    bonsai_model *m;
+    if (bonsai_model_load(path, NULL, &m)) fail_msg("%s", bonsai_last_error());
+    trace want = {0};
+    long launches[CAPTURE_STEPS], captures[CAPTURE_STEPS];
+    capture_steps(m, NULL, 0, &want, launches, captures);
+    for (int i = 0; i < CAPTURE_STEPS; i++) { /* captured on the first step, replayed by all */
+        assert_int_equal(launches[i], 1);
+        assert_int_equal(captures[i], i == 0);
+    }
+    /* {call failing, times in a row, steps without a graph, steps capturing (from the first),
+     * captures in the first step} */
+    static const struct {
+        const char *call;
+        long times;
+        int eager, capturing, first;
+    } cases[] = {
+        {"cudaGraphInstantiate", 1, 1, 2, 1}, /* out of memory once: the next step captures */
+        {"cudaGraphInstantiate", 7, 7, 8, 1}, /* seven times: the eighth step captures */
+        {"cudaGraphInstantiate", 8, CAPTURE_STEPS, 8, 1}, /* eight: no graphs any more */
+        {"cudaStreamEndCapture", 1, 0, 1, 2}, /* once more without PDL, in the same step */
+        {"cudaStreamEndCapture", 2, CAPTURE_STEPS, 1, 2}, /* twice: no graphs any more */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        trace got = {0};
+        capture_steps(m, cases[c].call, cases[c].times, &got, launches, captures);
+        for (int i = 0; i < CAPTURE_STEPS; i++) {
+            long l = i >= cases[c].eager, k = i == 0 ? cases[c].first : i < cases[c].capturing;
+            if (launches[i] != l || captures[i] != k)
+                fail_msg("%s failing %ld times: step %d made %ld graph launches and %ld "
+                         "captures, not %ld and %ld",
+                         cases[c].call, cases[c].times, i, launches[i], captures[i], l, k);
+        }
+        assert_int_equal(got.n, want.n);
+        if (memcmp(got.v, want.v, want.n * sizeof *want.v))
+            fail_msg("%s failing %ld times: the logits differ from those of steps without "
+                     "failures",
+                     cases[c].call, cases[c].times);
+        free(got.v);
+    }
+    print_message("  %s: graph captures failing (out of memory 1, 7, 8 times; ending the capture "
+                  "1, 2 times): retried or given up as they should, the same logits\n",
+                  path);
+    free(want.v);
+    bonsai_model_free(m);
+    dlclose(h);
+}
+
 int main(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "registry";
@@ -1077,6 +1191,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_small_ops),    cmocka_unit_test(test_attention),
         cmocka_unit_test(test_models),       cmocka_unit_test(test_decode),
         cmocka_unit_test(test_sampling),     cmocka_unit_test(test_device_errors),
+        cmocka_unit_test(test_capture_failures),
     };
     return cmocka_run_group_tests(tests, setup_backends, teardown_backends);
 }

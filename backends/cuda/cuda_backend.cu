@@ -94,6 +94,7 @@ struct cuda_backend {
     size_t smem_optin; /* the most shared memory a block may have */
     bool fused, graphs; /* BONSAI_CUDA_FUSED, BONSAI_CUDA_GRAPH (default on) */
     bool pdl;           /* the decode step's kernels as programmatic dependent launches */
+    int capture_oom;    /* decode-step captures in a row that ran out of memory */
     dec_state dec;
     void *samp; /* device: sampling jobs, then their results */
     size_t samp_cap;
@@ -1095,6 +1096,7 @@ static bonsai_status cuda_decode(bsi_backend *be, const bsi_decode_model *m,
 }
 
 /* The step from its graph (captured on first use for this batch size, model and cache type). */
+constexpr int DEC_CAPTURE_TRIES = 8;
 static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint32_t n,
                                 uint32_t kv_type)
 {
@@ -1120,7 +1122,17 @@ static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint
             char why[160];
             snprintf(why, sizeof why, "capturing the decode step failed (%s)",
                      s ? "a launch failed" : cudaGetErrorString(e));
-            if (pdl) { /* once more with plain launches before giving graphs up */
+            /* Out of memory (instantiating the graph, most likely) may pass: this step runs
+             * without a graph and a later one captures again, up to DEC_CAPTURE_TRIES in a row.
+             * Anything else will fail again: dependent launches, then graphs, are turned off. */
+            bool oom = e == cudaErrorMemoryAllocation || s == BONSAI_ERR_NO_MEMORY;
+            if (oom && ++b->capture_oom < DEC_CAPTURE_TRIES) {
+                char msg[256];
+                snprintf(msg, sizeof msg, "cuda: %s; this step runs without its graph", why);
+                if (host) host->log(BONSAI_LOG_INFO, msg);
+                return dec_launch(b, m, n, kv_type);
+            }
+            if (pdl && !oom) { /* once more with plain launches before giving graphs up */
                 if (b->pdl) pdl_off(b, why);
                 return dec_replay(b, m, n, kv_type);
             }
@@ -1133,6 +1145,7 @@ static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint
         }
         g->m = m;
         g->kv_type = kv_type;
+        b->capture_oom = 0;
     }
     CU(cudaGraphLaunch(g->exec, b->stream));
     return BONSAI_OK;

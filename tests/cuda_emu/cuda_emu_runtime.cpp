@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <string>
 #include <vector>
 
 struct cuda_emu_stream {
@@ -43,9 +44,11 @@ std::atomic<long> live_objects;
 
 /* fault injection (cuda_emu_fail_call) */
 std::mutex fault_lock;
-long fault_at = -1, fault_calls, fault_count;
+long fault_at = -1, fault_last = -1, fault_calls, fault_count; /* calls fault_at .. fault_last */
 bool fault_by_site;                 /* count only each call site's first call */
 std::set<const void *> fault_sites; /* the call sites seen since cuda_emu_fail_call */
+std::string fault_name;             /* cuda_emu_fail_named: only this function's calls count */
+std::map<std::string, long> call_counts; /* failable calls so far, by function */
 
 /* A failure of a call on stream s: while s is captured, it invalidates the capture. */
 cudaError_t fail_on(cudaStream_t s, cudaError_t e)
@@ -111,10 +114,30 @@ cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 extern "C" __attribute__((visibility("default"))) void cuda_emu_fail_call(long n, int by_site)
 {
     std::lock_guard<std::mutex> hold(fault_lock);
-    fault_at = n;
+    fault_at = fault_last = n;
     fault_calls = 0;
     fault_by_site = by_site != 0;
     fault_sites.clear();
+    fault_name.clear();
+}
+
+extern "C" __attribute__((visibility("default"))) void cuda_emu_fail_named(const char *call,
+                                                                           long n, long times)
+{
+    std::lock_guard<std::mutex> hold(fault_lock);
+    fault_at = n;
+    fault_last = n < 0 || times < 1 ? -1 : n + times - 1;
+    fault_calls = 0;
+    fault_by_site = false;
+    fault_sites.clear();
+    fault_name = call;
+}
+
+extern "C" __attribute__((visibility("default"))) long cuda_emu_calls(const char *call)
+{
+    std::lock_guard<std::mutex> hold(fault_lock);
+    auto it = call_counts.find(call);
+    return it == call_counts.end() ? 0 : it->second;
 }
 
 extern "C" __attribute__((visibility("default"))) long cuda_emu_failures(void)
@@ -134,10 +157,13 @@ namespace cuda_emu
 cudaError_t injected(cudaError_t e, const char *call, const void *site)
 {
     std::lock_guard<std::mutex> hold(fault_lock);
+    call_counts[call]++;
     if (fault_at < 0) return cudaSuccess;
+    if (!fault_name.empty() && fault_name != call) return cudaSuccess;
     if (fault_by_site && !fault_sites.insert(site).second) return cudaSuccess;
-    if (fault_calls++ != fault_at) return cudaSuccess;
-    fault_at = -1;
+    long k = fault_calls++;
+    if (k < fault_at || k > fault_last) return cudaSuccess;
+    if (k == fault_last) fault_at = -1;
     fault_count++;
     /* CUDA_EMU_FAULT_TRACE=1: which call failed, and where (for addr2line -f -e the module) */
     static const bool trace =

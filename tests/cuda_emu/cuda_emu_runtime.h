@@ -133,6 +133,11 @@ extern "C" {
  * first call from each call site (return address) counts: a sweep over n then tries every
  * site once instead of every call. */
 void cuda_emu_fail_call(long n, int by_site);
+/* The same, counting only the calls of the function named `call` ("cudaGraphInstantiate"), and
+ * for `times` calls in a row from the n-th. */
+void cuda_emu_fail_named(const char *call, long n, long times);
+/* The failable calls of the function named `call` made so far. */
+long cuda_emu_calls(const char *call);
 /* The failures injected so far. */
 long cuda_emu_failures(void);
 /* Allocations (device and pinned host memory), streams, events and graphs that exist: what a
