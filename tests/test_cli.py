@@ -171,6 +171,67 @@ class EvalAndBench(unittest.TestCase):
         self.assertIn("% of it", r.stdout)
 
 
+class CudaEmulated(unittest.TestCase):
+    """The commands' GPU paths end to end (--backend cuda): bench with its bandwidth bound and
+    concurrent sessions, info --backends, run with a JSON constraint, on the CUDA backend built
+    over the CPU emulator (tests/cuda_emu) where there is no GPU. meson test cli_cuda_emulated
+    sets BONSAI_TEST_CUDA_EMU_DIR (the emulated module's directory)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.module_dir = os.environ.get("BONSAI_TEST_CUDA_EMU_DIR")
+        cls.model = os.environ.get("BONSAI_TEST_QWEN3_TINY_4K")
+        if not cls.module_dir or not cls.model:
+            raise unittest.SkipTest("no emulated CUDA module (BONSAI_TEST_CUDA_EMU_DIR) or "
+                                    "qwen3-tiny-4k.gguf (BONSAI_TEST_QWEN3_TINY_4K)")
+
+    def cuda(self, *args):
+        env = dict(os.environ, BONSAI_BACKEND_PATH=self.module_dir)
+        return subprocess.run([BONSAI, *args], capture_output=True, text=True, errors="replace",
+                              timeout=300, env=env)
+
+    def test_info_backends(self):
+        r = self.cuda("info", "--backends")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        line = [x for x in r.stdout.splitlines() if x.startswith("cuda ")][0]
+        self.assertIn("usable", line)
+        self.assertIn(os.path.join(self.module_dir, "libbonsai-cuda.so"), line)
+
+    def test_bench(self):
+        import json
+        r = self.cuda("bench", "-m", self.model, "--backend", "cuda", "-p", "16", "-n", "4",
+                      "-r", "2", "--sessions", "1,3", "--bw", "3350", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual(len(rows), 4, r.stdout)
+        main, bound, one, three = rows
+        for row in rows:
+            self.assertTrue(row["backend"].startswith("cuda:0 cuda_emu"), row)
+        self.assertEqual((main["pp"], main["tg"], main["repetitions"]), (16, 4, 2))
+        self.assertGreater(main["pp_tok_s"], 0)
+        self.assertLessEqual(main["tg_min"], main["tg_tok_s"])
+        self.assertLessEqual(main["tg_tok_s"], main["tg_max"])
+        self.assertAlmostEqual(bound["tg_bound"], 3350e9 / bound["bytes_per_token"], delta=1)
+        self.assertAlmostEqual(bound["tg_fraction"], main["tg_tok_s"] / bound["tg_bound"],
+                               delta=1e-3)
+        self.assertEqual((one["sessions"], three["sessions"]), (1, 3))
+        for row in (one, three):
+            self.assertEqual(row["tg"], 4)
+            self.assertAlmostEqual(row["per_session_tok_s"] * row["sessions"],
+                                   row["aggregate_tok_s"], delta=0.05 * row["aggregate_tok_s"])
+
+    def test_run_json(self):
+        import json
+        r = self.cuda("run", "-m", self.model, "--backend", "cuda", "-p", "Data:", "--json",
+                      "-n", "40", "--seed", "3")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertIsInstance(doc, dict)
+        r = self.cuda("run", "-m", self.model, "--backend", "cuda:1", "-p", "x", "-n", "2")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cuda:1", r.stderr)
+
+
 class BenchKernels(unittest.TestCase):
     def test_json_lines(self):
         import json
