@@ -396,11 +396,14 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
             report(json, desc, "attention", "1.7B heads, causal", b.n_head, b.hd, tokens, t,
                    2.0 * (double)tokens * kv_dim * 2, flop);
     }
-    /* sampling rows of the 1.7B vocabulary with the default chain */
+    /* sampling rows of the 1.7B vocabulary with the default chain: 16 rows of random logits
+     * (not the products' outputs: fewer than 16 rows of those are written when tokens < 16) */
+    float *logits = NULL;
     if (!st && b.be->vt->sample) {
         b.n_vocab = 151669;
-        for (int i = 0; i < 16; i++) {
-            b.rows[i] = b.y[0] + (size_t)i * b.n_vocab; /* random-ish values from the products */
+        st = be_floats(b.be, (size_t)16 * b.n_vocab, 8.0f, &logits);
+        for (int i = 0; i < 16 && !st; i++) {
+            b.rows[i] = logits + (size_t)i * b.n_vocab;
             b.sp[i] = (bsi_sample_params){.top_k = 40, .has_top_p = true, .top_p = 0.95f,
                                           .top_p_keep = 1, .has_min_p = true,
                                           .min_p_log = logf(0.05f), .min_p_keep = 1,
@@ -415,7 +418,7 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
         }
     }
     if (st) fprintf(stderr, "bonsai bench-kernels: %s\n", bonsai_last_error());
-    float *bufs[] = {b.x, b.y[0], b.y[1], b.y[2], b.q, b.out, k, v, b.kc, b.vc};
+    float *bufs[] = {b.x, b.y[0], b.y[1], b.y[2], b.q, b.out, k, v, b.kc, b.vc, logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) b.be->vt->free(b.be, bufs[i]);
     b.be->vt->destroy(b.be);
