@@ -17,7 +17,7 @@
 
 #include "internal.h"
 
-#define BSI_BACKEND_ABI 5 /* bumped whenever this table changes; modules must match */
+#define BSI_BACKEND_ABI 6 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -137,6 +137,13 @@ typedef struct bsi_backend_vtable {
                               int64_t n);
     /* y = a + b, n values (y may alias a or b). */
     bonsai_status (*add)(bsi_backend *be, const float *a, const float *b, float *y, int64_t n);
+    /* Optional (NULL: lib/ runs matmul then add): y += W x, y [n_tok][rows] (a residual). */
+    bonsai_status (*matmul_add)(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
+                                int64_t n_tok);
+    /* Optional (NULL: lib/ runs matmul_multi then silu_mul): y = silu(W_gate x) * (W_up x), y
+     * [n_tok][rows]; gate and up have the same shape. */
+    bonsai_status (*matmul_swiglu)(bsi_backend *be, const bsi_weight *gate, const bsi_weight *up,
+                                   const float *x, float *y, int64_t n_tok);
 
     /* KV cache of one layer: one row of `dim` values per position ([n_ctx][row bytes]), fp16
      * (kv_type BONSAI_TENSOR_F16) or Q8_0 blocks of 32 (BONSAI_TENSOR_Q8_0, dim a multiple of

@@ -304,6 +304,15 @@ static bonsai_status matmul_n(bonsai_session *s, int n, const bsi_weight *const 
     return BONSAI_OK;
 }
 
+/* x += W in, the residual stream of s (fused when the backend can). */
+static bonsai_status residual(bonsai_session *s, const bsi_weight *w, const float *in, int64_t n)
+{
+    const bsi_backend_vtable *vt = s->be->vt;
+    if (vt->matmul_add) return vt->matmul_add(s->be, w, in, s->s.x, n);
+    bonsai_status st = vt->matmul(s->be, w, in, s->s.h, n);
+    return st ? st : vt->add(s->be, s->s.x, s->s.h, s->s.x, n * s->a->n_embd);
+}
+
 /* One token for each run's session, by the backend's fused decode step. */
 static bonsai_status decode_step(bonsai_session *s, const int32_t *tokens, const fwd_run *runs,
                                  size_t n_runs, float *logits)
@@ -405,17 +414,17 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
                               rs->v_cache[l], b->att + run->first * Q, run->n, rs->n_past,
                               a->n_head, a->n_head_kv, hd, scale));
         }
-        TRY(vt->matmul(be, W[L->wo], b->att, b->h, n));
-        TRY(vt->add(be, b->x, b->h, b->x, n * E));
+        TRY(residual(s, W[L->wo], b->att, n));
         TRY(vt->rmsnorm(be, b->x, V[L->ffn_norm], b->h, E, n, a->eps));
-        {
+        if (vt->matmul_swiglu) {
+            TRY(vt->matmul_swiglu(be, W[L->w_gate], W[L->w_up], b->h, b->g, n));
+        } else {
             const bsi_weight *gu[2] = {W[L->w_gate], W[L->w_up]};
             float *out[2] = {b->g, b->u};
             TRY(matmul_n(s, 2, gu, b->h, out, n));
+            TRY(vt->silu_mul(be, b->g, b->u, b->g, n * a->n_ff));
         }
-        TRY(vt->silu_mul(be, b->g, b->u, b->g, n * a->n_ff));
-        TRY(vt->matmul(be, W[L->w_down], b->g, b->h, n));
-        TRY(vt->add(be, b->x, b->h, b->x, n * E));
+        TRY(residual(s, W[L->w_down], b->g, n));
     }
     const float *last = b->x + (n - n_rows) * E;
     TRY(vt->rmsnorm(be, last, V[a->output_norm], b->h, E, n_rows, a->eps));

@@ -303,6 +303,72 @@ static void test_q1_matmul_multi(void **state)
     free(x);
 }
 
+/* matmul_add and matmul_swiglu (the residual and SwiGLU in the prompt GEMM's epilogue, or a
+ * product and an element-wise kernel for a few tokens) against matmul then add, and matmul_multi
+ * then silu_mul: the same products, so the same sums */
+static void test_fused_products(void **state)
+{
+    (void)state;
+    enum { COLS = 512, ROWS = 320 };
+    assert_true(gpu->vt->matmul_add && gpu->vt->matmul_swiglu);
+    bsi_weight *w[2];
+    uint8_t *data[2];
+    for (int i = 0; i < 2; i++) {
+        data[i] = random_q1(ROWS, COLS);
+        bsi_matrix_desc d = {"fused", BONSAI_TENSOR_Q1_0, ROWS, COLS, data[i], false};
+        assert_int_equal(gpu->vt->weight_create(gpu, &d, &w[i]), 0);
+    }
+    const int64_t toks[] = {1, 5, 40, 200}; /* a few (GEMV) and a prompt (GEMM) */
+    for (size_t k = 0; k < sizeof toks / sizeof *toks; k++) {
+        int64_t nt = toks[k];
+        size_t n = (size_t)nt * ROWS;
+        float *x = random_floats((size_t)nt * COLS, 2.0f), *y0 = random_floats(n, 3.0f);
+        float *dx = dev_floats(x, (size_t)nt * COLS), *dy = dev_floats(y0, n);
+        float *dg = dev_floats(NULL, n), *du = dev_floats(NULL, n), *dr = dev_floats(NULL, n);
+        /* y0 + W x, fused and not */
+        assert_int_equal(gpu->vt->matmul_add(gpu, w[0], dx, dy, nt), 0);
+        assert_int_equal(gpu->vt->matmul(gpu, w[0], dx, dg, nt), 0);
+        float *want = dev_floats(y0, n);
+        assert_int_equal(gpu->vt->add(gpu, want, dg, want, (int64_t)n), 0);
+        float *got = host_copy(dy, n), *expect = host_copy(want, n);
+        for (size_t j = 0; j < n; j++) /* the same sum, then the same addition */
+            if (memcmp(&got[j], &expect[j], sizeof got[j]))
+                fail_msg("matmul_add of %lld tokens, element %zu: %.9g, want %.9g",
+                         (long long)nt, j, (double)got[j], (double)expect[j]);
+        free(got), free(expect);
+        /* silu(W_gate x) * (W_up x), fused and not */
+        assert_int_equal(gpu->vt->matmul_swiglu(gpu, w[0], w[1], dx, dr, nt), 0);
+        float *gu[2] = {dg, du};
+        assert_int_equal(gpu->vt->matmul_multi(gpu, 2, (const bsi_weight *const *)w, dx, gu, nt), 0);
+        assert_int_equal(gpu->vt->silu_mul(gpu, dg, du, dg, (int64_t)n), 0);
+        got = host_copy(dr, n), expect = host_copy(dg, n);
+        for (size_t j = 0; j < n; j++)
+            if (!(fabsf(got[j] - expect[j]) <= 1e-6f * fabsf(expect[j]) + 1e-30f))
+                fail_msg("matmul_swiglu of %lld tokens, element %zu: %.9g, want %.9g",
+                         (long long)nt, j, (double)got[j], (double)expect[j]);
+        free(got), free(expect);
+        float *bufs[] = {dx, dy, dg, du, dr, want};
+        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpu->vt->free(gpu, bufs[i]);
+        free(x), free(y0);
+    }
+    /* gate and up of different shapes: refused */
+    bsi_weight *other;
+    bsi_matrix_desc d = {"other", BONSAI_TENSOR_Q1_0, ROWS / 2, COLS, data[1], false};
+    assert_int_equal(gpu->vt->weight_create(gpu, &d, &other), 0);
+    float *dx = dev_floats(NULL, COLS), *dr = dev_floats(NULL, ROWS);
+    assert_int_equal(gpu->vt->matmul_swiglu(gpu, w[0], other, dx, dr, 1),
+                     BONSAI_ERR_INVALID_ARGUMENT);
+    gpu->vt->free(gpu, dx);
+    gpu->vt->free(gpu, dr);
+    gpu->vt->weight_free(gpu, other);
+    for (int i = 0; i < 2; i++) {
+        gpu->vt->weight_free(gpu, w[i]);
+        free(data[i]);
+    }
+    print_message("  matmul_add, matmul_swiglu of 1, 5, 40, 200 tokens ok (equal to the unfused "
+                  "operations)\n");
+}
+
 static void test_dense_matmul(void **state)
 {
     (void)state;
@@ -1187,6 +1253,7 @@ int main(int argc, char **argv)
     if (only && *only) cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_q1_matmul),    cmocka_unit_test(test_q1_matmul_multi),
+        cmocka_unit_test(test_fused_products),
         cmocka_unit_test(test_dense_matmul), cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_small_ops),    cmocka_unit_test(test_attention),
         cmocka_unit_test(test_models),       cmocka_unit_test(test_decode),

@@ -246,9 +246,26 @@ static void test_dgemv(void **state)
 
 /* ---- prompt GEMM on tensor cores (mma_16816 emulated with the PTX fragment layout) ---- */
 
-/* Several matrices of one width in one launch, against double sums of the fp16-rounded inputs
- * (fp16 products are exact and the accumulation is fp32, so the error is the summation's). */
-template <int WN>
+/* W_m[r] . x[t] in double of the fp16-rounded inputs, and the sum of the products' magnitudes */
+static double ref_q1_dot(const q1_matrix &m, int r, const std::vector<__half> &xh, int t, int cols,
+                         double *mag)
+{
+    double ref = 0;
+    *mag = 0;
+    for (int k = 0; k < cols; k++) {
+        double w = (double)__half2float(m.scales[(size_t)r * (cols / QK) + k / QK]);
+        if (!(m.bits[(size_t)r * (cols / 32) + k / 32] >> (k % 32) & 1u)) w = -w;
+        double xv = __half2float(xh[(size_t)t * cols + k]);
+        ref += w * xv;
+        *mag += fabs(w * xv);
+    }
+    return ref;
+}
+
+/* Several matrices of one width in one launch (OUT: stored, added to what y held, or gate and up
+ * into silu(gate) * up), against double sums of the fp16-rounded inputs (fp16 products are exact
+ * and the accumulation is fp32, so the error is the summation's). */
+template <int WN, int OUT>
 static void check_gemm(int n_mats, const int *rows, int cols, int n_tok)
 {
     std::vector<q1_matrix> m;
@@ -259,45 +276,60 @@ static void check_gemm(int n_mats, const int *rows, int cols, int n_tok)
     EMU_LAUNCH(to_half, dim3(3), dim3(64), x.data(), xh.data(), (int64_t)x.size() / 4);
 
     gemm_mats gm{};
-    std::vector<std::vector<float>> y(n_mats);
+    int n_out = OUT == GEMM_SILU ? 1 : n_mats;
+    std::vector<std::vector<float>> y(n_out), y0(n_out);
+    for (int i = 0; i < n_out; i++) {
+        y[i].resize((size_t)n_tok * rows[i]);
+        for (auto &v : y[i]) v = OUT == GEMM_ADD ? uniform(-3.0f, 3.0f) : NAN;
+        y0[i] = y[i];
+    }
     gm.n = n_mats;
     for (int i = 0; i < n_mats; i++) {
-        y[i].assign((size_t)n_tok * rows[i], NAN);
         gm.bits[i] = m[i].bits.data();
         gm.scales[i] = m[i].scales.data();
-        gm.y[i] = y[i].data();
+        gm.y[i] = y[OUT == GEMM_SILU ? 0 : i].data();
         gm.rows[i] = rows[i];
         gm.tile0[i + 1] = gm.tile0[i] + (rows[i] + GEMM_BM - 1) / GEMM_BM;
     }
-    dim3 grid((unsigned)gm.tile0[n_mats], (unsigned)((n_tok + 16 * WN - 1) / (16 * WN)));
-    EMU_LAUNCH(q1_gemm_mma<WN>, grid, dim3(GEMM_THREADS), gm, (const __half *)xh.data(), cols,
-               n_tok);
+    unsigned tiles = OUT == GEMM_SILU ? (unsigned)(rows[0] + 31) / 32 : (unsigned)gm.tile0[n_mats];
+    dim3 grid(tiles, (unsigned)((n_tok + 16 * WN - 1) / (16 * WN)));
+    EMU_LAUNCH((q1_gemm_mma<WN, OUT>), grid, dim3(GEMM_THREADS), gm, (const __half *)xh.data(),
+               cols, n_tok);
 
-    for (int i = 0; i < n_mats; i++)
+    for (int i = 0; i < n_out; i++)
         for (int t = 0; t < n_tok; t++)
             for (int r = 0; r < rows[i]; r++) {
-                double ref = 0, mag = 0;
-                for (int k = 0; k < cols; k++) {
-                    double w = (double)__half2float(m[i].scales[(size_t)r * (cols / QK) + k / QK]);
-                    if (!(m[i].bits[(size_t)r * (cols / 32) + k / 32] >> (k % 32) & 1u)) w = -w;
-                    double xv = __half2float(xh[(size_t)t * cols + k]);
-                    ref += w * xv;
-                    mag += fabs(w * xv);
+                double mag, ref = ref_q1_dot(m[i], r, xh, t, cols, &mag), tol = 1e-5 * mag + 1e-6;
+                size_t at = (size_t)t * rows[i] + r;
+                if (OUT == GEMM_ADD) {
+                    ref += y0[i][at];
+                    tol += 1e-6 * fabs(ref);
                 }
-                double got = y[i][(size_t)t * rows[i] + r];
-                if (!(fabs(got - ref) <= 1e-5 * mag + 1e-6))
-                    fail_msg("gemm<%d> matrix %d row %d token %d: %.7g, want %.7g", WN, i, r, t,
-                             got, ref);
+                if (OUT == GEMM_SILU) { /* silu' is within (-0.1, 1.1) */
+                    double mu, u = ref_q1_dot(m[1], r, xh, t, cols, &mu);
+                    double sg = ref / (1 + exp(-ref));
+                    tol = 1.1 * fabs(u) * tol + fabs(sg) * (1e-5 * mu + 1e-6) + 1e-6 * fabs(sg * u);
+                    ref = sg * u;
+                }
+                double got = y[i][at];
+                if (!(fabs(got - ref) <= tol))
+                    fail_msg("gemm<%d, %d> matrix %d row %d token %d: %.7g, want %.7g", WN, OUT,
+                             i, r, t, got, ref);
             }
 }
 
 static void test_gemm(void **state)
 {
     (void)state;
-    const int one[] = {64}, qkv[] = {128, 64, 96}, odd[] = {70, 5};
-    check_gemm<4>(1, one, 128, 9);     /* one tile, tokens past the end */
-    check_gemm<4>(3, qkv, 256, 70);    /* three matrices, two token tiles, two Q1_0 blocks */
-    check_gemm<8>(2, odd, 384, 130);   /* rows not a multiple of 64; three k-blocks */
+    const int one[] = {64}, qkv[] = {128, 64, 96}, odd[] = {70, 5}, gu[] = {96, 96},
+              gu_odd[] = {40, 40};
+    check_gemm<4, GEMM_STORE>(1, one, 128, 9);   /* one tile, tokens past the end */
+    check_gemm<4, GEMM_STORE>(3, qkv, 256, 70);  /* three matrices, two token tiles, two blocks */
+    check_gemm<8, GEMM_STORE>(2, odd, 384, 130); /* rows not a multiple of 64; three k-blocks */
+    check_gemm<4, GEMM_ADD>(1, odd, 256, 70);    /* the residual: y += W x */
+    check_gemm<8, GEMM_ADD>(2, odd, 128, 20);
+    check_gemm<4, GEMM_SILU>(2, gu, 256, 70);    /* silu(gate) * up, three 32-row tiles */
+    check_gemm<8, GEMM_SILU>(2, gu_odd, 128, 130); /* rows not a multiple of 32 */
 }
 
 /* ---- attention ---- */

@@ -233,6 +233,13 @@ static bonsai_status op_multi(void *ctx, int i)
     return BONSAI_OK;
 }
 
+static bonsai_status op_swiglu(void *ctx, int i)
+{
+    be_bench *b = ctx;
+    (void)i;
+    return b->be->vt->matmul_swiglu(b->be, b->w[0], b->w[1], b->x, b->y[0], b->n_tok);
+}
+
 static bonsai_status op_attention(void *ctx, int i)
 {
     be_bench *b = ctx;
@@ -369,6 +376,13 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
         b.n_tok = tokens;
         double t = st ? 0 : time_queued(b.be, op_multi, &b, 1.0, &st);
         if (!st) report(json, desc, "matmul_multi", ms->what, rows, ms->cols, tokens, t, bytes, flop);
+        /* gate and up as a prompt runs them where the backend fuses SiLU-multiply */
+        if (!st && ms->n == 2 && b.be->vt->matmul_swiglu) {
+            t = time_queued(b.be, op_swiglu, &b, 1.0, &st);
+            if (!st)
+                report(json, desc, "matmul_swiglu", ms->what, rows, ms->cols, tokens, t, bytes,
+                       flop);
+        }
         for (int k = 0; k < ms->n; k++)
             if (w[k]) b.be->vt->weight_free(b.be, w[k]);
     }

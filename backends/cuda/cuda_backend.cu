@@ -106,6 +106,8 @@ struct cuda_backend {
     size_t ids_cap, pos_cap;
     __half *xh; /* a prompt's activations in fp16 for the tensor-core GEMM */
     size_t xh_cap;
+    float *tmp; /* products of matmul_add and matmul_swiglu when no GEMM takes them */
+    size_t tmp_cap;
     /* the positions last staged: RoPE of q and k in every layer uses the same ones, and a copy
      * from pageable memory waits for the stream, so they are uploaded once per batch */
     int32_t *pos_host;
@@ -302,6 +304,7 @@ static void cuda_destroy(bsi_backend *be)
     cudaFree(b->ids);
     cudaFree(b->pos);
     cudaFree(b->xh);
+    cudaFree(b->tmp);
     cudaFree(b->samp);
     cudaFreeHost(b->samp_host);
     (void)cudaGetLastError();
@@ -512,9 +515,10 @@ static bonsai_status stage_ints(cuda_backend *b, int32_t **buf, size_t *cap, con
 }
 
 /* y_i = W_i x for n (<= GEMM_MAX_MATS) Q1_0 matrices of one width and more than GEMV_MAX_TOK
- * tokens, on tensor cores (gemm.cuh): x converted to fp16 once, then one launch for them all. */
-static bonsai_status q1_gemm(cuda_backend *b, int n, const bsi_weight *const *w, const float *x,
-                             float *const *y, int64_t n_tok)
+ * tokens, on tensor cores (gemm.cuh): x converted to fp16 once, then one launch for them all.
+ * out GEMM_ADD: y_i += W_i x; GEMM_SILU: y_0 = silu(W_0 x) * (W_1 x) (n = 2, the same shape). */
+static bonsai_status q1_gemm(cuda_backend *b, int out, int n, const bsi_weight *const *w,
+                             const float *x, float *const *y, int64_t n_tok)
 {
     int64_t cols = w[0]->cols;
     size_t bytes = (size_t)(n_tok * cols) * sizeof(__half);
@@ -528,72 +532,29 @@ static bonsai_status q1_gemm(cuda_backend *b, int n, const bsi_weight *const *w,
     for (int i = 0; i < n; i++) {
         m.bits[i] = w[i]->bits;
         m.scales[i] = w[i]->scales;
-        m.y[i] = y[i];
+        m.y[i] = out == GEMM_SILU ? y[0] : y[i];
         m.rows[i] = (int)w[i]->rows;
         m.tile0[i + 1] = m.tile0[i] + (int)((w[i]->rows + GEMM_BM - 1) / GEMM_BM);
     }
+    unsigned tiles = out == GEMM_SILU ? (unsigned)((w[0]->rows + 31) / 32) : (unsigned)m.tile0[n];
     /* 128 tokens per block when that still gives every SM two blocks, else 64 */
-    unsigned tiles = (unsigned)m.tile0[n];
-    if (tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm) {
-        dim3 grid(tiles, (unsigned)((n_tok + 127) / 128));
-        CU(launch(b, (q1_gemm_mma<8>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols,
-                  (int)n_tok));
-    } else {
-        dim3 grid(tiles, (unsigned)((n_tok + 63) / 64));
-        CU(launch(b, (q1_gemm_mma<4>), grid, dim3(GEMM_THREADS), 0, m, b->xh, (int)cols,
-                  (int)n_tok));
-    }
+    static void (*const fn[2][3])(gemm_mats, const __half *, int, int) = {
+        {q1_gemm_mma<4, GEMM_STORE>, q1_gemm_mma<4, GEMM_ADD>, q1_gemm_mma<4, GEMM_SILU>},
+        {q1_gemm_mma<8, GEMM_STORE>, q1_gemm_mma<8, GEMM_ADD>, q1_gemm_mma<8, GEMM_SILU>},
+    };
+    bool wide = tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm;
+    dim3 grid(tiles, (unsigned)(wide ? (n_tok + 127) / 128 : (n_tok + 63) / 64));
+    CU(launch(b, fn[wide][out], grid, dim3(GEMM_THREADS), 0, m, (const __half *)b->xh,
+              (int)cols, (int)n_tok));
     return BONSAI_OK;
 }
 
-static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
-                                 int64_t n_tok)
+/* Whether a prompt's product of these Q1_0 matrices (one width) goes to the tensor-core GEMM. */
+static bool gemm_takes(int n, const bsi_weight *const *w, int64_t n_tok)
 {
-    cuda_backend *b = cb(be);
-    USE(b);
-    if (n_tok < 1) return BONSAI_OK;
-    if (n_tok > 65535 * 64)
-        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
-    int rows = (int)w->rows, cols = (int)w->cols;
-    if (w->type == T_Q1_0 && n_tok > GEMV_MAX_TOK) return q1_gemm(b, 1, &w, x, &y, n_tok);
-    if (w->type == T_Q1_0) {
-        int rows_per_block = GEMV_WARPS * GEMV_ROWS;
-        dim3 grid((unsigned)((rows + rows_per_block - 1) / rows_per_block));
-        dim3 block(GEMV_WARPS * WARP);
-        switch (n_tok) {
-#define CASE(n)                                                                                    \
-    case n:                                                                                        \
-        CU(launch(b, (q1_gemv<n>), grid, block, 0, w->bits, w->scales, x, y, rows, cols));         \
-        break;
-            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
-#undef CASE
-        default: break;
-        }
-    } else {
-        int warps = 8;
-        dim3 grid((unsigned)((rows + warps - 1) / warps));
-        CU(launch(b, dense_matmul, grid, dim3(warps * WARP), 0, view(w), x, y, (int)n_tok));
-    }
-    return BONSAI_OK;
-}
-
-/* q, k, v or gate, up of a prompt: one conversion of x and one GEMM launch; otherwise one by one */
-static bonsai_status cuda_matmul_multi(bsi_backend *be, int n, const bsi_weight *const *w,
-                                       const float *x, float *const *y, int64_t n_tok)
-{
-    cuda_backend *b = cb(be);
-    bool together = n >= 1 && n <= GEMM_MAX_MATS && n_tok > GEMV_MAX_TOK && n_tok <= 65535 * 64;
-    for (int i = 0; i < n && together; i++)
-        together = w[i]->type == T_Q1_0 && w[i]->cols == w[0]->cols;
-    if (together) {
-        USE(b);
-        return q1_gemm(b, n, w, x, y, n_tok);
-    }
-    for (int i = 0; i < n; i++) {
-        bonsai_status st = cuda_matmul(be, w[i], x, y[i], n_tok);
-        if (st) return st;
-    }
-    return BONSAI_OK;
+    bool ok = n >= 1 && n <= GEMM_MAX_MATS && n_tok > GEMV_MAX_TOK && n_tok <= 65535 * 64;
+    for (int i = 0; i < n && ok; i++) ok = w[i]->type == T_Q1_0 && w[i]->cols == w[0]->cols;
+    return ok;
 }
 
 static bonsai_status cuda_get_rows(bsi_backend *be, const bsi_weight *w, const int32_t *ids,
@@ -711,6 +672,92 @@ static bonsai_status cuda_add(bsi_backend *be, const float *a, const float *bb, 
     if (n < 1) return BONSAI_OK;
     CU(launch(b, add, dim3(grid_for(n, 256)), dim3(256), 0, a, bb, y, n));
     return BONSAI_OK;
+}
+
+static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
+                                 int64_t n_tok)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    if (n_tok < 1) return BONSAI_OK;
+    if (n_tok > 65535 * 64)
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
+    int rows = (int)w->rows, cols = (int)w->cols;
+    if (w->type == T_Q1_0 && n_tok > GEMV_MAX_TOK) return q1_gemm(b, GEMM_STORE, 1, &w, x, &y, n_tok);
+    if (w->type == T_Q1_0) {
+        int rows_per_block = GEMV_WARPS * GEMV_ROWS;
+        dim3 grid((unsigned)((rows + rows_per_block - 1) / rows_per_block));
+        dim3 block(GEMV_WARPS * WARP);
+        switch (n_tok) {
+#define CASE(n)                                                                                    \
+    case n:                                                                                        \
+        CU(launch(b, (q1_gemv<n>), grid, block, 0, w->bits, w->scales, x, y, rows, cols));         \
+        break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+        default: break;
+        }
+    } else {
+        int warps = 8;
+        dim3 grid((unsigned)((rows + warps - 1) / warps));
+        CU(launch(b, dense_matmul, grid, dim3(warps * WARP), 0, view(w), x, y, (int)n_tok));
+    }
+    return BONSAI_OK;
+}
+
+/* q, k, v or gate, up of a prompt: one conversion of x and one GEMM launch; otherwise one by one */
+static bonsai_status cuda_matmul_multi(bsi_backend *be, int n, const bsi_weight *const *w,
+                                       const float *x, float *const *y, int64_t n_tok)
+{
+    cuda_backend *b = cb(be);
+    if (gemm_takes(n, w, n_tok)) {
+        USE(b);
+        return q1_gemm(b, GEMM_STORE, n, w, x, y, n_tok);
+    }
+    for (int i = 0; i < n; i++) {
+        bonsai_status st = cuda_matmul(be, w[i], x, y[i], n_tok);
+        if (st) return st;
+    }
+    return BONSAI_OK;
+}
+
+/* y += W x: for a prompt, the residual added by the GEMM itself; otherwise the product into
+ * scratch, then add. */
+static bonsai_status cuda_matmul_add(bsi_backend *be, const bsi_weight *w, const float *x,
+                                     float *y, int64_t n_tok)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    if (n_tok < 1) return BONSAI_OK;
+    if (gemm_takes(1, &w, n_tok)) return q1_gemm(b, GEMM_ADD, 1, &w, x, &y, n_tok);
+    int64_t n = n_tok * w->rows;
+    bonsai_status st = grow(b, (void **)&b->tmp, &b->tmp_cap, (size_t)n * sizeof(float));
+    if (!st) st = cuda_matmul(be, w, x, b->tmp, n_tok);
+    if (!st) st = cuda_add(be, y, b->tmp, y, n);
+    return st;
+}
+
+/* y = silu(W_gate x) * (W_up x): for a prompt, in the GEMM's epilogue (neither product is
+ * written out); otherwise both products into scratch, then silu_mul. */
+static bonsai_status cuda_matmul_swiglu(bsi_backend *be, const bsi_weight *gate,
+                                        const bsi_weight *up, const float *x, float *y,
+                                        int64_t n_tok)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    if (gate->rows != up->rows || gate->cols != up->cols)
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: gate %lldx%lld and up %lldx%lld differ",
+                     (long long)gate->rows, (long long)gate->cols, (long long)up->rows,
+                     (long long)up->cols);
+    if (n_tok < 1) return BONSAI_OK;
+    const bsi_weight *w[2] = {gate, up};
+    if (gemm_takes(2, w, n_tok)) return q1_gemm(b, GEMM_SILU, 2, w, x, &y, n_tok);
+    int64_t n = n_tok * gate->rows;
+    bonsai_status st = grow(b, (void **)&b->tmp, &b->tmp_cap, 2 * (size_t)n * sizeof(float));
+    float *out[2] = {b->tmp, b->tmp + n};
+    if (!st) st = cuda_matmul_multi(be, 2, w, x, out, n_tok);
+    if (!st) st = cuda_silu_mul(be, out[0], out[1], y, n);
+    return st;
 }
 
 static bonsai_status cuda_kv_store(bsi_backend *be, uint32_t kv_type, void *k_cache, void *v_cache,
@@ -1231,6 +1278,8 @@ bonsai_backend_module(const bsi_module_host *h)
     table.rope = cuda_rope;
     table.softmax = cuda_softmax;
     table.silu_mul = cuda_silu_mul;
+    table.matmul_add = cuda_matmul_add;
+    table.matmul_swiglu = cuda_matmul_swiglu;
     table.add = cuda_add;
     table.kv_store = cuda_kv_store;
     table.attention = cuda_attention;

@@ -285,11 +285,9 @@ __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
 #pragma unroll
                 for (int r = 0; r < DG_SILU_ROWS; r++)
 #pragma unroll
-                    for (int t = 0; t < NT; t++) {
-                        float gv = acc[r][t];
+                    for (int t = 0; t < NT; t++)
                         gs[t][warp * DG_SILU_ROWS + r] =
-                            gv / (1.0f + __expf(-gv)) * acc[DG_SILU_ROWS + r][t];
-                    }
+                            silu_times(acc[r][t], acc[DG_SILU_ROWS + r][t]);
             __syncthreads();
             if (warp < NT) /* rows is a multiple of 32: the block's 32 rows all exist */
                 quant32(gs[warp][lane], a.out.q + (size_t)warp * G.rows + g * 32,
@@ -609,7 +607,7 @@ __global__ void __launch_bounds__(DM_WARPS *WARP) dmma(dg_args a)
                     gv += red[h * KS + k][0][tok][rr];
                     uv += red[h * KS + k][1][tok][rr];
                 }
-                gs[tok][r] = gv / (1.0f + __expf(-gv)) * uv;
+                gs[tok][r] = silu_times(gv, uv);
             }
             __syncthreads();
             for (int tok = warp; tok < nt; tok += DM_WARPS) /* rows is a multiple of 32 */

@@ -16,6 +16,14 @@
  * A block is 4 warps (2 along rows x 2 along tokens) and covers 64 rows x (16 WN) tokens; a
  * launch covers up to GEMM_MAX_MATS matrices of the same width (q, k, v; gate, up), their row
  * tiles one after another along blockIdx.x.
+ *
+ * What the block does with its sums (OUT):
+ *   GEMM_STORE  y_m = W_m x for each matrix m;
+ *   GEMM_ADD    y_m += W_m x (the residual added in place: no separate product and add);
+ *   GEMM_SILU   y = silu(W_gate x) * (W_up x), mats = {gate, up} of the same rows: a block
+ *               covers 32 rows, its warps 0 and 2 of gate, 1 and 3 of up, and the gate warps
+ *               hand their sums to the up warps through shared memory (so neither product is
+ *               written out, nor read back by a separate kernel).
  */
 #ifndef BONSAI_CUDA_GEMM_CUH
 #define BONSAI_CUDA_GEMM_CUH
@@ -29,6 +37,7 @@ constexpr int GEMM_BK = 64;           /* columns per k-tile (half a Q1_0 block) 
 constexpr int GEMM_SX = GEMM_BK + 16; /* row stride in halves: no bank conflicts */
 constexpr int GEMM_THREADS = 128;
 constexpr int GEMM_MAX_MATS = 3;
+enum { GEMM_STORE, GEMM_ADD, GEMM_SILU };
 
 struct gemm_mats {
     const uint32_t *bits[GEMM_MAX_MATS];
@@ -73,9 +82,10 @@ __global__ void to_half(const float *__restrict__ x, __half *__restrict__ y, int
     }
 }
 
-/* y_m[t][r] = W_m[r] . x[t] for every matrix m of `mats`, tokens t < n_tok; x fp16 [n_tok][cols],
- * cols a multiple of 128. Grid: (mats.tile0[mats.n], ceil(n_tok / (16 WN))). */
-template <int WN>
+/* The output of q1_gemm_mma<WN, OUT> (see the top of this file) for tokens t < n_tok; x fp16
+ * [n_tok][cols], cols a multiple of 128. Grid: (mats.tile0[mats.n], ceil(n_tok / (16 WN))), or
+ * for GEMM_SILU (ceil(rows / 32), the same). */
+template <int WN, int OUT>
 __global__ void __launch_bounds__(GEMM_THREADS)
     q1_gemm_mma(gemm_mats mats, const __half *__restrict__ x, int cols, int n_tok)
 {
@@ -83,25 +93,33 @@ __global__ void __launch_bounds__(GEMM_THREADS)
     constexpr int CHUNKS = BN * GEMM_BK / 8; /* 16-byte copies per k-tile */
     __shared__ __align__(16) __half xs[2][BN][GEMM_SX];
 
-    /* the block's matrix (constant indices only, so the parameters stay out of local memory) */
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    int g = lane >> 2, t = lane & 3;
+    /* the warp's matrix (constant indices only, so the parameters stay out of local memory) */
     const uint32_t *bits = mats.bits[0];
     const __half *scales = mats.scales[0];
     float *y = mats.y[0];
-    int rows = mats.rows[0], tile0 = 0;
-#pragma unroll
-    for (int i = 1; i < GEMM_MAX_MATS; i++)
-        if (i < mats.n && (int)blockIdx.x >= mats.tile0[i]) {
-            bits = mats.bits[i];
-            scales = mats.scales[i];
-            y = mats.y[i];
-            rows = mats.rows[i];
-            tile0 = mats.tile0[i];
+    int rows = mats.rows[0], wrow;
+    if (OUT == GEMM_SILU) {
+        if (warp & 1) {
+            bits = mats.bits[1];
+            scales = mats.scales[1];
         }
-    int row0 = ((int)blockIdx.x - tile0) * GEMM_BM, tok0 = (int)blockIdx.y * BN;
-
-    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    int g = lane >> 2, t = lane & 3;
-    int wrow = row0 + (warp & 1) * 32, wtok = (warp >> 1) * 8 * WN; /* wtok: within the block */
+        wrow = (int)blockIdx.x * 32;
+    } else {
+        int tile0 = 0;
+#pragma unroll
+        for (int i = 1; i < GEMM_MAX_MATS; i++)
+            if (i < mats.n && (int)blockIdx.x >= mats.tile0[i]) {
+                bits = mats.bits[i];
+                scales = mats.scales[i];
+                y = mats.y[i];
+                rows = mats.rows[i];
+                tile0 = mats.tile0[i];
+            }
+        wrow = ((int)blockIdx.x - tile0) * GEMM_BM + (warp & 1) * 32;
+    }
+    int tok0 = (int)blockIdx.y * BN, wtok = (warp >> 1) * 8 * WN; /* wtok: within the block */
     int words = cols / 32, nb = cols / QK, n_kt = cols / GEMM_BK;
 
     /* this lane's four rows: g, g + 8, g + 16, g + 24 of the warp's 32 (clamped for loads) */
@@ -194,6 +212,21 @@ __global__ void __launch_bounds__(GEMM_THREADS)
         }
     }
 
+    /* GEMM_SILU: the gate warps' sums to shared memory (the k-tiles are done with: the loop
+     * ended at a barrier), where the up warp of the same tokens finds them in the same layout */
+    float *gate = (float *)&xs[0][0][0] + (warp >> 1) * (2 * WN * 4 * WARP) + lane;
+    static_assert(2 * 2 * WN * 4 * WARP * sizeof(float) <= sizeof xs, "gate sums fit in xs");
+    if (OUT == GEMM_SILU) {
+        if (!(warp & 1))
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < WN; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) gate[((i * WN + j) * 4 + e) * WARP] = acc[i][j][e];
+        __syncthreads();
+        if (!(warp & 1)) return;
+    }
     /* acc[i][j]: rows wrow + 16 i + g (+ 8 for e >= 2), tokens tok0 + wtok + 8 j + 2 t (+ 1) */
 #pragma unroll
     for (int i = 0; i < 2; i++)
@@ -203,7 +236,14 @@ __global__ void __launch_bounds__(GEMM_THREADS)
             for (int e = 0; e < 4; e++) {
                 int r = wrow + 16 * i + g + (e >= 2 ? 8 : 0);
                 int tok = tok0 + wtok + 8 * j + 2 * t + (e & 1);
-                if (r < rows && tok < n_tok) y[(size_t)tok * rows + r] = acc[i][j][e];
+                if (r >= rows || tok >= n_tok) continue;
+                float *out = y + (size_t)tok * rows + r;
+                if (OUT == GEMM_SILU)
+                    *out = silu_times(gate[((i * WN + j) * 4 + e) * WARP], acc[i][j][e]);
+                else if (OUT == GEMM_ADD)
+                    *out += acc[i][j][e];
+                else
+                    *out = acc[i][j][e];
             }
 }
 

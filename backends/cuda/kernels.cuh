@@ -280,13 +280,17 @@ __global__ void softmax(float *x, int n)
     for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] *= inv;
 }
 
+/* silu(g) * u, as every kernel that ends a SwiGLU computes it */
+__device__ __forceinline__ float silu_times(float g, float u)
+{
+    return g / (1.0f + __expf(-g)) * u;
+}
+
 __global__ void silu_mul(const float *g, const float *u, float *y, int64_t n)
 {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        float v = g[i];
-        y[i] = v / (1.0f + __expf(-v)) * u[i];
-    }
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = silu_times(g[i], u[i]);
 }
 
 __global__ void add(const float *a, const float *b, float *y, int64_t n)
