@@ -310,6 +310,8 @@ static void test_fused_products(void **state)
 {
     (void)state;
     enum { COLS = 512, ROWS = 320 };
+    const char *ep = getenv("BONSAI_CUDA_EPILOGUE");
+    if (ep && !strcmp(ep, "0")) skip(); /* the module leaves them out of its table */
     assert_true(gpu->vt->matmul_add && gpu->vt->matmul_swiglu);
     bsi_weight *w[2];
     uint8_t *data[2];

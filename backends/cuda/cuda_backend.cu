@@ -1278,8 +1278,12 @@ bonsai_backend_module(const bsi_module_host *h)
     table.rope = cuda_rope;
     table.softmax = cuda_softmax;
     table.silu_mul = cuda_silu_mul;
-    table.matmul_add = cuda_matmul_add;
-    table.matmul_swiglu = cuda_matmul_swiglu;
+    /* BONSAI_CUDA_EPILOGUE=0: a prompt's residual adds and SiLU-multiply as separate kernels,
+     * as before they were fused into the GEMM (to measure the fusion against) */
+    const char *ep = getenv("BONSAI_CUDA_EPILOGUE");
+    bool fuse = !ep || strcmp(ep, "0");
+    table.matmul_add = fuse ? cuda_matmul_add : NULL;
+    table.matmul_swiglu = fuse ? cuda_matmul_swiglu : NULL;
     table.add = cuda_add;
     table.kv_store = cuda_kv_store;
     table.attention = cuda_attention;
