@@ -137,7 +137,8 @@ typedef struct bsi_backend_vtable {
                               int64_t n);
     /* y = a + b, n values (y may alias a or b). */
     bonsai_status (*add)(bsi_backend *be, const float *a, const float *b, float *y, int64_t n);
-    /* Optional (NULL: lib/ runs matmul then add): y += W x, y [n_tok][rows] (a residual). */
+    /* Optional (NULL: lib/ runs matmul then add): y += W x, y [n_tok][rows] (a residual); y
+     * and x do not overlap (nor in matmul_swiglu). */
     bonsai_status (*matmul_add)(bsi_backend *be, const bsi_weight *w, const float *x, float *y,
                                 int64_t n_tok);
     /* Optional (NULL: lib/ runs matmul_multi then silu_mul): y = silu(W_gate x) * (W_up x), y

@@ -78,12 +78,20 @@ static void scratch_free(bonsai_session *s)
     s->s.n_tok = s->s.n_logit_rows = 0;
 }
 
+/* The up products have a buffer of their own only when the backend does not fuse SwiGLU (vt
+ * NULL: not known yet, counted). */
+static bool needs_up(const bsi_backend_vtable *vt)
+{
+    return !vt || !vt->matmul_swiglu;
+}
+
 /* Bytes of activations for n_tok tokens and of n_rows rows of logits (backend and host). */
-static uint64_t scratch_bytes(const bsi_model_arch *a, int64_t n_tok, int64_t n_rows)
+static uint64_t scratch_bytes(const bsi_model_arch *a, const bsi_backend_vtable *vt,
+                              int64_t n_tok, int64_t n_rows)
 {
     uint64_t E = a->n_embd, Q = (uint64_t)a->n_head * a->head_dim,
-             KV = (uint64_t)a->n_head_kv * a->head_dim, F = a->n_ff;
-    return sizeof(float) * ((uint64_t)n_tok * (2 * E + 2 * Q + 2 * KV + 2 * F) +
+             KV = (uint64_t)a->n_head_kv * a->head_dim, F = a->n_ff * (needs_up(vt) ? 2 : 1);
+    return sizeof(float) * ((uint64_t)n_tok * (2 * E + 2 * Q + 2 * KV + F) +
                             2 * (uint64_t)n_rows * a->n_vocab) +
            (uint64_t)n_tok * sizeof(int32_t);
 }
@@ -97,7 +105,7 @@ static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n
     if (st) return st;
     if (n_tok < s->s.n_tok) n_tok = s->s.n_tok;
     if (n_rows < s->s.n_logit_rows) n_rows = s->s.n_logit_rows;
-    uint64_t need = s->mem_fixed + scratch_bytes(s->a, n_tok, n_rows);
+    uint64_t need = s->mem_fixed + scratch_bytes(s->a, s->be->vt, n_tok, n_rows);
     if (s->mem_cap && need > s->mem_cap)
         return bsi_fail(BONSAI_ERR_NO_MEMORY,
                         "a batch of %" PRId64 " tokens (%" PRId64 " rows of logits) needs %" PRIu64
@@ -119,10 +127,11 @@ static bonsai_status scratch_reserve(bonsai_session *s, int64_t n_tok, int64_t n
         {&s->s.v, N * KV * f},
         {&s->s.att, N * Q * f},
         {&s->s.g, N * F * f},
-        {&s->s.u, N * F * f},
+        {&s->s.u, needs_up(s->be->vt) ? N * F * f : 0},
         {&s->s.logits, (size_t)n_rows * a->n_vocab * f},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        if (!want[i].bytes) continue;
         st = s->be->vt->alloc(s->be, want[i].bytes, (void **)want[i].p);
         if (st) {
             scratch_free(s);
@@ -218,12 +227,12 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     size_t kv_row = (size_t)a->n_head_kv * a->head_dim;
     kv_row = params->kv_type == BONSAI_TENSOR_Q8_0 ? kv_row / 32 * 34 : kv_row * 2;
     uint64_t fixed = 2 * (uint64_t)a->n_layer * n_ctx * kv_row + (uint64_t)n_ctx * sizeof(int32_t);
-    if (params->max_memory && fixed + scratch_bytes(a, 1, 1) > params->max_memory)
+    if (params->max_memory && fixed + scratch_bytes(a, NULL, 1, 1) > params->max_memory)
         return bsi_fail(BONSAI_ERR_NO_MEMORY,
                         "a context of %u tokens needs %" PRIu64 " bytes of KV cache (and %" PRIu64
                         " for one token's activations), over the session's memory cap of %" PRIu64
                         " bytes; use a smaller n_ctx or kv_type Q8_0",
-                        n_ctx, fixed, scratch_bytes(a, 1, 1), params->max_memory);
+                        n_ctx, fixed, scratch_bytes(a, NULL, 1, 1), params->max_memory);
 
     bonsai_session *s = bsi_calloc(1, sizeof *s);
     if (!s) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");

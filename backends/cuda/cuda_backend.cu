@@ -729,6 +729,8 @@ static bonsai_status cuda_matmul_add(bsi_backend *be, const bsi_weight *w, const
     cuda_backend *b = cb(be);
     USE(b);
     if (n_tok < 1) return BONSAI_OK;
+    if (n_tok > 65535 * 64)
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
     if (gemm_takes(1, &w, n_tok)) return q1_gemm(b, GEMM_ADD, 1, &w, x, &y, n_tok);
     int64_t n = n_tok * w->rows;
     bonsai_status st = grow(b, (void **)&b->tmp, &b->tmp_cap, (size_t)n * sizeof(float));
@@ -750,13 +752,16 @@ static bonsai_status cuda_matmul_swiglu(bsi_backend *be, const bsi_weight *gate,
                      (long long)gate->rows, (long long)gate->cols, (long long)up->rows,
                      (long long)up->cols);
     if (n_tok < 1) return BONSAI_OK;
+    if (n_tok > 65535 * 64)
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
     const bsi_weight *w[2] = {gate, up};
     if (gemm_takes(2, w, n_tok)) return q1_gemm(b, GEMM_SILU, 2, w, x, &y, n_tok);
+    /* the gate product into y, the up product into scratch */
     int64_t n = n_tok * gate->rows;
-    bonsai_status st = grow(b, (void **)&b->tmp, &b->tmp_cap, 2 * (size_t)n * sizeof(float));
-    float *out[2] = {b->tmp, b->tmp + n};
+    bonsai_status st = grow(b, (void **)&b->tmp, &b->tmp_cap, (size_t)n * sizeof(float));
+    float *out[2] = {y, b->tmp};
     if (!st) st = cuda_matmul_multi(be, 2, w, x, out, n_tok);
-    if (!st) st = cuda_silu_mul(be, out[0], out[1], y, n);
+    if (!st) st = cuda_silu_mul(be, y, b->tmp, y, n);
     return st;
 }
 
@@ -1172,7 +1177,7 @@ static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint
             /* Out of memory (instantiating the graph, most likely) may pass: this step runs
              * without a graph and a later one captures again, up to DEC_CAPTURE_TRIES in a row.
              * Anything else will fail again: dependent launches, then graphs, are turned off. */
-            bool oom = e == cudaErrorMemoryAllocation || s == BONSAI_ERR_NO_MEMORY;
+            bool oom = s ? s == BONSAI_ERR_NO_MEMORY : e == cudaErrorMemoryAllocation;
             if (oom && ++b->capture_oom < DEC_CAPTURE_TRIES) {
                 char msg[256];
                 snprintf(msg, sizeof msg, "cuda: %s; this step runs without its graph", why);

@@ -48,7 +48,7 @@ long fault_at = -1, fault_last = -1, fault_calls, fault_count; /* calls fault_at
 bool fault_by_site;                 /* count only each call site's first call */
 std::set<const void *> fault_sites; /* the call sites seen since cuda_emu_fail_call */
 std::string fault_name;             /* cuda_emu_fail_named: only this function's calls count */
-std::map<std::string, long> call_counts; /* failable calls so far, by function */
+std::map<std::string, long, std::less<>> call_counts; /* failable calls so far, by function */
 
 /* A failure of a call on stream s: while s is captured, it invalidates the capture. */
 cudaError_t fail_on(cudaStream_t s, cudaError_t e)
@@ -157,7 +157,11 @@ namespace cuda_emu
 cudaError_t injected(cudaError_t e, const char *call, const void *site)
 {
     std::lock_guard<std::mutex> hold(fault_lock);
-    call_counts[call]++;
+    auto counted = call_counts.find(call); /* no string made but for a function's first call */
+    if (counted == call_counts.end())
+        call_counts.emplace(call, 1);
+    else
+        counted->second++;
     if (fault_at < 0) return cudaSuccess;
     if (!fault_name.empty() && fault_name != call) return cudaSuccess;
     if (fault_by_site && !fault_sites.insert(site).second) return cudaSuccess;
