@@ -549,10 +549,18 @@ static bonsai_status q1_gemm(cuda_backend *b, int out, int n, const bsi_weight *
     return BONSAI_OK;
 }
 
+/* The most tokens of one matrix product (the GEMM's grid: 65,535 blocks of 64 tokens). */
+constexpr int64_t MAX_PRODUCT_TOK = 65535 * 64;
+
+static bonsai_status too_many_tokens(int64_t n_tok)
+{
+    return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
+}
+
 /* Whether a prompt's product of these Q1_0 matrices (one width) goes to the tensor-core GEMM. */
 static bool gemm_takes(int n, const bsi_weight *const *w, int64_t n_tok)
 {
-    bool ok = n >= 1 && n <= GEMM_MAX_MATS && n_tok > GEMV_MAX_TOK && n_tok <= 65535 * 64;
+    bool ok = n >= 1 && n <= GEMM_MAX_MATS && n_tok > GEMV_MAX_TOK && n_tok <= MAX_PRODUCT_TOK;
     for (int i = 0; i < n && ok; i++) ok = w[i]->type == T_Q1_0 && w[i]->cols == w[0]->cols;
     return ok;
 }
@@ -680,8 +688,7 @@ static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const flo
     cuda_backend *b = cb(be);
     USE(b);
     if (n_tok < 1) return BONSAI_OK;
-    if (n_tok > 65535 * 64)
-        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
+    if (n_tok > MAX_PRODUCT_TOK) return too_many_tokens(n_tok);
     int rows = (int)w->rows, cols = (int)w->cols;
     if (w->type == T_Q1_0 && n_tok > GEMV_MAX_TOK) return q1_gemm(b, GEMM_STORE, 1, &w, x, &y, n_tok);
     if (w->type == T_Q1_0) {
@@ -729,8 +736,7 @@ static bonsai_status cuda_matmul_add(bsi_backend *be, const bsi_weight *w, const
     cuda_backend *b = cb(be);
     USE(b);
     if (n_tok < 1) return BONSAI_OK;
-    if (n_tok > 65535 * 64)
-        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
+    if (n_tok > MAX_PRODUCT_TOK) return too_many_tokens(n_tok);
     if (gemm_takes(1, &w, n_tok)) return q1_gemm(b, GEMM_ADD, 1, &w, x, &y, n_tok);
     int64_t n = n_tok * w->rows;
     bonsai_status st = grow(b, (void **)&b->tmp, &b->tmp_cap, (size_t)n * sizeof(float));
@@ -752,8 +758,7 @@ static bonsai_status cuda_matmul_swiglu(bsi_backend *be, const bsi_weight *gate,
                      (long long)gate->rows, (long long)gate->cols, (long long)up->rows,
                      (long long)up->cols);
     if (n_tok < 1) return BONSAI_OK;
-    if (n_tok > 65535 * 64)
-        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
+    if (n_tok > MAX_PRODUCT_TOK) return too_many_tokens(n_tok);
     const bsi_weight *w[2] = {gate, up};
     if (gemm_takes(2, w, n_tok)) return q1_gemm(b, GEMM_SILU, 2, w, x, &y, n_tok);
     /* the gate product into y, the up product into scratch */
