@@ -341,7 +341,8 @@ static void test_fused_products(void **state)
         /* silu(W_gate x) * (W_up x), fused and not */
         assert_int_equal(gpu->vt->matmul_swiglu(gpu, w[0], w[1], dx, dr, nt), 0);
         float *gu[2] = {dg, du};
-        assert_int_equal(gpu->vt->matmul_multi(gpu, 2, (const bsi_weight *const *)w, dx, gu, nt), 0);
+        const bsi_weight *const *ws = (const bsi_weight *const *)w;
+        assert_int_equal(gpu->vt->matmul_multi(gpu, 2, ws, dx, gu, nt), 0);
         assert_int_equal(gpu->vt->silu_mul(gpu, dg, du, dg, (int64_t)n), 0);
         got = host_copy(dr, n), expect = host_copy(dg, n);
         for (size_t j = 0; j < n; j++)

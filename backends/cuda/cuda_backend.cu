@@ -690,7 +690,8 @@ static bonsai_status cuda_matmul(bsi_backend *be, const bsi_weight *w, const flo
     if (n_tok < 1) return BONSAI_OK;
     if (n_tok > MAX_PRODUCT_TOK) return too_many_tokens(n_tok);
     int rows = (int)w->rows, cols = (int)w->cols;
-    if (w->type == T_Q1_0 && n_tok > GEMV_MAX_TOK) return q1_gemm(b, GEMM_STORE, 1, &w, x, &y, n_tok);
+    if (w->type == T_Q1_0 && n_tok > GEMV_MAX_TOK)
+        return q1_gemm(b, GEMM_STORE, 1, &w, x, &y, n_tok);
     if (w->type == T_Q1_0) {
         int rows_per_block = GEMV_WARPS * GEMV_ROWS;
         dim3 grid((unsigned)((rows + rows_per_block - 1) / rows_per_block));
