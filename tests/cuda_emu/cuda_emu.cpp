@@ -225,16 +225,17 @@ const schedule_cfg &schedule()
     return g_schedule;
 }
 
-/* t_order and t_turn for the n fibers of the `serial`-th block run */
-void order_fibers(unsigned n, uint64_t serial)
+/* t_order and t_turn for the n fibers of block `block` (its linear index): the shuffled order
+ * depends on the seed, the block and n only, so a failure repeats in a run of that test alone */
+void order_fibers(unsigned n, uint64_t block)
 {
     t_order.resize(n);
     t_turn.resize(n);
     const schedule_cfg &c = schedule();
     for (unsigned i = 0; i < n; i++) t_order[i] = c.how == schedule_order::reverse ? n - 1 - i : i;
     if (c.how == schedule_order::shuffle) {
-        /* Fisher-Yates driven by splitmix64 of (seed, block) */
-        uint64_t x = c.seed * 0x9E3779B97F4A7C15ull + serial;
+        /* Fisher-Yates driven by splitmix64 of (seed, block, n) */
+        uint64_t x = (c.seed * 0x9E3779B97F4A7C15ull + block) * 0xD1B54A32D192ED03ull + n;
         for (unsigned i = n - 1; i > 0; i--) {
             uint64_t z = (x += 0x9E3779B97F4A7C15ull);
             z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -324,7 +325,6 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
     static const bool env_reverse =
         getenv("CUDA_EMU_REVERSE_BLOCKS") && !strcmp(getenv("CUDA_EMU_REVERSE_BLOCKS"), "1");
     bool reverse = g_reverse_blocks != env_reverse;
-    static uint64_t serial; /* blocks run so far (under launch_lock) */
     for (unsigned long i = 0; i < total; i++) {
         unsigned long b = reverse ? total - 1 - i : i;
         blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
@@ -337,7 +337,7 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
         memset(st->parity, 0, sizeof st->parity);
         memset(st->mma_parity, 0, sizeof st->mma_parity);
         for (unsigned t = 0; t < n; t++) prepare(&fibers[t], stacks[t], t);
-        order_fibers(n, serial++);
+        order_fibers(n, b);
         run_block(fibers.data(), n);
     }
     delete st;

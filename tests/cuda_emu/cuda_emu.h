@@ -261,7 +261,8 @@ extern bool g_reverse_blocks;
 /* The order in which a block's threads take turns between two barriers: a thread runs until it
  * waits at a barrier (__syncthreads, __syncwarp, a shuffle, an mma), then the next in turn runs,
  * and the last to arrive at a barrier goes on first. forward: 0, 1, 2...; reverse: n-1, n-2...;
- * shuffle: a pseudo-random order from `seed`, different for every block. The environment
+ * shuffle: a pseudo-random order from `seed`, different for every block (and the same for a
+ * block of the same index and size in every launch, so a failure repeats). The environment
  * variable CUDA_EMU_SCHEDULE (forward, reverse, shuffle or shuffle:SEED) sets it for a whole
  * run; this call overrides it. No kernel's results may depend on it: one that does reads shared
  * memory that another thread writes with no barrier between them, a race on a GPU. */
