@@ -17,7 +17,7 @@
 
 #include "internal.h"
 
-#define BSI_BACKEND_ABI 6 /* bumped whenever this table changes; modules must match */
+#define BSI_BACKEND_ABI 7 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -32,6 +32,22 @@ typedef struct bsi_rope {
     float yarn_beta_fast; /* 32 */
     float yarn_beta_slow; /* 1 */
 } bsi_rope;
+
+/* What attn_prep works on: a prompt's q [n_tok][n_head][head_dim], k and v
+ * [n_tok][n_head_kv][head_dim] (backend memory) as the products left them. */
+typedef struct bsi_attn_prep {
+    float *q, *k;
+    const float *v;
+    const float *q_norm, *k_norm; /* [head_dim] each (qwen3), or both NULL (llama) */
+    float eps;
+    const int32_t *pos; /* [n_tok], host memory: each token's position */
+    int64_t n_tok, n_head, n_head_kv, head_dim;
+    const bsi_rope *rope;
+    /* NULL: k and v are not stored; else they are stored as kv_store stores them, token t at
+     * position pos[t] (pos[t] = pos[0] + t then) */
+    void *k_cache, *v_cache;
+    uint32_t kv_type;
+} bsi_attn_prep;
 
 typedef struct bsi_matrix_desc {
     const char *name; /* for messages */
@@ -153,6 +169,12 @@ typedef struct bsi_backend_vtable {
     bonsai_status (*kv_store)(bsi_backend *be, uint32_t kv_type, void *k_cache, void *v_cache,
                               const float *k, const float *v, int64_t n_tok, int64_t dim,
                               int64_t pos);
+    /* Optional (NULL: lib/ runs rmsnorm, rope and kv_store): what lies between a prompt's q/k/v
+     * products and attention, in one go (bsi_attn_prep): each head of q and k RMS-normed with
+     * q_norm and k_norm when given, then rotated by rope at its token's position, in place; then
+     * k and v stored in the caches when k_cache is given. The results equal those operations'
+     * up to the rounding of the norm's sum. */
+    bonsai_status (*attn_prep)(bsi_backend *be, const bsi_attn_prep *a);
     /* Causal attention with grouped heads: q [n_tok][n_head][head_dim]; token t sits at position
      * pos + t and attends to cache positions 0 .. pos + t; query head h reads kv head
      * h / (n_head / n_head_kv). out [n_tok][n_head][head_dim] = softmax(q.K^T * scale) V. */

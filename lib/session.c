@@ -407,18 +407,45 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
             float *out[3] = {b->q, b->k, b->v};
             TRY(matmul_n(s, 3, qkv, b->h, out, n));
         }
-        if (L->q_norm >= 0) { /* qwen3: per-head RMS norm of q and k */
-            TRY(vt->rmsnorm(be, b->q, V[L->q_norm], b->q, hd, n * a->n_head, a->eps));
-            TRY(vt->rmsnorm(be, b->k, V[L->k_norm], b->k, hd, n * a->n_head_kv, a->eps));
+        /* qwen3: per-head RMS norm of q and k; RoPE; k and v into the caches */
+        bool stored = false;
+        const float *qn = L->q_norm >= 0 ? V[L->q_norm] : NULL;
+        const float *kn = L->q_norm >= 0 ? V[L->k_norm] : NULL;
+        if (vt->attn_prep) {
+            /* one run (a prompt): its caches take k and v in the same go */
+            stored = n_runs == 1;
+            bonsai_session *rs = runs[0].s;
+            bsi_attn_prep p = {.q = b->q,
+                               .k = b->k,
+                               .v = b->v,
+                               .q_norm = qn,
+                               .k_norm = kn,
+                               .eps = a->eps,
+                               .pos = s->pos,
+                               .n_tok = n,
+                               .n_head = a->n_head,
+                               .n_head_kv = a->n_head_kv,
+                               .head_dim = hd,
+                               .rope = &a->rope,
+                               .k_cache = stored ? rs->k_cache[l] : NULL,
+                               .v_cache = stored ? rs->v_cache[l] : NULL,
+                               .kv_type = rs->kv_type};
+            TRY(vt->attn_prep(be, &p));
+        } else {
+            if (qn) {
+                TRY(vt->rmsnorm(be, b->q, qn, b->q, hd, n * a->n_head, a->eps));
+                TRY(vt->rmsnorm(be, b->k, kn, b->k, hd, n * a->n_head_kv, a->eps));
+            }
+            TRY(vt->rope(be, b->q, s->pos, n, a->n_head, hd, &a->rope));
+            TRY(vt->rope(be, b->k, s->pos, n, a->n_head_kv, hd, &a->rope));
         }
-        TRY(vt->rope(be, b->q, s->pos, n, a->n_head, hd, &a->rope));
-        TRY(vt->rope(be, b->k, s->pos, n, a->n_head_kv, hd, &a->rope));
         for (size_t r = 0; r < n_runs; r++) {
             const fwd_run *run = &runs[r];
             bonsai_session *rs = run->s;
-            TRY(vt->kv_store(be, rs->kv_type, rs->k_cache[l], rs->v_cache[l],
-                             b->k + run->first * KV, b->v + run->first * KV, run->n, KV,
-                             rs->n_past));
+            if (!stored)
+                TRY(vt->kv_store(be, rs->kv_type, rs->k_cache[l], rs->v_cache[l],
+                                 b->k + run->first * KV, b->v + run->first * KV, run->n, KV,
+                                 rs->n_past));
             TRY(vt->attention(be, rs->kv_type, b->q + run->first * Q, rs->k_cache[l],
                               rs->v_cache[l], b->att + run->first * Q, run->n, rs->n_past,
                               a->n_head, a->n_head_kv, hd, scale));

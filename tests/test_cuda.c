@@ -584,6 +584,140 @@ static void test_attention(void **state)
     check_attention(BONSAI_TENSOR_Q8_0, 8, 8, 128, 13000, 12999, 1);
 }
 
+/* A cache's rows of n_pos positions as floats (fp16, or Q8_0 blocks of 32). */
+static float *cache_values(const uint8_t *c, uint32_t kv_type, int64_t n_pos, int64_t dim)
+{
+    size_t n = (size_t)(n_pos * dim);
+    float *f = malloc(n * sizeof *f);
+    assert_non_null(f);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        if (kv_type == BONSAI_TENSOR_F16) {
+            memcpy(&h, c + 2 * i, 2);
+            f[i] = bsi_fp16_to_fp32(h);
+        } else {
+            const uint8_t *blk = c + (i / 32) * 34;
+            memcpy(&h, blk, 2);
+            f[i] = bsi_fp16_to_fp32(h) * (float)(int8_t)blk[2 + i % 32];
+        }
+    }
+    return f;
+}
+
+/* attn_prep (q/k norms, RoPE, KV stores in one go) against the CPU's rmsnorm, rope and kv_store:
+ * q and k afterwards, and the cache rows at pos .. pos + n_tok - 1 (none before them written). */
+static void check_attn_prep(const char *what, uint32_t kv_type, int64_t n_head, int64_t n_kv,
+                            int64_t hd, const bsi_rope *rope, bool norms, bool store,
+                            int64_t pos, int64_t n_tok)
+{
+    int64_t Q = n_head * hd, KV = n_kv * hd, n_ctx = pos + n_tok;
+    size_t nq = (size_t)(n_tok * Q), nk = (size_t)(n_tok * KV);
+    size_t row = kv_type == BONSAI_TENSOR_Q8_0 ? (size_t)(KV / 32) * 34 : (size_t)KV * 2;
+    float *q = random_floats(nq, 3.0f), *k = random_floats(nk, 3.0f), *v = random_floats(nk, 3.0f);
+    float *qn = random_floats((size_t)hd, 1.5f), *kn = random_floats((size_t)hd, 1.5f);
+    float *dq = dev_floats(q, nq), *dk = dev_floats(k, nk), *dv = dev_floats(v, nk);
+    float *dqn = dev_floats(qn, (size_t)hd), *dkn = dev_floats(kn, (size_t)hd);
+    int32_t *p = malloc((size_t)n_tok * sizeof *p);
+    assert_non_null(p);
+    for (int64_t t = 0; t < n_tok; t++) p[t] = (int32_t)(pos + t);
+    uint8_t *kr = calloc((size_t)n_ctx, row), *vr = calloc((size_t)n_ctx, row);
+    void *kg = NULL, *vg = NULL;
+    assert_int_equal(gpu->vt->alloc(gpu, (size_t)n_ctx * row, &kg), 0);
+    assert_int_equal(gpu->vt->alloc(gpu, (size_t)n_ctx * row, &vg), 0);
+    assert_int_equal(gpu->vt->upload(gpu, kg, kr, (size_t)n_ctx * row), 0);
+    assert_int_equal(gpu->vt->upload(gpu, vg, vr, (size_t)n_ctx * row), 0);
+
+    if (norms) {
+        assert_int_equal(ref->vt->rmsnorm(ref, q, qn, q, hd, n_tok * n_head, 1e-6f), 0);
+        assert_int_equal(ref->vt->rmsnorm(ref, k, kn, k, hd, n_tok * n_kv, 1e-6f), 0);
+    }
+    assert_int_equal(ref->vt->rope(ref, q, p, n_tok, n_head, hd, rope), 0);
+    assert_int_equal(ref->vt->rope(ref, k, p, n_tok, n_kv, hd, rope), 0);
+    if (store) assert_int_equal(ref->vt->kv_store(ref, kv_type, kr, vr, k, v, n_tok, KV, pos), 0);
+    bsi_attn_prep a = {.q = dq,
+                       .k = dk,
+                       .v = dv,
+                       .q_norm = norms ? dqn : NULL,
+                       .k_norm = norms ? dkn : NULL,
+                       .eps = 1e-6f,
+                       .pos = p,
+                       .n_tok = n_tok,
+                       .n_head = n_head,
+                       .n_head_kv = n_kv,
+                       .head_dim = hd,
+                       .rope = rope,
+                       .k_cache = store ? kg : NULL,
+                       .v_cache = store ? vg : NULL,
+                       .kv_type = kv_type};
+    assert_int_equal(gpu->vt->attn_prep(gpu, &a), 0);
+    char name[128];
+    float *got = host_copy(dq, nq);
+    snprintf(name, sizeof name, "attn_prep %s: q", what);
+    compare(name, got, q, NULL, nq, 2e-5);
+    free(got);
+    got = host_copy(dk, nk);
+    snprintf(name, sizeof name, "attn_prep %s: k", what);
+    compare(name, got, k, NULL, nk, 2e-5);
+    free(got);
+    /* the caches: k and v rounded as the cache holds them (a value next to a rounding boundary
+     * may land on the other side: an fp16 ulp, or a Q8_0 step of its block) */
+    uint8_t *cg = malloc((size_t)n_ctx * row);
+    assert_non_null(cg);
+    for (int c = 0; c < 2; c++) {
+        assert_int_equal(gpu->vt->download(gpu, cg, c ? vg : kg, (size_t)n_ctx * row), 0);
+        float *fg = cache_values(cg, kv_type, n_ctx, KV);
+        float *fr = cache_values(c ? vr : kr, kv_type, n_ctx, KV);
+        snprintf(name, sizeof name, "attn_prep %s: %s cache", what, c ? "v" : "k");
+        compare(name, fg, fr, NULL, (size_t)(n_ctx * KV),
+                kv_type == BONSAI_TENSOR_F16 ? 2e-3 : 3e-2);
+        free(fg), free(fr);
+    }
+    free(cg);
+    void *dev[] = {dq, dk, dv, dqn, dkn, kg, vg};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) gpu->vt->free(gpu, dev[i]);
+    free(q), free(k), free(v), free(qn), free(kn), free(p), free(kr), free(vr);
+}
+
+static void test_attn_prep(void **state)
+{
+    (void)state;
+    const char *prep = getenv("BONSAI_CUDA_PREP");
+    if (prep && !strcmp(prep, "0")) skip(); /* the module leaves it out of its table */
+    assert_non_null(gpu->vt->attn_prep);
+    bsi_rope qwen = {.n_rot = 128,
+                     .neox = 1,
+                     .freq_base = 1e6f,
+                     .yarn_factor = 4,
+                     .yarn_orig_ctx = 8192,
+                     .yarn_beta_fast = 32,
+                     .yarn_beta_slow = 1};
+    bsi_rope llama = {.n_rot = 64, .neox = 0, .freq_base = 10000};
+    bsi_rope part = {.n_rot = 32, .neox = 1, .freq_base = 10000}; /* half of each head */
+    bsi_rope tiny = {.n_rot = 8, .neox = 0, .freq_base = 10000};
+    bsi_rope wide = {.n_rot = 320, .neox = 1, .freq_base = 1e6f};
+    check_attn_prep("qwen3 f16, 16/8 heads of 128", BONSAI_TENSOR_F16, 16, 8, 128, &qwen, true,
+                    true, 100, 37);
+    check_attn_prep("qwen3 q8_0", BONSAI_TENSOR_Q8_0, 16, 8, 128, &qwen, true, true, 4000, 20);
+    check_attn_prep("qwen3, no store", BONSAI_TENSOR_F16, 16, 8, 128, &qwen, true, false, 7, 9);
+    check_attn_prep("llama f16, heads of 64", BONSAI_TENSOR_F16, 8, 2, 64, &llama, false, true, 0,
+                    70);
+    check_attn_prep("partial rotation", BONSAI_TENSOR_Q8_0, 4, 4, 64, &part, true, true, 3, 11);
+    /* heads the kernel does not take (8 values with a Q8_0 cache; over 256): the operations */
+    check_attn_prep("heads of 8, q8_0", BONSAI_TENSOR_Q8_0, 8, 4, 8, &tiny, false, true, 5, 6);
+    check_attn_prep("heads of 320", BONSAI_TENSOR_F16, 2, 1, 320, &wide, true, true, 1, 5);
+    /* storing tokens at positions that do not follow each other: refused */
+    bsi_attn_prep a = {.n_tok = 2, .n_head = 1, .n_head_kv = 1, .head_dim = 64, .rope = &llama};
+    int32_t gap[2] = {3, 5};
+    float *d = dev_floats(NULL, 64 * 2);
+    a.q = a.k = d;
+    a.v = d;
+    a.pos = gap;
+    a.k_cache = a.v_cache = d;
+    a.kv_type = BONSAI_TENSOR_F16;
+    assert_int_equal(gpu->vt->attn_prep(gpu, &a), BONSAI_ERR_INVALID_ARGUMENT);
+    gpu->vt->free(gpu, d);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Whole models: the GPU against the CPU */
 
@@ -1257,6 +1391,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_q1_matmul),    cmocka_unit_test(test_q1_matmul_multi),
         cmocka_unit_test(test_fused_products),
+        cmocka_unit_test(test_attn_prep),
         cmocka_unit_test(test_dense_matmul), cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_small_ops),    cmocka_unit_test(test_attention),
         cmocka_unit_test(test_models),       cmocka_unit_test(test_decode),

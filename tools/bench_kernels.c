@@ -195,6 +195,8 @@ typedef struct be_bench {
     float *x, *y[3], *q, *out;
     void *kc, *vc;
     int64_t n_tok, n_head, n_kv, hd;
+    float *k, *v, *qn, *kn; /* attn_prep's inputs */
+    int32_t *pos;
     const float *rows[16];
     int n_rows;
     uint32_t n_vocab;
@@ -246,6 +248,54 @@ static bonsai_status op_attention(void *ctx, int i)
     (void)i;
     return b->be->vt->attention(b->be, BONSAI_TENSOR_F16, b->q, b->kc, b->vc, b->out, b->n_tok,
                                 0, b->n_head, b->n_kv, b->hd, 1.0f / sqrtf((float)b->hd));
+}
+
+/* Qwen3's RoPE (bonsai synth's): NeoX pairs, YaRN */
+static const bsi_rope bench_rope = {.n_rot = 128,
+                                    .neox = 1,
+                                    .freq_base = 1e6f,
+                                    .yarn_factor = 4,
+                                    .yarn_orig_ctx = 8192,
+                                    .yarn_beta_fast = 32,
+                                    .yarn_beta_slow = 1};
+
+/* a prompt's q/k norms, RoPE and KV store in one call (attn_prep)... */
+static bonsai_status op_attn_prep(void *ctx, int i)
+{
+    be_bench *b = ctx;
+    (void)i;
+    bsi_attn_prep a = {.q = b->q,
+                       .k = b->k,
+                       .v = b->v,
+                       .q_norm = b->qn,
+                       .k_norm = b->kn,
+                       .eps = 1e-6f,
+                       .pos = b->pos,
+                       .n_tok = b->n_tok,
+                       .n_head = b->n_head,
+                       .n_head_kv = b->n_kv,
+                       .head_dim = b->hd,
+                       .rope = &bench_rope,
+                       .k_cache = b->kc,
+                       .v_cache = b->vc,
+                       .kv_type = BONSAI_TENSOR_F16};
+    return b->be->vt->attn_prep(b->be, &a);
+}
+
+/* ... and as the separate operations */
+static bonsai_status op_prep_ops(void *ctx, int i)
+{
+    be_bench *b = ctx;
+    const bsi_backend_vtable *vt = b->be->vt;
+    (void)i;
+    int64_t n = b->n_tok, hd = b->hd;
+    bonsai_status st = vt->rmsnorm(b->be, b->q, b->qn, b->q, hd, n * b->n_head, 1e-6f);
+    if (!st) st = vt->rmsnorm(b->be, b->k, b->kn, b->k, hd, n * b->n_kv, 1e-6f);
+    if (!st) st = vt->rope(b->be, b->q, b->pos, n, b->n_head, hd, &bench_rope);
+    if (!st) st = vt->rope(b->be, b->k, b->pos, n, b->n_kv, hd, &bench_rope);
+    if (!st)
+        st = vt->kv_store(b->be, BONSAI_TENSOR_F16, b->kc, b->vc, b->k, b->v, n, b->n_kv * hd, 0);
+    return st;
 }
 
 static bonsai_status op_sample(void *ctx, int i)
@@ -313,7 +363,8 @@ static void report(bool json, const char *backend, const char *kernel, const cha
 
 /* Every measurement of --backend: matrix products of 1, 8 and `tokens` tokens (weights cycled
  * through copies past any cache), the prompt's multi-matrix products, attention of a prompt,
- * and sampling one and 16 rows where the backend samples. */
+ * attn_prep fused and not where the backend has it, and sampling one and 16 rows where the
+ * backend samples. */
 static int bench_backend(const char *name, int threads, int tokens, bool quick, bool json)
 {
     bsi_backend_config cfg = {.n_threads = threads};
@@ -410,6 +461,27 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
             report(json, desc, "attention", "1.7B heads, causal", b.n_head, b.hd, tokens, t,
                    2.0 * (double)tokens * kv_dim * 2, flop);
     }
+    /* what lies between the q/k/v products and attention, fused (where the backend has it:
+     * CUDA) and not; q and k are normed again at each call, so they stay in range */
+    if (!st && b.be->vt->attn_prep) {
+        b.k = k;
+        b.v = v;
+        b.pos = malloc((size_t)tokens * sizeof *b.pos);
+        if (!b.pos) st = BONSAI_ERR_NO_MEMORY;
+        for (int t = 0; !st && t < tokens; t++) b.pos[t] = t;
+        if (!st) st = be_floats(b.be, (size_t)b.hd, 1.0f, &b.qn);
+        if (!st) st = be_floats(b.be, (size_t)b.hd, 1.0f, &b.kn);
+        /* bytes: q, k and v read, q and k written, the fp16 cache rows */
+        double bytes = (2.0 * (double)nq + 3.0 * (double)tokens * (double)kv_dim) * 4 +
+                       (double)tokens * (double)kv_dim * 2 * 2;
+        for (int fused = 1; fused >= 0 && !st; fused--) {
+            double t = time_queued(b.be, fused ? op_attn_prep : op_prep_ops, &b, 0.5, &st);
+            if (!st)
+                report(json, desc, fused ? "attn_prep" : "attn_prep_ops",
+                       fused ? "1.7B heads, one call" : "1.7B heads, 5 operations", b.n_head,
+                       b.hd, tokens, t, bytes, 0);
+        }
+    }
     /* sampling rows of the 1.7B vocabulary with the default chain: 16 rows of random logits
      * (not the products' outputs: fewer than 16 rows of those are written when tokens < 16) */
     float *logits = NULL;
@@ -432,7 +504,8 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
         }
     }
     if (st) fprintf(stderr, "bonsai bench-kernels: %s\n", bonsai_last_error());
-    float *bufs[] = {b.x, b.y[0], b.y[1], b.y[2], b.q, b.out, k, v, b.kc, b.vc, logits};
+    free(b.pos);
+    float *bufs[] = {b.x, b.y[0], b.y[1], b.y[2], b.q, b.out, k, v, b.kc, b.vc, logits, b.qn, b.kn};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) b.be->vt->free(b.be, bufs[i]);
     b.be->vt->destroy(b.be);

@@ -112,6 +112,8 @@ struct cuda_backend {
      * from pageable memory waits for the stream, so they are uploaded once per batch */
     int32_t *pos_host;
     int64_t pos_n;
+    double *prep_freq; /* attn_prep's RoPE angles per pair, for the model's rope prep_rope */
+    bsi_rope prep_rope;
     char desc[320];
 };
 
@@ -306,6 +308,7 @@ static void cuda_destroy(bsi_backend *be)
     cudaFree(b->xh);
     cudaFree(b->tmp);
     cudaFree(b->samp);
+    cudaFree(b->prep_freq);
     cudaFreeHost(b->samp_host);
     (void)cudaGetLastError();
     free(b->pos_host);
@@ -626,28 +629,60 @@ static rope_params make_rope(const bsi_rope *r)
     return p;
 }
 
+/* The angle of each pair per position (rope_freq for i < n_rot / 2; YaRN's blend folded in), in a
+ * new device array *out: what head_prep rotates by. */
+static cudaError_t rope_table(cuda_backend *b, const bsi_rope *r, double **out)
+{
+    rope_params rp = make_rope(r);
+    size_t n_pair = r->n_rot / 2 ? r->n_rot / 2 : 1;
+    double *freq = (double *)calloc(n_pair, sizeof *freq);
+    if (!freq) return cudaErrorMemoryAllocation;
+    for (size_t i = 0; i < r->n_rot / 2; i++) freq[i] = rope_freq(rp, (int)i);
+    cudaError_t e = cudaMalloc((void **)out, n_pair * sizeof *freq);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(*out, freq, n_pair * sizeof *freq, cudaMemcpyHostToDevice, b->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(b->stream); /* freq is freed next */
+    free(freq);
+    return e;
+}
+
+static bonsai_status check_rope(const bsi_rope *r, int64_t head_dim)
+{
+    if (r->n_rot > head_dim || r->n_rot % 2)
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "rope: %u rotated dimensions of %lld", r->n_rot,
+                     (long long)head_dim);
+    return BONSAI_OK;
+}
+
+/* The tokens' positions (host memory) to b->pos, unless they are the ones staged last: RoPE of q
+ * and k in every layer uses the same ones. */
+static bonsai_status stage_pos(cuda_backend *b, const int32_t *pos, int64_t n_tok)
+{
+    if (n_tok == b->pos_n && !memcmp(pos, b->pos_host, (size_t)n_tok * sizeof *pos))
+        return BONSAI_OK;
+    b->pos_n = 0;
+    int32_t *keep = (int32_t *)realloc(b->pos_host, (size_t)n_tok * sizeof *pos);
+    if (!keep) return failf(BONSAI_ERR_NO_MEMORY, "out of memory");
+    b->pos_host = keep;
+    bonsai_status st = stage_ints(b, &b->pos, &b->pos_cap, pos, n_tok);
+    if (st) return st;
+    memcpy(b->pos_host, pos, (size_t)n_tok * sizeof *pos);
+    b->pos_n = n_tok;
+    return BONSAI_OK;
+}
+
 static bonsai_status cuda_rope(bsi_backend *be, float *x, const int32_t *pos, int64_t n_tok,
                                int64_t n_heads, int64_t head_dim, const bsi_rope *r)
 {
     cuda_backend *b = cb(be);
     USE(b);
-    if (r->n_rot > head_dim || r->n_rot % 2)
-        return failf(BONSAI_ERR_INVALID_ARGUMENT, "rope: %u rotated dimensions of %lld", r->n_rot,
-                     (long long)head_dim);
+    bonsai_status st = check_rope(r, head_dim);
+    if (st) return st;
     if (n_tok < 1 || n_heads < 1) return BONSAI_OK;
     if (n_tok > INT32_MAX || n_heads > 65535)
         return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: rope of %lld x %lld heads",
                      (long long)n_tok, (long long)n_heads);
-    if (n_tok != b->pos_n || memcmp(pos, b->pos_host, (size_t)n_tok * sizeof *pos)) {
-        b->pos_n = 0;
-        int32_t *keep = (int32_t *)realloc(b->pos_host, (size_t)n_tok * sizeof *pos);
-        if (!keep) return failf(BONSAI_ERR_NO_MEMORY, "out of memory");
-        b->pos_host = keep;
-        bonsai_status st = stage_ints(b, &b->pos, &b->pos_cap, pos, n_tok);
-        if (st) return st;
-        memcpy(b->pos_host, pos, (size_t)n_tok * sizeof *pos);
-        b->pos_n = n_tok;
-    }
+    if ((st = stage_pos(b, pos, n_tok))) return st;
     rope_params p = make_rope(r);
     dim3 grid((unsigned)n_tok, (unsigned)n_heads);
     CU(launch(b, rope, grid, dim3(64), 0, x, b->pos, (int)n_heads, (int)head_dim, p));
@@ -789,6 +824,63 @@ static bonsai_status cuda_kv_store(bsi_backend *be, uint32_t kv_type, void *k_ca
         CU(launch(b, kv_store_f16, dim3(grid_for(n_tok * dim, 256)), dim3(256), 0,
                   (__half *)k_cache, (__half *)v_cache, k, v, (int)n_tok, (int)dim, (int)pos));
     }
+    return BONSAI_OK;
+}
+
+/* attn_prep (backend.h): one attn_prep launch (decode.cuh) when the heads suit it (at most
+ * ATT_MAX_HD values; a multiple of 32 for a Q8_0 cache), else the operations one by one. */
+static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
+{
+    cuda_backend *b = cb(be);
+    USE(b);
+    const int64_t n = a->n_tok, hd = a->head_dim, KV = a->n_head_kv * hd;
+    bonsai_status st = check_rope(a->rope, hd);
+    if (st) return st;
+    if ((a->q_norm == NULL) != (a->k_norm == NULL) || (a->k_cache == NULL) != (a->v_cache == NULL))
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: attn_prep: q and k norms, or caches, "
+                                                  "given one without the other");
+    if (n < 1) return BONSAI_OK;
+    for (int64_t t = 1; a->k_cache && t < n; t++)
+        if (a->pos[t] != a->pos[0] + t)
+            return failf(BONSAI_ERR_INVALID_ARGUMENT,
+                         "cuda: attn_prep: token %lld at position %d stored after position %d",
+                         (long long)t, (int)a->pos[t], (int)a->pos[0]);
+    bool q8 = a->kv_type == T_Q8_0;
+    int64_t per_tok = a->n_head + a->n_head_kv * (a->k_cache ? 2 : 1);
+    if (hd > ATT_MAX_HD || (q8 && hd % 32) || n * per_tok > INT32_MAX) {
+        if (a->q_norm) {
+            if ((st = cuda_rmsnorm(be, a->q, a->q_norm, a->q, hd, n * a->n_head, a->eps)) ||
+                (st = cuda_rmsnorm(be, a->k, a->k_norm, a->k, hd, n * a->n_head_kv, a->eps)))
+                return st;
+        }
+        if ((st = cuda_rope(be, a->q, a->pos, n, a->n_head, hd, a->rope)) ||
+            (st = cuda_rope(be, a->k, a->pos, n, a->n_head_kv, hd, a->rope)))
+            return st;
+        if (!a->k_cache) return BONSAI_OK;
+        return cuda_kv_store(be, a->kv_type, a->k_cache, a->v_cache, a->k, a->v, n, KV, a->pos[0]);
+    }
+    if ((st = stage_pos(b, a->pos, n))) return st;
+    /* the angles per pair, made again only for another model's RoPE (after the stream's work,
+     * which may still read them) */
+    if (!b->prep_freq || memcmp(&b->prep_rope, a->rope, sizeof *a->rope)) {
+        CU(cudaStreamSynchronize(b->stream));
+        cudaFree(b->prep_freq);
+        b->prep_freq = NULL;
+        cudaError_t e = rope_table(b, a->rope, &b->prep_freq);
+        if (e != cudaSuccess) { /* no table, rather than one that may be half written */
+            cudaFree(b->prep_freq);
+            b->prep_freq = NULL;
+            return cuda_fail(e, "rope_table");
+        }
+        b->prep_rope = *a->rope;
+    }
+    rope_dev rp = {b->prep_freq, (int)a->rope->n_rot, (int)a->rope->neox,
+                   (float)make_rope(a->rope).m};
+    int64_t blocks = (n * per_tok + PREP_WARPS - 1) / PREP_WARPS;
+    unsigned grid = (unsigned)(blocks < 65535 ? blocks : 65535); /* the warps stride beyond */
+    CU(launch(b, q8 ? attn_prep<true> : attn_prep<false>, dim3(grid), dim3(PREP_WARPS * WARP), 0,
+              a->q, a->k, a->v, a->q_norm, a->k_norm, a->eps, rp, (const int32_t *)b->pos,
+              a->k_cache, a->v_cache, (int)n, (int)a->n_head, (int)a->n_head_kv, (int)hd));
     return BONSAI_OK;
 }
 
@@ -945,19 +1037,8 @@ static bonsai_status dec_init(cuda_backend *b, const bsi_decode_model *m, uint32
     if (e == cudaSuccess) e = cudaMalloc((void **)&d->counter, S * m->n_head * sizeof(unsigned));
     if (e == cudaSuccess)
         e = cudaMemsetAsync(d->counter, 0, S * m->n_head * sizeof(unsigned), b->stream);
-    /* RoPE: angle of pair i = pos * freq[i], YaRN's blend folded in */
-    rope_params rp = make_rope(&m->rope);
-    size_t n_pair = m->rope.n_rot / 2 ? m->rope.n_rot / 2 : 1;
-    double *freq = (double *)calloc(n_pair, sizeof *freq);
-    if (!freq) e = cudaErrorMemoryAllocation;
-    for (size_t i = 0; freq && i < m->rope.n_rot / 2; i++) freq[i] = rope_freq(rp, (int)i);
-    if (e == cudaSuccess) e = cudaMalloc((void **)&d->freq, n_pair * sizeof *freq);
-    if (e == cudaSuccess)
-        e = cudaMemcpyAsync(d->freq, freq, n_pair * sizeof *freq, cudaMemcpyHostToDevice,
-                            b->stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(b->stream); /* freq is freed next */
-    free(freq);
-    d->rope_m = (float)rp.m;
+    if (e == cudaSuccess) e = rope_table(b, &m->rope, &d->freq);
+    d->rope_m = (float)make_rope(&m->rope).m;
     d->in_bytes = 2 * DEC_MAX_SEQ * sizeof(int32_t) + 2 * (size_t)m->n_layer * S * sizeof(void *);
     if (e == cudaSuccess) e = cudaMalloc((void **)&d->in_dev, d->in_bytes);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&d->in_host, d->in_bytes);
@@ -1297,6 +1378,10 @@ bonsai_backend_module(const bsi_module_host *h)
     table.matmul_swiglu = fuse ? cuda_matmul_swiglu : NULL;
     table.add = cuda_add;
     table.kv_store = cuda_kv_store;
+    /* BONSAI_CUDA_PREP=0: a prompt's q/k norms, RoPE and KV stores as separate kernels (to
+     * measure attn_prep against) */
+    const char *prep = getenv("BONSAI_CUDA_PREP");
+    table.attn_prep = !prep || strcmp(prep, "0") ? cuda_attn_prep : NULL;
     table.attention = cuda_attention;
     table.decode_ok = cuda_decode_ok;
     table.decode = cuda_decode;

@@ -399,6 +399,46 @@ __device__ __forceinline__ void kv_round(float *buf, int hd, void *row)
     __syncwarp();
 }
 
+/* What lies between a prompt's q/k/v products and its attention (attn_prep in the backend's
+ * table), in one launch instead of up to five (two norms, two RoPEs, a KV store): a warp per head
+ * of a token, striding over the grid's warps. For token t: its n_head query heads, then its
+ * n_head_kv key heads (RMS norm with qn / kn when given, RoPE at pos[t], written back in place;
+ * a key head is then also stored in kc, rounded as the cache holds it), then, when kc is given,
+ * its value heads (stored in vc). The per-head work is the decode step's (head_prep, kv_round),
+ * so the cache rows a prompt stores equal those a decode step would store for the same values. */
+constexpr int PREP_WARPS = 4;
+template <bool Q8>
+__global__ void __launch_bounds__(PREP_WARPS *WARP)
+    attn_prep(float *q, float *k, const float *__restrict__ v, const float *__restrict__ qn,
+              const float *__restrict__ kn, float eps, rope_dev rp,
+              const int32_t *__restrict__ pos, void *kc, void *vc, int n_tok, int n_head,
+              int n_head_kv, int hd)
+{
+    __shared__ float buf[PREP_WARPS][ATT_MAX_HD];
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int kv_dim = n_head_kv * hd, per_tok = n_head + n_head_kv * (kc ? 2 : 1);
+    float *b = buf[warp];
+    /* the condition is the same for a warp's lanes, as the shuffles of the norm and Q8_0 need */
+    for (int64_t job = (int64_t)blockIdx.x * PREP_WARPS + warp; job < (int64_t)n_tok * per_tok;
+         job += (int64_t)gridDim.x * PREP_WARPS) {
+        const int t = (int)(job / per_tok), j = (int)(job % per_tok), p = pos[t];
+        if (j < n_head + n_head_kv) {
+            const bool is_q = j < n_head;
+            const int kvh = j - n_head;
+            float *x = is_q ? q + ((size_t)t * n_head + j) * hd
+                            : k + (size_t)t * kv_dim + (size_t)kvh * hd;
+            head_prep(x, is_q ? qn : kn, eps, hd, p, &rp, b);
+            for (int d = lane; d < hd; d += WARP) x[d] = b[d];
+            if (!is_q && kc) kv_round<Q8>(b, hd, kv_row<Q8>(kc, p, kv_dim, kvh, hd));
+        } else {
+            const int kvh = j - n_head - n_head_kv;
+            head_prep(v + (size_t)t * kv_dim + (size_t)kvh * hd, NULL, eps, hd, p, NULL, b);
+            kv_round<Q8>(b, hd, kv_row<Q8>(vc, p, kv_dim, kvh, hd));
+        }
+        __syncwarp(); /* b is the next job's */
+    }
+}
+
 /* Attention of a decode step: a block per (query head, sequence, split), from the step's raw q,
  * k and v. Warps 0 to 2 first make the block's own copies of query head h (RMS norm, RoPE), and
  * of k (the same) and v of h's kv head at the sequence's position p, rounded as the cache holds
