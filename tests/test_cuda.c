@@ -584,6 +584,112 @@ static void test_attention(void **state)
     check_attention(BONSAI_TENSOR_Q8_0, 8, 8, 128, 13000, 12999, 1);
 }
 
+/* Whether two device buffers of n floats hold the same bits. */
+static void same_bits(const char *what, const float *da, const float *db, size_t n)
+{
+    float *a = host_copy(da, n), *b = host_copy(db, n);
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof a[i]))
+            fail_msg("%s: element %zu is %.9g, want %.9g", what, i, (double)a[i], (double)b[i]);
+    free(a), free(b);
+}
+
+static void *emu_hooks(void);
+static long (*emu_calls)(const char *);
+
+/* The fp16 copies a prompt's operations leave for the next tensor-core GEMM (rmsnorm, attention,
+ * the SiLU GEMM): a GEMM that takes one gives the bits of the same GEMM on a copy of its input
+ * (converted by to_half), and one is never taken after its input changed or by any but the next
+ * operation. On the emulator, also that taking it saves the conversion's launch. */
+static void test_half_copies(void **state)
+{
+    (void)state;
+    enum { E = 256, F = 384, NT = 40, NH = 2, HD = 128 };
+    const char *env = getenv("BONSAI_CUDA_HALF_COPY");
+    bool on = !env || strcmp(env, "0");
+    void *hooks = emu ? emu_hooks() : NULL;
+    uint8_t *data[4];
+    bsi_weight *w[4]; /* E x E, gate and up F x E, down E x F */
+    const int64_t rows[4] = {E, F, F, E}, cols[4] = {E, E, E, F};
+    for (int i = 0; i < 4; i++) {
+        data[i] = random_q1(rows[i], cols[i]);
+        bsi_matrix_desc d = {"half", BONSAI_TENSOR_Q1_0, rows[i], cols[i], data[i], false};
+        assert_int_equal(gpu->vt->weight_create(gpu, &d, &w[i]), 0);
+    }
+    float *x = random_floats((size_t)NT * F, 2.0f), *nw = random_floats(E, 1.0f);
+    float *dx = dev_floats(x, (size_t)NT * F), *dnw = dev_floats(nw, E);
+    float *h = dev_floats(NULL, (size_t)NT * F), *c = dev_floats(NULL, (size_t)NT * F);
+    float *y = dev_floats(NULL, (size_t)NT * F), *yc = dev_floats(NULL, (size_t)NT * F);
+    const bsi_backend_vtable *vt = gpu->vt;
+    size_t bytes = (size_t)NT * E * sizeof(float);
+
+    /* rmsnorm, then the GEMM of its output: as on a copy */
+    long l0 = emu ? emu_calls("launch") : 0;
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], h, y, NT), 0);
+    if (emu) /* rmsnorm and the GEMM, no to_half between them */
+        assert_int_equal(emu_calls("launch") - l0, on ? 2 : 3);
+    assert_int_equal(vt->copy(gpu, c, h, bytes), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], c, yc, NT), 0);
+    same_bits("GEMM after rmsnorm", y, yc, (size_t)NT * E);
+
+    /* the input changed after rmsnorm (by an operation, or an upload): the GEMM sees the change */
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
+    assert_int_equal(vt->add(gpu, h, h, h, NT * E), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], h, y, NT), 0);
+    assert_int_equal(vt->copy(gpu, c, h, bytes), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], c, yc, NT), 0);
+    same_bits("GEMM after rmsnorm, then add", y, yc, (size_t)NT * E);
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
+    assert_int_equal(vt->upload(gpu, h, x, bytes), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], h, y, NT), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], dx, yc, NT), 0);
+    same_bits("GEMM after rmsnorm, then an upload", y, yc, (size_t)NT * E);
+    /* another operation's output, or fewer tokens of it: converted */
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], dx, y, NT), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], dx, yc, NT), 0);
+    same_bits("GEMM of another input after rmsnorm", y, yc, (size_t)NT * E);
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], h, y, NT - 11), 0);
+    assert_int_equal(vt->copy(gpu, c, h, bytes), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], c, yc, NT - 11), 0);
+    same_bits("GEMM of fewer tokens after rmsnorm", y, yc, (size_t)(NT - 11) * E);
+
+    /* SwiGLU on its rmsnorm's copy, then down on SwiGLU's copy */
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
+    assert_int_equal(vt->matmul_swiglu(gpu, w[1], w[2], h, y, NT), 0);
+    assert_int_equal(vt->matmul(gpu, w[3], y, h, NT), 0);
+    assert_int_equal(vt->copy(gpu, c, y, (size_t)NT * F * sizeof(float)), 0);
+    assert_int_equal(vt->matmul(gpu, w[3], c, yc, NT), 0);
+    same_bits("down projection after SwiGLU", h, yc, (size_t)NT * E);
+
+    /* attention of a prompt (tensor cores: 17 tokens or more, heads of 128), then its output
+     * projection */
+    float *q = dev_floats(x, (size_t)NT * NH * HD);
+    void *kc = NULL, *vc = NULL;
+    assert_int_equal(vt->alloc(gpu, (size_t)NT * HD * 2, &kc), 0);
+    assert_int_equal(vt->alloc(gpu, (size_t)NT * HD * 2, &vc), 0);
+    assert_int_equal(vt->kv_store(gpu, BONSAI_TENSOR_F16, kc, vc, dx, dx + NT * HD, NT, HD, 0), 0);
+    assert_int_equal(vt->attention(gpu, BONSAI_TENSOR_F16, q, kc, vc, h, NT, 0, NH, 1, HD, 0.1f),
+                     0);
+    assert_int_equal(vt->matmul(gpu, w[0], h, y, NT), 0);
+    assert_int_equal(vt->copy(gpu, c, h, bytes), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], c, yc, NT), 0);
+    same_bits("output projection after attention", y, yc, (size_t)NT * E);
+
+    void *bufs[] = {dx, dnw, h, c, y, yc, q, kc, vc};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) vt->free(gpu, bufs[i]);
+    for (int i = 0; i < 4; i++) {
+        vt->weight_free(gpu, w[i]);
+        free(data[i]);
+    }
+    free(x), free(nw);
+    if (hooks) dlclose(hooks);
+    print_message("  fp16 copies %s: GEMMs after rmsnorm, SwiGLU and attention as on copies\n",
+                  on ? "on" : "off (BONSAI_CUDA_HALF_COPY=0)");
+}
+
 /* A cache's rows of n_pos positions as floats (fp16, or Q8_0 blocks of 32). */
 static float *cache_values(const uint8_t *c, uint32_t kv_type, int64_t n_pos, int64_t dim)
 {
@@ -1091,7 +1197,6 @@ static void test_models(void **state)
 
 static void (*emu_fail_call)(long, int);
 static void (*emu_fail_named)(const char *, long, long);
-static long (*emu_calls)(const char *);
 static long (*emu_failures)(void);
 static long (*emu_live)(void);
 static long failures_seen;
@@ -1392,6 +1497,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_q1_matmul),    cmocka_unit_test(test_q1_matmul_multi),
         cmocka_unit_test(test_fused_products),
         cmocka_unit_test(test_attn_prep),
+        cmocka_unit_test(test_half_copies),
         cmocka_unit_test(test_dense_matmul), cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_small_ops),    cmocka_unit_test(test_attention),
         cmocka_unit_test(test_models),       cmocka_unit_test(test_decode),

@@ -262,6 +262,18 @@ static double ref_q1_dot(const q1_matrix &m, int r, const std::vector<__half> &x
     return ref;
 }
 
+/* A kernel's fp16 copy h of its output y: to_half's conversion of y, to the bit. */
+static void check_half_copy(const char *what, const std::vector<float> &y,
+                            const std::vector<__half> &h)
+{
+    std::vector<__half> want(y.size());
+    EMU_LAUNCH(to_half, dim3(2), dim3(64), y.data(), want.data(), (int64_t)y.size() / 4);
+    for (size_t i = 0; i < y.size(); i++)
+        if (__half_as_ushort(h[i]) != __half_as_ushort(want[i]))
+            fail_msg("%s: fp16 copy of element %zu (%g) is %g", what, i, (double)y[i],
+                     (double)__half2float(h[i]));
+}
+
 /* Several matrices of one width in one launch (OUT: stored, added to what y held, or gate and up
  * into silu(gate) * up), against double sums of the fp16-rounded inputs (fp16 products are exact
  * and the accumulation is fp32, so the error is the summation's). */
@@ -291,10 +303,13 @@ static void check_gemm(int n_mats, const int *rows, int cols, int n_tok)
         gm.rows[i] = rows[i];
         gm.tile0[i + 1] = gm.tile0[i] + (rows[i] + GEMM_BM - 1) / GEMM_BM;
     }
+    std::vector<__half> yh((size_t)n_tok * rows[0], __float2half(NAN));
+    if (OUT == GEMM_SILU) gm.yh = yh.data(); /* the down projection's input in fp16 */
     unsigned tiles = OUT == GEMM_SILU ? (unsigned)(rows[0] + 31) / 32 : (unsigned)gm.tile0[n_mats];
     dim3 grid(tiles, (unsigned)((n_tok + 16 * WN - 1) / (16 * WN)));
     EMU_LAUNCH((q1_gemm_mma<WN, OUT>), grid, dim3(GEMM_THREADS), gm, (const __half *)xh.data(),
                cols, n_tok);
+    if (OUT == GEMM_SILU) check_half_copy("gemm SILU", y[0], yh);
 
     for (int i = 0; i < n_out; i++)
         for (int t = 0; t < n_tok; t++)
@@ -402,15 +417,18 @@ static void check_prefill(bool q8, int pos, int n_tok)
     const int nh = 4, nkv = 2, kv_dim = nkv * HD, n_ctx = pos + n_tok + 3;
     kv_cache kv = random_cache(q8, n_ctx, kv_dim);
     std::vector<float> q((size_t)n_tok * nh * HD), out(q.size(), NAN);
+    std::vector<__half> outh(q.size(), __float2half(NAN));
     for (auto &v : q) v = uniform(-1, 1);
     float scale = 1.0f / sqrtf((float)HD);
     dim3 grid(nh, (n_tok + FA_BQ - 1) / FA_BQ);
     if (q8)
         EMU_LAUNCH((attn_prefill<HD, true>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
-                   kv.vbuf.data(), out.data(), pos, n_tok, nh, nkv, scale);
+                   kv.vbuf.data(), out.data(), outh.data(), pos, n_tok, nh, nkv, scale);
     else
         EMU_LAUNCH((attn_prefill<HD, false>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
-                   kv.vbuf.data(), out.data(), pos, n_tok, nh, nkv, scale);
+                   kv.vbuf.data(), out.data(), outh.data(), pos, n_tok, nh, nkv, scale);
+    /* the fp16 copy for the output projection: what to_half makes of out */
+    check_half_copy("attn_prefill", out, outh);
     double worst = 0;
     for (int t = 0; t < n_tok; t++)
         for (int h = 0; h < nh; h++) {
@@ -513,8 +531,10 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
         const size_t qd = (size_t)nh * hd;
         std::vector<float> qs(q.begin() + s * qd, q.begin() + (s + 1) * qd);
         std::vector<float> ks(k.begin() + s * kv_dim, k.begin() + (s + 1) * kv_dim);
-        EMU_LAUNCH(rmsnorm, dim3(nh), dim3(256), qs.data(), qn.data(), qs.data(), hd, eps);
-        EMU_LAUNCH(rmsnorm, dim3(nkv), dim3(256), ks.data(), kn.data(), ks.data(), hd, eps);
+        EMU_LAUNCH(rmsnorm, dim3(nh), dim3(256), qs.data(), qn.data(), qs.data(), hd, eps,
+                   (__half *)nullptr);
+        EMU_LAUNCH(rmsnorm, dim3(nkv), dim3(256), ks.data(), kn.data(), ks.data(), hd, eps,
+                   (__half *)nullptr);
         EMU_LAUNCH(rope, dim3(1, nh), dim3(64), qs.data(), pos.data() + s, nh, hd, rp);
         EMU_LAUNCH(rope, dim3(1, nkv), dim3(64), ks.data(), pos.data() + s, nkv, hd, rp);
         kv_cache ref = before[s];

@@ -87,6 +87,17 @@ struct dec_state {
     int wave[DG_MAX_NT][3]; /* dgemv STORE, SILU of 1 .. 8 tokens: the blocks of one full wave */
 };
 
+/* An fp16 copy of an operation's fp32 output y (n values), exactly what to_half would make of it,
+ * left by the operation itself for a tensor-core GEMM that may take y as its input next: rmsnorm
+ * and a prompt's attention in xh, the SiLU GEMM in gh. It serves the next operation called
+ * through the table only (seq), as any other may have written y in between. */
+struct half_copy {
+    const float *y;
+    int64_t n;
+    const __half *h;
+    unsigned long long seq;
+};
+
 struct cuda_backend {
     bsi_backend base;
     int device;
@@ -106,6 +117,11 @@ struct cuda_backend {
     size_t ids_cap, pos_cap;
     __half *xh; /* a prompt's activations in fp16 for the tensor-core GEMM */
     size_t xh_cap;
+    __half *gh; /* the SiLU GEMM's output in fp16 (its input is in xh) */
+    size_t gh_cap;
+    bool half_copies;       /* BONSAI_CUDA_HALF_COPY (default on) */
+    unsigned long long seq; /* operations called through the table so far */
+    half_copy fresh;        /* the one the last operation left, if any */
     float *tmp; /* products of matmul_add and matmul_swiglu when no GEMM takes them */
     size_t tmp_cap;
     /* the positions last staged: RoPE of q and k in every layer uses the same ones, and a copy
@@ -280,6 +296,8 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     b->fused = !env || strcmp(env, "0");
     env = getenv("BONSAI_CUDA_GRAPH");
     b->graphs = !env || strcmp(env, "0");
+    env = getenv("BONSAI_CUDA_HALF_COPY");
+    b->half_copies = !env || strcmp(env, "0");
     b->pdl = pdl_usable(&prop);
     snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB%s)", dev, prop.name,
              prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
@@ -306,6 +324,7 @@ static void cuda_destroy(bsi_backend *be)
     cudaFree(b->ids);
     cudaFree(b->pos);
     cudaFree(b->xh);
+    cudaFree(b->gh);
     cudaFree(b->tmp);
     cudaFree(b->samp);
     cudaFree(b->prep_freq);
@@ -504,6 +523,24 @@ static bonsai_status grow(cuda_backend *b, void **buf, size_t *cap, size_t bytes
     return BONSAI_OK;
 }
 
+/* The most tokens of one matrix product (the GEMM's grid: 65,535 blocks of 64 tokens). */
+constexpr int64_t MAX_PRODUCT_TOK = 65535 * 64;
+
+/* Where an operation writing n_rows rows of n values puts its fp16 copy (half_copy): *buf, grown
+ * to fit, when those rows may be a tensor-core GEMM's input next (a prompt: more than
+ * GEMV_MAX_TOK rows, n a multiple of 128 as the GEMM's columns) and BONSAI_CUDA_HALF_COPY is not
+ * 0; else NULL. The caller records it in b->fresh once its kernel is launched. */
+static bonsai_status half_out(cuda_backend *b, __half **buf, size_t *cap, int64_t n_rows,
+                              int64_t n, __half **out)
+{
+    *out = NULL;
+    if (!b->half_copies || n_rows <= GEMV_MAX_TOK || n_rows > MAX_PRODUCT_TOK || n % QK)
+        return BONSAI_OK;
+    bonsai_status st = grow(b, (void **)buf, cap, (size_t)(n_rows * n) * sizeof(__half));
+    if (!st) *out = *buf;
+    return st;
+}
+
 /* Copies n host int32 values to a device buffer of the instance (grown on demand). */
 static bonsai_status stage_ints(cuda_backend *b, int32_t **buf, size_t *cap, const int32_t *src,
                                 int64_t n)
@@ -524,13 +561,24 @@ static bonsai_status q1_gemm(cuda_backend *b, int out, int n, const bsi_weight *
                              const float *x, float *const *y, int64_t n_tok)
 {
     int64_t cols = w[0]->cols;
-    size_t bytes = (size_t)(n_tok * cols) * sizeof(__half);
-    bonsai_status st = grow(b, (void **)&b->xh, &b->xh_cap, bytes);
-    if (st) return st;
-    int64_t n4 = n_tok * cols / 4;
-    CU(launch(b, to_half, dim3(grid_for(n4, 256)), dim3(256), 0, x, b->xh, n4));
+    const half_copy &f = b->fresh;
+    const __half *xh = f.h;
+    if (!(xh && f.seq + 1 == b->seq && f.y == x && f.n == n_tok * cols)) {
+        size_t bytes = (size_t)(n_tok * cols) * sizeof(__half);
+        bonsai_status st = grow(b, (void **)&b->xh, &b->xh_cap, bytes);
+        if (st) return st;
+        int64_t n4 = n_tok * cols / 4;
+        CU(launch(b, to_half, dim3(grid_for(n4, 256)), dim3(256), 0, x, b->xh, n4));
+        xh = b->xh;
+    }
+    __half *yh = NULL; /* SILU: the output in fp16 too, for the down projection */
+    if (out == GEMM_SILU && xh != b->gh) {
+        bonsai_status st = half_out(b, &b->gh, &b->gh_cap, n_tok, w[0]->rows, &yh);
+        if (st) return st;
+    }
 
     gemm_mats m = {};
+    m.yh = yh;
     m.n = n;
     for (int i = 0; i < n; i++) {
         m.bits[i] = w[i]->bits;
@@ -547,13 +595,11 @@ static bonsai_status q1_gemm(cuda_backend *b, int out, int n, const bsi_weight *
     };
     bool wide = tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm;
     dim3 grid(tiles, (unsigned)(wide ? (n_tok + 127) / 128 : (n_tok + 63) / 64));
-    CU(launch(b, fn[wide][out], grid, dim3(GEMM_THREADS), 0, m, (const __half *)b->xh,
-              (int)cols, (int)n_tok));
+    CU(launch(b, fn[wide][out], grid, dim3(GEMM_THREADS), 0, m, xh, (int)cols, (int)n_tok));
+    if (yh) b->fresh = {y[0], n_tok * w[0]->rows, yh, b->seq};
     return BONSAI_OK;
 }
 
-/* The most tokens of one matrix product (the GEMM's grid: 65,535 blocks of 64 tokens). */
-constexpr int64_t MAX_PRODUCT_TOK = 65535 * 64;
 
 static bonsai_status too_many_tokens(int64_t n_tok)
 {
@@ -598,7 +644,11 @@ static bonsai_status cuda_rmsnorm(bsi_backend *be, const float *x, const float *
     if (n_rows < 1) return BONSAI_OK;
     if (n_rows > INT32_MAX || n > INT32_MAX)
         return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: rmsnorm of %lld rows", (long long)n_rows);
-    CU(launch(b, rmsnorm, dim3((unsigned)n_rows), dim3(256), 0, x, weight, y, (int)n, eps));
+    __half *yh = NULL;
+    bonsai_status st = half_out(b, &b->xh, &b->xh_cap, n_rows, n, &yh);
+    if (st) return st;
+    CU(launch(b, rmsnorm, dim3((unsigned)n_rows), dim3(256), 0, x, weight, y, (int)n, eps, yh));
+    if (yh) b->fresh = {y, n_rows * n, yh, b->seq};
     return BONSAI_OK;
 }
 
@@ -853,6 +903,7 @@ static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
                 (st = cuda_rmsnorm(be, a->k, a->k_norm, a->k, hd, n * a->n_head_kv, a->eps)))
                 return st;
         }
+        b->fresh = {}; /* the norms' fp16 copies are not of what q and k hold now */
         if ((st = cuda_rope(be, a->q, a->pos, n, a->n_head, hd, a->rope)) ||
             (st = cuda_rope(be, a->k, a->pos, n, a->n_head_kv, hd, a->rope)))
             return st;
@@ -904,8 +955,11 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
      * per-token kernel below, hence the threshold */
     if (n_tok >= FA_MIN_TOK && (head_dim == 64 || head_dim == 128)) {
         dim3 grid((unsigned)n_head, (unsigned)((n_tok + FA_BQ - 1) / FA_BQ));
+        __half *oh = NULL; /* for the output projection */
+        bonsai_status st = half_out(b, &b->xh, &b->xh_cap, n_tok, n_head * head_dim, &oh);
+        if (st) return st;
 #define FA(hd, q8_)                                                                                \
-    CU(launch(b, (attn_prefill<hd, q8_>), grid, dim3(FA_THREADS), 0, q, k_cache, v_cache, out,     \
+    CU(launch(b, (attn_prefill<hd, q8_>), grid, dim3(FA_THREADS), 0, q, k_cache, v_cache, out, oh, \
               (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale))
         if (head_dim == 64) {
             if (q8) FA(64, true); else FA(64, false);
@@ -913,6 +967,7 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
             if (q8) FA(128, true); else FA(128, false);
         }
 #undef FA
+        if (oh) b->fresh = {out, n_tok * n_head * head_dim, oh, b->seq};
         return BONSAI_OK;
     }
     dim3 grid((unsigned)n_head, (unsigned)n_tok);
@@ -1186,7 +1241,8 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
         TRY(dg_input(b, nt, a, d->x, m->output_norm, m->eps, E));
         TRY(dg_run(b, nt, DG_STORE, a));
     } else {
-        CU(dep_launch(b, rmsnorm, dim3(n), dim3(256), 0, d->x, m->output_norm, d->h, E, m->eps));
+        CU(dep_launch(b, rmsnorm, dim3(n), dim3(256), 0, d->x, m->output_norm, d->h, E, m->eps,
+                      (__half *)NULL));
         CU(dep_launch(b, dense_matmul, dim3((unsigned)((m->output->rows + 7) / 8)),
                       dim3(8 * WARP), 0, view(m->output), d->h, logits, nt));
     }
@@ -1338,6 +1394,17 @@ static bonsai_status cuda_sample(bsi_backend *be, uint32_t n, const float *const
 
 static bsi_backend_vtable table;
 
+/* The table's entries that take an instance: each counts the call in b->seq before it does its
+ * work (half_copy). */
+template <auto F> struct counted;
+template <typename R, typename... A, R (*F)(bsi_backend *, A...)> struct counted<F> {
+    static R call(bsi_backend *be, A... a)
+    {
+        cb(be)->seq++;
+        return F(be, a...);
+    }
+};
+
 static bonsai_status cuda_create_instance(const bsi_backend_config *cfg, bsi_backend **out)
 {
     bonsai_status st = cuda_create(cfg, out);
@@ -1356,36 +1423,38 @@ bonsai_backend_module(const bsi_module_host *h)
     table.create = cuda_create_instance;
     table.destroy = cuda_destroy;
     table.describe = cuda_describe;
-    table.alloc = cuda_alloc;
-    table.free = cuda_free;
-    table.upload = cuda_upload;
-    table.download = cuda_download;
-    table.copy = cuda_copy;
-    table.weight_create = cuda_weight_create;
-    table.weight_free = cuda_weight_free;
-    table.matmul = cuda_matmul;
-    table.matmul_multi = cuda_matmul_multi;
-    table.get_rows = cuda_get_rows;
-    table.rmsnorm = cuda_rmsnorm;
-    table.rope = cuda_rope;
-    table.softmax = cuda_softmax;
-    table.silu_mul = cuda_silu_mul;
+#define C(f) counted<f>::call
+    table.alloc = C(cuda_alloc);
+    table.free = C(cuda_free);
+    table.upload = C(cuda_upload);
+    table.download = C(cuda_download);
+    table.copy = C(cuda_copy);
+    table.weight_create = C(cuda_weight_create);
+    table.weight_free = C(cuda_weight_free);
+    table.matmul = C(cuda_matmul);
+    table.matmul_multi = C(cuda_matmul_multi);
+    table.get_rows = C(cuda_get_rows);
+    table.rmsnorm = C(cuda_rmsnorm);
+    table.rope = C(cuda_rope);
+    table.softmax = C(cuda_softmax);
+    table.silu_mul = C(cuda_silu_mul);
     /* BONSAI_CUDA_EPILOGUE=0: a prompt's residual adds and SiLU-multiply as separate kernels,
      * as before they were fused into the GEMM (to measure the fusion against) */
     const char *ep = getenv("BONSAI_CUDA_EPILOGUE");
     bool fuse = !ep || strcmp(ep, "0");
-    table.matmul_add = fuse ? cuda_matmul_add : NULL;
-    table.matmul_swiglu = fuse ? cuda_matmul_swiglu : NULL;
-    table.add = cuda_add;
-    table.kv_store = cuda_kv_store;
+    table.matmul_add = fuse ? C(cuda_matmul_add) : NULL;
+    table.matmul_swiglu = fuse ? C(cuda_matmul_swiglu) : NULL;
+    table.add = C(cuda_add);
+    table.kv_store = C(cuda_kv_store);
     /* BONSAI_CUDA_PREP=0: a prompt's q/k norms, RoPE and KV stores as separate kernels (to
      * measure attn_prep against) */
     const char *prep = getenv("BONSAI_CUDA_PREP");
-    table.attn_prep = !prep || strcmp(prep, "0") ? cuda_attn_prep : NULL;
-    table.attention = cuda_attention;
+    table.attn_prep = !prep || strcmp(prep, "0") ? C(cuda_attn_prep) : NULL;
+    table.attention = C(cuda_attention);
     table.decode_ok = cuda_decode_ok;
-    table.decode = cuda_decode;
-    table.sync = cuda_sync;
-    table.sample = cuda_sample;
+    table.decode = C(cuda_decode);
+    table.sync = C(cuda_sync);
+    table.sample = C(cuda_sample);
+#undef C
     return &table;
 }

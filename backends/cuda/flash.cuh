@@ -45,12 +45,13 @@ __device__ __forceinline__ uint4 kv_row8(const void *__restrict__ cache, int p, 
 }
 
 /* out [n_tok][n_head][HD] = softmax(q K^T * scale) V for tokens at positions pos .. pos + n_tok - 1,
- * token t attending to cache positions 0 .. pos + t; q as out. Grid (n_head, ceil(n_tok / FA_BQ)). */
+ * token t attending to cache positions 0 .. pos + t; q as out; also out in fp16 (sat_half, as
+ * to_half makes it) in outh when given. Grid (n_head, ceil(n_tok / FA_BQ)). */
 template <int HD, bool Q8>
 __global__ void __launch_bounds__(FA_THREADS)
     attn_prefill(const float *__restrict__ q, const void *__restrict__ kc,
-                 const void *__restrict__ vc, float *__restrict__ out, int pos, int n_tok,
-                 int n_head, int n_head_kv, float scale)
+                 const void *__restrict__ vc, float *__restrict__ out, __half *__restrict__ outh,
+                 int pos, int n_tok, int n_head, int n_head_kv, float scale)
 {
     static_assert(HD % 16 == 0, "head size a multiple of 16");
     __shared__ __align__(16) __half ks[FA_BK][HD + 8]; /* row stride: conflict-free reads */
@@ -170,8 +171,11 @@ __global__ void __launch_bounds__(FA_THREADS)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             int r = e >> 1 ? r1 : r0;
-            if (r < n_tok)
-                out[((size_t)r * n_head + h) * HD + 8 * j + 2 * tq + (e & 1)] = o[j][e] / l[e >> 1];
+            if (r >= n_tok) continue;
+            size_t at = ((size_t)r * n_head + h) * HD + 8 * j + 2 * tq + (e & 1);
+            float v = o[j][e] / l[e >> 1];
+            out[at] = v;
+            if (outh) outh[at] = sat_half(v);
         }
 }
 

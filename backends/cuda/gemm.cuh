@@ -23,7 +23,8 @@
  *   GEMM_SILU   y = silu(W_gate x) * (W_up x), mats = {gate, up} of the same rows: a block
  *               covers 32 rows, its warps 0 and 2 of gate, 1 and 3 of up, and the gate warps
  *               hand their sums to the up warps through shared memory (so neither product is
- *               written out, nor read back by a separate kernel).
+ *               written out, nor read back by a separate kernel); y also in fp16 when mats.yh
+ *               is given, as to_half would make it for the down projection.
  */
 #ifndef BONSAI_CUDA_GEMM_CUH
 #define BONSAI_CUDA_GEMM_CUH
@@ -43,6 +44,7 @@ struct gemm_mats {
     const uint32_t *bits[GEMM_MAX_MATS];
     const __half *scales[GEMM_MAX_MATS];
     float *y[GEMM_MAX_MATS];
+    __half *yh; /* GEMM_SILU: also y in fp16 (sat_half) when given, for the next GEMM */
     int rows[GEMM_MAX_MATS];
     int tile0[GEMM_MAX_MATS + 1]; /* first row tile of each matrix; tile0[n] = all tiles */
     int n;
@@ -59,13 +61,6 @@ __device__ __forceinline__ uint32_t signed_pair(uint32_t t2, uint32_t nd)
 __device__ __forceinline__ uint32_t signed_pair_hi(uint32_t nib, uint32_t nd)
 {
     return (((nib & 0xCu) * 0x10002000u) & 0x80008000u) ^ nd;
-}
-
-/* fp16 of v, saturated to +-65504: an activation beyond fp16's range costs precision, not inf
- * and then NaN in the products (a NaN stays NaN, as on the CPU). */
-__device__ __forceinline__ __half sat_half(float v)
-{
-    return __float2half(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
 }
 
 /* x [n][cols] f32 -> fp16, n * cols a multiple of 4. */
@@ -238,9 +233,11 @@ __global__ void __launch_bounds__(GEMM_THREADS)
                 int tok = tok0 + wtok + 8 * j + 2 * t + (e & 1);
                 if (r >= rows || tok >= n_tok) continue;
                 float *out = y + (size_t)tok * rows + r;
-                if (OUT == GEMM_SILU)
-                    *out = silu_times(gate[((i * WN + j) * 4 + e) * WARP], acc[i][j][e]);
-                else if (OUT == GEMM_ADD)
+                if (OUT == GEMM_SILU) {
+                    float v = silu_times(gate[((i * WN + j) * 4 + e) * WARP], acc[i][j][e]);
+                    *out = v;
+                    if (mats.yh) mats.yh[(size_t)tok * rows + r] = sat_half(v);
+                } else if (OUT == GEMM_ADD)
                     *out += acc[i][j][e];
                 else
                     *out = acc[i][j][e];

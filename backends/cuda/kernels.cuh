@@ -186,8 +186,17 @@ __global__ void get_rows(wview w, const int32_t *__restrict__ ids, float *__rest
     }
 }
 
-/* One block per row: y = x / sqrt(mean(x^2) + eps) * w (y may alias x). */
-__global__ void rmsnorm(const float *x, const float *__restrict__ w, float *y, int n, float eps)
+/* fp16 of v, saturated to +-65504: an activation beyond fp16's range costs precision, not inf
+ * and then NaN in the products (a NaN stays NaN, as on the CPU). */
+__device__ __forceinline__ __half sat_half(float v)
+{
+    return __float2half(v != v ? v : fminf(fmaxf(v, -65504.0f), 65504.0f));
+}
+
+/* One block per row: y = x / sqrt(mean(x^2) + eps) * w (y may alias x); also y in fp16
+ * (sat_half, as to_half makes it) in yh when given. */
+__global__ void rmsnorm(const float *x, const float *__restrict__ w, float *y, int n, float eps,
+                        __half *yh)
 {
     dep_enter();
     __shared__ float part[32];
@@ -205,7 +214,12 @@ __global__ void rmsnorm(const float *x, const float *__restrict__ w, float *y, i
     }
     __syncthreads();
     float scale = rsqrtf(part[0] / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * scale * w[i];
+    __half *hr = yh ? yh + (size_t)blockIdx.x * n : NULL;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i] * scale * w[i];
+        yr[i] = v;
+        if (hr) hr[i] = sat_half(v);
+    }
 }
 
 /* RoPE angles as FORMAT.md section 3 (and the CPU's bsi_rope_table): per pair i of n_rot,
