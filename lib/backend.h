@@ -173,7 +173,7 @@ typedef struct bsi_backend_vtable {
      * products and attention, in one go (bsi_attn_prep): each head of q and k RMS-normed with
      * q_norm and k_norm when given, then rotated by rope at its token's position, in place; then
      * k and v stored in the caches when k_cache is given. The results equal those operations'
-     * up to the rounding of the norm's sum. */
+     * up to rounding (of the norm's sum; of cos and sin times YaRN's scale). */
     bonsai_status (*attn_prep)(bsi_backend *be, const bsi_attn_prep *a);
     /* Causal attention with grouped heads: q [n_tok][n_head][head_dim]; token t sits at position
      * pos + t and attends to cache positions 0 .. pos + t; query head h reads kv head

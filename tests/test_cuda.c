@@ -6,6 +6,7 @@
  *                        whole models on the GPU against the CPU (and, on the emulated module of
  *                        tests/cuda_emu, CUDA calls failing in turn); exits 77 (skipped) when no
  *                        usable GPU is present, or fails then if BONSAI_REQUIRE_GPU=1
+ *   test_cuda gpu-ops    the operations only (what the sanitizer build runs on the emulator)
  */
 #include "test_util.h"
 
@@ -444,6 +445,15 @@ static void test_get_rows(void **state)
     free(ids), free(w), free(f);
 }
 
+/* Qwen3's RoPE as bonsai synth writes it: NeoX pairs, YaRN */
+static const bsi_rope qwen_rope = {.n_rot = 128,
+                                   .neox = 1,
+                                   .freq_base = 1e6f,
+                                   .yarn_factor = 4,
+                                   .yarn_orig_ctx = 8192,
+                                   .yarn_beta_fast = 32,
+                                   .yarn_beta_slow = 1};
+
 static void test_small_ops(void **state)
 {
     (void)state;
@@ -484,17 +494,10 @@ static void test_small_ops(void **state)
     free(y);
 
     /* RoPE: Qwen3 (NeoX pairs, YaRN) and llama (adjacent pairs) at far positions */
-    bsi_rope qwen = {.n_rot = 128,
-                     .neox = 1,
-                     .freq_base = 1e6f,
-                     .yarn_factor = 4,
-                     .yarn_orig_ctx = 8192,
-                     .yarn_beta_fast = 32,
-                     .yarn_beta_slow = 1};
     bsi_rope llama = {.n_rot = 8, .neox = 0, .freq_base = 10000};
     int32_t pos[4] = {0, 1, 4095, 30000};
     for (int k = 0; k < 2; k++) {
-        const bsi_rope *r = k ? &llama : &qwen;
+        const bsi_rope *r = k ? &llama : &qwen_rope;
         int64_t hd = k ? 8 : 128, heads = 4;
         size_t n = (size_t)(4 * heads * hd);
         float *v = random_floats(n, 2.0f), *dv = dev_floats(v, n);
@@ -608,10 +611,10 @@ static void test_half_copies(void **state)
     const char *env = getenv("BONSAI_CUDA_HALF_COPY");
     bool on = !env || strcmp(env, "0");
     void *hooks = emu ? emu_hooks() : NULL;
-    uint8_t *data[4];
-    bsi_weight *w[4]; /* E x E, gate and up F x E, down E x F */
-    const int64_t rows[4] = {E, F, F, E}, cols[4] = {E, E, E, F};
-    for (int i = 0; i < 4; i++) {
+    uint8_t *data[5];
+    bsi_weight *w[5]; /* E x E, gate and up F x E, down E x F, another E x E */
+    const int64_t rows[5] = {E, F, F, E, E}, cols[5] = {E, E, E, F, E};
+    for (int i = 0; i < 5; i++) {
         data[i] = random_q1(rows[i], cols[i]);
         bsi_matrix_desc d = {"half", BONSAI_TENSOR_Q1_0, rows[i], cols[i], data[i], false};
         assert_int_equal(gpu->vt->weight_create(gpu, &d, &w[i]), 0);
@@ -655,6 +658,15 @@ static void test_half_copies(void **state)
     assert_int_equal(vt->copy(gpu, c, h, bytes), 0);
     assert_int_equal(vt->matmul(gpu, w[0], c, yc, NT - 11), 0);
     same_bits("GEMM of fewer tokens after rmsnorm", y, yc, (size_t)(NT - 11) * E);
+    /* more tokens than the copy holds: the rows after it are other values */
+    float *r = random_floats((size_t)NT * E, 5.0f);
+    assert_int_equal(vt->upload(gpu, h, r, bytes), 0);
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT - 11, 1e-6f), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], h, y, NT), 0);
+    assert_int_equal(vt->copy(gpu, c, h, bytes), 0);
+    assert_int_equal(vt->matmul(gpu, w[0], c, yc, NT), 0);
+    same_bits("GEMM of more tokens than rmsnorm's", y, yc, (size_t)NT * E);
+    free(r);
 
     /* SwiGLU on its rmsnorm's copy, then down on SwiGLU's copy */
     assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
@@ -663,6 +675,14 @@ static void test_half_copies(void **state)
     assert_int_equal(vt->copy(gpu, c, y, (size_t)NT * F * sizeof(float)), 0);
     assert_int_equal(vt->matmul(gpu, w[3], c, yc, NT), 0);
     same_bits("down projection after SwiGLU", h, yc, (size_t)NT * E);
+    /* a SwiGLU of a SwiGLU's output (square gate and up): it reads the copy its own epilogue
+     * must not overwrite */
+    assert_int_equal(vt->rmsnorm(gpu, dx, dnw, h, E, NT, 1e-6f), 0);
+    assert_int_equal(vt->matmul_swiglu(gpu, w[0], w[4], h, c, NT), 0);
+    assert_int_equal(vt->matmul_swiglu(gpu, w[0], w[4], c, y, NT), 0);
+    assert_int_equal(vt->copy(gpu, h, c, bytes), 0);
+    assert_int_equal(vt->matmul_swiglu(gpu, w[0], w[4], h, yc, NT), 0);
+    same_bits("SwiGLU after SwiGLU", y, yc, (size_t)NT * E);
 
     /* attention of a prompt (tensor cores: 17 tokens or more, heads of 128), then its output
      * projection */
@@ -680,7 +700,7 @@ static void test_half_copies(void **state)
 
     void *bufs[] = {dx, dnw, h, c, y, yc, q, kc, vc};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) vt->free(gpu, bufs[i]);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         vt->weight_free(gpu, w[i]);
         free(data[i]);
     }
@@ -711,12 +731,13 @@ static float *cache_values(const uint8_t *c, uint32_t kv_type, int64_t n_pos, in
 }
 
 /* attn_prep (q/k norms, RoPE, KV stores in one go) against the CPU's rmsnorm, rope and kv_store:
- * q and k afterwards, and the cache rows at pos .. pos + n_tok - 1 (none before them written). */
+ * q and k afterwards, and the cache rows at pos .. pos + n_tok - 1 (none before or after them
+ * written). */
 static void check_attn_prep(const char *what, uint32_t kv_type, int64_t n_head, int64_t n_kv,
                             int64_t hd, const bsi_rope *rope, bool norms, bool store,
                             int64_t pos, int64_t n_tok)
 {
-    int64_t Q = n_head * hd, KV = n_kv * hd, n_ctx = pos + n_tok;
+    int64_t Q = n_head * hd, KV = n_kv * hd, n_ctx = pos + n_tok + 2; /* 2 rows that stay 0 */
     size_t nq = (size_t)(n_tok * Q), nk = (size_t)(n_tok * KV);
     size_t row = kv_type == BONSAI_TENSOR_Q8_0 ? (size_t)(KV / 32) * 34 : (size_t)KV * 2;
     float *q = random_floats(nq, 3.0f), *k = random_floats(nk, 3.0f), *v = random_floats(nk, 3.0f);
@@ -790,27 +811,25 @@ static void test_attn_prep(void **state)
     const char *prep = getenv("BONSAI_CUDA_PREP");
     if (prep && !strcmp(prep, "0")) skip(); /* the module leaves it out of its table */
     assert_non_null(gpu->vt->attn_prep);
-    bsi_rope qwen = {.n_rot = 128,
-                     .neox = 1,
-                     .freq_base = 1e6f,
-                     .yarn_factor = 4,
-                     .yarn_orig_ctx = 8192,
-                     .yarn_beta_fast = 32,
-                     .yarn_beta_slow = 1};
     bsi_rope llama = {.n_rot = 64, .neox = 0, .freq_base = 10000};
     bsi_rope part = {.n_rot = 32, .neox = 1, .freq_base = 10000}; /* half of each head */
     bsi_rope tiny = {.n_rot = 8, .neox = 0, .freq_base = 10000};
     bsi_rope wide = {.n_rot = 320, .neox = 1, .freq_base = 1e6f};
-    check_attn_prep("qwen3 f16, 16/8 heads of 128", BONSAI_TENSOR_F16, 16, 8, 128, &qwen, true,
+    bsi_rope big = {.n_rot = 256, .neox = 1, .freq_base = 1e6f};
+    bsi_rope small = {.n_rot = 16, .neox = 0, .freq_base = 10000};
+    check_attn_prep("qwen3 f16, 16/8 heads of 128", BONSAI_TENSOR_F16, 16, 8, 128, &qwen_rope, true,
                     true, 100, 37);
-    check_attn_prep("qwen3 q8_0", BONSAI_TENSOR_Q8_0, 16, 8, 128, &qwen, true, true, 4000, 20);
-    check_attn_prep("qwen3, no store", BONSAI_TENSOR_F16, 16, 8, 128, &qwen, true, false, 7, 9);
+    check_attn_prep("qwen3 q8_0", BONSAI_TENSOR_Q8_0, 16, 8, 128, &qwen_rope, true, true, 4000, 20);
+    check_attn_prep("qwen3, no store", BONSAI_TENSOR_F16, 16, 8, 128, &qwen_rope, true, false, 7, 9);
     check_attn_prep("llama f16, heads of 64", BONSAI_TENSOR_F16, 8, 2, 64, &llama, false, true, 0,
                     70);
     check_attn_prep("partial rotation", BONSAI_TENSOR_Q8_0, 4, 4, 64, &part, true, true, 3, 11);
     /* heads the kernel does not take (8 values with a Q8_0 cache; over 256): the operations */
     check_attn_prep("heads of 8, q8_0", BONSAI_TENSOR_Q8_0, 8, 4, 8, &tiny, false, true, 5, 6);
     check_attn_prep("heads of 320", BONSAI_TENSOR_F16, 2, 1, 320, &wide, true, true, 1, 5);
+    /* the kernel's largest heads, and heads smaller than a warp (fp16 cache) */
+    check_attn_prep("heads of 256", BONSAI_TENSOR_Q8_0, 4, 2, 256, &big, true, true, 9, 19);
+    check_attn_prep("heads of 16, f16", BONSAI_TENSOR_F16, 6, 3, 16, &small, false, true, 2, 33);
     /* storing tokens at positions that do not follow each other: refused */
     bsi_attn_prep a = {.n_tok = 2, .n_head = 1, .n_head_kv = 1, .head_dim = 64, .rope = &llama};
     int32_t gap[2] = {3, 5};
@@ -1494,15 +1513,25 @@ int main(int argc, char **argv)
     const char *only = getenv("BONSAI_TEST_FILTER"); /* e.g. test_decode, test_* */
     if (only && *only) cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
+        /* the operations (gpu-ops: only these) */
         cmocka_unit_test(test_q1_matmul),    cmocka_unit_test(test_q1_matmul_multi),
         cmocka_unit_test(test_fused_products),
         cmocka_unit_test(test_attn_prep),
         cmocka_unit_test(test_half_copies),
         cmocka_unit_test(test_dense_matmul), cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_small_ops),    cmocka_unit_test(test_attention),
+        /* whole models */
         cmocka_unit_test(test_models),       cmocka_unit_test(test_decode),
         cmocka_unit_test(test_sampling),     cmocka_unit_test(test_device_errors),
         cmocka_unit_test(test_capture_failures),
     };
-    return cmocka_run_group_tests(tests, setup_backends, teardown_backends);
+    size_t n = sizeof tests / sizeof *tests;
+    if (!strcmp(what, "gpu-ops")) { /* the tests before the first of the whole models */
+        n = 0;
+        while (tests[n].test_func != test_models) n++;
+    } else if (strcmp(what, "gpu")) {
+        fprintf(stderr, "usage: test_cuda [registry | gpu | gpu-ops]\n");
+        return 2;
+    }
+    return _cmocka_run_group_tests("test_cuda", tests, n, setup_backends, teardown_backends);
 }

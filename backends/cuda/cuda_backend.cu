@@ -89,8 +89,11 @@ struct dec_state {
 
 /* An fp16 copy of an operation's fp32 output y (n values), exactly what to_half would make of it,
  * left by the operation itself for a tensor-core GEMM that may take y as its input next: rmsnorm
- * and a prompt's attention in xh, the SiLU GEMM in gh. It serves the next operation called
- * through the table only (seq), as any other may have written y in between. */
+ * (not in place) and a prompt's attention in xh, the SiLU GEMM in gh. It serves the next operation
+ * called through this instance's table only (seq), as any other may have written y in between.
+ * Another instance of the device writing y in between (copy may cross instances) would go
+ * unseen: lib/ never does, as a copy is made only of a session's own activations, and a forward
+ * pass never ends with an operation that makes one. */
 struct half_copy {
     const float *y;
     int64_t n;
@@ -644,8 +647,8 @@ static bonsai_status cuda_rmsnorm(bsi_backend *be, const float *x, const float *
     if (n_rows < 1) return BONSAI_OK;
     if (n_rows > INT32_MAX || n > INT32_MAX)
         return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: rmsnorm of %lld rows", (long long)n_rows);
-    __half *yh = NULL;
-    bonsai_status st = half_out(b, &b->xh, &b->xh_cap, n_rows, n, &yh);
+    __half *yh = NULL; /* not for a norm in place (q and k heads): no GEMM takes those */
+    bonsai_status st = x == y ? BONSAI_OK : half_out(b, &b->xh, &b->xh_cap, n_rows, n, &yh);
     if (st) return st;
     CU(launch(b, rmsnorm, dim3((unsigned)n_rows), dim3(256), 0, x, weight, y, (int)n, eps, yh));
     if (yh) b->fresh = {y, n_rows * n, yh, b->seq};
@@ -903,7 +906,6 @@ static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
                 (st = cuda_rmsnorm(be, a->k, a->k_norm, a->k, hd, n * a->n_head_kv, a->eps)))
                 return st;
         }
-        b->fresh = {}; /* the norms' fp16 copies are not of what q and k hold now */
         if ((st = cuda_rope(be, a->q, a->pos, n, a->n_head, hd, a->rope)) ||
             (st = cuda_rope(be, a->k, a->pos, n, a->n_head_kv, hd, a->rope)))
             return st;
