@@ -259,11 +259,15 @@ class BenchKernels(unittest.TestCase):
                            timeout=600)
         self.assertEqual(r.returncode, 0, r.stderr)
         rows = [json.loads(line) for line in r.stdout.splitlines()]
-        self.assertEqual({row["kernel"] for row in rows}, {"matmul", "matmul_multi", "attention"})
+        self.assertEqual({row["kernel"] for row in rows},
+                         {"matmul", "matmul_multi", "attention", "attn_prep_ops"})
         for row in rows:
             self.assertIn("cpu", row["backend"])
             self.assertGreater(row["seconds"], 0)
-            self.assertGreater(row["tflops"], 0)
+            if row["kernel"] == "attn_prep_ops":  # moves data: GB/s, no arithmetic to count
+                self.assertGreater(row["gbps"], 0)
+            else:
+                self.assertGreater(row["tflops"], 0)
         self.assertEqual({row["tokens"] for row in rows if row["kernel"] == "matmul"}, {1, 8, 12})
         r = subprocess.run([BONSAI, "bench-kernels", "--backend", "nosuch"],
                            capture_output=True, text=True, timeout=60)

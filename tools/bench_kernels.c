@@ -363,8 +363,8 @@ static void report(bool json, const char *backend, const char *kernel, const cha
 
 /* Every measurement of --backend: matrix products of 1, 8 and `tokens` tokens (weights cycled
  * through copies past any cache), the prompt's multi-matrix products, attention of a prompt,
- * attn_prep fused and not where the backend has it, and sampling one and 16 rows where the
- * backend samples. */
+ * what lies between the products and attention (attn_prep's work: fused where the backend has
+ * it, and as the five operations), and sampling one and 16 rows where the backend samples. */
 static int bench_backend(const char *name, int threads, int tokens, bool quick, bool json)
 {
     bsi_backend_config cfg = {.n_threads = threads};
@@ -462,8 +462,9 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
                    2.0 * (double)tokens * kv_dim * 2, flop);
     }
     /* what lies between the q/k/v products and attention, fused (where the backend has it:
-     * CUDA) and not; q and k are normed again at each call, so they stay in range */
-    if (!st && b.be->vt->attn_prep) {
+     * CUDA) and as the five operations; q and k are normed again at each call, so they stay in
+     * range */
+    if (!st) {
         b.k = k;
         b.v = v;
         b.pos = malloc((size_t)tokens * sizeof *b.pos);
@@ -474,7 +475,7 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
         /* bytes: q, k and v read, q and k written, the fp16 cache rows */
         double bytes = (2.0 * (double)nq + 3.0 * (double)tokens * (double)kv_dim) * 4 +
                        (double)tokens * (double)kv_dim * 2 * 2;
-        for (int fused = 1; fused >= 0 && !st; fused--) {
+        for (int fused = b.be->vt->attn_prep ? 1 : 0; fused >= 0 && !st; fused--) {
             double t = time_queued(b.be, fused ? op_attn_prep : op_prep_ops, &b, 0.5, &st);
             if (!st)
                 report(json, desc, fused ? "attn_prep" : "attn_prep_ops",
