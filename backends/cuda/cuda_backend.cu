@@ -972,13 +972,14 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
         if (oh) b->fresh = {out, n_tok * n_head * head_dim, oh, b->seq};
         return BONSAI_OK;
     }
-    dim3 grid((unsigned)n_head, (unsigned)n_tok);
-    if (q8)
-        CU(launch(b, (attention<true>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out,
-                  (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
-    else
-        CU(launch(b, (attention<false>), grid, dim3(ATT_WARPS * WARP), 0, q, k_cache, v_cache, out,
-                  (int)pos, (int)n_head, (int)n_head_kv, (int)head_dim, scale));
+    /* a block per (head, token): grids of at most 65,535 tokens (grid.y's limit) */
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 65535) {
+        int64_t nt = n_tok - t0 < 65535 ? n_tok - t0 : 65535, at = t0 * n_head * head_dim;
+        dim3 grid((unsigned)n_head, (unsigned)nt);
+        CU(launch(b, q8 ? attention<true> : attention<false>, grid, dim3(ATT_WARPS * WARP), 0,
+                  q + at, k_cache, v_cache, out + at, (int)(pos + t0), (int)n_head,
+                  (int)n_head_kv, (int)head_dim, scale));
+    }
     return BONSAI_OK;
 }
 
