@@ -123,6 +123,7 @@ struct cuda_backend {
     __half *gh; /* the SiLU GEMM's output in fp16 (its input is in xh) */
     size_t gh_cap;
     bool half_copies;       /* BONSAI_CUDA_HALF_COPY (default on) */
+    int gemm_tokens;        /* BONSAI_CUDA_GEMM_TOKENS: 64 or 128 tokens per GEMM block; 0 auto */
     unsigned long long seq; /* operations called through the table so far */
     half_copy fresh;        /* the one the last operation left, if any */
     float *tmp; /* products of matmul_add and matmul_swiglu when no GEMM takes them */
@@ -301,6 +302,8 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     b->graphs = !env || strcmp(env, "0");
     env = getenv("BONSAI_CUDA_HALF_COPY");
     b->half_copies = !env || strcmp(env, "0");
+    env = getenv("BONSAI_CUDA_GEMM_TOKENS");
+    b->gemm_tokens = env && (!strcmp(env, "64") || !strcmp(env, "128")) ? atoi(env) : 0;
     b->pdl = pdl_usable(&prop);
     snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB%s)", dev, prop.name,
              prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
@@ -596,7 +599,8 @@ static bonsai_status q1_gemm(cuda_backend *b, int out, int n, const bsi_weight *
         {q1_gemm_mma<4, GEMM_STORE>, q1_gemm_mma<4, GEMM_ADD>, q1_gemm_mma<4, GEMM_SILU>},
         {q1_gemm_mma<8, GEMM_STORE>, q1_gemm_mma<8, GEMM_ADD>, q1_gemm_mma<8, GEMM_SILU>},
     };
-    bool wide = tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm;
+    bool wide = b->gemm_tokens ? b->gemm_tokens == 128
+                               : tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm;
     dim3 grid(tiles, (unsigned)(wide ? (n_tok + 127) / 128 : (n_tok + 63) / 64));
     CU(launch(b, fn[wide][out], grid, dim3(GEMM_THREADS), 0, m, xh, (int)cols, (int)n_tok));
     if (yh) b->fresh = {y[0], n_tok * w[0]->rows, yh, b->seq};
