@@ -512,6 +512,11 @@ static void test_small_ops(void **state)
     free(x), free(w), free(u), free(yr);
 }
 
+/* The emulated runtime's hooks (emulated only; defined with test_device_errors). */
+static void *emu_hooks(void);
+static long (*emu_calls)(const char *);
+static void (*emu_fail_named)(const char *, long, long);
+
 /* KV cache stores and attention: the same cache contents on both, then the same queries. */
 static void check_attention(uint32_t kv_type, int64_t n_head, int64_t n_kv, int64_t hd,
                             int64_t n_ctx, int64_t pos, int64_t n_tok)
@@ -585,6 +590,45 @@ static void test_attention(void **state)
     /* a store of 8,666 tokens of 1,024 values at once: more Q8_0 blocks than warps in a grid of
      * 65,535 blocks (the grid is smaller: its warps stride over the blocks) */
     check_attention(BONSAI_TENSOR_Q8_0, 8, 8, 128, 13000, 12999, 1);
+    /* a prompt's cache tiles shared out among blocks (flash.cuh), as a GPU with more SMs than
+     * (head, query tile) pairs does it: forced here (the emulated device has 2 SMs) on an
+     * instance of its own, twice each (the counters must come back to 0) */
+    const char *was = getenv("BONSAI_CUDA_FA_SPLIT");
+    char *keep = was ? strdup(was) : NULL;
+    setenv("BONSAI_CUDA_FA_SPLIT", "3", 1);
+    bsi_backend *main_gpu = gpu;
+    bsi_backend_config g = {0};
+    assert_int_equal(bsi_backend_create("cuda", &g, &gpu), 0);
+    if (keep)
+        setenv("BONSAI_CUDA_FA_SPLIT", keep, 1);
+    else
+        unsetenv("BONSAI_CUDA_FA_SPLIT");
+    free(keep);
+    if (emu) { /* clearing the counters fails: an error, and the next call makes them again */
+        void *hooks = emu_hooks();
+        enum { NT = 20, POS = 200, HD = 64 };
+        float *dq = dev_floats(NULL, NT * 2 * HD), *dout = dev_floats(NULL, NT * 2 * HD);
+        void *kc = NULL, *vc = NULL;
+        assert_int_equal(gpu->vt->alloc(gpu, (POS + NT) * HD * 2, &kc), 0);
+        assert_int_equal(gpu->vt->alloc(gpu, (POS + NT) * HD * 2, &vc), 0);
+        emu_fail_named("cudaMemsetAsync", 0, 1);
+        assert_int_equal(gpu->vt->attention(gpu, BONSAI_TENSOR_F16, dq, kc, vc, dout, NT, POS, 2,
+                                            1, HD, 0.1f),
+                         BONSAI_ERR_BACKEND);
+        assert_non_null(strstr(bonsai_last_error(), "cudaMemsetAsync"));
+        assert_int_equal(gpu->vt->attention(gpu, BONSAI_TENSOR_F16, dq, kc, vc, dout, NT, POS, 2,
+                                            1, HD, 0.1f),
+                         0);
+        void *bufs[] = {dq, dout, kc, vc};
+        for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) gpu->vt->free(gpu, bufs[i]);
+        dlclose(hooks);
+    }
+    for (int i = 0; i < 2; i++) {
+        check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 700, 600, 30);
+        check_attention(BONSAI_TENSOR_Q8_0, 8, 2, 64, 400, 0, 200);
+    }
+    gpu->vt->destroy(gpu);
+    gpu = main_gpu;
 }
 
 /* Whether two device buffers of n floats hold the same bits. */
@@ -597,8 +641,6 @@ static void same_bits(const char *what, const float *da, const float *db, size_t
     free(a), free(b);
 }
 
-static void *emu_hooks(void);
-static long (*emu_calls)(const char *);
 
 /* The fp16 copies a prompt's operations leave for the next tensor-core GEMM (rmsnorm, attention,
  * the SiLU GEMM): a GEMM that takes one gives the bits of the same GEMM on a copy of its input
@@ -1215,7 +1257,6 @@ static void test_models(void **state)
  * event and graph it made. */
 
 static void (*emu_fail_call)(long, int);
-static void (*emu_fail_named)(const char *, long, long);
 static long (*emu_failures)(void);
 static long (*emu_live)(void);
 static long failures_seen;

@@ -410,25 +410,48 @@ static std::vector<double> ref_attention(const float *qh, const kv_cache &c, int
 }
 
 /* A prompt's attention on tensor cores (attn_prefill) against attention in double: n_tok tokens
- * at positions pos .. pos + n_tok - 1 over a cache already holding them. */
+ * at positions pos .. pos + n_tok - 1 over a cache already holding them, the cache tiles of each
+ * (head, query tile) shared out among n_split blocks. With splits, also against the same launch
+ * with one (the same up to rounding: each split's probabilities go to fp16 against its own running
+ * maximum), and a second launch must find the counters reset. */
 template <int HD>
-static void check_prefill(bool q8, int pos, int n_tok)
+static void check_prefill(bool q8, int pos, int n_tok, int n_split = 1)
 {
     const int nh = 4, nkv = 2, kv_dim = nkv * HD, n_ctx = pos + n_tok + 3;
     kv_cache kv = random_cache(q8, n_ctx, kv_dim);
-    std::vector<float> q((size_t)n_tok * nh * HD), out(q.size(), NAN);
+    std::vector<float> q((size_t)n_tok * nh * HD), out(q.size(), NAN), one(q.size(), NAN);
     std::vector<__half> outh(q.size(), __float2half(NAN));
     for (auto &v : q) v = uniform(-1, 1);
     float scale = 1.0f / sqrtf((float)HD);
-    dim3 grid(nh, (n_tok + FA_BQ - 1) / FA_BQ);
-    if (q8)
-        EMU_LAUNCH((attn_prefill<HD, true>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
-                   kv.vbuf.data(), out.data(), outh.data(), pos, n_tok, nh, nkv, scale);
-    else
-        EMU_LAUNCH((attn_prefill<HD, false>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
-                   kv.vbuf.data(), out.data(), outh.data(), pos, n_tok, nh, nkv, scale);
+    const int n_qt = (n_tok + FA_BQ - 1) / FA_BQ;
+    std::vector<float> part((size_t)nh * n_qt * n_split * FA_BQ * (HD + 2), NAN);
+    std::vector<unsigned> counter((size_t)nh * n_qt, 0);
+    auto launch = [&](int splits, float *o, __half *oh) {
+        dim3 grid(nh, n_qt, splits);
+        float *pp = splits > 1 ? part.data() : nullptr;
+        unsigned *cp = splits > 1 ? counter.data() : nullptr;
+        if (q8)
+            EMU_LAUNCH((attn_prefill<HD, true>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
+                       kv.vbuf.data(), o, oh, pos, n_tok, nh, nkv, scale, pp, cp);
+        else
+            EMU_LAUNCH((attn_prefill<HD, false>), grid, dim3(FA_THREADS), q.data(), kv.kbuf.data(),
+                       kv.vbuf.data(), o, oh, pos, n_tok, nh, nkv, scale, pp, cp);
+    };
+    launch(n_split, out.data(), outh.data());
     /* the fp16 copy for the output projection: what to_half makes of out */
     check_half_copy("attn_prefill", out, outh);
+    if (n_split > 1) {
+        for (unsigned c : counter) assert_int_equal(c, 0); /* reset by each tile's last block */
+        launch(1, one.data(), nullptr);
+        for (size_t i = 0; i < out.size(); i++)
+            if (!(fabsf(out[i] - one[i]) <= 1e-3f * fmaxf(1.0f, fabsf(one[i]))))
+                fail_msg("prefill in %d splits, element %zu: %g, in one %g", n_split, i,
+                         (double)out[i], (double)one[i]);
+        std::vector<float> again(q.size(), NAN);
+        launch(n_split, again.data(), nullptr);
+        if (memcmp(again.data(), out.data(), out.size() * sizeof(float)))
+            fail_msg("prefill in %d splits: a second launch differs", n_split);
+    }
     double worst = 0;
     for (int t = 0; t < n_tok; t++)
         for (int h = 0; h < nh; h++) {
@@ -446,8 +469,10 @@ static void check_prefill(bool q8, int pos, int n_tok)
                 worst = fmax(worst, err);
             }
         }
-    print_message("  attn_prefill hd %d %s, positions %d..%d: worst error %.2g of the row's largest\n",
-                  HD, q8 ? "q8_0" : "f16", pos, pos + n_tok - 1, worst);
+    print_message("  attn_prefill hd %d %s, positions %d..%d, %d split%s: worst error %.2g of the "
+                  "row's largest\n",
+                  HD, q8 ? "q8_0" : "f16", pos, pos + n_tok - 1, n_split, n_split > 1 ? "s" : "",
+                  worst);
 }
 
 static void test_prefill(void **state)
@@ -456,6 +481,12 @@ static void test_prefill(void **state)
     check_prefill<64>(false, 0, 70);   /* two query tiles, two cache tiles, tokens past the end */
     check_prefill<64>(true, 5, 9);     /* a prompt after earlier tokens, Q8_0 cache */
     check_prefill<128>(false, 100, 20); /* the 1.7B head size, cache tiles before the prompt */
+    /* the cache tiles shared out: a few tokens after a long cache (splits of 3 and 2 tiles; the
+     * prompt's rows see nothing in the first tiles of later splits), and a prompt from 0 whose
+     * first query tile leaves two of its three splits with no tiles at all */
+    check_prefill<128>(false, 300, 20, 2);
+    check_prefill<64>(true, 250, 40, 4);
+    check_prefill<64>(false, 0, 130, 3);
 }
 
 /* Value i of a cache row (f16, or Q8_0 blocks of 32). */

@@ -124,6 +124,11 @@ struct cuda_backend {
     size_t gh_cap;
     bool half_copies;       /* BONSAI_CUDA_HALF_COPY (default on) */
     int gemm_tokens;        /* BONSAI_CUDA_GEMM_TOKENS: 64 or 128 tokens per GEMM block; 0 auto */
+    int fa_split;           /* BONSAI_CUDA_FA_SPLIT: attn_prefill's splits, 1..16; 0 auto */
+    float *fa_part;         /* attn_prefill's partial rows, and its counters (kept at 0) */
+    size_t fa_part_cap;
+    unsigned *fa_counter;
+    size_t fa_counter_cap;
     unsigned long long seq; /* operations called through the table so far */
     half_copy fresh;        /* the one the last operation left, if any */
     float *tmp; /* products of matmul_add and matmul_swiglu when no GEMM takes them */
@@ -304,6 +309,9 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     b->half_copies = !env || strcmp(env, "0");
     env = getenv("BONSAI_CUDA_GEMM_TOKENS");
     b->gemm_tokens = env && (!strcmp(env, "64") || !strcmp(env, "128")) ? atoi(env) : 0;
+    env = getenv("BONSAI_CUDA_FA_SPLIT");
+    b->fa_split = env ? atoi(env) : 0;
+    if (b->fa_split < 0 || b->fa_split > FA_MAX_SPLIT) b->fa_split = 0;
     b->pdl = pdl_usable(&prop);
     snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB%s)", dev, prop.name,
              prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
@@ -334,6 +342,8 @@ static void cuda_destroy(bsi_backend *be)
     cudaFree(b->tmp);
     cudaFree(b->samp);
     cudaFree(b->prep_freq);
+    cudaFree(b->fa_part);
+    cudaFree(b->fa_counter);
     cudaFreeHost(b->samp_host);
     (void)cudaGetLastError();
     free(b->pos_host);
@@ -941,6 +951,19 @@ static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
     return BONSAI_OK;
 }
 
+/* How many blocks share each (head, query tile)'s cache tiles in attn_prefill (n_tiles: the most
+ * any of them attends to): enough to give every SM a block when the grid would leave some idle
+ * (a few query tiles after a long cache), each split keeping at least 4 tiles; 1 when the grid
+ * fills the GPU already. BONSAI_CUDA_FA_SPLIT=N forces N (1: never). */
+static int fa_splits(const cuda_backend *b, int64_t blocks, int64_t n_tiles)
+{
+    int64_t n = b->fa_split ? b->fa_split : blocks >= b->n_sm ? 1 : (b->n_sm + blocks - 1) / blocks;
+    if (!b->fa_split && n > n_tiles / 4) n = n_tiles / 4;
+    if (n > n_tiles) n = n_tiles;
+    if (n > FA_MAX_SPLIT) n = FA_MAX_SPLIT;
+    return n < 1 ? 1 : (int)n;
+}
+
 static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const float *q,
                                     const void *k_cache, const void *v_cache, float *out,
                                     int64_t n_tok, int64_t pos, int64_t n_head, int64_t n_head_kv,
@@ -960,13 +983,34 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
      * walking the whole cache: a few tokens after a long cache keep more SMs busy in the
      * per-token kernel below, hence the threshold */
     if (n_tok >= FA_MIN_TOK && (head_dim == 64 || head_dim == 128)) {
-        dim3 grid((unsigned)n_head, (unsigned)((n_tok + FA_BQ - 1) / FA_BQ));
+        int64_t n_qt = (n_tok + FA_BQ - 1) / FA_BQ, blocks = n_head * n_qt;
+        int n_split = fa_splits(b, blocks, (pos + n_tok - 1) / FA_BK + 1);
+        dim3 grid((unsigned)n_head, (unsigned)n_qt, (unsigned)n_split);
         __half *oh = NULL; /* for the output projection */
         bonsai_status st = half_out(b, &b->xh, &b->xh_cap, n_tok, n_head * head_dim, &oh);
         if (st) return st;
+        if (n_split > 1) {
+            size_t part = (size_t)(blocks * n_split) * FA_BQ * (size_t)(head_dim + 2);
+            size_t cnt = (size_t)blocks * sizeof(unsigned);
+            st = grow(b, (void **)&b->fa_part, &b->fa_part_cap, part * sizeof(float));
+            if (!st && cnt > b->fa_counter_cap) { /* made all 0; each launch leaves them so */
+                st = grow(b, (void **)&b->fa_counter, &b->fa_counter_cap, cnt);
+                cudaError_t e = st ? cudaSuccess
+                                   : cudaMemsetAsync(b->fa_counter, 0, b->fa_counter_cap, b->stream);
+                if (e != cudaSuccess) { /* none, rather than counters that are not 0 */
+                    cudaFree(b->fa_counter);
+                    b->fa_counter = NULL;
+                    b->fa_counter_cap = 0;
+                    st = cuda_fail(e, "cudaMemsetAsync");
+                }
+            }
+            if (st) return st;
+        }
+        float *part = n_split > 1 ? b->fa_part : NULL;
+        unsigned *counter = n_split > 1 ? b->fa_counter : NULL;
 #define FA(hd, q8_)                                                                                \
     CU(launch(b, (attn_prefill<hd, q8_>), grid, dim3(FA_THREADS), 0, q, k_cache, v_cache, out, oh, \
-              (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale))
+              (int)pos, (int)n_tok, (int)n_head, (int)n_head_kv, scale, part, counter))
         if (head_dim == 64) {
             if (q8) FA(64, true); else FA(64, false);
         } else {

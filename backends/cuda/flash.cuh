@@ -20,6 +20,7 @@ constexpr int FA_BQ = 64; /* query tokens per block (16 per warp) */
 constexpr int FA_BK = 64; /* cache positions per tile */
 constexpr int FA_THREADS = 128;
 constexpr int FA_MIN_TOK = 17; /* fewer tokens: the per-token attention kernel */
+constexpr int FA_MAX_SPLIT = 16; /* blocks sharing one (head, query tile)'s cache positions */
 
 /* Two floats as an fp16 pair (lo in the low half). */
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
@@ -46,12 +47,20 @@ __device__ __forceinline__ uint4 kv_row8(const void *__restrict__ cache, int p, 
 
 /* out [n_tok][n_head][HD] = softmax(q K^T * scale) V for tokens at positions pos .. pos + n_tok - 1,
  * token t attending to cache positions 0 .. pos + t; q as out; also out in fp16 (sat_half, as
- * to_half makes it) in outh when given. Grid (n_head, ceil(n_tok / FA_BQ)). */
+ * to_half makes it) in outh when given. Grid (n_head, ceil(n_tok / FA_BQ), n_split).
+ *
+ * With n_split > 1, the cache tiles a (head, query tile) attends to are shared out among n_split
+ * blocks (a few tokens after a long cache would otherwise keep a few blocks busy and most SMs
+ * idle). Each writes its rows' (m, l, unnormalized output) to part [n_head][n_qtiles][n_split]
+ * [FA_BQ][HD + 2]; the last of them to finish (counted in counter [n_head][n_qtiles], which it
+ * resets for the next launch) merges them in split order, so the result does not depend on
+ * which block finishes last. */
 template <int HD, bool Q8>
 __global__ void __launch_bounds__(FA_THREADS)
     attn_prefill(const float *__restrict__ q, const void *__restrict__ kc,
                  const void *__restrict__ vc, float *__restrict__ out, __half *__restrict__ outh,
-                 int pos, int n_tok, int n_head, int n_head_kv, float scale)
+                 int pos, int n_tok, int n_head, int n_head_kv, float scale, float *part,
+                 unsigned *counter)
 {
     static_assert(HD % 16 == 0, "head size a multiple of 16");
     __shared__ __align__(16) __half ks[FA_BK][HD + 8]; /* row stride: conflict-free reads */
@@ -83,8 +92,12 @@ __global__ void __launch_bounds__(FA_THREADS)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[j][e] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    /* this block's share of the tiles 0 .. last / FA_BK (all of them when n_split is 1) */
+    const int n_split = gridDim.z, split = blockIdx.z, n_tiles = last / FA_BK + 1;
+    const int per = (n_tiles + n_split - 1) / n_split;
+    const int kb_end = min(n_tiles, (split + 1) * per) * FA_BK;
 
-    for (int kb = 0; kb <= last; kb += FA_BK) {
+    for (int kb = split * per * FA_BK; kb < kb_end; kb += FA_BK) {
         __syncthreads(); /* the previous tile is consumed */
         /* K as stored: consecutive threads take consecutive 8-dim chunks of a position */
         for (int i = threadIdx.x; i < FA_BK * (HD / 8); i += FA_THREADS) {
@@ -125,13 +138,15 @@ __global__ void __launch_bounds__(FA_THREADS)
                 if (p > qp[e >> 1]) s[j][e] = -INFINITY;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
             }
-        float corr[2];
+        float corr[2], ms[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            /* position 0 is in every row's first tile, so mx is finite from then on */
-            corr[r] = __expf(m[r] - mx[r]);
+            /* a row none of whose positions so far is visible (a later split's first tiles; with
+             * one split never, position 0 being in the first tile): everything stays 0 */
+            ms[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
+            corr[r] = __expf(m[r] - ms[r]);
             m[r] = mx[r];
             l[r] *= corr[r];
         }
@@ -143,7 +158,7 @@ __global__ void __launch_bounds__(FA_THREADS)
         for (int j = 0; j < FA_BK / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                s[j][e] = __expf(s[j][e] - m[e >> 1]);
+                s[j][e] = __expf(s[j][e] - ms[e >> 1]);
                 l[e >> 1] += s[j][e];
             }
         /* O += P V, P's k16 chunk c being the score tiles 2c and 2c + 1 */
@@ -166,17 +181,63 @@ __global__ void __launch_bounds__(FA_THREADS)
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
+    if (n_split == 1) {
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int r = e >> 1 ? r1 : r0;
+                if (r >= n_tok) continue;
+                size_t at = ((size_t)r * n_head + h) * HD + 8 * j + 2 * tq + (e & 1);
+                float v = o[j][e] / l[e >> 1];
+                out[at] = v;
+                if (outh) outh[at] = sat_half(v);
+            }
+        return;
+    }
+    /* this split's rows: (m, l, output before dividing by l) */
+    constexpr int ROW = HD + 2;
+    const size_t tile = (size_t)h * gridDim.y + blockIdx.y;
+    float *all = part + tile * n_split * (FA_BQ * ROW);
+    float *mine = all + (size_t)split * (FA_BQ * ROW);
+    const int lr[2] = {warp * 16 + g, warp * 16 + g + 8}; /* rows r0, r1 within the block */
 #pragma unroll
     for (int j = 0; j < HD / 8; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            int r = e >> 1 ? r1 : r0;
-            if (r >= n_tok) continue;
-            size_t at = ((size_t)r * n_head + h) * HD + 8 * j + 2 * tq + (e & 1);
-            float v = o[j][e] / l[e >> 1];
-            out[at] = v;
-            if (outh) outh[at] = sat_half(v);
+        for (int e = 0; e < 4; e++) mine[lr[e >> 1] * ROW + 2 + 8 * j + 2 * tq + (e & 1)] = o[j][e];
+    if (tq == 0)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mine[lr[r] * ROW] = m[r];
+            mine[lr[r] * ROW + 1] = l[r];
         }
+    __shared__ bool is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(counter + tile, 1u) == (unsigned)n_split - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < FA_BQ * HD; i += FA_THREADS) {
+        int row = i / HD, d = i % HD, r = t0 + row;
+        if (r >= n_tok) continue;
+        const float *at = all + row * ROW;
+        float mm = -INFINITY; /* finite: split 0 holds position 0 */
+        for (int sp = 0; sp < n_split; sp++) mm = fmaxf(mm, __ldcg(at + (size_t)sp * FA_BQ * ROW));
+        float ll = 0.0f, acc = 0.0f;
+        for (int sp = 0; sp < n_split; sp++) {
+            const float *p = at + (size_t)sp * FA_BQ * ROW;
+            float msp = __ldcg(p), w = msp == -INFINITY ? 0.0f : __expf(msp - mm);
+            ll += __ldcg(p + 1) * w;
+            acc += __ldcg(p + 2 + d) * w;
+        }
+        size_t o_at = ((size_t)r * n_head + h) * HD + d;
+        float v = acc / ll;
+        out[o_at] = v;
+        if (outh) outh[o_at] = sat_half(v);
+    }
+    if (threadIdx.x == 0) counter[tile] = 0; /* for the next launch (its first read is after
+                                                this kernel ends) */
 }
 
 } // namespace bsi_cuda
