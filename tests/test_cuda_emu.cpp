@@ -481,11 +481,13 @@ static void test_prefill(void **state)
     check_prefill<64>(false, 0, 70);   /* two query tiles, two cache tiles, tokens past the end */
     check_prefill<64>(true, 5, 9);     /* a prompt after earlier tokens, Q8_0 cache */
     check_prefill<128>(false, 100, 20); /* the 1.7B head size, cache tiles before the prompt */
-    /* the cache tiles shared out: a few tokens after a long cache (splits of 3 and 2 tiles; the
-     * prompt's rows see nothing in the first tiles of later splits), and a prompt from 0 whose
-     * first query tile leaves two of its three splits with no tiles at all */
+    /* the cache tiles shared out: a few tokens after a long cache (splits of 2 and 3 tiles), a
+     * prompt starting inside a tile (5 splits of one tile: rows 250..255 see nothing of the last
+     * split's tile 4), and a prompt from 0 whose first query tile leaves two of its three splits
+     * with no tiles at all */
     check_prefill<128>(false, 300, 20, 2);
-    check_prefill<64>(true, 250, 40, 4);
+    check_prefill<64>(true, 250, 40, 5);
+    check_prefill<128>(false, 250, 40, 5);
     check_prefill<64>(false, 0, 130, 3);
 }
 

@@ -311,7 +311,7 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     b->gemm_tokens = env && (!strcmp(env, "64") || !strcmp(env, "128")) ? atoi(env) : 0;
     env = getenv("BONSAI_CUDA_FA_SPLIT");
     b->fa_split = env ? atoi(env) : 0;
-    if (b->fa_split < 0 || b->fa_split > FA_MAX_SPLIT) b->fa_split = 0;
+    b->fa_split = b->fa_split < 0 ? 0 : b->fa_split > FA_MAX_SPLIT ? FA_MAX_SPLIT : b->fa_split;
     b->pdl = pdl_usable(&prop);
     snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB%s)", dev, prop.name,
              prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
@@ -953,8 +953,9 @@ static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
 
 /* How many blocks share each (head, query tile)'s cache tiles in attn_prefill (n_tiles: the most
  * any of them attends to): enough to give every SM a block when the grid would leave some idle
- * (a few query tiles after a long cache), each split keeping at least 4 tiles; 1 when the grid
- * fills the GPU already. BONSAI_CUDA_FA_SPLIT=N forces N (1: never). */
+ * (a few query tiles after a long cache), the longest keeping at least 4 tiles a split; 1 when
+ * the grid fills the GPU already. BONSAI_CUDA_FA_SPLIT=N forces N (1: never; at most 16, and at
+ * most n_tiles), whatever the grid. */
 static int fa_splits(const cuda_backend *b, int64_t blocks, int64_t n_tiles)
 {
     int64_t n = b->fa_split ? b->fa_split : blocks >= b->n_sm ? 1 : (b->n_sm + blocks - 1) / blocks;
@@ -962,6 +963,24 @@ static int fa_splits(const cuda_backend *b, int64_t blocks, int64_t n_tiles)
     if (n > n_tiles) n = n_tiles;
     if (n > FA_MAX_SPLIT) n = FA_MAX_SPLIT;
     return n < 1 ? 1 : (int)n;
+}
+
+/* attn_prefill's buffers for n_split blocks per (head, query tile) of `blocks`: whether they are
+ * there. A failure (out of memory, the counters' clearing) is no error: the caller splits
+ * nothing then. */
+static bool fa_buffers(cuda_backend *b, int64_t blocks, int n_split, int64_t head_dim)
+{
+    size_t part = (size_t)(blocks * n_split) * FA_BQ * (size_t)(head_dim + 2) * sizeof(float);
+    size_t cnt = (size_t)blocks * sizeof(unsigned);
+    if (grow(b, (void **)&b->fa_part, &b->fa_part_cap, part)) return false;
+    if (cnt <= b->fa_counter_cap) return true; /* all 0: each launch leaves them so */
+    if (grow(b, (void **)&b->fa_counter, &b->fa_counter_cap, cnt)) return false;
+    if (cudaMemsetAsync(b->fa_counter, 0, b->fa_counter_cap, b->stream) == cudaSuccess) return true;
+    (void)cudaGetLastError();
+    cudaFree(b->fa_counter); /* none, rather than counters that are not 0 */
+    b->fa_counter = NULL;
+    b->fa_counter_cap = 0;
+    return false;
 }
 
 static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const float *q,
@@ -989,22 +1008,9 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
         __half *oh = NULL; /* for the output projection */
         bonsai_status st = half_out(b, &b->xh, &b->xh_cap, n_tok, n_head * head_dim, &oh);
         if (st) return st;
-        if (n_split > 1) {
-            size_t part = (size_t)(blocks * n_split) * FA_BQ * (size_t)(head_dim + 2);
-            size_t cnt = (size_t)blocks * sizeof(unsigned);
-            st = grow(b, (void **)&b->fa_part, &b->fa_part_cap, part * sizeof(float));
-            if (!st && cnt > b->fa_counter_cap) { /* made all 0; each launch leaves them so */
-                st = grow(b, (void **)&b->fa_counter, &b->fa_counter_cap, cnt);
-                cudaError_t e = st ? cudaSuccess
-                                   : cudaMemsetAsync(b->fa_counter, 0, b->fa_counter_cap, b->stream);
-                if (e != cudaSuccess) { /* none, rather than counters that are not 0 */
-                    cudaFree(b->fa_counter);
-                    b->fa_counter = NULL;
-                    b->fa_counter_cap = 0;
-                    st = cuda_fail(e, "cudaMemsetAsync");
-                }
-            }
-            if (st) return st;
+        if (n_split > 1 && !fa_buffers(b, blocks, n_split, head_dim)) {
+            n_split = 1; /* without its buffers, the launch that needs none */
+            grid.z = 1;
         }
         float *part = n_split > 1 ? b->fa_part : NULL;
         unsigned *counter = n_split > 1 ? b->fa_counter : NULL;

@@ -92,12 +92,12 @@ __global__ void __launch_bounds__(FA_THREADS)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[j][e] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    /* this block's share of the tiles 0 .. last / FA_BK (all of them when n_split is 1) */
+    /* this block's share of the tiles 0 .. last / FA_BK (all of them when n_split is 1): shares
+     * differ by one tile at most (some are empty when there are fewer tiles than splits) */
     const int n_split = gridDim.z, split = blockIdx.z, n_tiles = last / FA_BK + 1;
-    const int per = (n_tiles + n_split - 1) / n_split;
-    const int kb_end = min(n_tiles, (split + 1) * per) * FA_BK;
+    const int kb_end = (split + 1) * n_tiles / n_split * FA_BK;
 
-    for (int kb = split * per * FA_BK; kb < kb_end; kb += FA_BK) {
+    for (int kb = split * n_tiles / n_split * FA_BK; kb < kb_end; kb += FA_BK) {
         __syncthreads(); /* the previous tile is consumed */
         /* K as stored: consecutive threads take consecutive 8-dim chunks of a position */
         for (int i = threadIdx.x; i < FA_BK * (HD / 8); i += FA_THREADS) {
@@ -222,7 +222,7 @@ __global__ void __launch_bounds__(FA_THREADS)
         int row = i / HD, d = i % HD, r = t0 + row;
         if (r >= n_tok) continue;
         const float *at = all + row * ROW;
-        float mm = -INFINITY; /* finite: split 0 holds position 0 */
+        float mm = -INFINITY; /* finite: the split with tile 0 saw position 0 */
         for (int sp = 0; sp < n_split; sp++) mm = fmaxf(mm, __ldcg(at + (size_t)sp * FA_BQ * ROW));
         float ll = 0.0f, acc = 0.0f;
         for (int sp = 0; sp < n_split; sp++) {
