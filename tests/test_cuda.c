@@ -184,6 +184,23 @@ static uint8_t *random_q1(int64_t rows, int64_t cols)
     return w;
 }
 
+/* Whether two device buffers of n floats hold the same bits. */
+static void same_bits(const char *what, const float *da, const float *db, size_t n)
+{
+    float *a = host_copy(da, n), *b = host_copy(db, n);
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof a[i]))
+            fail_msg("%s: element %zu is %.9g, want %.9g", what, i, (double)a[i], (double)b[i]);
+    free(a), free(b);
+}
+
+/* Whether the module was told to leave out a switchable part (BONSAI_CUDA_PREP=0...). */
+static bool switched_off(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "0");
+}
+
 /* y (GPU) against yr (reference): |y - yr| <= tol * bound per element. */
 static void compare(const char *what, const float *y, const float *yr, const float *bound, size_t n,
                     double tol)
@@ -286,14 +303,10 @@ static void test_q1_matmul_multi(void **state)
     assert_non_null(gpu->vt->matmul_multi);
     assert_int_equal(gpu->vt->matmul_multi(gpu, 3, (const bsi_weight *const *)w, dx, dy, N_TOK), 0);
     for (int i = 0; i < 3; i++) {
-        size_t n = (size_t)N_TOK * rows[i];
-        float *y = host_copy(dy[i], n), *y1 = host_copy(dy1[i], n);
         /* the same kernel and the same k order per element: equal bit for bit */
-        for (size_t j = 0; j < n; j++)
-            if (memcmp(&y[j], &y1[j], sizeof y[j]))
-                fail_msg("matmul_multi matrix %d element %zu: %.9g, alone %.9g", i, j,
-                         (double)y[j], (double)y1[j]);
-        free(y), free(y1);
+        char what[48];
+        snprintf(what, sizeof what, "matmul_multi matrix %d against alone", i);
+        same_bits(what, dy[i], dy1[i], (size_t)N_TOK * rows[i]);
         gpu->vt->free(gpu, dy[i]);
         gpu->vt->free(gpu, dy1[i]);
         gpu->vt->weight_free(gpu, w[i]);
@@ -311,8 +324,7 @@ static void test_fused_products(void **state)
 {
     (void)state;
     enum { COLS = 512, ROWS = 320 };
-    const char *ep = getenv("BONSAI_CUDA_EPILOGUE");
-    if (ep && !strcmp(ep, "0")) skip(); /* the module leaves them out of its table */
+    if (switched_off("BONSAI_CUDA_EPILOGUE")) skip(); /* the module leaves them out of its table */
     assert_true(gpu->vt->matmul_add && gpu->vt->matmul_swiglu);
     bsi_weight *w[2];
     uint8_t *data[2];
@@ -333,19 +345,16 @@ static void test_fused_products(void **state)
         assert_int_equal(gpu->vt->matmul(gpu, w[0], dx, dg, nt), 0);
         float *want = dev_floats(y0, n);
         assert_int_equal(gpu->vt->add(gpu, want, dg, want, (int64_t)n), 0);
-        float *got = host_copy(dy, n), *expect = host_copy(want, n);
-        for (size_t j = 0; j < n; j++) /* the same sum, then the same addition */
-            if (memcmp(&got[j], &expect[j], sizeof got[j]))
-                fail_msg("matmul_add of %lld tokens, element %zu: %.9g, want %.9g",
-                         (long long)nt, j, (double)got[j], (double)expect[j]);
-        free(got), free(expect);
+        char what[48]; /* the same sum, then the same addition */
+        snprintf(what, sizeof what, "matmul_add of %lld tokens", (long long)nt);
+        same_bits(what, dy, want, n);
         /* silu(W_gate x) * (W_up x), fused and not */
         assert_int_equal(gpu->vt->matmul_swiglu(gpu, w[0], w[1], dx, dr, nt), 0);
         float *gu[2] = {dg, du};
         const bsi_weight *const *ws = (const bsi_weight *const *)w;
         assert_int_equal(gpu->vt->matmul_multi(gpu, 2, ws, dx, gu, nt), 0);
         assert_int_equal(gpu->vt->silu_mul(gpu, dg, du, dg, (int64_t)n), 0);
-        got = host_copy(dr, n), expect = host_copy(dg, n);
+        float *got = host_copy(dr, n), *expect = host_copy(dg, n);
         for (size_t j = 0; j < n; j++)
             if (!(fabsf(got[j] - expect[j]) <= 1e-6f * fabsf(expect[j]) + 1e-30f))
                 fail_msg("matmul_swiglu of %lld tokens, element %zu: %.9g, want %.9g",
@@ -640,16 +649,6 @@ static void test_attention(void **state)
     gpu = main_gpu;
 }
 
-/* Whether two device buffers of n floats hold the same bits. */
-static void same_bits(const char *what, const float *da, const float *db, size_t n)
-{
-    float *a = host_copy(da, n), *b = host_copy(db, n);
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof a[i]))
-            fail_msg("%s: element %zu is %.9g, want %.9g", what, i, (double)a[i], (double)b[i]);
-    free(a), free(b);
-}
-
 
 /* The fp16 copies a prompt's operations leave for the next tensor-core GEMM (rmsnorm, attention,
  * the SiLU GEMM): a GEMM that takes one gives the bits of the same GEMM on a copy of its input
@@ -659,8 +658,7 @@ static void test_half_copies(void **state)
 {
     (void)state;
     enum { E = 256, F = 384, NT = 40, NH = 2, HD = 128 };
-    const char *env = getenv("BONSAI_CUDA_HALF_COPY");
-    bool on = !env || strcmp(env, "0");
+    bool on = !switched_off("BONSAI_CUDA_HALF_COPY");
     void *hooks = emu ? emu_hooks() : NULL;
     uint8_t *data[5];
     bsi_weight *w[5]; /* E x E, gate and up F x E, down E x F, another E x E */
@@ -859,8 +857,7 @@ static void check_attn_prep(const char *what, uint32_t kv_type, int64_t n_head, 
 static void test_attn_prep(void **state)
 {
     (void)state;
-    const char *prep = getenv("BONSAI_CUDA_PREP");
-    if (prep && !strcmp(prep, "0")) skip(); /* the module leaves it out of its table */
+    if (switched_off("BONSAI_CUDA_PREP")) skip(); /* the module leaves it out of its table */
     assert_non_null(gpu->vt->attn_prep);
     bsi_rope llama = {.n_rot = 64, .neox = 0, .freq_base = 10000};
     bsi_rope part = {.n_rot = 32, .neox = 1, .freq_base = 10000}; /* half of each head */

@@ -196,6 +196,13 @@ static int cuda_probe(char *reason, size_t size)
     return 100;
 }
 
+/* Whether a switch of the environment (BONSAI_CUDA_GRAPH...) is on: unset, or anything but 0. */
+static bool env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return !v || strcmp(v, "0");
+}
+
 /* Whether the decode step's kernels go out as programmatic dependent launches (dep_enter in
  * kernels.cuh): a GPU of compute capability 9.0 or newer running code built for 9.0 or newer
  * (code built for older GPUs, such as the compute_80 PTX JIT-compiled for a newer GPU, has no
@@ -203,8 +210,7 @@ static int cuda_probe(char *reason, size_t size)
  * launches into graphs (12.3), and BONSAI_CUDA_PDL not 0. */
 static bool pdl_usable(const cudaDeviceProp *prop)
 {
-    const char *env = getenv("BONSAI_CUDA_PDL");
-    if (env && !strcmp(env, "0")) return false;
+    if (!env_on("BONSAI_CUDA_PDL")) return false;
     int rt = 0, drv = 0;
     cudaFuncAttributes fa;
     if (prop->major < 9 || cudaRuntimeGetVersion(&rt) != cudaSuccess ||
@@ -301,13 +307,10 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     }
     b->n_sm = prop.multiProcessorCount;
     b->smem_optin = prop.sharedMemPerBlockOptin;
-    const char *env = getenv("BONSAI_CUDA_FUSED");
-    b->fused = !env || strcmp(env, "0");
-    env = getenv("BONSAI_CUDA_GRAPH");
-    b->graphs = !env || strcmp(env, "0");
-    env = getenv("BONSAI_CUDA_HALF_COPY");
-    b->half_copies = !env || strcmp(env, "0");
-    env = getenv("BONSAI_CUDA_GEMM_TOKENS");
+    b->fused = env_on("BONSAI_CUDA_FUSED");
+    b->graphs = env_on("BONSAI_CUDA_GRAPH");
+    b->half_copies = env_on("BONSAI_CUDA_HALF_COPY");
+    const char *env = getenv("BONSAI_CUDA_GEMM_TOKENS");
     b->gemm_tokens = env && (!strcmp(env, "64") || !strcmp(env, "128")) ? atoi(env) : 0;
     env = getenv("BONSAI_CUDA_FA_SPLIT");
     b->fa_split = env ? atoi(env) : 0;
@@ -617,7 +620,6 @@ static bonsai_status q1_gemm(cuda_backend *b, int out, int n, const bsi_weight *
     return BONSAI_OK;
 }
 
-
 static bonsai_status too_many_tokens(int64_t n_tok)
 {
     return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: matmul of %lld tokens", (long long)n_tok);
@@ -697,12 +699,14 @@ static rope_params make_rope(const bsi_rope *r)
 }
 
 /* The angle of each pair per position (rope_freq for i < n_rot / 2; YaRN's blend folded in), in a
- * new device array *out: what head_prep rotates by. */
+ * new device array *out: what head_prep rotates by. On failure *out is NULL: no table, rather
+ * than one that may be half written. */
 static cudaError_t rope_table(cuda_backend *b, const bsi_rope *r, double **out)
 {
     rope_params rp = make_rope(r);
     size_t n_pair = r->n_rot / 2 ? r->n_rot / 2 : 1;
     double *freq = (double *)calloc(n_pair, sizeof *freq);
+    *out = NULL;
     if (!freq) return cudaErrorMemoryAllocation;
     for (size_t i = 0; i < r->n_rot / 2; i++) freq[i] = rope_freq(rp, (int)i);
     cudaError_t e = cudaMalloc((void **)out, n_pair * sizeof *freq);
@@ -710,6 +714,10 @@ static cudaError_t rope_table(cuda_backend *b, const bsi_rope *r, double **out)
         e = cudaMemcpyAsync(*out, freq, n_pair * sizeof *freq, cudaMemcpyHostToDevice, b->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(b->stream); /* freq is freed next */
     free(freq);
+    if (e != cudaSuccess) {
+        cudaFree(*out);
+        *out = NULL;
+    }
     return e;
 }
 
@@ -932,13 +940,7 @@ static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
     if (!b->prep_freq || memcmp(&b->prep_rope, a->rope, sizeof *a->rope)) {
         CU(cudaStreamSynchronize(b->stream));
         cudaFree(b->prep_freq);
-        b->prep_freq = NULL;
-        cudaError_t e = rope_table(b, a->rope, &b->prep_freq);
-        if (e != cudaSuccess) { /* no table, rather than one that may be half written */
-            cudaFree(b->prep_freq);
-            b->prep_freq = NULL;
-            return cuda_fail(e, "rope_table");
-        }
+        CU(rope_table(b, a->rope, &b->prep_freq));
         b->prep_rope = *a->rope;
     }
     rope_dev rp = {b->prep_freq, (int)a->rope->n_rot, (int)a->rope->neox,
@@ -1004,14 +1006,12 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
     if (n_tok >= FA_MIN_TOK && (head_dim == 64 || head_dim == 128)) {
         int64_t n_qt = (n_tok + FA_BQ - 1) / FA_BQ, blocks = n_head * n_qt;
         int n_split = fa_splits(b, blocks, (pos + n_tok - 1) / FA_BK + 1);
+        if (n_split > 1 && !fa_buffers(b, blocks, n_split, head_dim))
+            n_split = 1; /* without its buffers, the launch that needs none */
         dim3 grid((unsigned)n_head, (unsigned)n_qt, (unsigned)n_split);
         __half *oh = NULL; /* for the output projection */
         bonsai_status st = half_out(b, &b->xh, &b->xh_cap, n_tok, n_head * head_dim, &oh);
         if (st) return st;
-        if (n_split > 1 && !fa_buffers(b, blocks, n_split, head_dim)) {
-            n_split = 1; /* without its buffers, the launch that needs none */
-            grid.z = 1;
-        }
         float *part = n_split > 1 ? b->fa_part : NULL;
         unsigned *counter = n_split > 1 ? b->fa_counter : NULL;
 #define FA(hd, q8_)                                                                                \
@@ -1497,16 +1497,14 @@ bonsai_backend_module(const bsi_module_host *h)
     table.silu_mul = C(cuda_silu_mul);
     /* BONSAI_CUDA_EPILOGUE=0: a prompt's residual adds and SiLU-multiply as separate kernels,
      * as before they were fused into the GEMM (to measure the fusion against) */
-    const char *ep = getenv("BONSAI_CUDA_EPILOGUE");
-    bool fuse = !ep || strcmp(ep, "0");
+    bool fuse = env_on("BONSAI_CUDA_EPILOGUE");
     table.matmul_add = fuse ? C(cuda_matmul_add) : NULL;
     table.matmul_swiglu = fuse ? C(cuda_matmul_swiglu) : NULL;
     table.add = C(cuda_add);
     table.kv_store = C(cuda_kv_store);
     /* BONSAI_CUDA_PREP=0: a prompt's q/k norms, RoPE and KV stores as separate kernels (to
      * measure attn_prep against) */
-    const char *prep = getenv("BONSAI_CUDA_PREP");
-    table.attn_prep = !prep || strcmp(prep, "0") ? C(cuda_attn_prep) : NULL;
+    table.attn_prep = env_on("BONSAI_CUDA_PREP") ? C(cuda_attn_prep) : NULL;
     table.attention = C(cuda_attention);
     table.decode_ok = cuda_decode_ok;
     table.decode = C(cuda_decode);
