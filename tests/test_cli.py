@@ -170,6 +170,30 @@ class EvalAndBench(unittest.TestCase):
                 "--bw", "10")
         self.assertIn("% of it", r.stdout)
 
+    def test_bench_prints_as_it_goes(self):
+        """Each result line reaches a pipe when it is measured, not at exit: a run cut short
+        (a timeout on a borrowed GPU machine) keeps what it measured. 1,001 prompts of 16
+        tokens (about a second), then 1,001 generations of 500 tokens one by one (minutes): the
+        prompt's line must come while the generations still run."""
+        import select
+        p = subprocess.Popen([BONSAI, "bench", "-m", data("stories260K.gguf"), "-p", "16",
+                              "-n", "500", "-r", "1000", "-t", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        got = b""  # read from the descriptor itself: a buffered reader would hide lines from select
+        try:
+            while b"\npp16 " not in got:
+                ready, _, _ = select.select([p.stdout], [], [], 120)
+                self.assertTrue(ready, f"no prompt line within 120 s after {got!r}")
+                chunk = os.read(p.stdout.fileno(), 4096)
+                self.assertTrue(chunk, f"bench ended after {got!r}")
+                got += chunk
+            self.assertIsNone(p.poll(), "the lines came only at exit")
+        finally:
+            p.kill()
+            p.communicate()
+        lines = got.decode().splitlines()
+        self.assertTrue(lines[0].startswith("model:"), lines)
+
 
 class CudaEmulated(unittest.TestCase):
     """The commands' GPU paths end to end (--backend cuda): bench with its bandwidth bound and

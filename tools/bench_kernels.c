@@ -637,6 +637,7 @@ static int cmd_bench_kernels(int argc, char **argv)
     bench_kernels_opts o = {.threads = bsi_physical_cores(), .tokens = 512};
     cli_parsed parsed;
     int rc;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* each row as it comes, even into a pipe */
     if (!cli_begin(&cli_bench_kernels_command, argc, argv, &o, &parsed, &rc)) return rc;
     if (o.threads > 256) o.threads = 256; /* a default out of the range */
     if (o.threads < 1) o.threads = 1;

@@ -427,6 +427,27 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
     return st;
 }
 
+/* One session's -p prompt (one batch of `count` tokens) or -n generation (`count` tokens one
+ * at a time, each sampled as a generation takes it: on the GPU there), each repetition from an
+ * empty cache after one warm-up: tokens/s of each repetition in rates[]. */
+static bonsai_status bench_tokens(bonsai_session *s, bonsai_sampler *greedy, const int32_t *ids,
+                                  int count, bool one_by_one, int reps, double *rates)
+{
+    bonsai_status st = BONSAI_OK;
+    for (int r = -1; r < reps && !st; r++) { /* r = -1: warm-up */
+        bonsai_session_clear(s);
+        double t0 = now();
+        if (!one_by_one) st = bonsai_session_eval(s, ids, (uint32_t)count, 0);
+        for (int i = 0; one_by_one && i < count && !st; i++) {
+            st = bonsai_session_eval(s, &ids[i], 1, 0);
+            int32_t tok;
+            if (!st) st = bonsai_session_sample(s, greedy, &tok, NULL);
+        }
+        if (r >= 0) rates[r] = count / (now() - t0);
+    }
+    return st;
+}
+
 #define MAX_SESSION_COUNTS 16 /* of --sessions */
 
 typedef struct bench_opts {
@@ -537,9 +558,10 @@ const cli_command cli_bench_command = {
                 "[--sessions 1,4,16,64] [--bw GB/s] [--json]",
     .description =
         "Measures prompt processing (one batch of -p tokens) and generation (-n tokens one at a "
-        "time) in tokens/s, like llama-bench: one warm-up, then -r repetitions, reported as "
-        "median, min and max, with the model's size and parameter count and the backend. Token "
-        "ids are fixed pseudo-random ones; each repetition starts from an empty cache.\n\n"
+        "time) in tokens/s, like llama-bench: for each, one warm-up, then -r repetitions, reported "
+        "as median, min and max, with the model's size and parameter count and the backend. "
+        "Token ids are fixed pseudo-random ones; each repetition starts from an empty cache. "
+        "Each line is printed (and flushed) as soon as it is measured.\n\n"
         "--sessions also generates -n tokens in each of that many sessions at once, stepped "
         "together with bonsai_batch_eval (one forward pass per step for all of them) and "
         "sampled greedily with bonsai_batch_sample, and reports the aggregate tokens/s per "
@@ -566,6 +588,7 @@ static int cmd_bench(int argc, char **argv)
     bench_opts o = {.p = 512, .n = 128, .reps = 5};
     cli_parsed parsed;
     int prc;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* each result as it comes, even into a pipe */
     if (!cli_begin(&cli_bench_command, argc, argv, &o, &parsed, &prc)) return prc;
     const char *model_path = o.model, *backend = o.backend;
     int p = (int)o.p, n = (int)o.n, reps = (int)o.reps, threads = (int)o.threads;
@@ -595,85 +618,74 @@ static int cmd_bench(int argc, char **argv)
     uint32_t vocab = bonsai_model_n_vocab(m);
     int32_t *ids = malloc((size_t)(p > n ? p : n) * sizeof *ids);
     double *pp = malloc((size_t)reps * sizeof *pp), *tg = malloc((size_t)reps * sizeof *tg);
+    if (!ids || !pp || !tg) st = BONSAI_ERR_NO_MEMORY;
     uint64_t x = 0x9E3779B97F4A7C15ull;
-    for (int i = 0; i < (p > n ? p : n); i++) {
+    for (int i = 0; ids && i < (p > n ? p : n); i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         ids[i] = (int32_t)(x % vocab);
     }
-    for (int r = -1; r < reps && !st; r++) { /* r = -1: warm-up */
-        if (p) {
-            bonsai_session_clear(s);
-            double t0 = now();
-            st = bonsai_session_eval(s, ids, (uint32_t)p, 0);
-            if (r >= 0) pp[r] = p / (now() - t0);
-        }
-        if (n && !st) {
-            bonsai_session_clear(s);
-            double t0 = now();
-            for (int i = 0; i < n && !st; i++) {
-                st = bonsai_session_eval(s, &ids[i], 1, 0);
-                int32_t tok; /* the next token, as a generation takes it (on the GPU there) */
-                if (!st) st = bonsai_session_sample(s, greedy, &tok, NULL);
-            }
-            if (r >= 0) tg[r] = n / (now() - t0);
-        }
+    bonsai_model_hparams h = {.struct_size = sizeof h};
+    bonsai_model_hparams_get(m, &h);
+    if (!json && !st) { /* each line as soon as it is known: a run cut short keeps what it measured */
+        double np = (double)bonsai_model_n_params(m);
+        printf("model:    %s (%s, %.2f MiB, %.3f %s parameters, %u layers)\n", model_path,
+               bonsai_model_architecture(m), bonsai_model_file_size(m) / 1048576.0,
+               np >= 1e9 ? np / 1e9 : np / 1e6, np >= 1e9 ? "B" : "M", h.n_layer);
+        printf("backend:  %s\n", bonsai_session_backend(s));
     }
-    /* concurrent sessions stepped together (bonsai_batch_eval): aggregate tokens/s */
-    double agg[MAX_SESSION_COUNTS] = {0};
-    for (int c = 0; c < n_counts && !st; c++)
-        st = bench_sessions(m, &sp, counts[c], n, reps, ids, vocab, &agg[c]);
-    int rc = 0;
-    if (st) {
-        rc = cli_error("bench", st);
-    } else {
-        bonsai_model_hparams h = {.struct_size = sizeof h};
-        bonsai_model_hparams_get(m, &h);
-        stats sp_ = p ? summarize(pp, reps) : (stats){0, 0, 0};
-        stats sg = n ? summarize(tg, reps) : (stats){0, 0, 0};
-        if (json) {
-            printf("{\"model\":\"%s\",\"arch\":\"%s\",\"file_bytes\":%" PRIu64
-                   ",\"params\":%" PRIu64 ",\"backend\":\"%s\",\"repetitions\":%d,"
-                   "\"pp\":%d,\"pp_tok_s\":%.2f,\"pp_min\":%.2f,\"pp_max\":%.2f,"
-                   "\"tg\":%d,\"tg_tok_s\":%.2f,\"tg_min\":%.2f,\"tg_max\":%.2f}\n",
-                   model_path, bonsai_model_architecture(m), bonsai_model_file_size(m),
-                   bonsai_model_n_params(m), bonsai_session_backend(s), reps, p, sp_.median,
-                   sp_.min, sp_.max, n, sg.median, sg.min, sg.max);
-            if (o.bw > 0 && n) {
-                double bound = o.bw * 1e9 / bytes_per_token(m, n);
-                printf("{\"model\":\"%s\",\"backend\":\"%s\",\"bw_gbps\":%.2f,"
-                       "\"bytes_per_token\":%.0f,\"tg_bound\":%.2f,\"tg_fraction\":%.4f}\n",
-                       model_path, bonsai_session_backend(s), (double)o.bw, bytes_per_token(m, n),
-                       bound, sg.median / bound);
-            }
-            for (int c = 0; c < n_counts; c++)
-                printf("{\"model\":\"%s\",\"backend\":\"%s\",\"sessions\":%d,\"tg\":%d,"
-                       "\"aggregate_tok_s\":%.2f,\"per_session_tok_s\":%.2f}\n",
-                       model_path, bonsai_session_backend(s), counts[c], n, agg[c],
-                       agg[c] / counts[c]);
-        } else {
-            double np = (double)bonsai_model_n_params(m);
-            printf("model:    %s (%s, %.2f MiB, %.3f %s parameters, %u layers)\n", model_path,
-                   bonsai_model_architecture(m), bonsai_model_file_size(m) / 1048576.0,
-                   np >= 1e9 ? np / 1e9 : np / 1e6, np >= 1e9 ? "B" : "M", h.n_layer);
-            printf("backend:  %s\n", bonsai_session_backend(s));
-            if (p)
-                printf("pp%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", p, sp_.median,
-                       reps, sp_.min, sp_.max);
-            if (n)
-                printf("tg%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", n, sg.median,
-                       reps, sg.min, sg.max);
-            if (n && o.bw > 0) {
+    stats sp_ = {0, 0, 0}, sg = {0, 0, 0};
+    if (p && !st) {
+        st = bench_tokens(s, greedy, ids, p, false, reps, pp);
+        if (!st) sp_ = summarize(pp, reps);
+        if (!st && !json)
+            printf("pp%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", p, sp_.median,
+                   reps, sp_.min, sp_.max);
+    }
+    if (n && !st) {
+        st = bench_tokens(s, greedy, ids, n, true, reps, tg);
+        if (!st) sg = summarize(tg, reps);
+        if (!st && !json) {
+            printf("tg%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", n, sg.median,
+                   reps, sg.min, sg.max);
+            if (o.bw > 0) {
                 double bpt = bytes_per_token(m, n), bound = o.bw * 1e9 / bpt;
                 printf("bound:    %.2f tok/s at %.1f GB/s (%.1f MB read per token): tg%d is "
                        "%.1f%% of it\n",
                        bound, (double)o.bw, bpt / 1e6, n, 100.0 * sg.median / bound);
             }
-            for (int c = 0; c < n_counts; c++)
-                printf("tg%-5d  %9.2f tok/s  aggregate of %d sessions stepped together "
-                       "(%.2f each, median of %d)\n",
-                       n, agg[c], counts[c], agg[c] / counts[c], reps);
         }
     }
+    if (!st && json) {
+        printf("{\"model\":\"%s\",\"arch\":\"%s\",\"file_bytes\":%" PRIu64 ",\"params\":%" PRIu64
+               ",\"backend\":\"%s\",\"repetitions\":%d,"
+               "\"pp\":%d,\"pp_tok_s\":%.2f,\"pp_min\":%.2f,\"pp_max\":%.2f,"
+               "\"tg\":%d,\"tg_tok_s\":%.2f,\"tg_min\":%.2f,\"tg_max\":%.2f}\n",
+               model_path, bonsai_model_architecture(m), bonsai_model_file_size(m),
+               bonsai_model_n_params(m), bonsai_session_backend(s), reps, p, sp_.median, sp_.min,
+               sp_.max, n, sg.median, sg.min, sg.max);
+        if (o.bw > 0 && n) {
+            double bound = o.bw * 1e9 / bytes_per_token(m, n);
+            printf("{\"model\":\"%s\",\"backend\":\"%s\",\"bw_gbps\":%.2f,"
+                   "\"bytes_per_token\":%.0f,\"tg_bound\":%.2f,\"tg_fraction\":%.4f}\n",
+                   model_path, bonsai_session_backend(s), (double)o.bw, bytes_per_token(m, n),
+                   bound, sg.median / bound);
+        }
+    }
+    /* concurrent sessions stepped together (bonsai_batch_eval): aggregate tokens/s */
+    for (int c = 0; c < n_counts && !st; c++) {
+        double agg = 0;
+        st = bench_sessions(m, &sp, counts[c], n, reps, ids, vocab, &agg);
+        if (st) break;
+        if (json)
+            printf("{\"model\":\"%s\",\"backend\":\"%s\",\"sessions\":%d,\"tg\":%d,"
+                   "\"aggregate_tok_s\":%.2f,\"per_session_tok_s\":%.2f}\n",
+                   model_path, bonsai_session_backend(s), counts[c], n, agg, agg / counts[c]);
+        else
+            printf("tg%-5d  %9.2f tok/s  aggregate of %d sessions stepped together "
+                   "(%.2f each, median of %d)\n",
+                   n, agg, counts[c], agg / counts[c], reps);
+    }
+    int rc = st ? cli_error("bench", st) : 0;
     free(ids);
     free(pp);
     free(tg);
