@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# .ci/gpu-check's own dry run, on the emulated module: the bundle made from this build, then
+# every step of `gpu-check run` (GPU_CHECK_QUICK=1: small sizes, one repetition), with the test
+# model in place of the synthetic 1.7B and 8B shapes. A GPU machine is lent for minutes at a
+# time; a broken option or a missing file in the script must show up here, not there.
+#   gpu_check_dry.sh SCRIPT BUILD_ROOT EMULATED_MODULE MODEL
+set -u
+script=$1 build=$2 module=$3 model=$4
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+fail() { echo "gpu_check_dry: $*" >&2; cat "$dir/out/summary.txt" >&2 2>/dev/null; exit 1; }
+
+BUILD=$build MODULE=$module "$script" bundle "$dir/bundle" || fail "bundle failed"
+mkdir -p "$dir/models"
+cp "$model" "$dir/models/b17.gguf" && cp "$model" "$dir/models/b8.gguf" || fail "no model"
+GPU_CHECK_QUICK=1 MODELS=$dir/models BONSAI_TEST_CUDA_EMU=1 BONSAI_TEST_FILTER=test_models \
+    BONSAI_TEST_QWEN3_TINY_4K=$model bash "$dir/bundle/gpu-check" run "$dir/out" >"$dir/log" 2>&1
+rc=$?
+[ $rc = 0 ] || { cat "$dir/log" >&2; fail "gpu-check run: exit $rc"; }
+sum=$dir/out/summary.txt
+grep -q "PASSED" "$dir/out/test_cuda.txt" || fail "test_cuda did not pass"
+benches=$(grep -c '^==== bench' "$sum")
+on_cuda=$(grep -c '^backend:  cuda' "$sum")
+[ "$benches" = 11 ] || fail "$benches benches, not 11"
+[ "$on_cuda" = "$benches" ] || fail "$on_cuda of $benches benches on the cuda backend"
+# a prompt for the main run, the six prompt variants and the 8B; generation for the main run, the
+# three decode variants and the 8B, sessions for both models
+for want in "^pp64 8" "^tg8 .* (median of 1; 5" "aggregate of 4 sessions 2" "of it$ 5"; do
+    pattern=${want% *} count=${want##* }
+    got=$(grep -c -- "$pattern" "$sum")
+    [ "$got" = "$count" ] || fail "$got lines with '$pattern', not $count"
+done
+grep -q '==== done: rc 0' "$sum" || fail "no final line"
+echo "gpu-check dry run: $benches benches on the emulated module, test_cuda passed"
