@@ -187,12 +187,14 @@ class EvalAndBench(unittest.TestCase):
                 chunk = os.read(p.stdout.fileno(), 4096)
                 self.assertTrue(chunk, f"bench ended after {got!r}")
                 got += chunk
+            self.assertNotIn(b"\ntg500 ", got, "the lines came only at exit")
             self.assertIsNone(p.poll(), "the lines came only at exit")
         finally:
             p.kill()
             p.communicate()
         lines = got.decode().splitlines()
         self.assertTrue(lines[0].startswith("model:"), lines)
+        self.assertTrue(lines[1].startswith("backend:  cpu"), lines)
 
 
 class CudaEmulated(unittest.TestCase):

@@ -448,6 +448,16 @@ static bonsai_status bench_tokens(bonsai_session *s, bonsai_sampler *greedy, con
     return st;
 }
 
+/* The session's backend, before a result measured on it, and again if it changed since (the CUDA
+ * backend drops "PDL" from its description when dependent launches fail on the first steps). */
+static void print_backend(const bonsai_session *s, char *shown, size_t cap)
+{
+    const char *now = bonsai_session_backend(s);
+    if (!strncmp(now, shown, cap - 1)) return;
+    printf("backend:  %s\n", now);
+    snprintf(shown, cap, "%s", now);
+}
+
 #define MAX_SESSION_COUNTS 16 /* of --sessions */
 
 typedef struct bench_opts {
@@ -491,7 +501,7 @@ static const cli_option bench_options[] = {
      .min = 1,
      .max = 1000,
      .def = "5",
-     .help = "Measured repetitions (after one warm-up)."},
+     .help = "Measured repetitions (after one warm-up per test)."},
     {.names = "-t, --threads",
      .value = "N",
      .kind = CLI_INT,
@@ -561,7 +571,8 @@ const cli_command cli_bench_command = {
         "time) in tokens/s, like llama-bench: for each, one warm-up, then -r repetitions, reported "
         "as median, min and max, with the model's size and parameter count and the backend. "
         "Token ids are fixed pseudo-random ones; each repetition starts from an empty cache. "
-        "Each line is printed (and flushed) as soon as it is measured.\n\n"
+        "Each line is printed (and flushed) as soon as it is measured; with --json, the first "
+        "row, prompt and generation together, after both.\n\n"
         "--sessions also generates -n tokens in each of that many sessions at once, stepped "
         "together with bonsai_batch_eval (one forward pass per step for all of them) and "
         "sampled greedily with bonsai_batch_sample, and reports the aggregate tokens/s per "
@@ -573,7 +584,8 @@ const cli_command cli_bench_command = {
     .options = bench_options,
     .n_options = sizeof bench_options / sizeof bench_options[0],
     .exit_status = "0\tthe results were printed\n"
-                   "1\tthe model could not be loaded or run (one line on standard error)\n"
+                   "1\tthe model could not be loaded or run (one line on standard error; the lines "
+                   "measured before it stay on standard output)\n"
                    "2\ta usage error, such as -p 0 with -n 0 (one line on standard error)",
     .examples = "The llama-bench defaults on two threads:\n"
                 "$ bonsai bench -m b17.gguf -t 2\n"
@@ -626,27 +638,31 @@ static int cmd_bench(int argc, char **argv)
     }
     bonsai_model_hparams h = {.struct_size = sizeof h};
     bonsai_model_hparams_get(m, &h);
-    if (!json && !st) { /* each line as soon as it is known: a run cut short keeps what it measured */
+    /* each line as soon as it is known: a run cut short keeps what it measured */
+    if (!json && !st) {
         double np = (double)bonsai_model_n_params(m);
         printf("model:    %s (%s, %.2f MiB, %.3f %s parameters, %u layers)\n", model_path,
                bonsai_model_architecture(m), bonsai_model_file_size(m) / 1048576.0,
                np >= 1e9 ? np / 1e9 : np / 1e6, np >= 1e9 ? "B" : "M", h.n_layer);
-        printf("backend:  %s\n", bonsai_session_backend(s));
     }
+    char shown[256] = ""; /* the backend line last printed */
     stats sp_ = {0, 0, 0}, sg = {0, 0, 0};
     if (p && !st) {
         st = bench_tokens(s, greedy, ids, p, false, reps, pp);
         if (!st) sp_ = summarize(pp, reps);
-        if (!st && !json)
-            printf("pp%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", p, sp_.median,
-                   reps, sp_.min, sp_.max);
+        if (!st && !json) {
+            print_backend(s, shown, sizeof shown);
+            printf("pp%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", p, sp_.median, reps,
+                   sp_.min, sp_.max);
+        }
     }
     if (n && !st) {
         st = bench_tokens(s, greedy, ids, n, true, reps, tg);
         if (!st) sg = summarize(tg, reps);
         if (!st && !json) {
-            printf("tg%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", n, sg.median,
-                   reps, sg.min, sg.max);
+            print_backend(s, shown, sizeof shown);
+            printf("tg%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", n, sg.median, reps,
+                   sg.min, sg.max);
             if (o.bw > 0) {
                 double bpt = bytes_per_token(m, n), bound = o.bw * 1e9 / bpt;
                 printf("bound:    %.2f tok/s at %.1f GB/s (%.1f MB read per token): tg%d is "
@@ -676,14 +692,16 @@ static int cmd_bench(int argc, char **argv)
         double agg = 0;
         st = bench_sessions(m, &sp, counts[c], n, reps, ids, vocab, &agg);
         if (st) break;
-        if (json)
+        if (json) {
             printf("{\"model\":\"%s\",\"backend\":\"%s\",\"sessions\":%d,\"tg\":%d,"
                    "\"aggregate_tok_s\":%.2f,\"per_session_tok_s\":%.2f}\n",
                    model_path, bonsai_session_backend(s), counts[c], n, agg, agg / counts[c]);
-        else
+        } else {
+            print_backend(s, shown, sizeof shown);
             printf("tg%-5d  %9.2f tok/s  aggregate of %d sessions stepped together "
                    "(%.2f each, median of %d)\n",
                    n, agg, counts[c], agg / counts[c], reps);
+        }
     }
     int rc = st ? cli_error("bench", st) : 0;
     free(ids);
