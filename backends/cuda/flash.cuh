@@ -49,9 +49,9 @@ __device__ __forceinline__ uint4 kv_row8(const void *__restrict__ cache, int p, 
  * token t attending to cache positions 0 .. pos + t; q as out; also out in fp16 (sat_half, as
  * to_half makes it) in outh when given. Grid (n_head, ceil(n_tok / FA_BQ), n_split).
  *
- * With n_split > 1, the cache tiles a (head, query tile) attends to are shared out among n_split
- * blocks (a few tokens after a long cache would otherwise keep a few blocks busy and most SMs
- * idle). Each writes its rows' (m, l, unnormalized output) to part [n_head][n_qtiles][n_split]
+ * With n_split > 1 (at most FA_MAX_SPLIT), the cache tiles a (head, query tile) attends to are
+ * shared out among n_split blocks (a few tokens after a long cache would otherwise keep a few
+ * blocks busy and most SMs idle). Each writes its rows' (m, l, unnormalized output) to part [n_head][n_qtiles][n_split]
  * [FA_BQ][HD + 2]; the last of them to finish (counted in counter [n_head][n_qtiles], which it
  * resets for the next launch) merges them in split order, so the result does not depend on
  * which block finishes last. */
@@ -218,21 +218,35 @@ __global__ void __launch_bounds__(FA_THREADS)
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    for (int i = threadIdx.x; i < FA_BQ * HD; i += FA_THREADS) {
-        int row = i / HD, d = i % HD, r = t0 + row;
-        if (r >= n_tok) continue;
+    /* each row's weight per split, exp(m_split - max), and l summed with them: once per row, in
+     * ks (its tiles are consumed), not once per value */
+    float *wt = reinterpret_cast<float *>(&ks[0][0]); /* [FA_BQ][FA_MAX_SPLIT] */
+    float *wl = wt + FA_BQ * FA_MAX_SPLIT;            /* [FA_BQ] */
+    static_assert(sizeof ks >= FA_BQ * (FA_MAX_SPLIT + 1) * sizeof(float), "ks holds the weights");
+    if (threadIdx.x < FA_BQ && t0 + (int)threadIdx.x < n_tok) {
+        const int row = threadIdx.x;
         const float *at = all + row * ROW;
         float mm = -INFINITY; /* finite: the split with tile 0 saw position 0 */
         for (int sp = 0; sp < n_split; sp++) mm = fmaxf(mm, __ldcg(at + (size_t)sp * FA_BQ * ROW));
-        float ll = 0.0f, acc = 0.0f;
+        float ll = 0.0f;
         for (int sp = 0; sp < n_split; sp++) {
             const float *p = at + (size_t)sp * FA_BQ * ROW;
             float msp = __ldcg(p), w = msp == -INFINITY ? 0.0f : __expf(msp - mm);
+            wt[row * FA_MAX_SPLIT + sp] = w;
             ll += __ldcg(p + 1) * w;
-            acc += __ldcg(p + 2 + d) * w;
         }
+        wl[row] = ll;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < FA_BQ * HD; i += FA_THREADS) {
+        int row = i / HD, d = i % HD, r = t0 + row;
+        if (r >= n_tok) continue;
+        const float *at = all + row * ROW + 2 + d;
+        float acc = 0.0f;
+        for (int sp = 0; sp < n_split; sp++)
+            acc += __ldcg(at + (size_t)sp * FA_BQ * ROW) * wt[row * FA_MAX_SPLIT + sp];
         size_t o_at = ((size_t)r * n_head + h) * HD + d;
-        float v = acc / ll;
+        float v = acc / wl[row];
         out[o_at] = v;
         if (outh) outh[o_at] = sat_half(v);
     }
