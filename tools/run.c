@@ -427,11 +427,23 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
     return st;
 }
 
+/* The session's backend, before a result measured on it, and again if it changed since (the CUDA
+ * backend drops "PDL" from its description when dependent launches fail on the first steps). */
+static void print_backend(const bonsai_session *s, char *shown, size_t cap)
+{
+    const char *now = bonsai_session_backend(s);
+    if (!strncmp(now, shown, cap - 1)) return;
+    printf("backend:  %s\n", now);
+    snprintf(shown, cap, "%s", now);
+}
+
 /* One session's -p prompt (one batch of `count` tokens) or -n generation (`count` tokens one
  * at a time, each sampled as a generation takes it: on the GPU there), each repetition from an
- * empty cache after one warm-up: tokens/s of each repetition in rates[]. */
-static bonsai_status bench_tokens(bonsai_session *s, bonsai_sampler *greedy, const int32_t *ids,
-                                  int count, bool one_by_one, int reps, double *rates)
+ * empty cache after one warm-up, the tokens/s of each in rates[], summarized in *out; and its
+ * line (after the backend's, print_backend) when shown is given. */
+static bonsai_status bench_test(bonsai_session *s, bonsai_sampler *greedy, const int32_t *ids,
+                                int count, bool one_by_one, int reps, double *rates, char *shown,
+                                size_t shown_cap, stats *out)
 {
     bonsai_status st = BONSAI_OK;
     for (int r = -1; r < reps && !st; r++) { /* r = -1: warm-up */
@@ -445,17 +457,14 @@ static bonsai_status bench_tokens(bonsai_session *s, bonsai_sampler *greedy, con
         }
         if (r >= 0) rates[r] = count / (now() - t0);
     }
+    if (st) return st;
+    *out = summarize(rates, reps);
+    if (shown) {
+        print_backend(s, shown, shown_cap);
+        printf("%s%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n",
+               one_by_one ? "tg" : "pp", count, out->median, reps, out->min, out->max);
+    }
     return st;
-}
-
-/* The session's backend, before a result measured on it, and again if it changed since (the CUDA
- * backend drops "PDL" from its description when dependent launches fail on the first steps). */
-static void print_backend(const bonsai_session *s, char *shown, size_t cap)
-{
-    const char *now = bonsai_session_backend(s);
-    if (!strncmp(now, shown, cap - 1)) return;
-    printf("backend:  %s\n", now);
-    snprintf(shown, cap, "%s", now);
 }
 
 #define MAX_SESSION_COUNTS 16 /* of --sessions */
@@ -647,28 +656,15 @@ static int cmd_bench(int argc, char **argv)
     }
     char shown[256] = ""; /* the backend line last printed */
     stats sp_ = {0, 0, 0}, sg = {0, 0, 0};
-    if (p && !st) {
-        st = bench_tokens(s, greedy, ids, p, false, reps, pp);
-        if (!st) sp_ = summarize(pp, reps);
-        if (!st && !json) {
-            print_backend(s, shown, sizeof shown);
-            printf("pp%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", p, sp_.median, reps,
-                   sp_.min, sp_.max);
-        }
-    }
+    char *line = json ? NULL : shown; /* text: each test's line as it is measured */
+    if (p && !st) st = bench_test(s, greedy, ids, p, false, reps, pp, line, sizeof shown, &sp_);
     if (n && !st) {
-        st = bench_tokens(s, greedy, ids, n, true, reps, tg);
-        if (!st) sg = summarize(tg, reps);
-        if (!st && !json) {
-            print_backend(s, shown, sizeof shown);
-            printf("tg%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", n, sg.median, reps,
-                   sg.min, sg.max);
-            if (o.bw > 0) {
-                double bpt = bytes_per_token(m, n), bound = o.bw * 1e9 / bpt;
-                printf("bound:    %.2f tok/s at %.1f GB/s (%.1f MB read per token): tg%d is "
-                       "%.1f%% of it\n",
-                       bound, (double)o.bw, bpt / 1e6, n, 100.0 * sg.median / bound);
-            }
+        st = bench_test(s, greedy, ids, n, true, reps, tg, line, sizeof shown, &sg);
+        if (!st && !json && o.bw > 0) {
+            double bpt = bytes_per_token(m, n), bound = o.bw * 1e9 / bpt;
+            printf("bound:    %.2f tok/s at %.1f GB/s (%.1f MB read per token): tg%d is "
+                   "%.1f%% of it\n",
+                   bound, (double)o.bw, bpt / 1e6, n, 100.0 * sg.median / bound);
         }
     }
     if (!st && json) {
