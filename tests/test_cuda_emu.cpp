@@ -277,7 +277,7 @@ static void check_half_copy(const char *what, const std::vector<float> &y,
 /* Several matrices of one width in one launch (OUT: stored, added to what y held, or gate and up
  * into silu(gate) * up), against double sums of the fp16-rounded inputs (fp16 products are exact
  * and the accumulation is fp32, so the error is the summation's). */
-template <int WN, int OUT>
+template <int WN, int OUT, bool WG = false>
 static void check_gemm(int n_mats, const int *rows, int cols, int n_tok)
 {
     std::vector<q1_matrix> m;
@@ -307,8 +307,12 @@ static void check_gemm(int n_mats, const int *rows, int cols, int n_tok)
     if (OUT == GEMM_SILU) gm.yh = yh.data(); /* the down projection's input in fp16 */
     unsigned tiles = OUT == GEMM_SILU ? (unsigned)(rows[0] + 31) / 32 : (unsigned)gm.tile0[n_mats];
     dim3 grid(tiles, (unsigned)((n_tok + 16 * WN - 1) / (16 * WN)));
-    EMU_LAUNCH((q1_gemm_mma<WN, OUT>), grid, dim3(GEMM_THREADS), gm, (const __half *)xh.data(),
-               cols, n_tok);
+    if (WG) /* the same grid */
+        EMU_LAUNCH((q1_gemm_wgmma<16 * WN, OUT>), grid, dim3(GEMM_THREADS), gm,
+                   (const __half *)xh.data(), cols, n_tok);
+    else
+        EMU_LAUNCH((q1_gemm_mma<WN, OUT>), grid, dim3(GEMM_THREADS), gm,
+                   (const __half *)xh.data(), cols, n_tok);
     if (OUT == GEMM_SILU) check_half_copy("gemm SILU", y[0], yh);
 
     for (int i = 0; i < n_out; i++)
@@ -328,8 +332,8 @@ static void check_gemm(int n_mats, const int *rows, int cols, int n_tok)
                 }
                 double got = y[i][at];
                 if (!(fabs(got - ref) <= tol))
-                    fail_msg("gemm<%d, %d> matrix %d row %d token %d: %.7g, want %.7g", WN, OUT,
-                             i, r, t, got, ref);
+                    fail_msg("%s<%d, %d> matrix %d row %d token %d: %.7g, want %.7g",
+                             WG ? "wgmma" : "mma", WN, OUT, i, r, t, got, ref);
             }
 }
 
@@ -345,6 +349,22 @@ static void test_gemm(void **state)
     check_gemm<8, GEMM_ADD>(2, odd, 128, 20);
     check_gemm<4, GEMM_SILU>(2, gu, 256, 70);    /* silu(gate) * up, three 32-row tiles */
     check_gemm<8, GEMM_SILU>(2, gu_odd, 128, 130); /* rows not a multiple of 32 */
+}
+
+/* q1_gemm_wgmma: the cases (and the checks) of q1_gemm_mma, one with 8 k-tiles, so that the
+ * three stages go round more than once. */
+static void test_gemm_wgmma(void **state)
+{
+    (void)state;
+    const int one[] = {64}, qkv[] = {128, 64, 96}, odd[] = {70, 5}, gu[] = {96, 96},
+              gu_odd[] = {40, 40};
+    check_gemm<4, GEMM_STORE, true>(1, one, 128, 9);
+    check_gemm<4, GEMM_STORE, true>(3, qkv, 256, 70);
+    check_gemm<8, GEMM_STORE, true>(2, odd, 384, 130);
+    check_gemm<4, GEMM_ADD, true>(1, odd, 256, 70);
+    check_gemm<8, GEMM_ADD, true>(2, odd, 128, 20);
+    check_gemm<4, GEMM_SILU, true>(2, gu, 256, 70);
+    check_gemm<8, GEMM_SILU, true>(2, gu_odd, 512, 130);
 }
 
 /* ---- attention ---- */
@@ -824,6 +844,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dgemv),
         cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_gemm_wgmma),
         cmocka_unit_test(test_prefill),
         cmocka_unit_test(test_attn_decode),
         cmocka_unit_test(test_sampling),

@@ -63,6 +63,45 @@ __device__ __forceinline__ uint32_t signed_pair_hi(uint32_t nib, uint32_t nd)
     return (((nib & 0xCu) * 0x10002000u) & 0x80008000u) ^ nd;
 }
 
+/* A row tile's matrix (blockIdx.x among mats.tile0): its bits, scales, output and rows; returns
+ * its first tile. Constant indices only, so that the parameters stay out of local memory. */
+__device__ __forceinline__ int gemm_pick(const gemm_mats &mats, const uint32_t **bits,
+                                         const __half **scales, float **y, int *rows)
+{
+    int tile0 = 0;
+    *bits = mats.bits[0];
+    *scales = mats.scales[0];
+    *y = mats.y[0];
+    *rows = mats.rows[0];
+#pragma unroll
+    for (int i = 1; i < GEMM_MAX_MATS; i++)
+        if (i < mats.n && (int)blockIdx.x >= mats.tile0[i]) {
+            *bits = mats.bits[i];
+            *scales = mats.scales[i];
+            *y = mats.y[i];
+            *rows = mats.rows[i];
+            tile0 = mats.tile0[i];
+        }
+    return tile0;
+}
+
+/* Sum v of row r, token tok to its place (see the top of this file); GEMM_SILU: v is up's sum and
+ * gate gate's. */
+template <int OUT>
+__device__ __forceinline__ void gemm_out(const gemm_mats &mats, float *y, int rows, int r, int tok,
+                                         float v, float gate)
+{
+    size_t at = (size_t)tok * rows + r;
+    if (OUT == GEMM_SILU) {
+        float s = silu_times(gate, v);
+        y[at] = s;
+        if (mats.yh) mats.yh[at] = sat_half(s);
+    } else if (OUT == GEMM_ADD)
+        y[at] += v;
+    else
+        y[at] = v;
+}
+
 /* x [n][cols] f32 -> fp16, n * cols a multiple of 4. */
 __global__ void to_half(const float *__restrict__ x, __half *__restrict__ y, int64_t n4)
 {
@@ -102,16 +141,7 @@ __global__ void __launch_bounds__(GEMM_THREADS)
         }
         wrow = (int)blockIdx.x * 32;
     } else {
-        int tile0 = 0;
-#pragma unroll
-        for (int i = 1; i < GEMM_MAX_MATS; i++)
-            if (i < mats.n && (int)blockIdx.x >= mats.tile0[i]) {
-                bits = mats.bits[i];
-                scales = mats.scales[i];
-                y = mats.y[i];
-                rows = mats.rows[i];
-                tile0 = mats.tile0[i];
-            }
+        int tile0 = gemm_pick(mats, &bits, &scales, &y, &rows);
         wrow = ((int)blockIdx.x - tile0) * GEMM_BM + (warp & 1) * 32;
     }
     int tok0 = (int)blockIdx.y * BN, wtok = (warp >> 1) * 8 * WN; /* wtok: within the block */
@@ -231,17 +261,157 @@ __global__ void __launch_bounds__(GEMM_THREADS)
             for (int e = 0; e < 4; e++) {
                 int r = wrow + 16 * i + g + (e >= 2 ? 8 : 0);
                 int tok = tok0 + wtok + 8 * j + 2 * t + (e & 1);
-                if (r >= rows || tok >= n_tok) continue;
-                float *out = y + (size_t)tok * rows + r;
-                if (OUT == GEMM_SILU) {
-                    float v = silu_times(gate[((i * WN + j) * 4 + e) * WARP], acc[i][j][e]);
-                    *out = v;
-                    if (mats.yh) mats.yh[(size_t)tok * rows + r] = sat_half(v);
-                } else if (OUT == GEMM_ADD)
-                    *out += acc[i][j][e];
-                else
-                    *out = acc[i][j][e];
+                if (r < rows && tok < n_tok)
+                    gemm_out<OUT>(mats, y, rows, r, tok, acc[i][j][e],
+                                  OUT == GEMM_SILU ? gate[((i * WN + j) * 4 + e) * WARP] : 0.0f);
             }
+}
+
+/* ---- the same products with wgmma (sm_90a) ----
+ *
+ * q1_gemm_wgmma<BN, OUT> computes what q1_gemm_mma<BN / 16, OUT> does, with the same grid, as one
+ * warpgroup of 4 warps: each warp builds its 16 rows' A fragments from the sign bits as
+ * q1_gemm_mma does (in the k order the hardware reads B in), and one m64nBNk16 product a 16-column
+ * step takes all 64 rows (GEMM_SILU: 32 of gate above the same 32 of up) times the block's BN
+ * tokens, which stay in shared memory: three k-tiles in flight with cp.async, laid out as wgmma's
+ * 8 x 8 core matrices (token group n8 and column group k8 at (8 n8 + k8) x 128 bytes). A build
+ * for another GPU (or the PTX JIT) has an empty body here: the backend uses these kernels only
+ * where its self-check at start found their sums equal to q1_gemm_mma's. */
+constexpr int WG_STAGES = 3;
+
+/* The dynamic shared memory of q1_gemm_wgmma<bn, *>. */
+__host__ __device__ constexpr size_t wgmma_smem(int bn)
+{
+    return (size_t)WG_STAGES * bn * GEMM_BK * sizeof(__half);
+}
+
+template <int BN, int OUT>
+__global__ void __launch_bounds__(GEMM_THREADS)
+    q1_gemm_wgmma(gemm_mats mats, const __half *__restrict__ x, int cols, int n_tok)
+{
+#if BSI_WGMMA
+    static_assert(BN == 64 || BN == 128, "wgmma_f16 has N 64 and 128");
+    constexpr int TILE = BN * GEMM_BK; /* halves per stage */
+    constexpr int CHUNKS = TILE / 8;   /* 16-byte copies per k-tile */
+    DYN_SMEM(smem);
+    __half *xs = (__half *)smem;
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    int g = lane >> 2, t = lane & 3;
+    const uint32_t *bits;
+    const __half *scales;
+    float *y;
+    int rows, wrow;
+    if (OUT == GEMM_SILU) { /* warps 0 and 1: gate rows, 2 and 3: the same rows of up */
+        bits = warp >= 2 ? mats.bits[1] : mats.bits[0];
+        scales = warp >= 2 ? mats.scales[1] : mats.scales[0];
+        y = mats.y[0];
+        rows = mats.rows[0];
+        wrow = (int)blockIdx.x * 32 + (warp & 1) * 16;
+    } else {
+        int tile0 = gemm_pick(mats, &bits, &scales, &y, &rows);
+        wrow = ((int)blockIdx.x - tile0) * GEMM_BM + warp * 16;
+    }
+    int tok0 = (int)blockIdx.y * BN;
+    int words = cols / 32, nb = cols / QK, n_kt = cols / GEMM_BK;
+    /* this lane's two rows: g and g + 8 of the warp's 16 (clamped for loads) */
+    const uint32_t *rbits[2];
+    const __half *rscale[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int r = min(wrow + g + 8 * i, rows - 1);
+        rbits[i] = bits + (size_t)r * words;
+        rscale[i] = scales + (size_t)r * nb;
+    }
+
+    /* k-tile kt into stage kt % WG_STAGES: a warp copies 16 tokens x 32 bytes (whole sectors),
+     * each quarter of it 8 tokens of one core matrix (128 contiguous bytes: no bank conflict) */
+    auto load_tile = [&](int kt) {
+        if (kt < n_kt) {
+            __half *stage = xs + (kt % WG_STAGES) * TILE;
+            for (int c = threadIdx.x; c < CHUNKS; c += GEMM_THREADS) {
+                int l = c % WARP, grp = c / WARP;
+                int tk = grp % (BN / 16) * 16 + l % 16, part = grp / (BN / 16) * 2 + l / 16;
+                int tok = min(tok0 + tk, n_tok - 1); /* past the end: any valid data, not stored */
+                cp_async16(stage + ((tk / 8) * (GEMM_BK / 8) + part) * 64 + (tk % 8) * 8,
+                           x + (size_t)tok * cols + kt * GEMM_BK + part * 8);
+            }
+        }
+        cp_async_commit(); /* an empty group past the end keeps cp_async_wait's count */
+    };
+
+    /* the A fragments of k-tile kt: a[s][i] rows g + 8 i, columns 16 s + 2 t and + 1 of the tile;
+     * a[s][2 + i] the same + 8 */
+    auto load_a = [&](int kt, uint32_t (&a)[GEMM_BK / 16][4]) {
+        uint32_t wb[2][2], nd[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            wb[i][0] = __ldg(rbits[i] + 2 * kt);
+            wb[i][1] = __ldg(rbits[i] + 2 * kt + 1);
+            uint32_t d = __half_as_ushort(rscale[i][kt / 2]);
+            nd[i] = (d | d << 16) ^ 0x80008000u;
+        }
+#pragma unroll
+        for (int s = 0; s < GEMM_BK / 16; s++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                uint32_t h = wb[i][s / 2] >> (16 * (s % 2));
+                a[s][i] = signed_pair(h >> (2 * t) & 3u, nd[i]);
+                a[s][2 + i] = signed_pair(h >> (8 + 2 * t) & 3u, nd[i]);
+            }
+    };
+
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) acc[i] = 0.0f;
+    wgmma_hold(acc);
+    /* k-tile kt's products with fragments a, and the next tile's fragments into b while they run
+     * (two sets, taking turns: a copy from one to the other would make ptxas serialize) */
+    auto step = [&](int kt, uint32_t (&a)[GEMM_BK / 16][4], uint32_t (&b)[GEMM_BK / 16][4]) {
+        cp_async_wait<WG_STAGES - 2>(); /* this thread's copies of k-tile kt have landed */
+        wgmma_proxy_fence();
+        /* everyone's have, and every warp has waited for its products of kt - 1: the stage they
+         * read is refilled with k-tile kt + 2 */
+        __syncthreads();
+        load_tile(kt + 2);
+        const __half *stage = xs + (kt % WG_STAGES) * TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < GEMM_BK / 16; s++)
+            wgmma_f16<BN>(acc, a[s], wgmma_desc(stage + 2 * s * 64, 128, GEMM_BK / 8 * 128));
+        wgmma_commit();
+        if (kt + 1 < n_kt) load_a(kt + 1, b);
+        wgmma_wait0();
+    };
+    uint32_t a0[GEMM_BK / 16][4], a1[GEMM_BK / 16][4];
+    load_tile(0);
+    load_tile(1);
+    load_a(0, a0);
+    for (int kt = 0; kt < n_kt; kt += 2) {
+        step(kt, a0, a1);
+        if (kt + 1 < n_kt) step(kt + 1, a1, a0);
+    }
+    wgmma_hold(acc);
+
+    /* GEMM_SILU: the gate warps' sums to shared memory (no copy is in flight: the last groups
+     * were empty), where the up warp of the same rows finds them */
+    float *gate = (float *)smem + (warp & 1) * (BN / 2) * WARP + lane;
+    static_assert(2 * (BN / 2) * WARP * sizeof(float) <= wgmma_smem(BN), "gate sums fit");
+    if (OUT == GEMM_SILU) {
+        __syncthreads(); /* every warp's products are done with the last stage */
+        if (warp < 2)
+#pragma unroll
+            for (int i = 0; i < BN / 2; i++) gate[i * WARP] = acc[i];
+        __syncthreads();
+        if (warp < 2) return;
+    }
+    /* acc[4 j + e]: row wrow + g (+ 8 for e >= 2), token tok0 + 8 j + 2 t (+ 1 for odd e) */
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) {
+        int r = wrow + g + (i % 4 >= 2 ? 8 : 0), tok = tok0 + 8 * (i / 4) + 2 * t + (i & 1);
+        if (r < rows && tok < n_tok)
+            gemm_out<OUT>(mats, y, rows, r, tok, acc[i], OUT == GEMM_SILU ? gate[i * WARP] : 0.0f);
+    }
+#endif
 }
 
 } // namespace bsi_cuda

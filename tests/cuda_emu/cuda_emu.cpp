@@ -289,6 +289,51 @@ void barrier_wait(barrier *b)
     }
 }
 
+void wgmma_run()
+{
+    unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    block_state *st = g_state;
+    __syncwarp(); /* every lane of the warp has issued its products (and stored its A) */
+    unsigned char *smem = dyn_smem();
+    for (unsigned op = 0; op < st->wg_pending[w][lane]; op++) {
+        const block_state::wg_product &o = st->wg_op[w][lane][op];
+        if (o.desc >> 46) { /* base offset, swizzling: not what mma.cuh makes */
+            fprintf(stderr, "cuda_emu: wgmma descriptor %#llx has bits above 45\n", o.desc);
+            abort();
+        }
+        if (memcmp(o.a, st->wg_a[op][w][lane], 4 * sizeof(uint32_t))) {
+            fprintf(stderr, "cuda_emu: a wgmma's A registers changed before wgmma_wait0\n");
+            abort();
+        }
+        size_t start = (o.desc & 0x3FFF) << 4, lbo = (o.desc >> 16 & 0x3FFF) << 4,
+               sbo = (o.desc >> 32 & 0x3FFF) << 4;
+        for (int j = 0; j < o.n / 8; j++)
+            for (unsigned e = 0; e < 4; e++) {
+                unsigned row = g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
+                float sum = 0.0f;
+                for (unsigned k = 0; k < 16; k++) {
+                    /* A[row][k] from the lane (row % 8, k % 8 / 2) of this warp: register
+                     * row / 8 + 2 (k / 8), half k % 2 */
+                    uint32_t ra =
+                        st->wg_a[op][w][(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)];
+                    float av = bsi_fp16_to_fp32((uint16_t)(ra >> (16 * (k % 2))));
+                    size_t at =
+                        start + (col / 8) * sbo + (col % 8) * 16 + (k / 8) * lbo + (k % 8) * 2;
+                    if (at + 2 > 256 * 1024) {
+                        fprintf(stderr, "cuda_emu: wgmma reads past shared memory\n");
+                        abort();
+                    }
+                    uint16_t bv;
+                    memcpy(&bv, smem + at, 2);
+                    sum += av * bsi_fp16_to_fp32(bv);
+                }
+                o.d[4 * j + e] += sum;
+            }
+    }
+    st->wg_pending[w][lane] = 0;
+    __syncwarp(); /* no lane issues new products (overwriting A) before all have read these */
+}
+
 unsigned char *dyn_smem()
 {
     alignas(16) static unsigned char buf[256 * 1024];
@@ -336,6 +381,7 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
         for (unsigned w = 0; w < 32; w++) st->warp[w] = {0, 32, 0};
         memset(st->parity, 0, sizeof st->parity);
         memset(st->mma_parity, 0, sizeof st->mma_parity);
+        memset(st->wg_pending, 0, sizeof st->wg_pending);
         for (unsigned t = 0; t < n; t++) prepare(&fibers[t], stacks[t], t);
         order_fibers(n, b);
         run_block(fibers.data(), n);
@@ -344,3 +390,13 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
 }
 
 } // namespace cuda_emu
+
+unsigned __cvta_generic_to_shared(const void *p)
+{
+    uintptr_t off = (uintptr_t)p - (uintptr_t)cuda_emu::dyn_smem();
+    if (off >= 256 * 1024) {
+        fprintf(stderr, "cuda_emu: %p is not in dynamic shared memory\n", p);
+        abort();
+    }
+    return (unsigned)off;
+}

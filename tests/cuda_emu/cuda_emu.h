@@ -17,6 +17,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <vector>
@@ -132,6 +134,8 @@ inline void __threadfence()
 namespace cuda_emu
 {
 
+constexpr unsigned WG_MAX_OPS = 8; /* wgmma products a lane may have in flight */
+
 /* A barrier of `expected` fibers; `generation` counts the times it opened. */
 struct barrier {
     unsigned count, expected;
@@ -147,6 +151,16 @@ struct block_state {
      * same parity as the shuffles' slots */
     uint32_t frag[2][32][32][24];
     unsigned char mma_parity[32][32];
+    /* wgmma: each lane's products not yet waited for (their accumulators, B's descriptor and
+     * width), and their A fragments, by the lane's order of issue */
+    struct wg_product {
+        float *d;
+        const uint32_t *a; /* must hold wg_a's copy until the wait, as on a GPU */
+        unsigned long long desc;
+        int n;
+    } wg_op[32][32][WG_MAX_OPS];
+    uint32_t wg_a[WG_MAX_OPS][32][32][4];
+    unsigned char wg_pending[32][32];
 };
 
 extern block_state *g_state; /* the running block's */
@@ -233,6 +247,42 @@ inline void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2])
 inline void mma_16832_s8(int d[4], const uint32_t a[4], const uint32_t b[2])
 {
     mma_emu<4>(d, a, b, [](uint32_t reg, unsigned i) { return (int)(int8_t)(reg >> (8 * i)); });
+}
+
+/* A pointer into dynamic shared memory (dyn_smem()) as its offset there, which is what wgmma's
+ * descriptors hold; aborts for any other pointer. */
+unsigned __cvta_generic_to_shared(const void *p);
+
+/* wgmma (mma.cuh): a product is recorded when issued and computed at wgmma_wait0, from the
+ * shared memory and accumulators as they are then, so that a kernel which reads the sums or
+ * rewrites B before waiting gets wrong results here as it would on a GPU (and one that rewrites
+ * A's registers before waiting aborts). The A fragments are mma_16816's, per warp of the
+ * warpgroup; B is read through the descriptor (no swizzling). */
+template <int N>
+inline void wgmma_f16(float (&d)[N / 2], const uint32_t a[4], unsigned long long desc)
+{
+    static_assert(N % 8 == 0 && N >= 8 && N <= 256, "wgmma's N");
+    unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    unsigned char &n = cuda_emu::g_state->wg_pending[w][lane];
+    if (n == cuda_emu::WG_MAX_OPS) {
+        fprintf(stderr, "cuda_emu: more than %u wgmma products in flight\n", cuda_emu::WG_MAX_OPS);
+        abort();
+    }
+    cuda_emu::g_state->wg_op[w][lane][n] = {d, a, desc, N};
+    memcpy(cuda_emu::g_state->wg_a[n][w][lane], a, 4 * sizeof(uint32_t));
+    n++;
+}
+inline void wgmma_fence() {}
+inline void wgmma_proxy_fence() {}
+template <int N> inline void wgmma_hold(float (&)[N]) {}
+inline void wgmma_commit() {}
+namespace cuda_emu
+{
+void wgmma_run(); /* the calling lane's products in flight, in order */
+}
+inline void wgmma_wait0()
+{
+    cuda_emu::wgmma_run();
 }
 
 /* cp.async: copied at once, so commit and wait have nothing to do */
