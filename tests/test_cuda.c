@@ -201,6 +201,25 @@ static bool switched_off(const char *name)
     return v && !strcmp(v, "0");
 }
 
+/* A CUDA instance of its own, created with the environment variable `var` set to `value` (and
+ * then put back as it was). */
+static bsi_backend *gpu_with(const char *var, const char *value)
+{
+    const char *was = getenv(var);
+    char *keep = was ? strdup(was) : NULL;
+    setenv(var, value, 1);
+    bsi_backend *be = NULL;
+    bsi_backend_config g = {0};
+    bonsai_status st = bsi_backend_create("cuda", &g, &be);
+    if (keep)
+        setenv(var, keep, 1);
+    else
+        unsetenv(var);
+    free(keep);
+    assert_int_equal(st, 0);
+    return be;
+}
+
 /* y (GPU) against yr (reference): |y - yr| <= tol * bound per element. */
 static void compare(const char *what, const float *y, const float *yr, const float *bound, size_t n,
                     double tol)
@@ -525,6 +544,7 @@ static void test_small_ops(void **state)
 static void *emu_hooks(void);
 static long (*emu_calls)(const char *);
 static void (*emu_fail_named)(const char *, long, long);
+static long (*emu_live)(void);
 
 /* KV cache stores and attention: the same cache contents on both, then the same queries. */
 static void check_attention(uint32_t kv_type, int64_t n_head, int64_t n_kv, int64_t hd,
@@ -602,17 +622,8 @@ static void test_attention(void **state)
     /* a prompt's cache tiles shared out among blocks (flash.cuh), as a GPU with more SMs than
      * (head, query tile) pairs does it: forced here (the emulated device has 2 SMs) on an
      * instance of its own, twice each (the counters must come back to 0) */
-    const char *was = getenv("BONSAI_CUDA_FA_SPLIT");
-    char *keep = was ? strdup(was) : NULL;
-    setenv("BONSAI_CUDA_FA_SPLIT", "3", 1);
     bsi_backend *main_gpu = gpu;
-    bsi_backend_config g = {0};
-    assert_int_equal(bsi_backend_create("cuda", &g, &gpu), 0);
-    if (keep)
-        setenv("BONSAI_CUDA_FA_SPLIT", keep, 1);
-    else
-        unsetenv("BONSAI_CUDA_FA_SPLIT");
-    free(keep);
+    gpu = gpu_with("BONSAI_CUDA_FA_SPLIT", "3");
     if (emu) { /* clearing the counters fails: that launch is not split, the next one is */
         void *hooks = emu_hooks();
         enum { NT = 20, POS = 200, HD = 64, N = NT * 2 * HD, KV = (POS + NT) * HD };
@@ -649,6 +660,42 @@ static void test_attention(void **state)
     gpu = main_gpu;
 }
 
+
+/* The prompt GEMMs on wgmma (BONSAI_CUDA_WGMMA=1, gemm.cuh), on an instance of its own: where
+ * BONSAI_TEST_REQUIRE_WGMMA=1 (the emulator; .ci/gpu-check on an sm_90 GPU) its self-check must
+ * have passed ("wgmma" in its description); then the products and their epilogues against the
+ * CPU, as for the default instance. Elsewhere a failed self-check only says why (the warning). */
+static void test_wgmma(void **state)
+{
+    bsi_backend *main_gpu = gpu;
+    gpu = gpu_with("BONSAI_CUDA_WGMMA", "1");
+    const char *desc = gpu->vt->describe(gpu), *req = getenv("BONSAI_TEST_REQUIRE_WGMMA");
+    bool on = strstr(desc, "wgmma") != NULL;
+    print_message("%s: the prompt GEMMs %s wgmma\n", desc, on ? "on" : "not on");
+    if (req && !strcmp(req, "1")) assert_true(on);
+    if (on) {
+        test_q1_matmul(state);
+        test_q1_matmul_multi(state);
+        if (!switched_off("BONSAI_CUDA_EPILOGUE")) test_fused_products(state);
+    }
+    gpu->vt->destroy(gpu);
+    gpu = main_gpu;
+    if (emu) { /* a self-check that fails (its allocation, its wait): an instance without wgmma,
+                * which leaves nothing behind */
+        void *hooks = emu_hooks();
+        const char *calls[] = {"cudaMalloc", "cudaStreamSynchronize"};
+        for (int i = 0; i < 2; i++) {
+            long live = emu_live();
+            emu_fail_named(calls[i], 0, 1);
+            bsi_backend *be = gpu_with("BONSAI_CUDA_WGMMA", "1");
+            emu_fail_named(calls[i], -1, 0); /* disarmed, had it not fired */
+            assert_null(strstr(be->vt->describe(be), "wgmma"));
+            be->vt->destroy(be);
+            assert_int_equal(emu_live(), live);
+        }
+        dlclose(hooks);
+    }
+}
 
 /* The fp16 copies a prompt's operations leave for the next tensor-core GEMM (rmsnorm, attention,
  * the SiLU GEMM): a GEMM that takes one gives the bits of the same GEMM on a copy of its input
@@ -1264,7 +1311,6 @@ static void test_models(void **state)
 
 static void (*emu_fail_call)(long, int);
 static long (*emu_failures)(void);
-static long (*emu_live)(void);
 static long failures_seen;
 
 /* The emulated runtime's fault injection, from the loaded module (dlclose the handle after). */
@@ -1562,7 +1608,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         /* the operations (gpu-ops: only these) */
         cmocka_unit_test(test_q1_matmul),    cmocka_unit_test(test_q1_matmul_multi),
-        cmocka_unit_test(test_fused_products),
+        cmocka_unit_test(test_fused_products), cmocka_unit_test(test_wgmma),
         cmocka_unit_test(test_attn_prep),
         cmocka_unit_test(test_half_copies),
         cmocka_unit_test(test_dense_matmul), cmocka_unit_test(test_get_rows),

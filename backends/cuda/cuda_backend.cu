@@ -123,6 +123,7 @@ struct cuda_backend {
     __half *gh; /* the SiLU GEMM's output in fp16 (its input is in xh) */
     size_t gh_cap;
     bool half_copies;       /* BONSAI_CUDA_HALF_COPY (default on) */
+    bool wgmma;             /* the prompt GEMMs on wgmma (BONSAI_CUDA_WGMMA=1, sm_90, checked) */
     int gemm_tokens;        /* BONSAI_CUDA_GEMM_TOKENS: 64 or 128 tokens per GEMM block; 0 auto */
     int fa_split;           /* BONSAI_CUDA_FA_SPLIT: attn_prefill's splits, 1..16; 0 auto */
     float *fa_part;         /* attn_prefill's partial rows, and its counters (kept at 0) */
@@ -277,6 +278,7 @@ static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 
 }
 
 static void cuda_destroy(bsi_backend *be);
+static bool wgmma_check(cuda_backend *b, char *why, size_t len);
 
 static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **out)
 {
@@ -316,9 +318,22 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     b->fa_split = env ? atoi(env) : 0;
     b->fa_split = b->fa_split < 0 ? 0 : b->fa_split > FA_MAX_SPLIT ? FA_MAX_SPLIT : b->fa_split;
     b->pdl = pdl_usable(&prop);
-    snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB%s)", dev, prop.name,
+    const char *wg = getenv("BONSAI_CUDA_WGMMA");
+    if (wg && !strcmp(wg, "1")) {
+        char why[200];
+        b->wgmma = prop.major == 9 && wgmma_check(b, why, sizeof why);
+        if (!b->wgmma && host) {
+            char msg[280];
+            snprintf(msg, sizeof msg,
+                     "cuda: BONSAI_CUDA_WGMMA=1, but the prompt GEMMs stay on "
+                     "mma.sync: %s",
+                     prop.major == 9 ? why : "wgmma needs sm_90");
+            host->log(BONSAI_LOG_WARN, msg);
+        }
+    }
+    snprintf(b->desc, sizeof b->desc, "cuda:%d %s (sm_%d%d, %.0f GiB%s%s)", dev, prop.name,
              prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
-             b->pdl ? ", PDL" : "");
+             b->wgmma ? ", wgmma" : "", b->pdl ? ", PDL" : "");
     b->base.vt = NULL; /* set by the entry point's table below */
     *out = &b->base;
     return BONSAI_OK;
@@ -573,6 +588,92 @@ static bonsai_status stage_ints(cuda_backend *b, int32_t **buf, size_t *cap, con
     return BONSAI_OK;
 }
 
+typedef void (*gemm_fn)(gemm_mats, const __half *, int, int);
+
+/* The prompt GEMM for 128 tokens a block (wide) or 64, on wgmma or mma.sync (gemm.cuh). */
+static gemm_fn gemm_kernel(bool wgmma, bool wide, int out)
+{
+    static const gemm_fn fn[2][2][3] = {
+        {{q1_gemm_mma<4, GEMM_STORE>, q1_gemm_mma<4, GEMM_ADD>, q1_gemm_mma<4, GEMM_SILU>},
+         {q1_gemm_mma<8, GEMM_STORE>, q1_gemm_mma<8, GEMM_ADD>, q1_gemm_mma<8, GEMM_SILU>}},
+        {{q1_gemm_wgmma<64, GEMM_STORE>, q1_gemm_wgmma<64, GEMM_ADD>, q1_gemm_wgmma<64, GEMM_SILU>},
+         {q1_gemm_wgmma<128, GEMM_STORE>, q1_gemm_wgmma<128, GEMM_ADD>,
+          q1_gemm_wgmma<128, GEMM_SILU>}},
+    };
+    static_assert(wgmma_smem(128) <= 48 * 1024, "no opt-in for more shared memory needed");
+    return fn[wgmma][wide][out];
+}
+
+/* Whether q1_gemm_wgmma gives q1_gemm_mma's sums on this device, the condition for using it: a
+ * build without sm_90a code has empty wgmma kernels, and a misread layout shows here rather than
+ * in a model's output. Random matrices of 3 row tiles and 8 k-tiles, times 200 tokens (a partial
+ * token tile at each width): two matrices stored, and the SiLU product of the same two. On a
+ * difference or a failed call: false, with why. */
+static bool wgmma_check(cuda_backend *b, char *why, size_t len)
+{
+    enum { ROWS = 192, COLS = 512, NT = 200, WORDS = ROWS * COLS / 32, NB = ROWS * COLS / QK };
+    const size_t in_bytes = 2 * (WORDS * 4 + NB * 2) + NT * COLS * 2, y_n = 2 * NT * ROWS;
+    /* in: two matrices' bits, their scales, x; out: y of both matrices, by mma then wgmma */
+    unsigned char *hb = (unsigned char *)malloc(in_bytes + 2 * y_n * sizeof(float)), *db = NULL;
+    if (!hb) return snprintf(why, len, "out of memory for the self-check"), false;
+    uint32_t *bits = (uint32_t *)hb;
+    __half *scales = (__half *)(bits + 2 * WORDS), *x = scales + 2 * NB;
+    float *hy = (float *)(hb + in_bytes);
+    uint64_t r = 0x9E3779B97F4A7C15ull;
+    auto next = [&r] {
+        return (uint32_t)((r = r * 6364136223846793005ull + 1442695040888963407ull) >> 33);
+    };
+    for (int i = 0; i < 2 * WORDS; i++) bits[i] = next() ^ next() << 16;
+    for (int i = 0; i < 2 * NB; i++)
+        scales[i] = __float2half(0.01f + (float)(next() % 1000) * 1e-4f);
+    for (int i = 0; i < NT * COLS; i++)
+        x[i] = __float2half((float)(next() % 2001) / 1000.0f - 1.0f);
+    cudaError_t e = cudaMalloc((void **)&db, in_bytes + 2 * y_n * sizeof(float));
+    if (e == cudaSuccess) e = cudaMemcpy(db, hb, in_bytes, cudaMemcpyHostToDevice);
+    const __half *dx = (const __half *)(db + in_bytes - NT * COLS * sizeof(__half));
+    float *dy = (float *)(db + in_bytes);
+    gemm_mats m = {};
+    m.n = 2;
+    for (int k = 0; k < 2; k++) {
+        m.bits[k] = (const uint32_t *)db + k * WORDS;
+        m.scales[k] = (const __half *)((const uint32_t *)db + 2 * WORDS) + k * NB;
+        m.rows[k] = ROWS;
+        m.tile0[k + 1] = m.tile0[k] + ROWS / GEMM_BM;
+    }
+    const char *what = NULL;
+    for (int wide = 0; wide < 2 && e == cudaSuccess && !what; wide++)
+        for (int silu = 0; silu < 2 && e == cudaSuccess && !what; silu++) {
+            dim3 grid(silu ? ROWS / 32 : (unsigned)m.tile0[2],
+                      wide ? (NT + 127) / 128 : (NT + 63) / 64);
+            for (int wg = 0; wg < 2 && e == cudaSuccess; wg++) {
+                m.y[0] = dy + wg * y_n;
+                m.y[1] = m.y[0] + NT * ROWS;
+                e = cudaMemsetAsync(m.y[0], 0, y_n * sizeof(float), b->stream);
+                if (e == cudaSuccess)
+                    e = launch(b, gemm_kernel(wg, wide, silu ? GEMM_SILU : GEMM_STORE), grid,
+                               dim3(GEMM_THREADS), wg ? wgmma_smem(wide ? 128 : 64) : 0, m, dx,
+                               (int)COLS, (int)NT);
+            }
+            if (e == cudaSuccess)
+                e = cudaMemcpyAsync(hy, dy, 2 * y_n * sizeof(float), cudaMemcpyDeviceToHost,
+                                    b->stream);
+            if (e == cudaSuccess) e = cudaStreamSynchronize(b->stream);
+            for (size_t i = 0; i < (silu ? y_n / 2 : y_n) && e == cudaSuccess && !what; i++)
+                if (!(fabsf(hy[i] - hy[y_n + i]) <= 1e-3f * (1.0f + fabsf(hy[i]))))
+                    what = silu ? "SiLU" : "stored";
+            if (what)
+                snprintf(why, len, "its %s sums (%d tokens a block) differ from mma.sync's", what,
+                         wide ? 128 : 64);
+        }
+    if (e != cudaSuccess) {
+        snprintf(why, len, "its self-check failed: %s", cudaGetErrorString(e));
+        (void)cudaGetLastError();
+    }
+    if (db) cudaFree(db);
+    free(hb);
+    return e == cudaSuccess && !what;
+}
+
 /* y_i = W_i x for n (<= GEMM_MAX_MATS) Q1_0 matrices of one width and more than GEMV_MAX_TOK
  * tokens, on tensor cores (gemm.cuh): x converted to fp16 once, then one launch for them all.
  * out GEMM_ADD: y_i += W_i x; GEMM_SILU: y_0 = silu(W_0 x) * (W_1 x) (n = 2, the same shape). */
@@ -608,14 +709,11 @@ static bonsai_status q1_gemm(cuda_backend *b, int out, int n, const bsi_weight *
     }
     unsigned tiles = out == GEMM_SILU ? (unsigned)((w[0]->rows + 31) / 32) : (unsigned)m.tile0[n];
     /* 128 tokens per block when that still gives every SM two blocks, else 64 */
-    static void (*const fn[2][3])(gemm_mats, const __half *, int, int) = {
-        {q1_gemm_mma<4, GEMM_STORE>, q1_gemm_mma<4, GEMM_ADD>, q1_gemm_mma<4, GEMM_SILU>},
-        {q1_gemm_mma<8, GEMM_STORE>, q1_gemm_mma<8, GEMM_ADD>, q1_gemm_mma<8, GEMM_SILU>},
-    };
     bool wide = b->gemm_tokens ? b->gemm_tokens == 128
                                : tiles * ((n_tok + 127) / 128) >= 2 * (int64_t)b->n_sm;
     dim3 grid(tiles, (unsigned)(wide ? (n_tok + 127) / 128 : (n_tok + 63) / 64));
-    CU(launch(b, fn[wide][out], grid, dim3(GEMM_THREADS), 0, m, xh, (int)cols, (int)n_tok));
+    CU(launch(b, gemm_kernel(b->wgmma, wide, out), grid, dim3(GEMM_THREADS),
+              b->wgmma ? wgmma_smem(wide ? 128 : 64) : 0, m, xh, (int)cols, (int)n_tok));
     if (yh) b->fresh = {y[0], n_tok * w[0]->rows, yh, b->seq};
     return BONSAI_OK;
 }

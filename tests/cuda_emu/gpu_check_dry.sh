@@ -19,15 +19,18 @@ rc=$?
 sum=$dir/out/summary.txt
 [ $rc = 0 ] || { cat "$dir/log" >&2; fail "gpu-check run: exit $rc"; }
 grep -q '^test_cuda: exit 0$' "$sum" || fail "test_cuda did not pass"
+grep -q '^test_wgmma: exit 0$' "$sum" || fail "test_wgmma did not pass"
 grep -q 'PASSED' "$dir/out/test_cuda.txt" || fail "no test_cuda output"
 [ "$(grep -c '^==== synthetic model' "$sum")" = 2 ] || fail "the script did not make its models"
 benches=$(grep -c '^==== bench' "$sum")
 on_cuda=$(grep -c '^backend:  cuda' "$sum")
-[ "$benches" = 11 ] || fail "$benches benches, not 11"
+[ "$benches" = 13 ] || fail "$benches benches, not 13"
 [ "$on_cuda" = "$benches" ] || fail "$on_cuda of $benches benches on the cuda backend"
-# a prompt for the main run, the six prompt variants and the 8B; generation for the main run, the
-# three decode variants and the 8B, sessions for both models
-for want in "^pp64 8" "^tg8 .* (median of 1; 5" "aggregate of 4 sessions 2" "of it$ 5"; do
+wgmma=$(grep -c '^backend:  cuda.*wgmma' "$sum")
+[ "$wgmma" = 2 ] || fail "$wgmma benches on wgmma, not 2"
+# a prompt for the main runs, the six prompt variants and the two on wgmma; generation for the
+# main runs and the three decode variants, sessions for both models
+for want in "^pp64 10" "^tg8 .* (median of 1; 5" "aggregate of 4 sessions 2" "of it$ 5"; do
     pattern=${want% *} count=${want##* }
     got=$(grep -c -- "$pattern" "$sum")
     [ "$got" = "$count" ] || fail "$got lines with '$pattern', not $count"
