@@ -629,7 +629,13 @@ static bool wgmma_check(cuda_backend *b, char *why, size_t len)
     for (int i = 0; i < NT * COLS; i++)
         x[i] = __float2half((float)(next() % 2001) / 1000.0f - 1.0f);
     cudaError_t e = cudaMalloc((void **)&db, in_bytes + 2 * y_n * sizeof(float));
-    if (e == cudaSuccess) e = cudaMemcpy(db, hb, in_bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        snprintf(why, len, "its self-check failed: %s", cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        free(hb);
+        return false;
+    }
+    e = cudaMemcpy(db, hb, in_bytes, cudaMemcpyHostToDevice);
     const __half *dx = (const __half *)(db + in_bytes - NT * COLS * sizeof(__half));
     float *dy = (float *)(db + in_bytes);
     gemm_mats m = {};
