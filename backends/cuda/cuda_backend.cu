@@ -675,7 +675,7 @@ static bool wgmma_check(cuda_backend *b, char *why, size_t len)
         snprintf(why, len, "its self-check failed: %s", cudaGetErrorString(e));
         (void)cudaGetLastError();
     }
-    if (db) cudaFree(db);
+    cudaFree(db);
     free(hb);
     return e == cudaSuccess && !what;
 }

@@ -85,6 +85,21 @@ __device__ __forceinline__ int gemm_pick(const gemm_mats &mats, const uint32_t *
     return tile0;
 }
 
+/* A lane's N rows first, first + 8, ... (clamped to the last row, for loads only): where their
+ * sign bits and scales start. */
+template <int N>
+__device__ __forceinline__ void gemm_rows(const uint32_t *bits, const __half *scales, int first,
+                                          int rows, int cols, const uint32_t *(&rbits)[N],
+                                          const __half *(&rscale)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        int r = min(first + 8 * i, rows - 1);
+        rbits[i] = bits + (size_t)r * (cols / 32);
+        rscale[i] = scales + (size_t)r * (cols / QK);
+    }
+}
+
 /* Sum v of row r, token tok to its place (see the top of this file); GEMM_SILU: v is up's sum and
  * gate gate's. */
 template <int OUT>
@@ -145,17 +160,12 @@ __global__ void __launch_bounds__(GEMM_THREADS)
         wrow = ((int)blockIdx.x - tile0) * GEMM_BM + (warp & 1) * 32;
     }
     int tok0 = (int)blockIdx.y * BN, wtok = (warp >> 1) * 8 * WN; /* wtok: within the block */
-    int words = cols / 32, nb = cols / QK, n_kt = cols / GEMM_BK;
+    int n_kt = cols / GEMM_BK;
 
     /* this lane's four rows: g, g + 8, g + 16, g + 24 of the warp's 32 (clamped for loads) */
     const uint32_t *wrow_bits[4];
     const __half *wrow_scale[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int r = min(wrow + g + 8 * i, rows - 1);
-        wrow_bits[i] = bits + (size_t)r * words;
-        wrow_scale[i] = scales + (size_t)r * nb;
-    }
+    gemm_rows(bits, scales, wrow + g, rows, cols, wrow_bits, wrow_scale);
 
     auto load_tile = [&](int kt, int stage) {
         for (int c = threadIdx.x; c < CHUNKS; c += GEMM_THREADS) {
@@ -312,16 +322,11 @@ __global__ void __launch_bounds__(GEMM_THREADS)
         wrow = ((int)blockIdx.x - tile0) * GEMM_BM + warp * 16;
     }
     int tok0 = (int)blockIdx.y * BN;
-    int words = cols / 32, nb = cols / QK, n_kt = cols / GEMM_BK;
+    int n_kt = cols / GEMM_BK;
     /* this lane's two rows: g and g + 8 of the warp's 16 (clamped for loads) */
     const uint32_t *rbits[2];
     const __half *rscale[2];
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int r = min(wrow + g + 8 * i, rows - 1);
-        rbits[i] = bits + (size_t)r * words;
-        rscale[i] = scales + (size_t)r * nb;
-    }
+    gemm_rows(bits, scales, wrow + g, rows, cols, rbits, rscale);
 
     /* k-tile kt into stage kt % WG_STAGES: a warp copies 16 tokens x 32 bytes (whole sectors),
      * each quarter of it 8 tokens of one core matrix (128 contiguous bytes: no bank conflict) */
