@@ -177,6 +177,46 @@ class PackagingTest(unittest.TestCase):
             opt = {o["name"]: o["value"] for o in options}
             self.assertEqual(config["LIBDIR"], os.path.join(opt["prefix"], opt["libdir"]))
 
+    def test_meson_installs_where_python_looks(self):
+        """`meson install` puts the package in a directory on the path of the Python it found,
+        when that Python has one under the prefix: Debian's python3 with the default /usr/local
+        (where Meson 1.0 alone picks /usr/local/lib/python3/dist-packages, which it does not
+        search), and a virtual environment as the prefix."""
+        meson = shutil.which("meson")
+        if not meson:
+            self.skipTest("needs meson")
+        pythons = []
+        if os.access("/usr/bin/python3", os.X_OK):
+            pythons.append(("/usr/bin/python3", "/usr/local"))
+        with tempfile.TemporaryDirectory() as tmp:
+            venv = os.path.join(tmp, "venv")
+            made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv],
+                                  capture_output=True)
+            if made.returncode == 0:
+                pythons.append((os.path.join(venv, "bin", "python3"), venv))
+            if not pythons:
+                self.skipTest("neither /usr/bin/python3 nor a virtual environment")
+            for i, (exe, prefix) in enumerate(pythons):
+                with self.subTest(python=exe, prefix=prefix):
+                    build = os.path.join(tmp, "build%d" % i)
+                    env = dict(os.environ)
+                    env["PATH"] = os.path.dirname(exe) + os.pathsep + env.get("PATH", "")
+                    setup = subprocess.run(
+                        [meson, "setup", build, _util.SOURCE_ROOT, "--prefix=" + prefix,
+                         "-Dcuda=disabled", "-Dtests=false", "-Dexamples=false",
+                         "-Dpython=enabled"], env=env, capture_output=True, text=True)
+                    self.assertEqual(setup.returncode, 0, setup.stdout + setup.stderr)
+                    self.assertIn("python3 found: YES (%s)" % exe, setup.stdout)
+                    installed = json.loads(subprocess.run(
+                        [meson, "introspect", "--installed", build], check=True,
+                        capture_output=True, text=True).stdout)
+                    dirs = {os.path.dirname(os.path.dirname(dst)) for dst in installed.values()
+                            if dst.endswith("/libbonsai/__init__.py")}
+                    self.assertEqual(len(dirs), 1, installed)
+                    path = subprocess.run([exe, "-c", "import sys; print(chr(10).join(sys.path))"],
+                                          check=True, capture_output=True, text=True).stdout
+                    self.assertIn(dirs.pop(), path.splitlines())
+
     def test_docstrings(self):
         """Every public class, function, method and property has a docstring."""
         import inspect
