@@ -212,10 +212,93 @@ static void gemm(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     }
 }
 
+/* The quantizer's reductions and conversions (SIMDe 0.7 lacks these four: through memory there). */
+static inline float reduce_max(__m512 v)
+{
+#if defined(BSI_SIMDE)
+    float f[16];
+    _mm512_storeu_ps(f, v);
+    float m = f[0];
+    for (int i = 1; i < 16; i++) m = f[i] > m ? f[i] : m;
+    return m;
+#else
+    return _mm512_reduce_max_ps(v);
+#endif
+}
+
+static inline int32_t reduce_add(__m512i v)
+{
+#if defined(BSI_SIMDE)
+    int32_t x[16], s = 0;
+    _mm512_storeu_si512(x, v);
+    for (int i = 0; i < 16; i++) s += x[i];
+    return s;
+#else
+    return _mm512_reduce_add_epi32(v);
+#endif
+}
+
+/* fp32 -> int32 rounded in the current mode (to nearest even). */
+static inline __m512i cvt_epi32(__m512 v)
+{
+#if defined(BSI_SIMDE)
+    __m256i lo = _mm256_cvtps_epi32(_mm512_castps512_ps256(v));
+    __m256i hi = _mm256_cvtps_epi32(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+#else
+    return _mm512_cvtps_epi32(v);
+#endif
+}
+
+/* The low bytes of 16 int32 in -127..127 to q[0..15]. */
+static inline void store_bytes(int8_t *q, __m512i v)
+{
+#if defined(BSI_SIMDE)
+    int32_t x[16];
+    _mm512_storeu_si512(x, v);
+    for (int i = 0; i < 16; i++) q[i] = (int8_t)x[i];
+#else
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(v));
+#endif
+}
+
+/* bsi_q8_quantize with AVX-512: the same arithmetic (fp32 product, round to nearest even as lrintf
+ * in the default rounding mode, clamp to +-127), so the same values. |x| is the first operand of
+ * the max, so a NaN is skipped as fmaxf skips it. */
+static void quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
+{
+    int64_t nb = a->cols / BSI_QK;
+    const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + t * a->cols + b * BSI_QK;
+            int8_t *q = a->q + t * a->cols + b * BSI_QK;
+            __m512 v[8], m = _mm512_setzero_ps();
+            for (int k = 0; k < 8; k++) {
+                v[k] = _mm512_loadu_ps(xb + 16 * k);
+                m = _mm512_max_ps(_mm512_abs_ps(v[k]), m);
+            }
+            float amax = reduce_max(m);
+            if (!(amax >= 1e-30f)) amax = 0.0f; /* NaN and tiny blocks: as zero */
+            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            const __m512 vid = _mm512_set1_ps(id);
+            __m512i acc = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k++) {
+                __m512i i = cvt_epi32(_mm512_mul_ps(v[k], vid));
+                i = _mm512_max_epi32(_mm512_min_epi32(i, lim), nlim);
+                acc = _mm512_add_epi32(acc, i);
+                store_bytes(q + 16 * k, i);
+            }
+            a->d[t * nb + b] = d;
+            a->sum[t * nb + b] = reduce_add(acc);
+        }
+}
+
 const bsi_q1_kernels bsi_q1_avx512 = {
     .isa = BSI_ISA_AVX512,
     .row_tile = TILE,
     .pack = pack,
+    .quantize = quantize,
     .gemv = gemv,
     .gemm = gemm,
 };
