@@ -318,6 +318,8 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
 
 /* Head dims that are a multiple of 32 go through F16C with independent accumulators (a single
  * chain of FMAs would wait on each one's latency); others take the scalar path. */
+#define ATTN_AHEAD 8 /* positions */
+
 static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
                       int64_t stride, int64_t hd, float scale, float *scores, float *out)
 {
@@ -325,9 +327,14 @@ static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int6
         bsi_cpu_ops_scalar.attn_head(q, k, v, n_pos, stride, hd, scale, scores, out);
         return;
     }
+    /* The rows of a head are stride apart in the cache (all kv heads of a position together), so
+     * every page holds one or two positions of a head and the hardware's stream prefetch, which
+     * stops at a page, keeps restarting: the rows ATTN_AHEAD positions on are prefetched. */
     float max = -INFINITY;
     for (int64_t p = 0; p < n_pos; p++) {
         const uint16_t *kp = k + p * stride;
+        for (int64_t d = 0; d < hd; d += 32)
+            _mm_prefetch((const char *)(kp + ATTN_AHEAD * stride + d), _MM_HINT_T0);
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t d = 0; d < hd; d += 32) {
 #define KDOT(acc, o)                                                                               \
@@ -350,6 +357,7 @@ static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int6
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t p = 0; p < n_pos; p++) {
             const uint16_t *vp = v + p * stride + d;
+            _mm_prefetch((const char *)(vp + ATTN_AHEAD * stride), _MM_HINT_T0);
             __m256 w = _mm256_set1_ps(scores[p]);
 #define VACC(acc, o)                                                                               \
     acc = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + (o)))), acc)
