@@ -333,8 +333,9 @@ static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int6
     float max = -INFINITY;
     for (int64_t p = 0; p < n_pos; p++) {
         const uint16_t *kp = k + p * stride;
-        for (int64_t d = 0; d < hd; d += 32)
-            _mm_prefetch((const char *)(kp + ATTN_AHEAD * stride + d), _MM_HINT_T0);
+        if (p + ATTN_AHEAD < n_pos) /* (a pointer past the cache would be undefined) */
+            for (int64_t d = 0; d < hd; d += 32)
+                _mm_prefetch((const char *)(kp + ATTN_AHEAD * stride + d), _MM_HINT_T0);
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t d = 0; d < hd; d += 32) {
 #define KDOT(acc, o)                                                                               \
@@ -357,7 +358,8 @@ static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int6
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t p = 0; p < n_pos; p++) {
             const uint16_t *vp = v + p * stride + d;
-            _mm_prefetch((const char *)(vp + ATTN_AHEAD * stride), _MM_HINT_T0);
+            if (p + ATTN_AHEAD < n_pos)
+                _mm_prefetch((const char *)(vp + ATTN_AHEAD * stride), _MM_HINT_T0);
             __m256 w = _mm256_set1_ps(scores[p]);
 #define VACC(acc, o)                                                                               \
     acc = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + (o)))), acc)

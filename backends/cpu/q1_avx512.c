@@ -243,7 +243,8 @@ static inline __m512i cvt_epi32(__m512 v)
 {
 #if defined(BSI_SIMDE)
     __m256i lo = _mm256_cvtps_epi32(_mm512_castps512_ps256(v));
-    __m256i hi = _mm256_cvtps_epi32(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m256i hi =
+        _mm256_cvtps_epi32(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 #else
     return _mm512_cvtps_epi32(v);
