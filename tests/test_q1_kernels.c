@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 #include "q1.h"
+#include "quantizer_check.h"
 
 #include <math.h>
 
@@ -205,39 +206,16 @@ static void test_quantize_activations(void **state)
     for (int j = 128; j < 256; j++) assert_int_equal(a.q[j], 0);
 }
 
-/* Each ISA's own quantizer gives exactly the reference's values (the kernels' error bounds
- * assume them): random blocks of many scales, zeros, tiny values, exact .5 cases. */
+/* Each ISA's own quantizer gives exactly the reference's values (quantizer_check.h). */
 static void test_quantizers_match(void **state)
 {
     (void)state;
-    enum { COLS = 128 * 24, TOK = 3 };
-    static float x[TOK * COLS];
-    for (int i = 0; i < TOK * COLS; i++) {
-        int blk = (i / 128) % 8;
-        float scale = blk == 0 ? 0.0f : blk == 1 ? 1e-35f : blk == 2 ? 1e4f : (float)blk / 3.0f;
-        x[i] = scale * test_uniform();
-    }
-    for (int j = 0; j < 128; j++) x[128 * 3 + j] = (float)(j - 64) / 64.0f; /* .5 products */
-    size_t bytes = bsi_q8_act_bytes(COLS, TOK, 0);
-    unsigned char *ra = malloc(bytes), *va = malloc(bytes);
-    assert_true(ra && va);
     for (int i = 0; i < BSI_ISA_COUNT; i++) {
         const bsi_q1_kernels *k = bsi_q1_kernels_for((bsi_isa)i);
         if (!k || !k->quantize || !bsi_isa_available((bsi_isa)i)) continue;
-        bsi_q8_act r, v;
-        memset(ra, 0x5a, bytes);
-        memset(va, 0xa5, bytes); /* poisoned */
-        bsi_q8_act_init(&r, ra, COLS, TOK, 0);
-        bsi_q8_act_init(&v, va, COLS, TOK, 0);
-        bsi_q8_quantize(&r, x, 0, TOK);
-        k->quantize(&v, x, 0, TOK);
-        assert_memory_equal(r.q, v.q, (size_t)TOK * COLS);
-        assert_memory_equal(r.d, v.d, sizeof(float) * TOK * (COLS / 128));
-        assert_memory_equal(r.sum, v.sum, sizeof(int32_t) * TOK * (COLS / 128));
+        check_quantizer(k, test_uniform);
         print_message("  %s quantizer: equal to the reference\n", bsi_isa_name((bsi_isa)i));
     }
-    free(ra);
-    free(va);
 }
 
 int main(void)

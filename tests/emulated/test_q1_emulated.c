@@ -26,6 +26,7 @@
 #if !defined(BSI_EMU_MISSING)
 
 #include "q1.h"
+#include "quantizer_check.h"
 
 #include <math.h>
 #include <time.h>
@@ -274,38 +275,15 @@ static void report(const variant *v, const stats *st)
                   v->name, st->shapes, st->outputs, st->bit_exact);
 }
 
-/* A variant's own quantizer gives exactly bsi_q8_quantize's values: random blocks of several
- * scales, a zero block, a tiny one and exact .5 products. */
+/* A variant's own quantizer gives exactly bsi_q8_quantize's values (quantizer_check.h). */
 static void test_quantizer(void **state)
 {
     (void)state;
-    enum { COLS = 128 * 8, TOK = 2 };
-    static float x[TOK * COLS];
-    for (int i = 0; i < TOK * COLS; i++) {
-        int blk = (i / 128) % 8;
-        x[i] = (blk == 0 ? 0.0f : blk == 1 ? 1e-35f : blk == 2 ? 1e4f : (float)blk) * uniform();
-    }
-    for (int j = 0; j < 128; j++) x[128 * 3 + j] = (float)(j - 64) / 64.0f;
-    size_t bytes = bsi_q8_act_bytes(COLS, TOK, 0);
-    unsigned char *ra = malloc(bytes), *va = malloc(bytes);
-    assert_true(ra && va);
     for (size_t i = 0; i < N_VARIANTS; i++) {
-        const bsi_q1_kernels *k = variants[i].k;
-        if (!k->quantize) continue;
-        bsi_q8_act r, v;
-        memset(ra, 0x5a, bytes);
-        memset(va, 0xa5, bytes);
-        bsi_q8_act_init(&r, ra, COLS, TOK, 0);
-        bsi_q8_act_init(&v, va, COLS, TOK, 0);
-        bsi_q8_quantize(&r, x, 0, TOK);
-        k->quantize(&v, x, 0, TOK);
-        assert_memory_equal(r.q, v.q, (size_t)TOK * COLS);
-        assert_memory_equal(r.d, v.d, sizeof(float) * TOK * (COLS / 128));
-        assert_memory_equal(r.sum, v.sum, sizeof(int32_t) * TOK * (COLS / 128));
+        if (!variants[i].k->quantize) continue;
+        check_quantizer(variants[i].k, uniform);
         printf("%s: quantizer equal to the reference\n", variants[i].name);
     }
-    free(ra);
-    free(va);
 }
 
 static void test_shapes(void **state)
