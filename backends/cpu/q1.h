@@ -38,6 +38,16 @@ void bsi_q8_act_init(bsi_q8_act *a, void *buf, int64_t cols, int64_t n_tok, size
 /* Quantizes tokens [t0, t1) of x ([n_tok][cols] f32). */
 void bsi_q8_quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1);
 
+/* A block's scale d and its inverse from amax = max|x|, the rule every quantizer shares: a block
+ * this small (or zero, or NaN) contributes nothing measurable, so it is treated as zero, which
+ * keeps 127 / amax finite. q = round(x * *id). */
+static inline void bsi_q8_block_scale(float amax, float *d, float *id)
+{
+    if (!(amax >= 1e-30f)) amax = 0.0f;
+    *d = amax / 127.0f;
+    *id = amax > 0 ? 127.0f / amax : 0.0f;
+}
+
 /*
  * One ISA's kernels. Weights are in the variant's packed layout (pack() of the file layout; the
  * file layout itself when pack is NULL); rows are grouped in tiles of row_tile rows.

@@ -334,8 +334,8 @@ static void quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
             h = _mm_max_ps(h, _mm_movehl_ps(h, h));
             h = _mm_max_ss(h, _mm_movehdup_ps(h));
             float amax = _mm_cvtss_f32(h);
-            if (!(amax >= 1e-30f)) amax = 0.0f; /* NaN and tiny blocks: as zero */
-            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            float d, id;
+            bsi_q8_block_scale(amax, &d, &id);
             const __m256 vid = _mm256_set1_ps(id);
             __m256i acc = _mm256_setzero_si256();
             for (int k = 0; k < 16; k += 4) {

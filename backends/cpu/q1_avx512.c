@@ -280,8 +280,8 @@ static void quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
                 m = _mm512_max_ps(_mm512_abs_ps(v[k]), m);
             }
             float amax = reduce_max(m);
-            if (!(amax >= 1e-30f)) amax = 0.0f; /* NaN and tiny blocks: as zero */
-            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            float d, id;
+            bsi_q8_block_scale(amax, &d, &id);
             const __m512 vid = _mm512_set1_ps(id);
             __m512i acc = _mm512_setzero_si512();
             for (int k = 0; k < 8; k++) {

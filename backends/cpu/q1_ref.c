@@ -34,10 +34,8 @@ void bsi_q8_quantize(bsi_q8_act *a, const float *x, int64_t t0, int64_t t1)
             int8_t *q = a->q + t * a->cols + b * BSI_QK;
             float amax = 0;
             for (int j = 0; j < BSI_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-            /* a block this small (or zero) contributes nothing measurable: keep 127 / amax
-             * finite by treating it as zero */
-            if (!(amax >= 1e-30f)) amax = 0.0f;
-            float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            float d, id;
+            bsi_q8_block_scale(amax, &d, &id);
             int32_t sum = 0;
             for (int j = 0; j < BSI_QK; j++) {
                 int v = (int)lrintf(xb[j] * id);
