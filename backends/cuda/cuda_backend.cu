@@ -629,22 +629,21 @@ static bool wgmma_check(cuda_backend *b, char *why, size_t len)
     for (int i = 0; i < NT * COLS; i++)
         x[i] = __float2half((float)(next() % 2001) / 1000.0f - 1.0f);
     cudaError_t e = cudaMalloc((void **)&db, in_bytes + 2 * y_n * sizeof(float));
-    if (e != cudaSuccess) {
-        snprintf(why, len, "its self-check failed: %s", cudaGetErrorString(e));
-        (void)cudaGetLastError();
-        free(hb);
-        return false;
-    }
-    e = cudaMemcpy(db, hb, in_bytes, cudaMemcpyHostToDevice);
-    const __half *dx = (const __half *)(db + in_bytes - NT * COLS * sizeof(__half));
-    float *dy = (float *)(db + in_bytes);
+    if (e == cudaSuccess) e = cudaMemcpy(db, hb, in_bytes, cudaMemcpyHostToDevice);
+    /* the pointers into db are formed only once it exists (arithmetic on NULL is undefined) */
+    const __half *dx = NULL;
+    float *dy = NULL;
     gemm_mats m = {};
     m.n = 2;
-    for (int k = 0; k < 2; k++) {
-        m.bits[k] = (const uint32_t *)db + k * WORDS;
-        m.scales[k] = (const __half *)((const uint32_t *)db + 2 * WORDS) + k * NB;
-        m.rows[k] = ROWS;
-        m.tile0[k + 1] = m.tile0[k] + ROWS / GEMM_BM;
+    if (e == cudaSuccess) {
+        dx = (const __half *)(db + in_bytes - NT * COLS * sizeof(__half));
+        dy = (float *)(db + in_bytes);
+        for (int k = 0; k < 2; k++) {
+            m.bits[k] = (const uint32_t *)db + k * WORDS;
+            m.scales[k] = (const __half *)((const uint32_t *)db + 2 * WORDS) + k * NB;
+            m.rows[k] = ROWS;
+            m.tile0[k + 1] = m.tile0[k] + ROWS / GEMM_BM;
+        }
     }
     const char *what = NULL;
     for (int wide = 0; wide < 2 && e == cudaSuccess && !what; wide++)
