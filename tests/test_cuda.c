@@ -51,6 +51,18 @@ static void test_listing(void **state)
         assert_non_null(e->vt);
     }
     if (!cuda.usable) assert_true(strlen(cuda.reason) > 0);
+    /* why it is unusable, in the user's terms: BONSAI_TEST_CUDA_REASON (the emulated module with
+     * its driver missing or old), else on a machine without a driver the real module's */
+    const char *reason = getenv("BONSAI_TEST_CUDA_REASON");
+    void *driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (!reason && built && !strcmp(built, "1") && !driver)
+        reason = "no NVIDIA driver (libcuda.so.1 is not installed or does not load)";
+    if (driver) dlclose(driver);
+    if (reason) {
+        assert_false(cuda.usable);
+        if (!strstr(cuda.reason, reason))
+            fail_msg("reason \"%s\", not \"%s\"", cuda.reason, reason);
+    }
     print_message("cuda: %s%s (%s)\n", cuda.usable ? "usable" : "unusable: ", cuda.reason,
                   cuda.path[0] ? cuda.path : "no module");
     assert_error(bonsai_backend_get(n, &cuda), BONSAI_ERR_OUT_OF_RANGE, "backend");

@@ -170,13 +170,33 @@ static bonsai_status use_device(cuda_backend *b)
         if (s_) return s_;                                                                         \
     } while (0)
 
+/* Why cudaGetDeviceCount failed, in a user's terms: the runtime says "insufficient driver" both
+ * where no driver is installed and where it is too old for the runtime linked in. */
+static void no_device_reason(cudaError_t e, char *reason, size_t size)
+{
+    int drv = 0, rt = 0;
+    (void)cudaDriverGetVersion(&drv); /* 0 without a driver */
+    (void)cudaRuntimeGetVersion(&rt);
+    if (e == cudaErrorInsufficientDriver && drv == 0)
+        snprintf(reason, size, "no NVIDIA driver (libcuda.so.1 is not installed or does not load)");
+    else if (e == cudaErrorInsufficientDriver)
+        snprintf(reason, size,
+                 "the NVIDIA driver supports CUDA %d.%d, older than the CUDA %d.%d runtime this "
+                 "module was built with",
+                 drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+    else if (e == cudaErrorNoDevice)
+        snprintf(reason, size, "no CUDA device");
+    else
+        snprintf(reason, size, "no usable CUDA driver or device: %s", cudaGetErrorString(e));
+    (void)cudaGetLastError();
+}
+
 static int cuda_probe(char *reason, size_t size)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
-        snprintf(reason, size, "no usable CUDA driver or device: %s", cudaGetErrorString(e));
-        (void)cudaGetLastError();
+        no_device_reason(e, reason, size);
         return 0;
     }
     if (n == 0) {

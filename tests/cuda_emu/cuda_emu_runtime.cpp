@@ -204,6 +204,9 @@ const char *cudaGetErrorString(cudaError_t e)
         return "operation would make the legacy stream depend on a capturing blocking stream";
     case cudaErrorStreamCaptureInvalidated:
         return "operation failed due to a previous error during capture";
+    case cudaErrorInsufficientDriver:
+        return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorUnknown: return "unknown error";
     }
     return "unknown error";
@@ -220,6 +223,8 @@ const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorUnknown: return "cudaErrorUnknown";
     }
     return "cudaErrorUnknown";
@@ -232,9 +237,18 @@ cudaError_t cudaGetLastError()
     return e;
 }
 
+/* The emulated driver's CUDA version: CUDA_EMU_DRIVER=none, 0; =old, 11.8; else 12.8. */
+static int driver_version()
+{
+    const char *d = getenv("CUDA_EMU_DRIVER");
+    return d && !strcmp(d, "none") ? 0 : d && !strcmp(d, "old") ? 11080 : 12080;
+}
+
 cudaError_t cudaGetDeviceCount(int *n)
 {
     CUDA_EMU_INJECT(cudaErrorUnknown);
+    *n = 0;
+    if (driver_version() < 12080) return fail(cudaErrorInsufficientDriver);
     *n = 1;
     return cudaSuccess;
 }
@@ -267,7 +281,7 @@ cudaError_t cudaRuntimeGetVersion(int *v)
 
 cudaError_t cudaDriverGetVersion(int *v)
 {
-    *v = 12080;
+    *v = driver_version();
     return cudaSuccess;
 }
 

@@ -14,6 +14,10 @@
  * event and graph calls; not frees and destroys) fail once, with cudaErrorMemoryAllocation where it
  * allocates and cudaErrorUnknown elsewhere. A call that fails on a stream being captured
  * invalidates the capture, as on a GPU (cudaStreamEndCapture then fails too).
+ *
+ * CUDA_EMU_DRIVER=none or =old: the runtime of a machine without an NVIDIA driver (driver
+ * version 0) or with one older than the runtime (11.8); cudaGetDeviceCount then fails with
+ * cudaErrorInsufficientDriver, as the real runtime does in both cases.
  */
 #ifndef BONSAI_CUDA_EMU_RUNTIME_H
 #define BONSAI_CUDA_EMU_RUNTIME_H
@@ -30,6 +34,8 @@ enum cudaError_t {
     cudaSuccess = 0,
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
+    cudaErrorInsufficientDriver = 35,
+    cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorStreamCaptureUnsupported = 900,
