@@ -705,6 +705,19 @@ static void test_wgmma(void **state)
             be->vt->destroy(be);
             assert_int_equal(emu_live(), live);
         }
+        /* a self-check whose error stays (a kernel's fault is sticky: the next call returns it
+         * too): no instance, and nothing left behind */
+        long live = emu_live();
+        emu_fail_named("cudaStreamSynchronize", 0, 2);
+        setenv("BONSAI_CUDA_WGMMA", "1", 1);
+        bsi_backend *be = NULL;
+        bsi_backend_config g = {0};
+        assert_error(bsi_backend_create("cuda", &g, &be), BONSAI_ERR_BACKEND,
+                     "the wgmma self-check (BONSAI_CUDA_WGMMA=1) left the device unusable");
+        unsetenv("BONSAI_CUDA_WGMMA");
+        emu_fail_named("cudaStreamSynchronize", -1, 0);
+        assert_null(be);
+        assert_int_equal(emu_live(), live);
         dlclose(hooks);
     }
 }

@@ -342,6 +342,16 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     if (wg && !strcmp(wg, "1")) {
         char why[200];
         b->wgmma = prop.major == 9 && wgmma_check(b, why, sizeof why);
+        /* an error a kernel leaves (a fault) is sticky, so later calls return it again: an
+         * instance on that device could do nothing */
+        cudaError_t e = b->wgmma ? cudaSuccess : cudaStreamSynchronize(b->stream);
+        if (e != cudaSuccess) {
+            cuda_destroy(&b->base);
+            return failf(BONSAI_ERR_BACKEND,
+                         "cuda:%d: the wgmma self-check (BONSAI_CUDA_WGMMA=1) left the device "
+                         "unusable: %s",
+                         dev, cudaGetErrorString(e));
+        }
         if (!b->wgmma && host) {
             char msg[280];
             snprintf(msg, sizeof msg,
@@ -649,7 +659,9 @@ static bool wgmma_check(cuda_backend *b, char *why, size_t len)
     for (int i = 0; i < NT * COLS; i++)
         x[i] = __float2half((float)(next() % 2001) / 1000.0f - 1.0f);
     cudaError_t e = cudaMalloc((void **)&db, in_bytes + 2 * y_n * sizeof(float));
-    if (e == cudaSuccess) e = cudaMemcpy(db, hb, in_bytes, cudaMemcpyHostToDevice);
+    /* on the instance's stream: a cudaMemcpy from pageable memory may return before the data
+     * is on the device, and the non-blocking stream would not wait for it */
+    if (e == cudaSuccess) e = cudaMemcpyAsync(db, hb, in_bytes, cudaMemcpyHostToDevice, b->stream);
     /* the pointers into db are formed only once it exists (arithmetic on NULL is undefined) */
     const __half *dx = NULL;
     float *dy = NULL;
