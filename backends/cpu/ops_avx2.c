@@ -316,10 +316,10 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
     }
 }
 
+#define ATTN_AHEAD 8 /* positions: attn_head prefetches the K and V rows this far ahead */
+
 /* Head dims that are a multiple of 32 go through F16C with independent accumulators (a single
  * chain of FMAs would wait on each one's latency); others take the scalar path. */
-#define ATTN_AHEAD 8 /* positions */
-
 static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
                       int64_t stride, int64_t hd, float scale, float *scores, float *out)
 {
