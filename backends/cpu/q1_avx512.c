@@ -4,22 +4,27 @@
  *
  * Packed layout (pack(), row_tile 16): rows in tiles of 16; per (tile, block) 288 bytes, the same
  * bytes as the 16 rows' 18-byte blocks:
- *   bytes 8 g .. 8 g + 7   (g = 0..31): a little-endian 64-bit word whose bit 4 i + j is the sign
- *                          bit of row i (0..15) for weight 4 g + j (j = 0..3) of the block;
- *   bytes 256 + 2 i        the fp16 scale of row i (0 for the padding rows of the last tile).
+ *   bytes 64 m + 4 i + j    (m = 0..3, i = 0..15, j = 0..3): bit k (0..7) is the sign bit of row i
+ *                           for weight 32 m + 4 k + j of the block;
+ *   bytes 256 + 2 i         the fp16 scale of row i (0 for the padding rows of the last tile).
+ * So in the 64 bytes m, read as a zmm, byte 4 i + j belongs to dword lane i (row i), and bit k of
+ * the four bytes of a lane is that row's four weights 32 m + 4 k .. 32 m + 4 k + 3, the
+ * activations of which one vpdpbusd broadcasts to every lane.
  *
- * Kernel: the 64-bit word of group g is an opmask over the 64 bytes of a zmm, in which byte 4 i + j
- * belongs to dword lane i. vmovdqu8{z} of a vector of ones expands it to 0/1 bytes, and vpdpbusd
- * against the 4 int8 activations q[4g .. 4g+3] broadcast to every lane adds to lane i the sum of
- * those activations whose weight bit is set in row i. Lanes are rows, so there is no horizontal
- * sum: per 64 weight-MACs one mask load, one vmovdqu8 and one vpdpbusd (its broadcast operand
- * comes from memory). After the 32 groups of a block lane i holds S1 = sum_{b=1} q, exact in int32
- * (|S1| <= 128 * 127), and one fma per 16 rows adds (dw * dx) * (float)(2 S1 - Sq), Sq being the
- * block sum of the activations (bsi_q8_act), with dw the 16 rows' scales (one vcvtph2ps).
- * gemv keeps four integer accumulators per block to hide the vpdpbusd latency.
- * gemm: a group's expanded 0/1 vector serves up to 8 tokens (one vpdpbusd per 64 MACs per token,
- * 8 independent chains); tiles outer, tokens inner, so a tile stays in cache while tokens pass.
- * For every output the float operations are the same in gemv and gemm (bit-identical results).
+ * gemv: per 64 weight-MACs one vpandq and one vpdpbusd (its broadcast operand from memory), no
+ * mask register. (bytes & 2^k) is 0 or 2^k, so the product sums 2^k * q over the set bits of row
+ * i; bits k and k + 4 (the latter brought down by one 16-bit shift per 64 bytes) go to the same
+ * accumulator c[k], and per block S1 = sum_k c[k] / 2^k by three shift-adds, exact (every term of
+ * c[k] is a multiple of 2^k). The accumulators run over the whole row (|c| < 2^31 up to 8M
+ * columns) and a block's S1 is the difference of two such sums, so nothing is zeroed per block.
+ * One fma per 16 rows then adds (dw * dx) * (float)(2 S1 - Sq), Sq being the block sum of the
+ * activations (bsi_q8_act), with dw the 16 rows' scales (one vcvtph2ps). The weights are
+ * prefetched 8 blocks ahead (non-temporal: they are read once).
+ * gemm: a group's bits k of the 64 bytes, expanded to 0/1 bytes (vpandq, vpminub), serve up to 8
+ * tokens (one vpdpbusd per 64 MACs per token, 8 independent chains); tiles outer, tokens inner,
+ * so a tile stays in cache while tokens pass.
+ * For every output the integer S1 is exact and the float operations are the same in gemv and gemm
+ * (bit-identical results).
  *
  * Under BSI_SIMDE (tests/emulated) the same code compiles against SIMDe's portable AVX-512.
  */
@@ -32,6 +37,7 @@
 #define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 288 */
 #define SCALES           256                         /* offset of the scales in a tile-block */
 #define NT_MAX           8                           /* tokens per gemm pass */
+#define PREFETCH         (8 * TILE_BLOCK_BYTES)      /* gemv: bytes ahead of the block being read */
 
 static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
 {
@@ -40,37 +46,20 @@ static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
     for (int64_t t = 0; t < tiles; t++) {
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *out = dst + ((size_t)t * (size_t)nb + (size_t)b) * TILE_BLOCK_BYTES;
-            uint64_t m[32] = {0};
-            uint8_t sc[2 * TILE] = {0}; /* padding rows: scale 0, no bits */
+            memset(out, 0, TILE_BLOCK_BYTES); /* padding rows: scale 0, no bits */
             for (int i = 0; i < TILE && t * TILE + i < rows; i++) {
                 const uint8_t *blk =
                     src + (size_t)(t * TILE + i) * row_bytes + (size_t)b * BSI_Q1_BLOCK_BYTES;
-                sc[2 * i] = blk[0];
-                sc[2 * i + 1] = blk[1];
-                for (int g = 0; g < 32; g++) {
-                    uint64_t nib = (blk[2 + (g >> 1)] >> (4 * (g & 1))) & 0xF;
-                    m[g] |= nib << (4 * i);
+                out[SCALES + 2 * i] = blk[0];
+                out[SCALES + 2 * i + 1] = blk[1];
+                for (int c = 0; c < BSI_QK; c++) {
+                    int bit = (blk[2 + c / 8] >> (c % 8)) & 1;
+                    int m = c / 32, k = (c % 32) / 4, j = c % 4;
+                    out[64 * m + 4 * i + j] |= (uint8_t)(bit << k);
                 }
             }
-            /* explicit little-endian bytes; the kernels read them back the same way */
-            for (int g = 0; g < 32; g++)
-                for (int k = 0; k < 8; k++) out[8 * g + k] = (uint8_t)(m[g] >> (8 * k));
-            memcpy(out + SCALES, sc, sizeof sc);
         }
     }
-}
-
-#if defined(BSI_SIMDE)
-typedef simde__mmask64 mask64; /* SIMDe 0.7 aliases __mmask64 only on AVX-512 hosts */
-#else
-typedef __mmask64 mask64;
-#endif
-
-static inline mask64 load_mask(const uint8_t *p)
-{
-    uint64_t m;
-    memcpy(&m, p, 8); /* x86 is little-endian: bit k of the word = bit k % 8 of byte k / 8 */
-    return (mask64)m;
 }
 
 /* The 4 activations q[0..3] in every dword lane. */
@@ -128,34 +117,51 @@ static inline void store_rows(float *y, __m512 acc, int n)
     }
 }
 
+/* Arithmetic shift right of 16 int32 by 1 (SIMDe 0.7 lacks _mm512_srai_epi32: two halves). */
+static inline __m512i half_epi32(__m512i v)
+{
+#if defined(BSI_SIMDE)
+    __m256i lo = _mm256_srai_epi32(_mm512_castsi512_si256(v), 1);
+    __m256i hi = _mm256_srai_epi32(_mm512_extracti64x4_epi64(v, 1), 1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+#else
+    return _mm512_srai_epi32(v, 1);
+#endif
+}
+
 static void gemv(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *y, int64_t r0,
                  int64_t r1, int64_t cols)
 {
     (void)xf;
     int64_t nb = cols / BSI_QK;
-    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i bit[4];
+    for (int k = 0; k < 4; k++) bit[k] = _mm512_set1_epi8((char)(1 << k));
     for (int64_t r = r0; r < r1; r += TILE) {
         const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
         __m512 acc = _mm512_setzero_ps();
+        /* c[k]: 2^k times the running sums over bits k and k + 4; h: their S1 so far */
+        __m512i c[4], prev = _mm512_setzero_si512();
+        for (int k = 0; k < 4; k++) c[k] = prev;
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
             const int8_t *q = x->q + b * BSI_QK;
-            __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-            for (int g = 0; g < 32; g += 4) {
-                s0 = _mm512_dpbusd_epi32(s0, _mm512_maskz_mov_epi8(load_mask(blk + 8 * g), ones),
-                                         bcast4(q + 4 * g));
-                s1 =
-                    _mm512_dpbusd_epi32(s1, _mm512_maskz_mov_epi8(load_mask(blk + 8 * g + 8), ones),
-                                        bcast4(q + 4 * g + 4));
-                s2 = _mm512_dpbusd_epi32(s2,
-                                         _mm512_maskz_mov_epi8(load_mask(blk + 8 * g + 16), ones),
-                                         bcast4(q + 4 * g + 8));
-                s3 = _mm512_dpbusd_epi32(s3,
-                                         _mm512_maskz_mov_epi8(load_mask(blk + 8 * g + 24), ones),
-                                         bcast4(q + 4 * g + 12));
+            for (int k = 0; k < TILE_BLOCK_BYTES; k += 64)
+                _mm_prefetch((const char *)blk + PREFETCH + k, _MM_HINT_NTA);
+            for (int m = 0; m < 4; m++) {
+                __m512i lo = _mm512_loadu_si512(blk + 64 * m);
+                __m512i hi = _mm512_srli_epi16(lo, 4); /* bits 4..7 of every byte to 0..3 */
+                for (int k = 0; k < 4; k++) {
+                    c[k] = _mm512_dpbusd_epi32(c[k], _mm512_and_si512(lo, bit[k]),
+                                               bcast4(q + 32 * m + 4 * k));
+                    c[k] = _mm512_dpbusd_epi32(c[k], _mm512_and_si512(hi, bit[k]),
+                                               bcast4(q + 32 * m + 4 * k + 16));
+                }
             }
-            __m512i s = _mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3));
-            acc = block_update(acc, s, blk, x->d[b], x->sum[b]);
+            __m512i h = _mm512_add_epi32(half_epi32(c[3]), c[2]);
+            h = _mm512_add_epi32(half_epi32(h), c[1]);
+            h = _mm512_add_epi32(half_epi32(h), c[0]);
+            acc = block_update(acc, _mm512_sub_epi32(h, prev), blk, x->d[b], x->sum[b]);
+            prev = h;
         }
         store_rows(y + r, acc, r1 - r < TILE ? (int)(r1 - r) : TILE);
     }
@@ -177,10 +183,14 @@ static inline __attribute__((always_inline)) void gemm_tile(const uint8_t *tile,
         const int8_t *q = x->q + t0 * cols + b * BSI_QK;
         __m512i s[NT_MAX];
         for (int t = 0; t < nt; t++) s[t] = _mm512_setzero_si512();
-        for (int g = 0; g < 32; g++) {
-            __m512i wv = _mm512_maskz_mov_epi8(load_mask(blk + 8 * g), ones);
-            for (int t = 0; t < nt; t++)
-                s[t] = _mm512_dpbusd_epi32(s[t], wv, bcast4(q + t * cols + 4 * g));
+        for (int m = 0; m < 4; m++) {
+            __m512i wm = _mm512_loadu_si512(blk + 64 * m);
+            for (int k = 0; k < 8; k++) {
+                __m512i wv =
+                    _mm512_min_epu8(_mm512_and_si512(wm, _mm512_set1_epi8((char)(1 << k))), ones);
+                for (int t = 0; t < nt; t++)
+                    s[t] = _mm512_dpbusd_epi32(s[t], wv, bcast4(q + t * cols + 32 * m + 4 * k));
+            }
         }
         for (int t = 0; t < nt; t++)
             acc[t] =
