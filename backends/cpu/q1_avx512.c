@@ -39,6 +39,15 @@
 #define NT_MAX           8                           /* tokens per gemm pass */
 #define PREFETCH         (8 * TILE_BLOCK_BYTES)      /* gemv: bytes ahead of the block being read */
 
+/* Bits j, j + 4, ..., j + 28 of u as one byte (bit 4 k + j -> bit k). */
+static inline uint8_t gather_nibble_bits(uint32_t u, int j)
+{
+    uint32_t x = (u >> j) & 0x11111111u;
+    x = (x | x >> 3) & 0x03030303u;
+    x = (x | x >> 6) & 0x000F000Fu;
+    return (uint8_t)(x | x >> 12);
+}
+
 static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
 {
     int64_t nb = cols / BSI_QK, tiles = (rows + TILE - 1) / TILE;
@@ -52,10 +61,11 @@ static void pack(const uint8_t *src, uint8_t *dst, int64_t rows, int64_t cols)
                     src + (size_t)(t * TILE + i) * row_bytes + (size_t)b * BSI_Q1_BLOCK_BYTES;
                 out[SCALES + 2 * i] = blk[0];
                 out[SCALES + 2 * i + 1] = blk[1];
-                for (int c = 0; c < BSI_QK; c++) {
-                    int bit = (blk[2 + c / 8] >> (c % 8)) & 1;
-                    int m = c / 32, k = (c % 32) / 4, j = c % 4;
-                    out[64 * m + 4 * i + j] |= (uint8_t)(bit << k);
+                for (int m = 0; m < 4; m++) {
+                    const uint8_t *p = blk + 2 + 4 * m; /* weights 32 m .. 32 m + 31 */
+                    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                                 (uint32_t)p[3] << 24;
+                    for (int j = 0; j < 4; j++) out[64 * m + 4 * i + j] = gather_nibble_bits(u, j);
                 }
             }
         }
