@@ -33,7 +33,7 @@ typedef struct cpu_backend {
     bsi_rope rope_key;
     int64_t rope_pos;
     float rope_cs[1024];
-    float *scores; /* attention scratch, [threads][positions] */
+    float *scores; /* attention scratch, [threads][query heads a kv head][positions] */
     size_t scores_bytes;
     uint16_t *dequant; /* Q8_0 KV heads as fp16, [threads][2][positions][head_dim] */
     size_t dequant_bytes;
@@ -536,7 +536,7 @@ typedef struct attn_task {
     float *out;
     int64_t n_tok, pos, n_head, n_head_kv, head_dim, n_ctx_used;
     float scale;
-    float *scores; /* [threads][n_ctx_used] */
+    float *scores; /* [threads][n_head / n_head_kv][n_ctx_used] */
     const bsi_cpu_ops *ops;
     const uint8_t *kq, *vq; /* Q8_0 caches, or NULL */
     uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
@@ -562,14 +562,14 @@ static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k
         }
 }
 
-/* Work item i = (token, head). */
+/* Work item i = (token, kv head): the query heads of that kv head in one pass over its cache. */
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     attn_task *t = ctx;
     int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd, group = t->n_head / t->n_head_kv;
-    float *scores = t->scores + (size_t)thread * (size_t)t->n_ctx_used;
+    float *scores = t->scores + (size_t)thread * (size_t)group * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
-        int64_t tok = i / t->n_head, h = i % t->n_head, kvh = h / group;
+        int64_t tok = i / t->n_head_kv, kvh = i % t->n_head_kv;
         int64_t n = t->pos + tok + 1; /* causal: positions 0 .. pos + tok */
         const uint16_t *k, *v;
         int64_t stride = kv_dim;
@@ -582,8 +582,9 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
             k = t->kc + kvh * hd;
             v = t->vc + kvh * hd;
         }
-        t->ops->attn_head(t->q + (tok * t->n_head + h) * hd, k, v, n, stride, hd, t->scale, scores,
-                          t->out + (tok * t->n_head + h) * hd);
+        int64_t h = tok * t->n_head + kvh * group; /* the group's first query head */
+        t->ops->attn_heads(t->q + h * hd, group, k, v, n, stride, hd, t->scale, scores,
+                           t->out + h * hd);
     }
 }
 
@@ -598,7 +599,8 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
                         "attention: %" PRId64 " heads over %" PRId64 " kv heads", n_head,
                         n_head_kv);
     int64_t n_ctx_used = pos + n_tok;
-    size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)n_ctx_used * sizeof(float);
+    size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)(n_head / n_head_kv) *
+                  (size_t)n_ctx_used * sizeof(float);
     if (need > b->scores_bytes) {
         float *p = bsi_realloc(b->scores, need);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
@@ -632,7 +634,7 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
         t.kc = t.vc = NULL;
         t.dequant = b->dequant;
     }
-    bsi_pool_for(b->pool, n_tok * n_head, 1, attn_range, &t);
+    bsi_pool_for(b->pool, n_tok * n_head_kv, 1, attn_range, &t);
     return BONSAI_OK;
 }
 

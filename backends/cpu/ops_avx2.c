@@ -316,63 +316,112 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
     }
 }
 
-#define ATTN_AHEAD 8 /* positions: attn_head prefetches the K and V rows this far ahead */
+#define ATTN_AHEAD 8 /* positions: attn_heads prefetches the K and V rows this far ahead */
+#define ATTN_GMAX  4 /* query heads one pass over the cache serves */
 
-/* Head dims that are a multiple of 32 go through F16C with independent accumulators (a single
- * chain of FMAs would wait on each one's latency); others take the scalar path. */
-static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
-                      int64_t stride, int64_t hd, float scale, float *scores, float *out)
+/* Scores of gn (a constant at every call site) heads q_g = q + g hd against positions [0, n_pos):
+ * each K row is converted from fp16 once for the gn heads, 32 dimensions at a time, with four
+ * accumulators a head (two from three heads on: registers), s[g n_pos + p] = scale q_g.k_p. */
+static inline __attribute__((always_inline)) void attn_scores(const float *q, const uint16_t *k,
+                                                              int64_t n_pos, int64_t stride,
+                                                              int64_t hd, float scale, float *s,
+                                                              const int gn)
 {
-    if (hd % 32) {
-        bsi_cpu_ops_scalar.attn_head(q, k, v, n_pos, stride, hd, scale, scores, out);
-        return;
-    }
-    /* The rows of a head are stride apart in the cache (all kv heads of a position together), so
-     * every page holds one or two positions of a head and the hardware's stream prefetch, which
-     * stops at a page, keeps restarting: the rows ATTN_AHEAD positions on are prefetched. */
-    float max = -INFINITY;
     for (int64_t p = 0; p < n_pos; p++) {
         const uint16_t *kp = k + p * stride;
         if (p + ATTN_AHEAD < n_pos) /* (a pointer past the cache would be undefined) */
             for (int64_t d = 0; d < hd; d += 32)
                 _mm_prefetch((const char *)(kp + ATTN_AHEAD * stride + d), _MM_HINT_T0);
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        const int na = gn <= 2 ? 4 : 2; /* accumulators a head: 8 chains at most in flight */
+        __m256 a[ATTN_GMAX][4];
+        for (int g = 0; g < gn; g++)
+            for (int j = 0; j < 4; j++) a[g][j] = _mm256_setzero_ps();
         for (int64_t d = 0; d < hd; d += 32) {
-#define KDOT(acc, o)                                                                               \
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + (o)),                                            \
-                          _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kp + d + (o)))), acc)
-            KDOT(a0, 0);
-            KDOT(a1, 8);
-            KDOT(a2, 16);
-            KDOT(a3, 24);
-#undef KDOT
+            __m256 kd[4];
+            for (int j = 0; j < 4; j++)
+                kd[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kp + d + 8 * j)));
+            for (int g = 0; g < gn; g++)
+                for (int j = 0; j < 4; j++)
+                    a[g][j % na] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * hd + d + 8 * j), kd[j],
+                                                   a[g][j % na]);
         }
-        scores[p] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) * scale;
-        if (scores[p] > max) max = scores[p];
+        for (int g = 0; g < gn; g++) {
+            __m256 t = _mm256_add_ps(a[g][0], a[g][1]);
+            if (na == 4) t = _mm256_add_ps(t, _mm256_add_ps(a[g][2], a[g][3]));
+            s[g * n_pos + p] = hsum(t) * scale;
+        }
     }
-    float sum = 0;
-    for (int64_t p = 0; p < n_pos; p++) sum += (scores[p] = expf(scores[p] - max));
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    /* positions outer, 32 dimensions at a time in four accumulators */
-    for (int64_t d = 0; d < hd; d += 32) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+}
+
+/* out_g = sum_p w[g n_pos + p] v_p / sums[g] for gn heads (a constant at every call site): each V
+ * row converted once for the gn heads, 16 dimensions at a time. */
+static inline __attribute__((always_inline)) void attn_values(const float *w, const float *inv,
+                                                              const uint16_t *v, int64_t n_pos,
+                                                              int64_t stride, int64_t hd,
+                                                              float *out, const int gn)
+{
+    for (int64_t d = 0; d < hd; d += 16) {
+        __m256 a[ATTN_GMAX][2];
+        for (int g = 0; g < gn; g++) a[g][0] = a[g][1] = _mm256_setzero_ps();
         for (int64_t p = 0; p < n_pos; p++) {
             const uint16_t *vp = v + p * stride + d;
-            if (p + ATTN_AHEAD < n_pos)
+            if (d % 32 == 0 && p + ATTN_AHEAD < n_pos)
                 _mm_prefetch((const char *)(vp + ATTN_AHEAD * stride), _MM_HINT_T0);
-            __m256 w = _mm256_set1_ps(scores[p]);
-#define VACC(acc, o)                                                                               \
-    acc = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + (o)))), acc)
-            VACC(a0, 0);
-            VACC(a1, 8);
-            VACC(a2, 16);
-            VACC(a3, 24);
-#undef VACC
+            __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)vp));
+            __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + 8)));
+            for (int g = 0; g < gn; g++) {
+                __m256 wg = _mm256_broadcast_ss(w + g * n_pos + p);
+                a[g][0] = _mm256_fmadd_ps(wg, v0, a[g][0]);
+                a[g][1] = _mm256_fmadd_ps(wg, v1, a[g][1]);
+            }
         }
-        _mm256_storeu_ps(out + d, _mm256_mul_ps(a0, inv));
-        _mm256_storeu_ps(out + d + 8, _mm256_mul_ps(a1, inv));
-        _mm256_storeu_ps(out + d + 16, _mm256_mul_ps(a2, inv));
-        _mm256_storeu_ps(out + d + 24, _mm256_mul_ps(a3, inv));
+        for (int g = 0; g < gn; g++) {
+            __m256 s = _mm256_set1_ps(inv[g]);
+            _mm256_storeu_ps(out + g * hd + d, _mm256_mul_ps(a[g][0], s));
+            _mm256_storeu_ps(out + g * hd + d + 8, _mm256_mul_ps(a[g][1], s));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void attn_pass(const float *q, const uint16_t *k,
+                                                            const uint16_t *v, int64_t n_pos,
+                                                            int64_t stride, int64_t hd, float scale,
+                                                            float *scores, float *out, const int gn)
+{
+    attn_scores(q, k, n_pos, stride, hd, scale, scores, gn);
+    float inv[ATTN_GMAX];
+    for (int g = 0; g < gn; g++) {
+        float *s = scores + g * n_pos, max = -INFINITY, sum = 0;
+        for (int64_t p = 0; p < n_pos; p++)
+            if (s[p] > max) max = s[p];
+        for (int64_t p = 0; p < n_pos; p++) sum += (s[p] = expf(s[p] - max));
+        inv[g] = 1.0f / sum;
+    }
+    attn_values(scores, inv, v, n_pos, stride, hd, out, gn);
+}
+
+/* Head dims that are a multiple of 32 go through F16C, up to ATTN_GMAX heads a pass over the
+ * cache; others take the scalar path. The rows of a head are stride apart in the cache (all kv
+ * heads of a position together), so every page holds one or two positions of a head and the
+ * hardware's stream prefetch, which stops at a page, keeps restarting: the rows ATTN_AHEAD
+ * positions on are prefetched. */
+static void attn_heads(const float *q, int64_t group, const uint16_t *k, const uint16_t *v,
+                       int64_t n_pos, int64_t stride, int64_t hd, float scale, float *scores,
+                       float *out)
+{
+    if (hd % 32) {
+        bsi_cpu_ops_scalar.attn_heads(q, group, k, v, n_pos, stride, hd, scale, scores, out);
+        return;
+    }
+    for (int64_t g = 0; g < group; g += ATTN_GMAX) {
+        const float *qg = q + g * hd;
+        float *og = out + g * hd;
+        switch (group - g < ATTN_GMAX ? (int)(group - g) : ATTN_GMAX) {
+        case 1: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 1); break;
+        case 2: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 2); break;
+        case 3: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 3); break;
+        default: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 4); break;
+        }
     }
 }
 
@@ -396,6 +445,6 @@ const bsi_cpu_ops bsi_cpu_ops_avx2 = {
     .silu_mul = silu_mul,
     .add = add,
     .rope = rope,
-    .attn_head = attn_head,
+    .attn_heads = attn_heads,
     .to_f16 = to_f16,
 };

@@ -155,22 +155,25 @@ void bsi_rope_table(float *cs, int64_t pos, int64_t n_rot, float freq_base, floa
     }
 }
 
-static void attn_head(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_pos,
-                      int64_t stride, int64_t hd, float scale, float *scores, float *out)
+static void attn_heads(const float *q, int64_t group, const uint16_t *k, const uint16_t *v,
+                       int64_t n_pos, int64_t stride, int64_t hd, float scale, float *scores,
+                       float *out)
 {
-    float max = -INFINITY;
-    for (int64_t p = 0; p < n_pos; p++) {
-        float dot = 0;
-        for (int64_t d = 0; d < hd; d++) dot += q[d] * bsi_fp16_to_fp32(k[p * stride + d]);
-        scores[p] = dot * scale;
-        if (scores[p] > max) max = scores[p];
-    }
-    float sum = 0;
-    for (int64_t p = 0; p < n_pos; p++) sum += (scores[p] = expf(scores[p] - max));
-    for (int64_t d = 0; d < hd; d++) out[d] = 0;
-    for (int64_t p = 0; p < n_pos; p++) {
-        float w = scores[p] / sum;
-        for (int64_t d = 0; d < hd; d++) out[d] += w * bsi_fp16_to_fp32(v[p * stride + d]);
+    for (int64_t g = 0; g < group; g++, q += hd, out += hd) {
+        float max = -INFINITY;
+        for (int64_t p = 0; p < n_pos; p++) {
+            float dot = 0;
+            for (int64_t d = 0; d < hd; d++) dot += q[d] * bsi_fp16_to_fp32(k[p * stride + d]);
+            scores[p] = dot * scale;
+            if (scores[p] > max) max = scores[p];
+        }
+        float sum = 0;
+        for (int64_t p = 0; p < n_pos; p++) sum += (scores[p] = expf(scores[p] - max));
+        for (int64_t d = 0; d < hd; d++) out[d] = 0;
+        for (int64_t p = 0; p < n_pos; p++) {
+            float w = scores[p] / sum;
+            for (int64_t d = 0; d < hd; d++) out[d] += w * bsi_fp16_to_fp32(v[p * stride + d]);
+        }
     }
 }
 
@@ -190,7 +193,7 @@ const bsi_cpu_ops bsi_cpu_ops_scalar = {
     .silu_mul = silu_mul,
     .add = add,
     .rope = rope,
-    .attn_head = attn_head,
+    .attn_heads = attn_heads,
     .to_f16 = to_f16,
 };
 
