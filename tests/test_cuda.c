@@ -623,6 +623,10 @@ static void test_attention(void **state)
     check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 512, 300, 1);
     check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 512, 100, 37);
     check_attention(BONSAI_TENSOR_F16, 8, 4, 8, 64, 10, 5); /* stories260K's heads */
+    /* the per-token kernel (heads of 32 and 96 have no tensor-core kernel) over 40 and 20 tokens:
+     * the emulated module launches it over chunks of 3 tokens (ATT_GRID_Y) */
+    check_attention(BONSAI_TENSOR_F16, 4, 2, 32, 64, 7, 40);
+    check_attention(BONSAI_TENSOR_Q8_0, 6, 3, 96, 64, 30, 20);
     check_attention(BONSAI_TENSOR_Q8_0, 32, 8, 128, 256, 200, 3);
     /* prompts on tensor cores (flash.cuh): several query and cache tiles, head sizes 64, 128 */
     check_attention(BONSAI_TENSOR_F16, 16, 8, 128, 600, 0, 512);

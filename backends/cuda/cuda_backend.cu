@@ -587,6 +587,14 @@ static bonsai_status grow(cuda_backend *b, void **buf, size_t *cap, size_t bytes
     return BONSAI_OK;
 }
 
+/* Tokens of one launch of the per-token attention kernel: grid.y's limit, 65,535. The emulated
+ * module (tests/cuda_emu) is built with a small one, so that its tests run the loop over such
+ * launches that only prompts of more than 65,535 tokens reach on a GPU. */
+#ifndef ATT_GRID_Y
+#define ATT_GRID_Y 65535
+#endif
+static_assert(ATT_GRID_Y >= 1 && ATT_GRID_Y <= 65535, "grid.y");
+
 /* The most tokens of one matrix product (the GEMM's grid: 65,535 blocks of 64 tokens). */
 constexpr int64_t MAX_PRODUCT_TOK = 65535 * 64;
 
@@ -1161,9 +1169,9 @@ static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const flo
         if (oh) b->fresh = {out, n_tok * n_head * head_dim, oh, b->seq};
         return BONSAI_OK;
     }
-    /* a block per (head, token): grids of at most 65,535 tokens (grid.y's limit) */
-    for (int64_t t0 = 0; t0 < n_tok; t0 += 65535) {
-        int64_t nt = n_tok - t0 < 65535 ? n_tok - t0 : 65535, at = t0 * n_head * head_dim;
+    /* a block per (head, token): grids of at most ATT_GRID_Y tokens (grid.y's limit) */
+    for (int64_t t0 = 0; t0 < n_tok; t0 += ATT_GRID_Y) {
+        int64_t nt = n_tok - t0 < ATT_GRID_Y ? n_tok - t0 : ATT_GRID_Y, at = t0 * n_head * head_dim;
         dim3 grid((unsigned)n_head, (unsigned)nt);
         CU(launch(b, q8 ? attention<true> : attention<false>, grid, dim3(ATT_WARPS * WARP), 0,
                   q + at, k_cache, v_cache, out + at, (int)(pos + t0), (int)n_head,
