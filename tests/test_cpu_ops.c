@@ -763,8 +763,10 @@ static void test_bf16(void **state)
     }
 }
 
-/* Attention of a group of query heads sharing a kv head over an fp16 cache, every ISA against a
- * double reference; groups of 1 to 5 (the AVX2 variant serves 4 heads a pass: 5 takes two). */
+/* Attention of n_tok tokens' query heads sharing a kv head over an fp16 cache (token i sees one
+ * position more than token i - 1), every ISA against a double reference; groups of 1 to 5 and 1
+ * to 3 tokens (the AVX2 variant serves 8 queries a pass: 5 heads of 3 tokens take two), queries a
+ * head apart beyond each token's group, which must stay untouched in the output. */
 static void test_attn_heads(void **state)
 {
     (void)state;
@@ -775,48 +777,56 @@ static void test_attn_heads(void **state)
         const bsi_cpu_ops *ops = bsi_cpu_ops_for((bsi_isa)isa);
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
             for (size_t pi = 0; pi < sizeof positions / sizeof positions[0]; pi++)
-                for (int64_t group = 1; group <= 5; group++) {
-                    int64_t hd = dims[di], n = positions[pi], stride = hd * 3;
-                    size_t nq = (size_t)(group * hd);
-                    float *q = malloc(nq * sizeof *q), *out = malloc(nq * sizeof *out);
-                    float *scores = malloc((size_t)(group * n) * sizeof *scores);
-                    uint16_t *k = malloc((size_t)(n * stride) * 2),
-                             *v = malloc((size_t)(n * stride) * 2);
-                    for (size_t i = 0; i < nq; i++) q[i] = test_uniform();
-                    for (int64_t i = 0; i < n * stride; i++) {
-                        k[i] = bsi_fp32_to_fp16(test_uniform());
-                        v[i] = bsi_fp32_to_fp16(test_uniform());
-                    }
-                    for (size_t i = 0; i < nq; i++) out[i] = nanf("");
-                    float scale = 1.0f / sqrtf((float)hd);
-                    ops->attn_heads(q, group, k, v, n, stride, hd, scale, scores, out);
-                    double *sc = malloc((size_t)n * sizeof *sc);
-                    for (int64_t g = 0; g < group; g++) {
-                        const float *qg = q + g * hd;
-                        double max = -INFINITY, sum = 0;
-                        for (int64_t p = 0; p < n; p++) {
-                            double d = 0;
-                            for (int64_t i = 0; i < hd; i++)
-                                d += (double)qg[i] * bsi_fp16_to_fp32(k[p * stride + i]);
-                            sc[p] = d * scale;
-                            max = fmax(max, sc[p]);
+                for (int64_t group = 1; group <= 5; group++)
+                    for (int64_t n_tok = 1; n_tok <= 3; n_tok++) {
+                        int64_t hd = dims[di], n = positions[pi], stride = hd * 3;
+                        int64_t qs = (group + 1) * hd, total = n + n_tok - 1;
+                        size_t nq = (size_t)(n_tok * qs);
+                        float *q = malloc(nq * sizeof *q), *out = malloc(nq * sizeof *out);
+                        float *scores = malloc((size_t)(n_tok * group * total) * sizeof *scores);
+                        uint16_t *k = malloc((size_t)(total * stride) * 2),
+                                 *v = malloc((size_t)(total * stride) * 2);
+                        for (size_t i = 0; i < nq; i++) q[i] = test_uniform();
+                        for (int64_t i = 0; i < total * stride; i++) {
+                            k[i] = bsi_fp32_to_fp16(test_uniform());
+                            v[i] = bsi_fp32_to_fp16(test_uniform());
                         }
-                        for (int64_t p = 0; p < n; p++) sum += (sc[p] = exp(sc[p] - max));
-                        for (int64_t i = 0; i < hd; i++) {
-                            double r = 0;
-                            for (int64_t p = 0; p < n; p++)
-                                r += sc[p] / sum * bsi_fp16_to_fp32(v[p * stride + i]);
-                            float o = out[g * hd + i];
-                            if (!(fabs(o - r) <= 1e-5 * (1 + fabs(r))))
-                                fail_msg("%s attn hd %lld n %lld group %lld head %lld [%lld]: %g "
-                                         "vs %g",
-                                         bsi_isa_name((bsi_isa)isa), (long long)hd, (long long)n,
-                                         (long long)group, (long long)g, (long long)i, (double)o,
-                                         r);
+                        for (size_t i = 0; i < nq; i++) out[i] = nanf("");
+                        float scale = 1.0f / sqrtf((float)hd);
+                        ops->attn_heads(q, n_tok, group, qs, k, v, n, stride, hd, scale, scores,
+                                        out);
+                        double *sc = malloc((size_t)total * sizeof *sc);
+                        for (int64_t t = 0; t < n_tok; t++) {
+                            for (int64_t i = group * hd; i < qs; i++) /* the gap */
+                                assert_true(isnan(out[t * qs + i]));
+                            for (int64_t g = 0; g < group; g++) {
+                                const float *qg = q + t * qs + g * hd;
+                                double max = -INFINITY, sum = 0;
+                                int64_t np = n + t;
+                                for (int64_t p = 0; p < np; p++) {
+                                    double d = 0;
+                                    for (int64_t i = 0; i < hd; i++)
+                                        d += (double)qg[i] * bsi_fp16_to_fp32(k[p * stride + i]);
+                                    sc[p] = d * scale;
+                                    max = fmax(max, sc[p]);
+                                }
+                                for (int64_t p = 0; p < np; p++) sum += (sc[p] = exp(sc[p] - max));
+                                for (int64_t i = 0; i < hd; i++) {
+                                    double r = 0;
+                                    for (int64_t p = 0; p < np; p++)
+                                        r += sc[p] / sum * bsi_fp16_to_fp32(v[p * stride + i]);
+                                    float o = out[t * qs + g * hd + i];
+                                    if (!(fabs(o - r) <= 1e-5 * (1 + fabs(r))))
+                                        fail_msg("%s attn hd %lld n %lld group %lld token %lld "
+                                                 "head %lld [%lld]: %g vs %g",
+                                                 bsi_isa_name((bsi_isa)isa), (long long)hd,
+                                                 (long long)n, (long long)group, (long long)t,
+                                                 (long long)g, (long long)i, (double)o, r);
+                                }
+                            }
                         }
+                        free(q), free(out), free(scores), free(k), free(v), free(sc);
                     }
-                    free(q), free(out), free(scores), free(k), free(v), free(sc);
-                }
     }
 }
 

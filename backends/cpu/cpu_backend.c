@@ -33,7 +33,7 @@ typedef struct cpu_backend {
     bsi_rope rope_key;
     int64_t rope_pos;
     float rope_cs[1024];
-    float *scores; /* attention scratch, [threads][query heads a kv head][positions] */
+    float *scores; /* attention scratch, [threads][queries of a work item][positions] */
     size_t scores_bytes;
     uint16_t *dequant; /* Q8_0 KV heads as fp16, [threads][2][positions][head_dim] */
     size_t dequant_bytes;
@@ -536,7 +536,8 @@ typedef struct attn_task {
     float *out;
     int64_t n_tok, pos, n_head, n_head_kv, head_dim, n_ctx_used;
     float scale;
-    float *scores; /* [threads][n_head / n_head_kv][n_ctx_used] */
+    float *scores;     /* [threads][tok_block * n_head / n_head_kv][n_ctx_used] */
+    int64_t tok_block; /* tokens of a work item */
     const bsi_cpu_ops *ops;
     const uint8_t *kq, *vq; /* Q8_0 caches, or NULL */
     uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
@@ -562,29 +563,34 @@ static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k
         }
 }
 
-/* Work item i = (token, kv head): the query heads of that kv head in one pass over its cache. */
+#define ATTN_QUERIES 8 /* queries (tokens x query heads of a kv head) of an attention work item */
+
+/* Work item i = (block of tok_block tokens, kv head): the query heads of that kv head for those
+ * tokens in one pass over its cache. */
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     attn_task *t = ctx;
     int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd, group = t->n_head / t->n_head_kv;
-    float *scores = t->scores + (size_t)thread * (size_t)group * (size_t)t->n_ctx_used;
+    int64_t tb = t->tok_block;
+    float *scores = t->scores + (size_t)thread * (size_t)(tb * group) * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
-        int64_t tok = i / t->n_head_kv, kvh = i % t->n_head_kv;
-        int64_t n = t->pos + tok + 1; /* causal: positions 0 .. pos + tok */
+        int64_t tok = i / t->n_head_kv * tb, kvh = i % t->n_head_kv;
+        int64_t nt = t->n_tok - tok < tb ? t->n_tok - tok : tb;
+        int64_t n = t->pos + tok + 1; /* causal: the first token sees positions 0 .. pos + tok */
         const uint16_t *k, *v;
         int64_t stride = kv_dim;
         if (t->kq) { /* Q8_0 cache: this head as fp16 first */
             uint16_t *dk = t->dequant + (size_t)thread * 2 * (size_t)t->n_ctx_used * (size_t)hd;
             uint16_t *dv = dk + (size_t)t->n_ctx_used * (size_t)hd;
-            dequant_head(t, kvh, n, dk, dv);
+            dequant_head(t, kvh, n + nt - 1, dk, dv);
             k = dk, v = dv, stride = hd;
         } else {
             k = t->kc + kvh * hd;
             v = t->vc + kvh * hd;
         }
-        int64_t h = tok * t->n_head + kvh * group; /* the group's first query head */
-        t->ops->attn_heads(t->q + h * hd, group, k, v, n, stride, hd, t->scale, scores,
-                           t->out + h * hd);
+        int64_t h = tok * t->n_head + kvh * group; /* the first token's first query head */
+        t->ops->attn_heads(t->q + h * hd, nt, group, t->n_head * hd, k, v, n, stride, hd, t->scale,
+                           scores, t->out + h * hd);
     }
 }
 
@@ -599,8 +605,10 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
                         "attention: %" PRId64 " heads over %" PRId64 " kv heads", n_head,
                         n_head_kv);
     int64_t n_ctx_used = pos + n_tok;
-    size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)(n_head / n_head_kv) *
-                  (size_t)n_ctx_used * sizeof(float);
+    /* a prompt's tokens in blocks, so that a pass over the cache serves ~8 queries */
+    int64_t group = n_head / n_head_kv, tb = group >= ATTN_QUERIES ? 1 : ATTN_QUERIES / group;
+    size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)(tb * group) * (size_t)n_ctx_used *
+                  sizeof(float);
     if (need > b->scores_bytes) {
         float *p = bsi_realloc(b->scores, need);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
@@ -619,6 +627,7 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
                    .n_ctx_used = n_ctx_used,
                    .scale = scale,
                    .scores = b->scores,
+                   .tok_block = tb,
                    .ops = b->ops};
     if (kv_type == BONSAI_TENSOR_Q8_0) {
         size_t bytes = (size_t)bsi_pool_threads(b->pool) * 2 * (size_t)n_ctx_used *
@@ -634,7 +643,7 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
         t.kc = t.vc = NULL;
         t.dequant = b->dequant;
     }
-    bsi_pool_for(b->pool, n_tok * n_head_kv, 1, attn_range, &t);
+    bsi_pool_for(b->pool, (n_tok + tb - 1) / tb * n_head_kv, 1, attn_range, &t);
     return BONSAI_OK;
 }
 

@@ -37,13 +37,14 @@ typedef struct bsi_cpu_ops {
      * from n_rot to head_dim are left as they are. */
     void (*rope)(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int neox,
                  const float *cs);
-    /* `group` query heads sharing one kv head (GQA), each against n_pos cached positions: for
-     * g < group, out[g hd .. g hd + hd) = sum_p softmax_p(scale q_g.k_p) v_p, with q_g = q + g hd,
-     * and k_p, v_p rows of hd fp16 values `stride` elements apart, read once for the group;
-     * scores is scratch for group * n_pos floats. */
-    void (*attn_heads)(const float *q, int64_t group, const uint16_t *k, const uint16_t *v,
-                       int64_t n_pos, int64_t stride, int64_t hd, float scale, float *scores,
-                       float *out);
+    /* Attention of n_tok consecutive tokens' `group` query heads that share one kv head (GQA):
+     * query (i, g) (i < n_tok, g < group) is at q + i q_stride + g hd and sees cached positions
+     * [0, n_pos + i); out[i q_stride + g hd ..] = sum_p softmax_p(scale q.k_p) v_p over them, with
+     * k_p, v_p rows of hd fp16 values `stride` elements apart, read once for all the queries;
+     * scores is scratch for n_tok * group * (n_pos + n_tok - 1) floats. */
+    void (*attn_heads)(const float *q, int64_t n_tok, int64_t group, int64_t q_stride,
+                       const uint16_t *k, const uint16_t *v, int64_t n_pos, int64_t stride,
+                       int64_t hd, float scale, float *scores, float *out);
     /* y = fp16(x), n values, rounded to nearest even (the KV cache rows). */
     void (*to_f16)(const float *x, uint16_t *y, int64_t n);
 } bsi_cpu_ops;

@@ -317,111 +317,132 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
 }
 
 #define ATTN_AHEAD 8 /* positions: attn_heads prefetches the K and V rows this far ahead */
-#define ATTN_GMAX  4 /* query heads one pass over the cache serves */
+#define ATTN_QMAX  8 /* queries one pass over the cache serves */
 
-/* Scores of gn (a constant at every call site) heads q_g = q + g hd against positions [0, n_pos):
- * each K row is converted from fp16 once for the gn heads, 32 dimensions at a time, with four
- * accumulators a head (two from three heads on: registers), s[g n_pos + p] = scale q_g.k_p. */
-static inline __attribute__((always_inline)) void attn_scores(const float *q, const uint16_t *k,
-                                                              int64_t n_pos, int64_t stride,
-                                                              int64_t hd, float scale, float *s,
-                                                              const int gn)
+/* Scores of gn queries (a constant at every call site) at qp[g] against positions [0, n): each K
+ * row is converted from fp16 once for the gn queries, 32 dimensions at a time, with 4, 2 or 1
+ * accumulators a query (up to 2, 4 or 8 queries: registers); s[g n + p] = scale q_g.k_p. */
+static inline __attribute__((always_inline)) void attn_scores(const float *const *qp,
+                                                              const uint16_t *k, int64_t n,
+                                                              int64_t stride, int64_t hd,
+                                                              float scale, float *s, const int gn)
 {
-    for (int64_t p = 0; p < n_pos; p++) {
+    const int na = gn <= 2 ? 4 : gn <= 4 ? 2 : 1;
+    for (int64_t p = 0; p < n; p++) {
         const uint16_t *kp = k + p * stride;
-        if (p + ATTN_AHEAD < n_pos) /* (a pointer past the cache would be undefined) */
+        if (p + ATTN_AHEAD < n) /* (a pointer past the cache would be undefined) */
             for (int64_t d = 0; d < hd; d += 32)
                 _mm_prefetch((const char *)(kp + ATTN_AHEAD * stride + d), _MM_HINT_T0);
-        const int na = gn <= 2 ? 4 : 2; /* accumulators a head: 8 chains at most in flight */
-        __m256 a[ATTN_GMAX][4];
+        __m256 a[ATTN_QMAX][4];
         for (int g = 0; g < gn; g++)
-            for (int j = 0; j < 4; j++) a[g][j] = _mm256_setzero_ps();
+            for (int j = 0; j < na; j++) a[g][j] = _mm256_setzero_ps();
         for (int64_t d = 0; d < hd; d += 32) {
             __m256 kd[4];
             for (int j = 0; j < 4; j++)
                 kd[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kp + d + 8 * j)));
             for (int g = 0; g < gn; g++)
                 for (int j = 0; j < 4; j++)
-                    a[g][j % na] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * hd + d + 8 * j), kd[j],
-                                                   a[g][j % na]);
+                    a[g][j % na] =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(qp[g] + d + 8 * j), kd[j], a[g][j % na]);
         }
         for (int g = 0; g < gn; g++) {
-            __m256 t = _mm256_add_ps(a[g][0], a[g][1]);
+            __m256 t = a[g][0];
+            if (na >= 2) t = _mm256_add_ps(t, a[g][1]);
             if (na == 4) t = _mm256_add_ps(t, _mm256_add_ps(a[g][2], a[g][3]));
-            s[g * n_pos + p] = hsum(t) * scale;
+            s[g * n + p] = hsum(t) * scale;
         }
     }
 }
 
-/* out_g = sum_p w[g n_pos + p] v_p / sums[g] for gn heads (a constant at every call site): each V
- * row converted once for the gn heads, 16 dimensions at a time. */
+/* op[g] = sum_p w[g n + p] v_p * inv[g] for gn queries (a constant at every call site): each V row
+ * converted once for the gn queries, 16 dimensions at a time (8 from five queries on). */
 static inline __attribute__((always_inline)) void attn_values(const float *w, const float *inv,
-                                                              const uint16_t *v, int64_t n_pos,
+                                                              const uint16_t *v, int64_t n,
                                                               int64_t stride, int64_t hd,
-                                                              float *out, const int gn)
+                                                              float *const *op, const int gn)
 {
-    for (int64_t d = 0; d < hd; d += 16) {
-        __m256 a[ATTN_GMAX][2];
-        for (int g = 0; g < gn; g++) a[g][0] = a[g][1] = _mm256_setzero_ps();
-        for (int64_t p = 0; p < n_pos; p++) {
+    const int nv = gn <= 4 ? 2 : 1; /* vectors of 8 dimensions a pass */
+    for (int64_t d = 0; d < hd; d += 8 * nv) {
+        __m256 a[ATTN_QMAX][2];
+        for (int g = 0; g < gn; g++)
+            for (int j = 0; j < nv; j++) a[g][j] = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n; p++) {
             const uint16_t *vp = v + p * stride + d;
-            if (d % 32 == 0 && p + ATTN_AHEAD < n_pos)
+            if (d % 32 == 0 && p + ATTN_AHEAD < n)
                 _mm_prefetch((const char *)(vp + ATTN_AHEAD * stride), _MM_HINT_T0);
-            __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)vp));
-            __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + 8)));
+            __m256 vd[2];
+            for (int j = 0; j < nv; j++)
+                vd[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + 8 * j)));
             for (int g = 0; g < gn; g++) {
-                __m256 wg = _mm256_broadcast_ss(w + g * n_pos + p);
-                a[g][0] = _mm256_fmadd_ps(wg, v0, a[g][0]);
-                a[g][1] = _mm256_fmadd_ps(wg, v1, a[g][1]);
+                __m256 wg = _mm256_broadcast_ss(w + g * n + p);
+                for (int j = 0; j < nv; j++) a[g][j] = _mm256_fmadd_ps(wg, vd[j], a[g][j]);
             }
         }
         for (int g = 0; g < gn; g++) {
             __m256 s = _mm256_set1_ps(inv[g]);
-            _mm256_storeu_ps(out + g * hd + d, _mm256_mul_ps(a[g][0], s));
-            _mm256_storeu_ps(out + g * hd + d + 8, _mm256_mul_ps(a[g][1], s));
+            for (int j = 0; j < nv; j++)
+                _mm256_storeu_ps(op[g] + d + 8 * j, _mm256_mul_ps(a[g][j], s));
         }
     }
 }
 
-static inline __attribute__((always_inline)) void attn_pass(const float *q, const uint16_t *k,
-                                                            const uint16_t *v, int64_t n_pos,
-                                                            int64_t stride, int64_t hd, float scale,
-                                                            float *scores, float *out, const int gn)
+/* Queries [q0, q0 + gn) of attn_heads (query i group + g is token i, head g). Query g sees n[g]
+ * positions; the scores run to the largest, and a query's beyond its own weigh 0. */
+static inline __attribute__((always_inline)) void
+attn_pass(const float *q, int64_t group, int64_t q_stride, const uint16_t *k, const uint16_t *v,
+          int64_t n_pos, int64_t stride, int64_t hd, float scale, float *scores, float *out,
+          int64_t q0, const int gn)
 {
-    attn_scores(q, k, n_pos, stride, hd, scale, scores, gn);
-    float inv[ATTN_GMAX];
+    const float *qp[ATTN_QMAX];
+    float *op[ATTN_QMAX], inv[ATTN_QMAX];
+    int64_t n[ATTN_QMAX], nmax = 0;
     for (int g = 0; g < gn; g++) {
-        float *s = scores + g * n_pos, max = -INFINITY, sum = 0;
-        for (int64_t p = 0; p < n_pos; p++)
+        int64_t i = (q0 + g) / group, h = (q0 + g) % group;
+        qp[g] = q + i * q_stride + h * hd;
+        op[g] = out + i * q_stride + h * hd;
+        n[g] = n_pos + i;
+        if (n[g] > nmax) nmax = n[g];
+    }
+    attn_scores(qp, k, nmax, stride, hd, scale, scores, gn);
+    for (int g = 0; g < gn; g++) {
+        float *s = scores + g * nmax, max = -INFINITY, sum = 0;
+        for (int64_t p = 0; p < n[g]; p++)
             if (s[p] > max) max = s[p];
-        for (int64_t p = 0; p < n_pos; p++) sum += (s[p] = expf(s[p] - max));
+        for (int64_t p = 0; p < n[g]; p++) sum += (s[p] = expf(s[p] - max));
+        for (int64_t p = n[g]; p < nmax; p++) s[p] = 0;
         inv[g] = 1.0f / sum;
     }
-    attn_values(scores, inv, v, n_pos, stride, hd, out, gn);
+    attn_values(scores, inv, v, nmax, stride, hd, op, gn);
 }
 
-/* Head dims that are a multiple of 32 go through F16C, up to ATTN_GMAX heads a pass over the
- * cache; others take the scalar path. The rows of a head are stride apart in the cache (all kv
- * heads of a position together), so every page holds one or two positions of a head and the
- * hardware's stream prefetch, which stops at a page, keeps restarting: the rows ATTN_AHEAD
- * positions on are prefetched. */
-static void attn_heads(const float *q, int64_t group, const uint16_t *k, const uint16_t *v,
-                       int64_t n_pos, int64_t stride, int64_t hd, float scale, float *scores,
-                       float *out)
+/* Head dims that are a multiple of 32 go through F16C, up to ATTN_QMAX queries (heads, then
+ * tokens) a pass over the cache; others take the scalar path. The rows of a head are stride apart
+ * in the cache (all kv heads of a position together), so every page holds one or two positions
+ * of a head and the hardware's stream prefetch, which stops at a page, keeps restarting: the rows
+ * ATTN_AHEAD positions on are prefetched. */
+static void attn_heads(const float *q, int64_t n_tok, int64_t group, int64_t q_stride,
+                       const uint16_t *k, const uint16_t *v, int64_t n_pos, int64_t stride,
+                       int64_t hd, float scale, float *scores, float *out)
 {
     if (hd % 32) {
-        bsi_cpu_ops_scalar.attn_heads(q, group, k, v, n_pos, stride, hd, scale, scores, out);
+        bsi_cpu_ops_scalar.attn_heads(q, n_tok, group, q_stride, k, v, n_pos, stride, hd, scale,
+                                      scores, out);
         return;
     }
-    for (int64_t g = 0; g < group; g += ATTN_GMAX) {
-        const float *qg = q + g * hd;
-        float *og = out + g * hd;
-        switch (group - g < ATTN_GMAX ? (int)(group - g) : ATTN_GMAX) {
-        case 1: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 1); break;
-        case 2: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 2); break;
-        case 3: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 3); break;
-        default: attn_pass(qg, k, v, n_pos, stride, hd, scale, scores, og, 4); break;
+    int64_t nq = n_tok * group;
+    for (int64_t q0 = 0; q0 < nq; q0 += ATTN_QMAX) {
+#define PASS(gn) attn_pass(q, group, q_stride, k, v, n_pos, stride, hd, scale, scores, out, q0, gn)
+        switch (nq - q0 < ATTN_QMAX ? (int)(nq - q0) : ATTN_QMAX) {
+        case 1: PASS(1); break;
+        case 2: PASS(2); break;
+        case 3: PASS(3); break;
+        case 4: PASS(4); break;
+        case 5: PASS(5); break;
+        case 6: PASS(6); break;
+        case 7: PASS(7); break;
+        default: PASS(8); break;
         }
+#undef PASS
     }
 }
 

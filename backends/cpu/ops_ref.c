@@ -155,26 +155,29 @@ void bsi_rope_table(float *cs, int64_t pos, int64_t n_rot, float freq_base, floa
     }
 }
 
-static void attn_heads(const float *q, int64_t group, const uint16_t *k, const uint16_t *v,
-                       int64_t n_pos, int64_t stride, int64_t hd, float scale, float *scores,
-                       float *out)
+static void attn_heads(const float *q, int64_t n_tok, int64_t group, int64_t q_stride,
+                       const uint16_t *k, const uint16_t *v, int64_t n_pos, int64_t stride,
+                       int64_t hd, float scale, float *scores, float *out)
 {
-    for (int64_t g = 0; g < group; g++, q += hd, out += hd) {
-        float max = -INFINITY;
-        for (int64_t p = 0; p < n_pos; p++) {
-            float dot = 0;
-            for (int64_t d = 0; d < hd; d++) dot += q[d] * bsi_fp16_to_fp32(k[p * stride + d]);
-            scores[p] = dot * scale;
-            if (scores[p] > max) max = scores[p];
+    for (int64_t i = 0; i < n_tok; i++)
+        for (int64_t g = 0; g < group; g++) {
+            const float *qg = q + i * q_stride + g * hd;
+            float *o = out + i * q_stride + g * hd, max = -INFINITY;
+            int64_t n = n_pos + i;
+            for (int64_t p = 0; p < n; p++) {
+                float dot = 0;
+                for (int64_t d = 0; d < hd; d++) dot += qg[d] * bsi_fp16_to_fp32(k[p * stride + d]);
+                scores[p] = dot * scale;
+                if (scores[p] > max) max = scores[p];
+            }
+            float sum = 0;
+            for (int64_t p = 0; p < n; p++) sum += (scores[p] = expf(scores[p] - max));
+            for (int64_t d = 0; d < hd; d++) o[d] = 0;
+            for (int64_t p = 0; p < n; p++) {
+                float w = scores[p] / sum;
+                for (int64_t d = 0; d < hd; d++) o[d] += w * bsi_fp16_to_fp32(v[p * stride + d]);
+            }
         }
-        float sum = 0;
-        for (int64_t p = 0; p < n_pos; p++) sum += (scores[p] = expf(scores[p] - max));
-        for (int64_t d = 0; d < hd; d++) out[d] = 0;
-        for (int64_t p = 0; p < n_pos; p++) {
-            float w = scores[p] / sum;
-            for (int64_t d = 0; d < hd; d++) out[d] += w * bsi_fp16_to_fp32(v[p * stride + d]);
-        }
-    }
 }
 
 static void to_f16(const float *x, uint16_t *y, int64_t n)
