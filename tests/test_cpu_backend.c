@@ -253,12 +253,103 @@ static void test_matmul_multi(void **state)
         }
 }
 
+/* A cache row's value i (fp16, or Q8_0 blocks of 32: fp16 scale, 32 int8). */
+static double cache_value(uint32_t kv_type, const uint8_t *row, int64_t i)
+{
+    uint16_t h;
+    if (kv_type == BONSAI_TENSOR_F16) {
+        memcpy(&h, row + 2 * i, 2);
+        return bsi_fp16_to_fp32(h);
+    }
+    const uint8_t *blk = row + (size_t)(i / 32) * 34;
+    memcpy(&h, blk, 2);
+    return (double)bsi_fp16_to_fp32(h) * (int8_t)blk[2 + i % 32];
+}
+
+/* attention through the backend's work split (token blocks, kv heads, one head at a time when
+ * threads outnumber the kv heads, the Q8_0 heads dequantized per item) against a double
+ * reference computed from the caches' contents. */
+static void test_attention(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {
+        {4, 4, 32}, {4, 2, 64}, {6, 2, 32}, {16, 2, 128}, {12, 1, 32}};
+    static const int64_t toks[] = {1, 7, 9};
+    static const uint32_t types[] = {BONSAI_TENSOR_F16, BONSAI_TENSOR_Q8_0};
+    for (int threads = 1; threads <= 3; threads += 2) {
+        bsi_backend_config cfg = {.n_threads = threads};
+        bsi_backend *be;
+        assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+            for (size_t ti = 0; ti < 3; ti++)
+                for (int64_t pos = 0; pos <= 5; pos += 5)
+                    for (size_t ki = 0; ki < 2; ki++) {
+                        int64_t n_head = shapes[si][0], n_kv = shapes[si][1], hd = shapes[si][2];
+                        int64_t n_tok = toks[ti], total = pos + n_tok, kv_dim = n_kv * hd;
+                        uint32_t type = types[ki];
+                        size_t row = type == BONSAI_TENSOR_F16 ? (size_t)kv_dim * 2
+                                                               : (size_t)(kv_dim / 32) * 34;
+                        uint8_t *kc = malloc((size_t)total * row),
+                                *vc = malloc((size_t)total * row);
+                        float *k = malloc((size_t)(total * kv_dim) * sizeof *k),
+                              *v = malloc((size_t)(total * kv_dim) * sizeof *v);
+                        for (int64_t j = 0; j < total * kv_dim; j++)
+                            k[j] = test_uniform(), v[j] = test_uniform();
+                        assert_int_equal(be->vt->kv_store(be, type, kc, vc, k, v, total, kv_dim, 0),
+                                         0);
+                        size_t nq = (size_t)(n_tok * n_head * hd);
+                        float *q = malloc(nq * sizeof *q), *out = malloc(nq * sizeof *out);
+                        for (size_t j = 0; j < nq; j++) q[j] = test_uniform(), out[j] = nanf("");
+                        float scale = 1.0f / sqrtf((float)hd);
+                        assert_int_equal(be->vt->attention(be, type, q, kc, vc, out, n_tok, pos,
+                                                           n_head, n_kv, hd, scale),
+                                         0);
+                        double *sc = malloc((size_t)total * sizeof *sc);
+                        for (int64_t t = 0; t < n_tok; t++)
+                            for (int64_t h = 0; h < n_head; h++) {
+                                const float *qh = q + (t * n_head + h) * hd;
+                                int64_t kvh = h / (n_head / n_kv), np = pos + t + 1;
+                                double max = -INFINITY, sum = 0;
+                                for (int64_t p = 0; p < np; p++) {
+                                    double d = 0;
+                                    for (int64_t i = 0; i < hd; i++)
+                                        d += qh[i] *
+                                             cache_value(type, kc + (size_t)p * row, kvh * hd + i);
+                                    sc[p] = d * scale;
+                                    max = fmax(max, sc[p]);
+                                }
+                                for (int64_t p = 0; p < np; p++) sum += (sc[p] = exp(sc[p] - max));
+                                for (int64_t i = 0; i < hd; i++) {
+                                    double r = 0;
+                                    for (int64_t p = 0; p < np; p++)
+                                        r += sc[p] / sum *
+                                             cache_value(type, vc + (size_t)p * row, kvh * hd + i);
+                                    float o = out[(t * n_head + h) * hd + i];
+                                    double tol = type == BONSAI_TENSOR_F16 ? 1e-5 : 2e-3;
+                                    if (!(fabs(o - r) <= tol * (1 + fabs(r))))
+                                        fail_msg("attention %s, %d threads, %lld/%lld heads of "
+                                                 "%lld, %lld+%lld: token %lld head %lld [%lld] "
+                                                 "%g vs %g",
+                                                 type == BONSAI_TENSOR_F16 ? "f16" : "q8_0",
+                                                 threads, (long long)n_head, (long long)n_kv,
+                                                 (long long)hd, (long long)pos, (long long)n_tok,
+                                                 (long long)t, (long long)h, (long long)i,
+                                                 (double)o, r);
+                                }
+                            }
+                        free(kc), free(vc), free(k), free(v), free(q), free(out), free(sc);
+                    }
+        be->vt->destroy(be);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_q1_matmul),
         cmocka_unit_test(test_matmul_multi),
+        cmocka_unit_test(test_attention),
         cmocka_unit_test(test_dense_and_small_ops),
         cmocka_unit_test(test_repack_resident_memory),
     };

@@ -830,6 +830,36 @@ static void test_attn_heads(void **state)
     }
 }
 
+/* A row only a later token sees holds infinities (an fp16 cache overflows past 65504): the earlier
+ * tokens' outputs stay finite and right, as if the row were not there. */
+static void test_attn_heads_later_row(void **state)
+{
+    (void)state;
+    enum { HD = 32, GROUP = 2, NT = 3, NPOS = 2, TOTAL = NPOS + NT - 1 };
+    for (int isa = 0; isa < BSI_ISA_COUNT; isa++) {
+        if (!bsi_isa_available((bsi_isa)isa)) continue;
+        const bsi_cpu_ops *ops = bsi_cpu_ops_for((bsi_isa)isa);
+        float q[NT * GROUP * HD], out[NT * GROUP * HD], scores[NT * GROUP * TOTAL];
+        float ref[GROUP * HD], sref[TOTAL];
+        uint16_t k[TOTAL * HD], v[TOTAL * HD];
+        for (int i = 0; i < NT * GROUP * HD; i++) q[i] = test_uniform();
+        for (int i = 0; i < TOTAL * HD; i++) {
+            k[i] = bsi_fp32_to_fp16(test_uniform());
+            v[i] = i >= (TOTAL - 1) * HD ? 0x7C00 /* +inf */ : bsi_fp32_to_fp16(test_uniform());
+        }
+        ops->attn_heads(q, NT, GROUP, GROUP * HD, k, v, NPOS, HD, HD, 0.2f, scores, out);
+        /* tokens 0 and 1 see positions [0, 2) and [0, 3): the scalar path, one query at a time */
+        for (int t = 0; t < NT - 1; t++) {
+            bsi_cpu_ops_scalar.attn_heads(q + t * GROUP * HD, 1, GROUP, GROUP * HD, k, v, NPOS + t,
+                                          HD, HD, 0.2f, sref, ref);
+            for (int i = 0; i < GROUP * HD; i++)
+                if (!(fabsf(out[t * GROUP * HD + i] - ref[i]) <= 1e-5f * (1 + fabsf(ref[i]))))
+                    fail_msg("%s token %d [%d]: %g vs %g", bsi_isa_name((bsi_isa)isa), t, i,
+                             (double)out[t * GROUP * HD + i], (double)ref[i]);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -849,6 +879,7 @@ int main(void)
         cmocka_unit_test(test_fp16_hardware),
         cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_attn_heads),
+        cmocka_unit_test(test_attn_heads_later_row),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

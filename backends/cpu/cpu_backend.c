@@ -537,7 +537,7 @@ typedef struct attn_task {
     int64_t n_tok, pos, n_head, n_head_kv, head_dim, n_ctx_used;
     float scale;
     float *scores;     /* [threads][tok_block * n_head / n_head_kv][n_ctx_used] */
-    int64_t tok_block; /* tokens of a work item */
+    int64_t tok_block, head_block; /* tokens and query heads of a work item */
     const bsi_cpu_ops *ops;
     const uint8_t *kq, *vq; /* Q8_0 caches, or NULL */
     uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
@@ -563,18 +563,17 @@ static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k
         }
 }
 
-#define ATTN_QUERIES 8 /* queries (tokens x query heads of a kv head) of an attention work item */
-
-/* Work item i = (block of tok_block tokens, kv head): the query heads of that kv head for those
- * tokens in one pass over its cache. */
+/* Work item i = (block of tok_block tokens, head_block query heads of one kv head): those queries
+ * in one pass over the kv head's cache (up to BSI_ATTN_QUERIES at a time). */
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     attn_task *t = ctx;
     int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd, group = t->n_head / t->n_head_kv;
-    int64_t tb = t->tok_block;
-    float *scores = t->scores + (size_t)thread * (size_t)(tb * group) * (size_t)t->n_ctx_used;
+    int64_t tb = t->tok_block, hg = t->head_block, n_hb = t->n_head / hg;
+    int64_t nq = tb * hg < BSI_ATTN_QUERIES ? tb * hg : BSI_ATTN_QUERIES;
+    float *scores = t->scores + (size_t)thread * (size_t)nq * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
-        int64_t tok = i / t->n_head_kv * tb, kvh = i % t->n_head_kv;
+        int64_t tok = i / n_hb * tb, h0 = i % n_hb * hg, kvh = h0 / group;
         int64_t nt = t->n_tok - tok < tb ? t->n_tok - tok : tb;
         int64_t n = t->pos + tok + 1; /* causal: the first token sees positions 0 .. pos + tok */
         const uint16_t *k, *v;
@@ -588,8 +587,8 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
             k = t->kc + kvh * hd;
             v = t->vc + kvh * hd;
         }
-        int64_t h = tok * t->n_head + kvh * group; /* the first token's first query head */
-        t->ops->attn_heads(t->q + h * hd, nt, group, t->n_head * hd, k, v, n, stride, hd, t->scale,
+        int64_t h = tok * t->n_head + h0; /* the first token's first query head */
+        t->ops->attn_heads(t->q + h * hd, nt, hg, t->n_head * hd, k, v, n, stride, hd, t->scale,
                            scores, t->out + h * hd);
     }
 }
@@ -600,15 +599,22 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
                                    int64_t head_dim, float scale)
 {
     cpu_backend *b = cpu(be);
-    if (n_head_kv < 1 || n_head % n_head_kv)
+    if (n_head < 1 || n_head_kv < 1 || n_head % n_head_kv)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                         "attention: %" PRId64 " heads over %" PRId64 " kv heads", n_head,
                         n_head_kv);
     int64_t n_ctx_used = pos + n_tok;
-    /* a prompt's tokens in blocks, so that a pass over the cache serves ~8 queries */
-    int64_t group = n_head / n_head_kv, tb = group >= ATTN_QUERIES ? 1 : ATTN_QUERIES / group;
-    size_t need = (size_t)bsi_pool_threads(b->pool) * (size_t)(tb * group) * (size_t)n_ctx_used *
-                  sizeof(float);
+    /* A work item is a block of tokens times hg query heads of a kv head: all of them (a prompt's
+     * tokens in blocks so that a pass serves ~BSI_ATTN_QUERIES queries), or one head at a time
+     * when kv heads are fewer than threads (one token: decode). */
+    int threads = bsi_pool_threads(b->pool);
+    int64_t group = n_head / n_head_kv, hg = group, tb = 1;
+    if (n_tok * n_head_kv < threads)
+        hg = 1;
+    else if (group < BSI_ATTN_QUERIES)
+        tb = BSI_ATTN_QUERIES / group;
+    int64_t nq = tb * hg < BSI_ATTN_QUERIES ? tb * hg : BSI_ATTN_QUERIES;
+    size_t need = (size_t)threads * (size_t)nq * (size_t)n_ctx_used * sizeof(float);
     if (need > b->scores_bytes) {
         float *p = bsi_realloc(b->scores, need);
         if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", need);
@@ -628,6 +634,7 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
                    .scale = scale,
                    .scores = b->scores,
                    .tok_block = tb,
+                   .head_block = hg,
                    .ops = b->ops};
     if (kv_type == BONSAI_TENSOR_Q8_0) {
         size_t bytes = (size_t)bsi_pool_threads(b->pool) * 2 * (size_t)n_ctx_used *
@@ -643,7 +650,7 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
         t.kc = t.vc = NULL;
         t.dequant = b->dequant;
     }
-    bsi_pool_for(b->pool, (n_tok + tb - 1) / tb * n_head_kv, 1, attn_range, &t);
+    bsi_pool_for(b->pool, (n_tok + tb - 1) / tb * (n_head / hg), 1, attn_range, &t);
     return BONSAI_OK;
 }
 

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define BSI_ATTN_QUERIES 8 /* queries attn_heads serves in one pass over the cache */
+
 typedef struct bsi_cpu_ops {
     bsi_isa isa;
     /* y[r] for r in [r0, r1); w points at row 0; x has cols f32 values. */
@@ -40,8 +42,10 @@ typedef struct bsi_cpu_ops {
     /* Attention of n_tok consecutive tokens' `group` query heads that share one kv head (GQA):
      * query (i, g) (i < n_tok, g < group) is at q + i q_stride + g hd and sees cached positions
      * [0, n_pos + i); out[i q_stride + g hd ..] = sum_p softmax_p(scale q.k_p) v_p over them, with
-     * k_p, v_p rows of hd fp16 values `stride` elements apart, read once for all the queries;
-     * scores is scratch for n_tok * group * (n_pos + n_tok - 1) floats. */
+     * k_p, v_p rows of hd fp16 values `stride` elements apart, read once for up to
+     * BSI_ATTN_QUERIES queries (all rows up to the last query's limit must be readable); scores is
+     * scratch for min(n_tok * group, BSI_ATTN_QUERIES) * (n_pos + n_tok - 1) floats. How many
+     * queries share a pass may change the rounding of a query's scores. */
     void (*attn_heads)(const float *q, int64_t n_tok, int64_t group, int64_t q_stride,
                        const uint16_t *k, const uint16_t *v, int64_t n_pos, int64_t stride,
                        int64_t hd, float scale, float *scores, float *out);

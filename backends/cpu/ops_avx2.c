@@ -317,7 +317,8 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
 }
 
 #define ATTN_AHEAD 8 /* positions: attn_heads prefetches the K and V rows this far ahead */
-#define ATTN_QMAX  8 /* queries one pass over the cache serves */
+#define ATTN_QMAX  BSI_ATTN_QUERIES
+_Static_assert(ATTN_QMAX == 8, "attn_heads has a case for each pass size up to 8");
 
 /* Scores of gn queries (a constant at every call site) at qp[g] against positions [0, n): each K
  * row is converted from fp16 once for the gn queries, 32 dimensions at a time, with 4, 2 or 1
@@ -354,27 +355,28 @@ static inline __attribute__((always_inline)) void attn_scores(const float *const
     }
 }
 
-/* op[g] = sum_p w[g n + p] v_p * inv[g] for gn queries (a constant at every call site): each V row
- * converted once for the gn queries, 16 dimensions at a time (8 from five queries on). */
-static inline __attribute__((always_inline)) void attn_values(const float *w, const float *inv,
-                                                              const uint16_t *v, int64_t n,
-                                                              int64_t stride, int64_t hd,
-                                                              float *const *op, const int gn)
+/* op[g] = sum_{p < n[g]} w[g nmax + p] v_p * inv[g] for gn queries (a constant at every call
+ * site; n[] non-decreasing): each V row converted once for the gn queries, 16 dimensions at a time
+ * (8 from five queries on). A query never touches a row beyond its own limit (0 * inf is NaN). */
+static inline __attribute__((always_inline)) void
+attn_values(const float *w, const float *inv, const uint16_t *v, const int64_t *n, int64_t nmax,
+            int64_t stride, int64_t hd, float *const *op, const int gn)
 {
     const int nv = gn <= 4 ? 2 : 1; /* vectors of 8 dimensions a pass */
     for (int64_t d = 0; d < hd; d += 8 * nv) {
         __m256 a[ATTN_QMAX][2];
         for (int g = 0; g < gn; g++)
             for (int j = 0; j < nv; j++) a[g][j] = _mm256_setzero_ps();
-        for (int64_t p = 0; p < n; p++) {
+        for (int64_t p = 0; p < nmax; p++) {
             const uint16_t *vp = v + p * stride + d;
-            if (d % 32 == 0 && p + ATTN_AHEAD < n)
+            if (d % 32 == 0 && p + ATTN_AHEAD < nmax)
                 _mm_prefetch((const char *)(vp + ATTN_AHEAD * stride), _MM_HINT_T0);
             __m256 vd[2];
             for (int j = 0; j < nv; j++)
                 vd[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + 8 * j)));
             for (int g = 0; g < gn; g++) {
-                __m256 wg = _mm256_broadcast_ss(w + g * n + p);
+                if (p >= n[g]) continue;
+                __m256 wg = _mm256_broadcast_ss(w + g * nmax + p);
                 for (int j = 0; j < nv; j++) a[g][j] = _mm256_fmadd_ps(wg, vd[j], a[g][j]);
             }
         }
@@ -387,7 +389,7 @@ static inline __attribute__((always_inline)) void attn_values(const float *w, co
 }
 
 /* Queries [q0, q0 + gn) of attn_heads (query i group + g is token i, head g). Query g sees n[g]
- * positions; the scores run to the largest, and a query's beyond its own weigh 0. */
+ * positions; the scores run to the largest, and a query's beyond its own are left out. */
 static inline __attribute__((always_inline)) void
 attn_pass(const float *q, int64_t group, int64_t q_stride, const uint16_t *k, const uint16_t *v,
           int64_t n_pos, int64_t stride, int64_t hd, float scale, float *scores, float *out,
@@ -409,10 +411,9 @@ attn_pass(const float *q, int64_t group, int64_t q_stride, const uint16_t *k, co
         for (int64_t p = 0; p < n[g]; p++)
             if (s[p] > max) max = s[p];
         for (int64_t p = 0; p < n[g]; p++) sum += (s[p] = expf(s[p] - max));
-        for (int64_t p = n[g]; p < nmax; p++) s[p] = 0;
         inv[g] = 1.0f / sum;
     }
-    attn_values(scores, inv, v, nmax, stride, hd, op, gn);
+    attn_values(scores, inv, v, n, nmax, stride, hd, op, gn);
 }
 
 /* Head dims that are a multiple of 32 go through F16C, up to ATTN_QMAX queries (heads, then

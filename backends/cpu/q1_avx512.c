@@ -149,7 +149,7 @@ static void gemv(const uint8_t *w, const bsi_q8_act *x, const float *xf, float *
     for (int64_t r = r0; r < r1; r += TILE) {
         const uint8_t *tile = w + (size_t)(r / TILE) * (size_t)nb * TILE_BLOCK_BYTES;
         __m512 acc = _mm512_setzero_ps();
-        /* c[k]: 2^k times the running sums over bits k and k + 4; h: their S1 so far */
+        /* c[k]: 2^k times the row's running sums over bits k and k + 4; prev: S1 up to the block */
         __m512i c[4], prev = _mm512_setzero_si512();
         for (int k = 0; k < 4; k++) c[k] = prev;
         for (int64_t b = 0; b < nb; b++) {
