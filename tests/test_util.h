@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,26 @@ static inline float test_uniform(void)
 {
     float f = (float)((test_rand() >> 40) + 1) / (float)(1ull << 24);
     return test_rand() & 1 ? f : -f;
+}
+
+/* Attention of one query in double precision: out[0..hd) = sum_p softmax_p(scale q.k_p) v_p over
+ * positions [0, n), k and v given as [n][hd] doubles; sc is scratch for n doubles. */
+static inline void test_attention_ref(const float *q, const double *k, const double *v, int64_t n,
+                                      int64_t hd, double scale, double *sc, double *out)
+{
+    double max = -INFINITY, sum = 0;
+    for (int64_t p = 0; p < n; p++) {
+        double d = 0;
+        for (int64_t i = 0; i < hd; i++) d += (double)q[i] * k[p * hd + i];
+        sc[p] = d * scale;
+        max = fmax(max, sc[p]);
+    }
+    for (int64_t p = 0; p < n; p++) sum += (sc[p] = exp(sc[p] - max));
+    for (int64_t i = 0; i < hd; i++) {
+        double r = 0;
+        for (int64_t p = 0; p < n; p++) r += sc[p] / sum * v[p * hd + i];
+        out[i] = r;
+    }
 }
 
 /* Asserts that `st` is `expected` and that bonsai_last_error() contains `needle`. */

@@ -536,8 +536,9 @@ typedef struct attn_task {
     float *out;
     int64_t n_tok, pos, n_head, n_head_kv, head_dim, n_ctx_used;
     float scale;
-    float *scores;     /* [threads][tok_block * n_head / n_head_kv][n_ctx_used] */
+    float *scores;                 /* [threads][pass_queries][n_ctx_used] */
     int64_t tok_block, head_block; /* tokens and query heads of a work item */
+    int64_t pass_queries;          /* min(tok_block * head_block, BSI_ATTN_QUERIES) */
     const bsi_cpu_ops *ops;
     const uint8_t *kq, *vq; /* Q8_0 caches, or NULL */
     uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
@@ -570,8 +571,7 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
     attn_task *t = ctx;
     int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd, group = t->n_head / t->n_head_kv;
     int64_t tb = t->tok_block, hg = t->head_block, n_hb = t->n_head / hg;
-    int64_t nq = tb * hg < BSI_ATTN_QUERIES ? tb * hg : BSI_ATTN_QUERIES;
-    float *scores = t->scores + (size_t)thread * (size_t)nq * (size_t)t->n_ctx_used;
+    float *scores = t->scores + (size_t)thread * (size_t)t->pass_queries * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
         int64_t tok = i / n_hb * tb, h0 = i % n_hb * hg, kvh = h0 / group;
         int64_t nt = t->n_tok - tok < tb ? t->n_tok - tok : tb;
@@ -635,10 +635,11 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
                    .scores = b->scores,
                    .tok_block = tb,
                    .head_block = hg,
+                   .pass_queries = nq,
                    .ops = b->ops};
     if (kv_type == BONSAI_TENSOR_Q8_0) {
-        size_t bytes = (size_t)bsi_pool_threads(b->pool) * 2 * (size_t)n_ctx_used *
-                       (size_t)head_dim * sizeof(uint16_t);
+        size_t bytes =
+            (size_t)threads * 2 * (size_t)n_ctx_used * (size_t)head_dim * sizeof(uint16_t);
         if (bytes > b->dequant_bytes) {
             uint16_t *p = bsi_realloc(b->dequant, bytes);
             if (!p) return bsi_fail(BONSAI_ERR_NO_MEMORY, "cannot allocate %zu bytes", bytes);
