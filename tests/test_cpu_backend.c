@@ -195,6 +195,78 @@ static void test_repack_resident_memory(void **state)
     unlink(path);
 }
 
+/* A Q1_0 matrix of `rows` x 2048 with random bits and small positive scales. */
+static uint8_t *random_q1(int64_t rows)
+{
+    size_t bytes = (size_t)rows * 16 * BSI_Q1_BLOCK_BYTES;
+    uint8_t *w = malloc(bytes);
+    assert_non_null(w);
+    uint64_t r = test_rand();
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        memcpy(w + i, &r, 8);
+    }
+    for (size_t b = 0; b < bytes; b += BSI_Q1_BLOCK_BYTES) {
+        uint16_t h = bsi_fp32_to_fp16(0.01f + 0.001f * (float)(b / BSI_Q1_BLOCK_BYTES % 7));
+        memcpy(w + b, &h, 2);
+    }
+    return w;
+}
+
+/* The first and last 64 rows of w x (2048 columns) through the backend, against the reference. */
+static void check_rows(bsi_backend *be, bsi_weight *wt, const uint8_t *w, int64_t rows,
+                       const float *x)
+{
+    float *y = malloc((size_t)rows * sizeof(float)), ref[64];
+    assert_int_equal(be->vt->matmul(be, wt, x, y, 1), 0);
+    size_t row_bytes = 16 * BSI_Q1_BLOCK_BYTES;
+    for (int part = 0; part < 2; part++) {
+        int64_t r0 = part ? rows - 64 : 0;
+        bsi_q1_gemv_ref(w + (size_t)r0 * row_bytes, x, ref, 64, 2048);
+        for (int r = 0; r < 64; r++)
+            if (!(fabsf(y[r0 + r] - ref[r]) <= 0.02f * (1.0f + fabsf(ref[r]))))
+                fail_msg("row %lld of %lld: %g, reference %g", (long long)(r0 + r), (long long)rows,
+                         y[r0 + r], ref[r]);
+    }
+    free(y);
+}
+
+/* Packed weights share 64 MiB slabs (huge pages): a matrix that does not fit the newest slab
+ * starts another, one larger than a slab gets its own, and freeing some matrices (a slab's last
+ * one unmaps it) leaves the others intact. */
+static void test_weight_slabs(void **state)
+{
+    (void)state;
+    bsi_backend_config cfg = {.n_threads = 2};
+    bsi_backend *be;
+    assert_int_equal(bsi_backend_create("cpu", &cfg, &be), 0);
+    /* rows of 2048 columns: 288 bytes each; A and B 36 MiB, C 66 MiB, D 1 MiB, E 20 MiB */
+    const int64_t rows[5] = {131072, 131072, 240288, 3648, 72832};
+    uint8_t *w[5];
+    bsi_weight *wt[5];
+    float x[2048];
+    for (int i = 0; i < 2048; i++) x[i] = test_uniform();
+    for (int i = 0; i < 4; i++) {
+        w[i] = random_q1(rows[i]);
+        bsi_matrix_desc d = {"w", BONSAI_TENSOR_Q1_0, rows[i], 2048, w[i], false};
+        assert_int_equal(be->vt->weight_create(be, &d, &wt[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) check_rows(be, wt[i], w[i], rows[i], x);
+    be->vt->weight_free(be, wt[0]);
+    be->vt->weight_free(be, wt[2]);
+    w[4] = random_q1(rows[4]);
+    bsi_matrix_desc d = {"w", BONSAI_TENSOR_Q1_0, rows[4], 2048, w[4], false};
+    assert_int_equal(be->vt->weight_create(be, &d, &wt[4]), 0);
+    const int left[3] = {1, 3, 4};
+    for (int i = 0; i < 3; i++) check_rows(be, wt[left[i]], w[left[i]], rows[left[i]], x);
+    be->vt->weight_free(be, wt[3]);
+    be->vt->weight_free(be, wt[1]);
+    check_rows(be, wt[4], w[4], rows[4], x);
+    be->vt->weight_free(be, wt[4]);
+    be->vt->destroy(be);
+    for (int i = 0; i < 5; i++) free(w[i]);
+}
+
 /* matmul_multi: the same results as one matmul per matrix, bit for bit; mixed types fall back. */
 static void test_matmul_multi(void **state)
 {
@@ -352,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_dense_and_small_ops),
         cmocka_unit_test(test_repack_resident_memory),
+        cmocka_unit_test(test_weight_slabs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
