@@ -29,7 +29,10 @@
 
 #define TILE             32
 #define TILE_BLOCK_BYTES (TILE * BSI_Q1_BLOCK_BYTES) /* 576 */
-#define PREFETCH         (8 * TILE_BLOCK_BYTES)      /* bytes ahead of the tile-block being read */
+/* GEMV: bytes ahead of the tile-block being read, prefetched into L2 (T1): into L1 (T0) at 8
+ * tile-blocks, the misses in flight were too few to stream from memory beyond 2048 columns, where
+ * the hardware prefetchers help less (10 GB/s one thread, against 22 now; docs/perf-notes.md) */
+#define PREFETCH         (12 * TILE_BLOCK_BYTES)
 #define LUT_BLOCK_BYTES  1024
 #define GEMM_TAB_KB      256 /* GEMM: tables of a chunk of tokens */
 #define GEMM_W_KB        256 /* GEMM: weights of a group of rows */
@@ -251,7 +254,7 @@ static void tile_rows(const uint8_t *w, const bsi_q8_act *x, int64_t tok, float 
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = tile + (size_t)b * TILE_BLOCK_BYTES;
             for (int k = 0; k < TILE_BLOCK_BYTES; k += 64)
-                _mm_prefetch((const char *)blk + PREFETCH + k, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk + PREFETCH + k, _MM_HINT_T1);
             __m256i lo, hi;
             tile_block_sums(blk, lut + (size_t)b * LUT_BLOCK_BYTES, &lo, &hi);
             tile_block_accumulate(acc, blk, lo, hi, d[b], sum[b]);
