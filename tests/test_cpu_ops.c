@@ -771,7 +771,7 @@ static void test_attn_heads(void **state)
 {
     (void)state;
     static const int64_t dims[] = {8, 32, 64, 96, 128, 12};
-    static const int64_t positions[] = {1, 2, 17, 300};
+    static const int64_t positions[] = {1, 2, 17, 31, 300};
     for (int isa = 0; isa < BSI_ISA_COUNT; isa++) {
         if (!bsi_isa_available((bsi_isa)isa)) continue;
         const bsi_cpu_ops *ops = bsi_cpu_ops_for((bsi_isa)isa);

@@ -215,11 +215,10 @@ static void rmsnorm(const float *x, const float *w, float *y, int64_t n, float e
     }
 }
 
-static void softmax(float *x, int64_t n)
+/* x = e^(x - max x) over n > 0 values; returns their sum. */
+static float exp_sum(float *x, int64_t n, __m256i mask)
 {
-    if (n <= 0) return;
     int64_t c8 = n & ~(int64_t)7;
-    __m256i mask = tail_mask(n - c8);
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     int64_t i = 0;
     for (; i < c8; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
@@ -237,7 +236,15 @@ static void softmax(float *x, int64_t n)
         _mm256_maskstore_ps(x + i, mask, e);
         a1 = _mm256_add_ps(a1, e);
     }
-    __m256 inv = _mm256_set1_ps(1.0f / hsum(_mm256_add_ps(a0, a1)));
+    return hsum(_mm256_add_ps(a0, a1));
+}
+
+static void softmax(float *x, int64_t n)
+{
+    if (n <= 0) return;
+    int64_t c8 = n & ~(int64_t)7, i;
+    __m256i mask = tail_mask(n - c8);
+    __m256 inv = _mm256_set1_ps(1.0f / exp_sum(x, n, mask));
     for (i = 0; i < c8; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
     if (i < n)
         _mm256_maskstore_ps(x + i, mask, _mm256_mul_ps(_mm256_maskload_ps(x + i, mask), inv));
@@ -316,75 +323,111 @@ static void rope(float *x, int64_t n_heads, int64_t head_dim, int64_t n_rot, int
     }
 }
 
-#define ATTN_AHEAD 8 /* positions: attn_heads prefetches the K and V rows this far ahead */
+/* attn_heads streams K, then V, of one kv head: rows of hd fp16 values, stride apart. Both are
+ * prefetched into L2 (T1; into L1 too few misses were in flight, docs/perf-notes.md): K rows
+ * ATTN_AHEAD positions ahead, V rows a block of ATTN_VBLOCK positions ahead. */
+#define ATTN_AHEAD  32
+#define ATTN_VBLOCK 32
+#define ATTN_HINT   _MM_HINT_T1
 #define ATTN_QMAX  BSI_ATTN_QUERIES
 _Static_assert(ATTN_QMAX == 8, "attn_heads has a case for each pass size up to 8");
 
-/* Scores of gn queries (a constant at every call site) at qp[g] against positions [0, n): each K
- * row is converted from fp16 once for the gn queries, 32 dimensions at a time, with 4, 2 or 1
- * accumulators a query (up to 2, 4 or 8 queries: registers); s[g n + p] = scale q_g.k_p. */
+/* Scores of gn queries at np positions from p: one accumulator a query and position, 8
+ * dimensions at a time, each K vector converted from fp16 once for the gn queries; the np sums of
+ * a query reduced together (horizontal adds), s[g n + p + i] = scale q_g.k_{p+i}. */
+static inline __attribute__((always_inline)) void
+attn_scores_at(const float *const *qp, const uint16_t *k, int64_t p, int64_t n, int64_t stride,
+               int64_t hd, float scale, float *s, const int gn, const int np)
+{
+    for (int i = 0; i < np; i++)
+        if (p + i + ATTN_AHEAD < n) /* (a pointer past the cache would be undefined) */
+            for (int64_t d = 0; d < hd; d += 32)
+                _mm_prefetch((const char *)(k + (p + i + ATTN_AHEAD) * stride + d), ATTN_HINT);
+    __m256 a[ATTN_QMAX][4];
+    for (int g = 0; g < gn; g++)
+        for (int i = 0; i < np; i++) a[g][i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 8) {
+        __m256 kd[4];
+        for (int i = 0; i < np; i++)
+            kd[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + (p + i) * stride + d)));
+        for (int g = 0; g < gn; g++) {
+            __m256 qd = _mm256_loadu_ps(qp[g] + d);
+            for (int i = 0; i < np; i++) a[g][i] = _mm256_fmadd_ps(qd, kd[i], a[g][i]);
+        }
+    }
+    const __m128 sc = _mm_set1_ps(scale);
+    for (int g = 0; g < gn; g++) {
+        float *out = s + g * n + p;
+        if (np == 4) { /* [sum a0, sum a1, sum a2, sum a3] */
+            __m256 h =
+                _mm256_hadd_ps(_mm256_hadd_ps(a[g][0], a[g][1]), _mm256_hadd_ps(a[g][2], a[g][3]));
+            __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(out, _mm_mul_ps(r, sc));
+        } else if (np == 2) {
+            __m256 h = _mm256_hadd_ps(a[g][0], a[g][1]);
+            __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            r = _mm_hadd_ps(r, r); /* [sum a0, sum a1, ...] */
+            _mm_storel_pi((__m64 *)out, _mm_mul_ps(r, sc));
+        } else {
+            out[0] = hsum(a[g][0]) * scale;
+        }
+    }
+}
+
+/* Scores of gn queries (a constant at every call site) at qp[g] against positions [0, n):
+ * positions 4, 2 or 1 at a time (up to 2, 4 or 8 queries: registers). */
 static inline __attribute__((always_inline)) void attn_scores(const float *const *qp,
                                                               const uint16_t *k, int64_t n,
                                                               int64_t stride, int64_t hd,
                                                               float scale, float *s, const int gn)
 {
-    const int na = gn <= 2 ? 4 : gn <= 4 ? 2 : 1;
-    for (int64_t p = 0; p < n; p++) {
-        const uint16_t *kp = k + p * stride;
-        if (p + ATTN_AHEAD < n) /* (a pointer past the cache would be undefined) */
-            for (int64_t d = 0; d < hd; d += 32)
-                _mm_prefetch((const char *)(kp + ATTN_AHEAD * stride + d), _MM_HINT_T0);
-        __m256 a[ATTN_QMAX][4];
-        for (int g = 0; g < gn; g++)
-            for (int j = 0; j < na; j++) a[g][j] = _mm256_setzero_ps();
-        for (int64_t d = 0; d < hd; d += 32) {
-            __m256 kd[4];
-            for (int j = 0; j < 4; j++)
-                kd[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kp + d + 8 * j)));
-            for (int g = 0; g < gn; g++)
-                for (int j = 0; j < 4; j++)
-                    a[g][j % na] =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(qp[g] + d + 8 * j), kd[j], a[g][j % na]);
-        }
-        for (int g = 0; g < gn; g++) {
-            __m256 t = a[g][0];
-            if (na >= 2) t = _mm256_add_ps(t, a[g][1]);
-            if (na == 4) t = _mm256_add_ps(t, _mm256_add_ps(a[g][2], a[g][3]));
-            s[g * n + p] = hsum(t) * scale;
-        }
-    }
+    const int np = gn <= 2 ? 4 : gn <= 4 ? 2 : 1;
+    int64_t p = 0;
+    for (; p + np <= n; p += np) attn_scores_at(qp, k, p, n, stride, hd, scale, s, gn, np);
+    for (; p < n; p++) attn_scores_at(qp, k, p, n, stride, hd, scale, s, gn, 1);
 }
 
 /* op[g] = sum_{p < n[g]} w[g nmax + p] v_p * inv[g] for gn queries (a constant at every call
  * site; n[] non-decreasing): each V row converted once for the gn queries, 16 dimensions at a time
- * (8 from five queries on). A query never touches a row beyond its own limit (0 * inf is NaN). */
+ * (8 from five queries on). A query never touches a row beyond its own limit (0 * inf is NaN).
+ * Positions go in blocks of ATTN_VBLOCK whose rows stay in L1 while every slice of dimensions runs
+ * over them (the sums wait in op[] between blocks: the same additions in the same order), and the
+ * next block's rows are prefetched meanwhile, a line of each row per slice of 32 bytes. */
 static inline __attribute__((always_inline)) void
 attn_values(const float *w, const float *inv, const uint16_t *v, const int64_t *n, int64_t nmax,
             int64_t stride, int64_t hd, float *const *op, const int gn)
 {
     const int nv = gn <= 4 ? 2 : 1; /* vectors of 8 dimensions a pass */
-    for (int64_t d = 0; d < hd; d += 8 * nv) {
-        __m256 a[ATTN_QMAX][2];
-        for (int g = 0; g < gn; g++)
-            for (int j = 0; j < nv; j++) a[g][j] = _mm256_setzero_ps();
-        for (int64_t p = 0; p < nmax; p++) {
-            const uint16_t *vp = v + p * stride + d;
-            if (d % 32 == 0 && p + ATTN_AHEAD < nmax)
-                _mm_prefetch((const char *)(vp + ATTN_AHEAD * stride), _MM_HINT_T0);
-            __m256 vd[2];
-            for (int j = 0; j < nv; j++)
-                vd[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + 8 * j)));
-            for (int g = 0; g < gn; g++) {
-                if (p >= n[g]) continue;
-                __m256 wg = _mm256_broadcast_ss(w + g * nmax + p);
-                for (int j = 0; j < nv; j++) a[g][j] = _mm256_fmadd_ps(wg, vd[j], a[g][j]);
+    for (int64_t p0 = 0; p0 < nmax; p0 += ATTN_VBLOCK) {
+        int64_t p1 = p0 + ATTN_VBLOCK < nmax ? p0 + ATTN_VBLOCK : nmax;
+        int64_t next = nmax - p1 < ATTN_VBLOCK ? nmax - p1 : ATTN_VBLOCK; /* rows to prefetch */
+        for (int64_t d = 0; d < hd; d += 8 * nv) {
+            __m256 a[ATTN_QMAX][2];
+            for (int g = 0; g < gn; g++)
+                for (int j = 0; j < nv; j++)
+                    a[g][j] = p0 ? _mm256_loadu_ps(op[g] + d + 8 * j) : _mm256_setzero_ps();
+            if (d % 32 == 0)
+                for (int64_t p = p1; p < p1 + next; p++)
+                    _mm_prefetch((const char *)(v + p * stride + d), ATTN_HINT);
+            for (int64_t p = p0; p < p1; p++) {
+                const uint16_t *vp = v + p * stride + d;
+                __m256 vd[2];
+                for (int j = 0; j < nv; j++)
+                    vd[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + 8 * j)));
+                for (int g = 0; g < gn; g++) {
+                    if (p >= n[g]) continue;
+                    __m256 wg = _mm256_broadcast_ss(w + g * nmax + p);
+                    for (int j = 0; j < nv; j++) a[g][j] = _mm256_fmadd_ps(wg, vd[j], a[g][j]);
+                }
             }
+            for (int g = 0; g < gn; g++)
+                for (int j = 0; j < nv; j++) _mm256_storeu_ps(op[g] + d + 8 * j, a[g][j]);
         }
-        for (int g = 0; g < gn; g++) {
-            __m256 s = _mm256_set1_ps(inv[g]);
-            for (int j = 0; j < nv; j++)
-                _mm256_storeu_ps(op[g] + d + 8 * j, _mm256_mul_ps(a[g][j], s));
-        }
+    }
+    for (int g = 0; g < gn; g++) {
+        __m256 s = _mm256_set1_ps(inv[g]);
+        for (int64_t d = 0; d < hd; d += 8)
+            _mm256_storeu_ps(op[g] + d, _mm256_mul_ps(_mm256_loadu_ps(op[g] + d), s));
     }
 }
 
@@ -406,21 +449,16 @@ attn_pass(const float *q, int64_t group, int64_t q_stride, const uint16_t *k, co
         if (n[g] > nmax) nmax = n[g];
     }
     attn_scores(qp, k, nmax, stride, hd, scale, scores, gn);
-    for (int g = 0; g < gn; g++) {
-        float *s = scores + g * nmax, max = -INFINITY, sum = 0;
-        for (int64_t p = 0; p < n[g]; p++)
-            if (s[p] > max) max = s[p];
-        for (int64_t p = 0; p < n[g]; p++) sum += (s[p] = expf(s[p] - max));
-        inv[g] = 1.0f / sum;
-    }
+    for (int g = 0; g < gn; g++)
+        inv[g] = 1.0f / exp_sum(scores + g * nmax, n[g], tail_mask(n[g] & 7));
     attn_values(scores, inv, v, n, nmax, stride, hd, op, gn);
 }
 
 /* Head dims that are a multiple of 32 go through F16C, up to ATTN_QMAX queries (heads, then
  * tokens) a pass over the cache; others take the scalar path. The rows of a head are stride apart
  * in the cache (all kv heads of a position together), so every page holds one or two positions
- * of a head and the hardware's stream prefetch, which stops at a page, keeps restarting: the rows
- * ATTN_AHEAD positions on are prefetched. */
+ * of a head and the hardware's stream prefetch, which stops at a page, keeps restarting: rows are
+ * prefetched (ATTN_AHEAD). The softmax takes 8 exponentials at a time (exp_sum). */
 static void attn_heads(const float *q, int64_t n_tok, int64_t group, int64_t q_stride,
                        const uint16_t *k, const uint16_t *v, int64_t n_pos, int64_t stride,
                        int64_t hd, float scale, float *scores, float *out)
