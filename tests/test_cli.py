@@ -169,6 +169,20 @@ class EvalAndBench(unittest.TestCase):
         r = run("bench", "-m", data("stories260K.gguf"), "-p", "0", "-n", "4", "-r", "1",
                 "--bw", "10")
         self.assertIn("% of it", r.stdout)
+        # -d: every test from a cache already holding that many tokens; the bound counts them
+        r = run("bench", "-m", data("stories260K.gguf"), "-p", "0", "-n", "8", "-d", "24",
+                "-r", "1", "--bw", "10", "--sessions", "2", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertEqual((rows[0]["depth"], rows[0]["tg"]), (24, 8))
+        self.assertAlmostEqual(rows[1]["bytes_per_token"],
+                               131072 + 5 * 181248 + 5 * 2 * 32 * 2 * (24 + 4), delta=1)
+        self.assertEqual((rows[2]["sessions"], rows[2]["depth"]), (2, 24))
+        r = run("bench", "-m", data("stories260K.gguf"), "-p", "8", "-n", "4", "-d", "16",
+                "-r", "1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("\npp8 @ d16 ", r.stdout)
+        self.assertIn("\ntg4 @ d16 ", r.stdout)
 
     def test_bench_prints_as_it_goes(self):
         """Each result line reaches a pipe when it is measured, not at exit: a run cut short
@@ -852,8 +866,8 @@ OPTIONS = {
              "--perplexity": False, "-f": True, "--file": True, "-c": True, "--ctx-size": True,
              "-t": True, "--threads": True, "--backend": True},
     "bench": {"-m": True, "--model": True, "-p": True, "--n-prompt": True, "-n": True,
-              "--n-gen": True, "-r": True, "--repetitions": True, "-t": True, "--threads": True,
-              "--backend": True, "--sessions": True, "--bw": True, "--json": False},
+              "--n-gen": True, "-d": True, "--depth": True, "-r": True, "--repetitions": True,
+              "-t": True, "--threads": True, "--backend": True, "--sessions": True, "--bw": True, "--json": False},
     "run": dict(GENERATE_OPTIONS, **{"-p": True, "--prompt": True, "-f": True, "--file": True,
                                      "--chat": False, "--special": False,
                                      "--no-display-prompt": False}),

@@ -384,11 +384,11 @@ static bonsai_status greedy_sampler(bonsai_sampler **out)
  * sampled together with bonsai_batch_sample (greedily, as a server would take each session's
  * next token): the median over reps of the aggregate tokens/s (after a warm-up). */
 static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params *base, int count,
-                                    int n, int reps, const int32_t *ids, uint32_t vocab,
+                                    int depth, int n, int reps, const int32_t *ids, uint32_t vocab,
                                     double *out)
 {
     bonsai_session_params sp = *base;
-    sp.n_ctx = (uint32_t)n + 1;
+    sp.n_ctx = (uint32_t)(depth + n + 1);
     bonsai_session **ss = calloc((size_t)count, sizeof *ss);
     bonsai_batch_item *items = calloc((size_t)count, sizeof *items);
     bonsai_batch_sample_item *picks = calloc((size_t)count, sizeof *picks);
@@ -400,15 +400,16 @@ static bonsai_status bench_sessions(bonsai_model *m, const bonsai_session_params
         picks[i].session = ss[i];
     }
     for (int r = -1; r < reps && !st; r++) {
-        for (int i = 0; i < count; i++) {
+        for (int i = 0; i < count && !st; i++) {
             bonsai_session_clear(ss[i]);
             bonsai_sampler_reset(picks[i].sampler);
+            if (depth) st = bonsai_session_eval(ss[i], ids, (uint32_t)depth, 0);
         }
         double t0 = now();
         for (int k = 0; k < n && !st; k++) {
             for (int i = 0; i < count; i++) {
                 items[i].session = ss[i];
-                items[i].token = (int32_t)((ids[k] + (uint32_t)i) % vocab);
+                items[i].token = (int32_t)((ids[depth + k] + (uint32_t)i) % vocab);
             }
             st = bonsai_batch_eval(items, (uint32_t)count, 0);
             if (!st) st = bonsai_batch_sample(picks, (uint32_t)count, 0);
@@ -438,20 +439,24 @@ static void print_backend(const bonsai_session *s, char *shown, size_t cap)
 }
 
 /* One session's -p prompt (one batch of `count` tokens) or -n generation (`count` tokens one
- * at a time, each sampled as a generation takes it: on the GPU there), each repetition from an
- * empty cache after one warm-up, the tokens/s of each in rates[], summarized in *out; and its
- * line (after the backend's, print_backend) when shown is given. */
+ * at a time, each sampled as a generation takes it: on the GPU there), each repetition from a
+ * cache holding `depth` tokens (ids[0, depth), evaluated before the clock starts) after one
+ * warm-up, the tokens/s of each in rates[], summarized in *out; and its line (after the
+ * backend's, print_backend) when shown is given. */
 static bonsai_status bench_test(bonsai_session *s, bonsai_sampler *greedy, const int32_t *ids,
-                                int count, bool one_by_one, int reps, double *rates, char *shown,
-                                size_t shown_cap, stats *out)
+                                int depth, int count, bool one_by_one, int reps, double *rates,
+                                char *shown, size_t shown_cap, stats *out)
 {
     bonsai_status st = BONSAI_OK;
     for (int r = -1; r < reps && !st; r++) { /* r = -1: warm-up */
         bonsai_session_clear(s);
+        if (depth) st = bonsai_session_eval(s, ids, (uint32_t)depth, 0);
+        if (st) break;
+        const int32_t *test = ids + depth;
         double t0 = now();
-        if (!one_by_one) st = bonsai_session_eval(s, ids, (uint32_t)count, 0);
+        if (!one_by_one) st = bonsai_session_eval(s, test, (uint32_t)count, 0);
         for (int i = 0; one_by_one && i < count && !st; i++) {
-            st = bonsai_session_eval(s, &ids[i], 1, 0);
+            st = bonsai_session_eval(s, &test[i], 1, 0);
             int32_t tok;
             if (!st) st = bonsai_session_sample(s, greedy, &tok, NULL);
         }
@@ -461,8 +466,11 @@ static bonsai_status bench_test(bonsai_session *s, bonsai_sampler *greedy, const
     *out = summarize(rates, reps);
     if (shown) {
         print_backend(s, shown, shown_cap);
-        printf("%s%-5d  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n",
-               one_by_one ? "tg" : "pp", count, out->median, reps, out->min, out->max);
+        char label[48];
+        int len = snprintf(label, sizeof label, "%s%d", one_by_one ? "tg" : "pp", count);
+        if (depth) snprintf(label + len, sizeof label - (size_t)len, " @ d%d", depth);
+        printf("%-7s  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", label, out->median, reps,
+               out->min, out->max);
     }
     return st;
 }
@@ -471,7 +479,7 @@ static bonsai_status bench_test(bonsai_session *s, bonsai_sampler *greedy, const
 
 typedef struct bench_opts {
     const char *model, *backend;
-    int64_t p, n, reps, threads;
+    int64_t p, n, depth, reps, threads;
     int64_t sessions[MAX_SESSION_COUNTS];
     uint32_t n_sessions;
     float bw;
@@ -503,6 +511,15 @@ static const cli_option bench_options[] = {
      .max = 65536,
      .def = "128",
      .help = "Tokens of the generation test, evaluated one at a time; 0 skips it."},
+    {.names = "-d, --depth",
+     .value = "N",
+     .kind = CLI_INT,
+     .offset = offsetof(bench_opts, depth),
+     .min = 0,
+     .max = 1048576,
+     .def = "0",
+     .help = "Tokens already in the cache when each test starts (evaluated before the clock "
+             "starts, every repetition): the speed deep into a long conversation."},
     {.names = "-r, --repetitions",
      .value = "N",
      .kind = CLI_INT,
@@ -552,8 +569,8 @@ static const cli_option bench_options[] = {
 
 /* Bytes a generated token reads: every matrix once, but for token_embd when the model has a
  * separate output matrix (then only one of its rows is gathered); plus the KV cache up to the
- * middle of the -n tokens (fp16). */
-static double bytes_per_token(const bonsai_model *m, int n)
+ * middle of the -n tokens after `depth` (fp16). */
+static double bytes_per_token(const bonsai_model *m, int depth, int n)
 {
     uint64_t index;
     bool separate_head = bonsai_model_tensor_find(m, "output.weight", &index) == BONSAI_OK;
@@ -566,26 +583,27 @@ static double bytes_per_token(const bonsai_model *m, int n)
     }
     bonsai_model_hparams h = {.struct_size = sizeof h};
     bonsai_model_hparams_get(m, &h);
-    bytes += 2.0 * h.n_layer * h.n_head_kv * h.head_dim_k * 2.0 * (n / 2.0);
+    bytes += 2.0 * h.n_layer * h.n_head_kv * h.head_dim_k * 2.0 * (depth + n / 2.0);
     return bytes;
 }
 
 const cli_command cli_bench_command = {
     .name = "bench",
     .summary = "prompt and generation speed (pp/tg tokens/s)",
-    .synopsis = "-m MODEL [-p 512] [-n 128] [-r 5] [-t N] [--backend NAME] "
+    .synopsis = "-m MODEL [-p 512] [-n 128] [-d 0] [-r 5] [-t N] [--backend NAME] "
                 "[--sessions 1,4,16,64] [--bw GB/s] [--json]",
     .description =
         "Measures prompt processing (one batch of -p tokens) and generation (-n tokens one at a "
         "time) in tokens/s, like llama-bench: for each, one warm-up, then -r repetitions, reported "
         "as median, min and max, with the model's size and parameter count and the backend. "
-        "Token ids are fixed pseudo-random ones; each repetition starts from an empty cache. "
+        "Token ids are fixed pseudo-random ones; each repetition starts from an empty cache, or "
+        "with -d, from one holding that many tokens (\"pp512 @ d4096\"), as llama-bench's -d. "
         "Each line is printed (and flushed) as soon as it is measured; with --json, the first "
         "row, prompt and generation together, after both.\n\n"
         "--sessions also generates -n tokens in each of that many sessions at once, stepped "
         "together with bonsai_batch_eval (one forward pass per step for all of them) and "
         "sampled greedily with bonsai_batch_sample, and reports the aggregate tokens/s per "
-        "count.\n\n"
+        "count (from -d tokens in each session's cache).\n\n"
         "--bw compares generation with the memory bandwidth: a token reads every weight once "
         "(the embedding matrix only for its row when the model has a separate output matrix) "
         "and the KV cache, so bandwidth / bytes per token bounds tg; the fraction of that bound "
@@ -598,6 +616,8 @@ const cli_command cli_bench_command = {
                    "2\ta usage error, such as -p 0 with -n 0 (one line on standard error)",
     .examples = "The llama-bench defaults on two threads:\n"
                 "$ bonsai bench -m b17.gguf -t 2\n"
+                "Generation 4,096 tokens into a conversation:\n"
+                "$ bonsai bench -m b17.gguf -p 0 -n 128 -d 4096\n"
                 "Generation only, 1 to 64 sessions at once, as JSON:\n"
                 "$ bonsai bench -m b17.gguf -p 0 -n 64 --sessions 1,4,16,64 --json",
     .opts_size = sizeof(bench_opts),
@@ -612,7 +632,8 @@ static int cmd_bench(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0); /* each result as it comes, even into a pipe */
     if (!cli_begin(&cli_bench_command, argc, argv, &o, &parsed, &prc)) return prc;
     const char *model_path = o.model, *backend = o.backend;
-    int p = (int)o.p, n = (int)o.n, reps = (int)o.reps, threads = (int)o.threads;
+    int p = (int)o.p, n = (int)o.n, depth = (int)o.depth, reps = (int)o.reps,
+        threads = (int)o.threads;
     bool json = o.json;
     int counts[MAX_SESSION_COUNTS], n_counts = (int)o.n_sessions;
     for (int c = 0; c < n_counts; c++) counts[c] = (int)o.sessions[c];
@@ -625,7 +646,7 @@ static int cmd_bench(int argc, char **argv)
     bonsai_session_params sp;
     bonsai_session_params_init(&sp);
     sp.n_threads = threads;
-    sp.n_ctx = (uint32_t)(p > n + 1 ? p : n + 1);
+    sp.n_ctx = (uint32_t)depth + (uint32_t)(p > n + 1 ? p : n + 1);
     if (backend) sp.backend = backend;
     bonsai_sampler *greedy = NULL;
     bonsai_status st = cli_load_model(model_path, &m);
@@ -637,11 +658,12 @@ static int cmd_bench(int argc, char **argv)
         return cli_error("bench", st);
     }
     uint32_t vocab = bonsai_model_n_vocab(m);
-    int32_t *ids = malloc((size_t)(p > n ? p : n) * sizeof *ids);
+    int n_ids = depth + (p > n ? p : n);
+    int32_t *ids = malloc((size_t)n_ids * sizeof *ids);
     double *pp = malloc((size_t)reps * sizeof *pp), *tg = malloc((size_t)reps * sizeof *tg);
     if (!ids || !pp || !tg) st = BONSAI_ERR_NO_MEMORY;
     uint64_t x = 0x9E3779B97F4A7C15ull;
-    for (int i = 0; ids && i < (p > n ? p : n); i++) {
+    for (int i = 0; ids && i < n_ids; i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         ids[i] = (int32_t)(x % vocab);
     }
@@ -657,11 +679,12 @@ static int cmd_bench(int argc, char **argv)
     char shown[256] = ""; /* the backend line last printed */
     stats sp_ = {0, 0, 0}, sg = {0, 0, 0};
     char *line = json ? NULL : shown; /* text: each test's line as it is measured */
-    if (p && !st) st = bench_test(s, greedy, ids, p, false, reps, pp, line, sizeof shown, &sp_);
+    if (p && !st)
+        st = bench_test(s, greedy, ids, depth, p, false, reps, pp, line, sizeof shown, &sp_);
     if (n && !st) {
-        st = bench_test(s, greedy, ids, n, true, reps, tg, line, sizeof shown, &sg);
+        st = bench_test(s, greedy, ids, depth, n, true, reps, tg, line, sizeof shown, &sg);
         if (!st && !json && o.bw > 0) {
-            double bpt = bytes_per_token(m, n), bound = o.bw * 1e9 / bpt;
+            double bpt = bytes_per_token(m, depth, n), bound = o.bw * 1e9 / bpt;
             printf("bound:    %.2f tok/s at %.1f GB/s (%.1f MB read per token): tg%d is "
                    "%.1f%% of it\n",
                    bound, (double)o.bw, bpt / 1e6, n, 100.0 * sg.median / bound);
@@ -669,34 +692,38 @@ static int cmd_bench(int argc, char **argv)
     }
     if (!st && json) {
         printf("{\"model\":\"%s\",\"arch\":\"%s\",\"file_bytes\":%" PRIu64 ",\"params\":%" PRIu64
-               ",\"backend\":\"%s\",\"repetitions\":%d,"
+               ",\"backend\":\"%s\",\"repetitions\":%d,\"depth\":%d,"
                "\"pp\":%d,\"pp_tok_s\":%.2f,\"pp_min\":%.2f,\"pp_max\":%.2f,"
                "\"tg\":%d,\"tg_tok_s\":%.2f,\"tg_min\":%.2f,\"tg_max\":%.2f}\n",
                model_path, bonsai_model_architecture(m), bonsai_model_file_size(m),
-               bonsai_model_n_params(m), bonsai_session_backend(s), reps, p, sp_.median, sp_.min,
-               sp_.max, n, sg.median, sg.min, sg.max);
+               bonsai_model_n_params(m), bonsai_session_backend(s), reps, depth, p, sp_.median,
+               sp_.min, sp_.max, n, sg.median, sg.min, sg.max);
         if (o.bw > 0 && n) {
-            double bound = o.bw * 1e9 / bytes_per_token(m, n);
+            double bound = o.bw * 1e9 / bytes_per_token(m, depth, n);
             printf("{\"model\":\"%s\",\"backend\":\"%s\",\"bw_gbps\":%.2f,"
                    "\"bytes_per_token\":%.0f,\"tg_bound\":%.2f,\"tg_fraction\":%.4f}\n",
-                   model_path, bonsai_session_backend(s), (double)o.bw, bytes_per_token(m, n),
-                   bound, sg.median / bound);
+                   model_path, bonsai_session_backend(s), (double)o.bw,
+                   bytes_per_token(m, depth, n), bound, sg.median / bound);
         }
     }
     /* concurrent sessions stepped together (bonsai_batch_eval): aggregate tokens/s */
     for (int c = 0; c < n_counts && !st; c++) {
         double agg = 0;
-        st = bench_sessions(m, &sp, counts[c], n, reps, ids, vocab, &agg);
+        st = bench_sessions(m, &sp, counts[c], depth, n, reps, ids, vocab, &agg);
         if (st) break;
         if (json) {
-            printf("{\"model\":\"%s\",\"backend\":\"%s\",\"sessions\":%d,\"tg\":%d,"
-                   "\"aggregate_tok_s\":%.2f,\"per_session_tok_s\":%.2f}\n",
-                   model_path, bonsai_session_backend(s), counts[c], n, agg, agg / counts[c]);
+            printf("{\"model\":\"%s\",\"backend\":\"%s\",\"sessions\":%d,\"depth\":%d,"
+                   "\"tg\":%d,\"aggregate_tok_s\":%.2f,\"per_session_tok_s\":%.2f}\n",
+                   model_path, bonsai_session_backend(s), counts[c], depth, n, agg,
+                   agg / counts[c]);
         } else {
             print_backend(s, shown, sizeof shown);
-            printf("tg%-5d  %9.2f tok/s  aggregate of %d sessions stepped together "
+            char label[48];
+            int len = snprintf(label, sizeof label, "tg%d", n);
+            if (depth) snprintf(label + len, sizeof label - (size_t)len, " @ d%d", depth);
+            printf("%-7s  %9.2f tok/s  aggregate of %d sessions stepped together "
                    "(%.2f each, median of %d)\n",
-                   n, agg, counts[c], agg / counts[c], reps);
+                   label, agg, counts[c], agg / counts[c], reps);
         }
     }
     int rc = st ? cli_error("bench", st) : 0;
