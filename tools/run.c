@@ -438,6 +438,15 @@ static void print_backend(const bonsai_session *s, char *shown, size_t cap)
     snprintf(shown, cap, "%s", now);
 }
 
+/* A test's name: "pp512", "tg128", with " @ d4096" when it starts from a filled cache. */
+static const char *test_label(char *buf, size_t cap, const char *kind, int count, int depth)
+{
+    int len = snprintf(buf, cap, "%s%d", kind, count);
+    if (depth && len > 0 && (size_t)len < cap)
+        snprintf(buf + len, cap - (size_t)len, " @ d%d", depth);
+    return buf;
+}
+
 /* One session's -p prompt (one batch of `count` tokens) or -n generation (`count` tokens one
  * at a time, each sampled as a generation takes it: on the GPU there), each repetition from a
  * cache holding `depth` tokens (ids[0, depth), evaluated before the clock starts) after one
@@ -467,10 +476,9 @@ static bonsai_status bench_test(bonsai_session *s, bonsai_sampler *greedy, const
     if (shown) {
         print_backend(s, shown, shown_cap);
         char label[48];
-        int len = snprintf(label, sizeof label, "%s%d", one_by_one ? "tg" : "pp", count);
-        if (depth) snprintf(label + len, sizeof label - (size_t)len, " @ d%d", depth);
-        printf("%-7s  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n", label, out->median, reps,
-               out->min, out->max);
+        printf("%-7s  %9.2f tok/s  (median of %d; min %.2f, max %.2f)\n",
+               test_label(label, sizeof label, one_by_one ? "tg" : "pp", count, depth), out->median,
+               reps, out->min, out->max);
     }
     return st;
 }
@@ -699,11 +707,11 @@ static int cmd_bench(int argc, char **argv)
                bonsai_model_n_params(m), bonsai_session_backend(s), reps, depth, p, sp_.median,
                sp_.min, sp_.max, n, sg.median, sg.min, sg.max);
         if (o.bw > 0 && n) {
-            double bound = o.bw * 1e9 / bytes_per_token(m, depth, n);
+            double bpt = bytes_per_token(m, depth, n), bound = o.bw * 1e9 / bpt;
             printf("{\"model\":\"%s\",\"backend\":\"%s\",\"bw_gbps\":%.2f,"
                    "\"bytes_per_token\":%.0f,\"tg_bound\":%.2f,\"tg_fraction\":%.4f}\n",
-                   model_path, bonsai_session_backend(s), (double)o.bw,
-                   bytes_per_token(m, depth, n), bound, sg.median / bound);
+                   model_path, bonsai_session_backend(s), (double)o.bw, bpt, bound,
+                   sg.median / bound);
         }
     }
     /* concurrent sessions stepped together (bonsai_batch_eval): aggregate tokens/s */
@@ -719,8 +727,7 @@ static int cmd_bench(int argc, char **argv)
         } else {
             print_backend(s, shown, sizeof shown);
             char label[48];
-            int len = snprintf(label, sizeof label, "tg%d", n);
-            if (depth) snprintf(label + len, sizeof label - (size_t)len, " @ d%d", depth);
+            test_label(label, sizeof label, "tg", n, depth);
             printf("%-7s  %9.2f tok/s  aggregate of %d sessions stepped together "
                    "(%.2f each, median of %d)\n",
                    label, agg, counts[c], agg / counts[c], reps);

@@ -216,9 +216,10 @@ static void rmsnorm(const float *x, const float *w, float *y, int64_t n, float e
 }
 
 /* x = e^(x - max x) over n > 0 values; returns their sum. */
-static float exp_sum(float *x, int64_t n, __m256i mask)
+static float exp_sum(float *x, int64_t n)
 {
     int64_t c8 = n & ~(int64_t)7;
+    __m256i mask = tail_mask(n - c8);
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     int64_t i = 0;
     for (; i < c8; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
@@ -244,7 +245,7 @@ static void softmax(float *x, int64_t n)
     if (n <= 0) return;
     int64_t c8 = n & ~(int64_t)7, i;
     __m256i mask = tail_mask(n - c8);
-    __m256 inv = _mm256_set1_ps(1.0f / exp_sum(x, n, mask));
+    __m256 inv = _mm256_set1_ps(1.0f / exp_sum(x, n));
     for (i = 0; i < c8; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
     if (i < n)
         _mm256_maskstore_ps(x + i, mask, _mm256_mul_ps(_mm256_maskload_ps(x + i, mask), inv));
@@ -450,7 +451,7 @@ attn_pass(const float *q, int64_t group, int64_t q_stride, const uint16_t *k, co
     }
     attn_scores(qp, k, nmax, stride, hd, scale, scores, gn);
     for (int g = 0; g < gn; g++)
-        inv[g] = 1.0f / exp_sum(scores + g * nmax, n[g], tail_mask(n[g] & 7));
+        inv[g] = 1.0f / exp_sum(scores + g * nmax, n[g]);
     attn_values(scores, inv, v, n, nmax, stride, hd, op, gn);
 }
 
