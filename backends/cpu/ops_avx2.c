@@ -450,8 +450,7 @@ attn_pass(const float *q, int64_t group, int64_t q_stride, const uint16_t *k, co
         if (n[g] > nmax) nmax = n[g];
     }
     attn_scores(qp, k, nmax, stride, hd, scale, scores, gn);
-    for (int g = 0; g < gn; g++)
-        inv[g] = 1.0f / exp_sum(scores + g * nmax, n[g]);
+    for (int g = 0; g < gn; g++) inv[g] = 1.0f / exp_sum(scores + g * nmax, n[g]);
     attn_values(scores, inv, v, n, nmax, stride, hd, op, gn);
 }
 
