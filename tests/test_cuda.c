@@ -1080,23 +1080,27 @@ static void check_model(const char *path)
 
 /* The CUDA backend's decode paths, chosen when a session is created: BONSAI_CUDA_FUSED=0 runs a
  * step operation by operation; BONSAI_CUDA_GRAPH=0 launches the fused kernels without a graph;
- * BONSAI_CUDA_PDL=0 without programmatic dependent launches (sm_90 and newer use them). */
-static float *eval_mode(bonsai_model *m, const char *fused, const char *graph, const char *pdl,
-                        uint32_t kv_type, const int32_t *ids, uint32_t n)
+ * BONSAI_CUDA_PDL=0 without programmatic dependent launches (sm_90 and newer use them);
+ * BONSAI_CUDA_PREFETCH=0 without asking L2 for weights and cache rows before each kernel's wait.
+ * mode: those four switches in that order, each '0' or '1'. */
+static float *eval_mode(bonsai_model *m, const char *mode, uint32_t kv_type, const int32_t *ids,
+                        uint32_t n)
 {
-    setenv("BONSAI_CUDA_FUSED", fused, 1);
-    setenv("BONSAI_CUDA_GRAPH", graph, 1);
-    setenv("BONSAI_CUDA_PDL", pdl, 1);
+    static const char *const vars[] = {"BONSAI_CUDA_FUSED", "BONSAI_CUDA_GRAPH", "BONSAI_CUDA_PDL",
+                                       "BONSAI_CUDA_PREFETCH"};
+    char on[2] = {0, 0};
+    for (size_t i = 0; i < 4; i++) {
+        on[0] = mode[i];
+        setenv(vars[i], on, 1);
+    }
     float *out = eval_kv(m, "cuda", kv_type, ids, n, true);
-    unsetenv("BONSAI_CUDA_FUSED");
-    unsetenv("BONSAI_CUDA_GRAPH");
-    unsetenv("BONSAI_CUDA_PDL");
+    for (size_t i = 0; i < 4; i++) unsetenv(vars[i]);
     return out;
 }
 
 /* Token by token: the fused step against the per-operation one (close), and replayed from a
- * graph against launched eagerly, and with dependent launches against without (the same
- * kernels: equal to the bit). */
+ * graph against launched eagerly, with dependent launches against without, with the prefetches
+ * against without (the same kernels: equal to the bit). */
 static void check_decode_paths(const char *path, uint32_t kv_type)
 {
     bonsai_model *m;
@@ -1106,17 +1110,19 @@ static void check_decode_paths(const char *path, uint32_t kv_type)
     uint32_t vocab = bonsai_model_n_vocab(m);
     int32_t ids[MAX_N];
     for (uint32_t i = 0; i < N; i++) ids[i] = (int32_t)(test_rand() % vocab);
-    float *ops = eval_mode(m, "0", "0", "1", kv_type, ids, N);
-    float *eager = eval_mode(m, "1", "0", "1", kv_type, ids, N);
-    float *graph = eval_mode(m, "1", "1", "1", kv_type, ids, N);
-    float *plain = eval_mode(m, "1", "1", "0", kv_type, ids, N);
+    float *ops = eval_mode(m, "0011", kv_type, ids, N);
+    float *eager = eval_mode(m, "1011", kv_type, ids, N);
+    float *graph = eval_mode(m, "1111", kv_type, ids, N);
+    float *plain = eval_mode(m, "1101", kv_type, ids, N);
+    float *no_prefetch = eval_mode(m, "1110", kv_type, ids, N);
     char what[512];
     snprintf(what, sizeof what, "%s (kv %s): fused step vs per-operation", path,
              kv_type == BONSAI_TENSOR_F16 ? "f16" : "q8_0");
     check_agreement(what, ops, eager, N, vocab);
     assert_memory_equal(eager, graph, (size_t)N * vocab * sizeof *eager);
     assert_memory_equal(plain, graph, (size_t)N * vocab * sizeof *plain);
-    free(ops), free(eager), free(graph), free(plain);
+    assert_memory_equal(no_prefetch, graph, (size_t)N * vocab * sizeof *no_prefetch);
+    free(ops), free(eager), free(graph), free(plain), free(no_prefetch);
     bonsai_model_free(m);
 }
 

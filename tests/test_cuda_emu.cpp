@@ -149,6 +149,115 @@ static bool close_to(double got, double want, double tol)
     return fabs(got - want) <= tol * (1.0 + fabs(want));
 }
 
+/* ---- the decode kernels' prefetches (l2_prefetch before dep_enter) ---- */
+
+/* Buffers a kernel may ask L2 for, each with the bytes it should ask for: every recorded span
+ * must lie in one buffer, and the spans together must cover exactly the expected bytes. */
+struct prefetch_target {
+    const unsigned char *base;
+    std::vector<bool> want, got;
+};
+
+static void check_prefetches(const char *what, const std::vector<cuda_emu::span> &spans,
+                             std::vector<prefetch_target> &bufs)
+{
+    for (const cuda_emu::span &s : spans) {
+        const unsigned char *p = (const unsigned char *)s.p;
+        prefetch_target *in = nullptr;
+        for (auto &b : bufs)
+            if (p >= b.base && p + s.n <= b.base + b.want.size()) in = &b;
+        if (!in) fail_msg("%s: a prefetch of %zu bytes outside every buffer", what, s.n);
+        for (size_t i = 0; i < s.n; i++) in->got[p - in->base + i] = true;
+    }
+    for (size_t k = 0; k < bufs.size(); k++)
+        for (size_t i = 0; i < bufs[k].want.size(); i++)
+            if (bufs[k].want[i] != bufs[k].got[i])
+                fail_msg("%s: buffer %zu byte %zu %s", what, k, i,
+                         bufs[k].want[i] ? "not prefetched" : "prefetched, not expected");
+}
+
+/* The bits and the scales of m, expecting rows [r0, r1) asked for. */
+static void prefetch_rows(std::vector<prefetch_target> &bufs, const q1_matrix &m, int r0, int r1)
+{
+    const int words = m.cols / 32, nb = m.cols / QK;
+    prefetch_target b{
+        (const unsigned char *)m.bits.data(), std::vector<bool>(m.bits.size() * 4), {}};
+    prefetch_target s{
+        (const unsigned char *)m.scales.data(), std::vector<bool>(m.scales.size() * 2), {}};
+    for (int r = r0; r < r1 && r < m.rows; r++) {
+        std::fill_n(b.want.begin() + (size_t)r * words * 4, words * 4, true);
+        std::fill_n(s.want.begin() + (size_t)r * nb * 2, nb * 2, true);
+    }
+    for (auto *t : {&b, &s}) {
+        t->got.assign(t->want.size(), false);
+        bufs.push_back(*t);
+    }
+}
+
+/* dgemv (1 and 8 tokens) and dmma (13) in each mode ask L2, before their wait, for the weights of
+ * the first a.prefetch row groups each warp (dgemv) or block (dmma) takes, exactly: everything
+ * with a.prefetch above the groups, the first groups of each with 1, nothing with 0. */
+static void test_prefetch(void **state)
+{
+    (void)state;
+    const int E = 384, nts[] = {1, 8, 13};
+    q1_matrix A = random_q1(96, E), B = random_q1(33, E), C = random_q1(64, E);
+    q1_matrix G = random_q1(160, E), U = random_q1(160, E);
+    std::vector<float> x((size_t)16 * E), y((size_t)16 * 160);
+    for (auto &v : x) v = uniform(-2, 2);
+    std::vector<int8_t> q((size_t)16 * E), gq((size_t)16 * 160);
+    std::vector<float2> qd((size_t)16 * E / 32), gd((size_t)16 * 160 / 32);
+    qact qa{q.data(), qd.data()};
+    EMU_LAUNCH(quant_rows, dim3(16), dim3(QR_THREADS), x.data(), (const float *)nullptr, 1e-6f, E,
+               qa);
+    std::vector<cuda_emu::span> spans;
+    for (int nt : nts)
+        for (int mode : {DG_STORE, DG_ADD, DG_SILU})
+            for (int pf : {0, 1, 1000}) {
+                const bool tc = nt > DG_MAX_NT;
+                dg_args a;
+                memset(&a, 0, sizeof a);
+                std::vector<q1_matrix *> mats;
+                if (mode == DG_STORE) mats = {&A, &B, &C};
+                if (mode == DG_ADD) mats = {&A};
+                if (mode == DG_SILU) mats = {&G, &U};
+                for (size_t i = 0; i < mats.size(); i++) a.m[i] = device_view(*mats[i], y.data());
+                a.n_mat = (int)mats.size();
+                a.x = qa;
+                a.xf = x.data();
+                a.eps = 1e-6f;
+                a.out = qact{gq.data(), gd.data()};
+                a.cols = E;
+                a.prefetch = pf;
+                const int blocks = 2;
+                spans.clear();
+                cuda_emu::g_prefetches = &spans;
+                launch_dgemv(nt, mode, a, blocks);
+                cuda_emu::g_prefetches = nullptr;
+                /* what each warp (dgemv) or block (dmma) of the `blocks` takes first: the
+                 * groups below `reach`, counted over the matrices in order */
+                std::vector<prefetch_target> bufs;
+                if (mode == DG_SILU) { /* groups of 32 rows, the same of gate and up */
+                    int reach = std::min(pf * blocks, G.rows / 32);
+                    prefetch_rows(bufs, G, 0, reach * 32);
+                    prefetch_rows(bufs, U, 0, reach * 32);
+                } else {
+                    int rows = tc ? 16 : DG_ROWS, per = tc ? blocks : blocks * DG_WARPS;
+                    long reach = (long)pf * per, first = 0;
+                    for (q1_matrix *m : mats) {
+                        long groups = (m->rows + rows - 1) / rows;
+                        long mine = std::max(0L, std::min(groups, reach - first));
+                        prefetch_rows(bufs, *m, 0, (int)(mine * rows));
+                        first += groups;
+                    }
+                }
+                char what[64];
+                snprintf(what, sizeof what, "%s mode %d, %d tokens, prefetch %d",
+                         tc ? "dmma" : "dgemv", mode, nt, pf);
+                check_prefetches(what, spans, bufs);
+            }
+}
+
 /* quant_rows against a host quantization, then dgemv (1 and 8 tokens; STORE and SILU quantizing
  * their own input, which must equal quant_rows') and dmma (13, 24, 40) in their three modes
  * against double sums over quant_rows' output. */
@@ -568,15 +677,29 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
     /* last to first, the blocks that store k and v run after the others, which must not read
      * the new position from the cache */
     cuda_emu::g_reverse_blocks = reverse;
+    std::vector<cuda_emu::span> spans;
+    cuda_emu::g_prefetches = &spans;
     if (q8)
         EMU_LAUNCH(attn_decode<true>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
                    qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
-                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale);
+                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale, true);
     else
         EMU_LAUNCH(attn_decode<false>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
                    qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
-                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale);
+                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale, true);
+    cuda_emu::g_prefetches = nullptr;
     cuda_emu::g_reverse_blocks = false;
+    /* before its wait each block asked L2 for the cache rows of its positions before the new
+     * one: together every row before each sequence's position, k and v, and nothing else */
+    std::vector<prefetch_target> bufs;
+    for (int s = 0; s < n_seq; s++)
+        for (auto *buf : {&kv[s].kbuf, &kv[s].vbuf}) {
+            prefetch_target t{buf->data(), std::vector<bool>(buf->size()),
+                              std::vector<bool>(buf->size())};
+            std::fill_n(t.want.begin(), (size_t)pos[s] * row, true);
+            bufs.push_back(t);
+        }
+    check_prefetches("attn_decode", spans, bufs);
     for (unsigned c : counter) assert_int_equal(c, 0); /* reset for the next step */
     double worst = 0;
     for (int s = 0; s < n_seq; s++) {
@@ -842,13 +965,10 @@ static void test_schedule(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dgemv),
-        cmocka_unit_test(test_gemm),
-        cmocka_unit_test(test_gemm_wgmma),
-        cmocka_unit_test(test_prefill),
-        cmocka_unit_test(test_attn_decode),
-        cmocka_unit_test(test_sampling),
-        cmocka_unit_test(test_schedule),
+        cmocka_unit_test(test_dgemv),    cmocka_unit_test(test_prefetch),
+        cmocka_unit_test(test_gemm),     cmocka_unit_test(test_gemm_wgmma),
+        cmocka_unit_test(test_prefill),  cmocka_unit_test(test_attn_decode),
+        cmocka_unit_test(test_sampling), cmocka_unit_test(test_schedule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -108,6 +108,7 @@ struct cuda_backend {
     size_t smem_optin; /* the most shared memory a block may have */
     bool fused, graphs; /* BONSAI_CUDA_FUSED, BONSAI_CUDA_GRAPH (default on) */
     bool pdl;           /* the decode step's kernels as programmatic dependent launches */
+    bool prefetch;      /* BONSAI_CUDA_PREFETCH: their weights and cache rows asked of L2 first */
     int capture_oom;    /* decode-step captures in a row that ran out of memory */
     dec_state dec;
     void *samp; /* device: sampling jobs, then their results */
@@ -331,6 +332,7 @@ static bonsai_status cuda_create(const bsi_backend_config *cfg, bsi_backend **ou
     b->smem_optin = prop.sharedMemPerBlockOptin;
     b->fused = env_on("BONSAI_CUDA_FUSED");
     b->graphs = env_on("BONSAI_CUDA_GRAPH");
+    b->prefetch = env_on("BONSAI_CUDA_PREFETCH");
     b->half_copies = env_on("BONSAI_CUDA_HALF_COPY");
     const char *env = getenv("BONSAI_CUDA_GEMM_TOKENS");
     b->gemm_tokens = env && (!strcmp(env, "64") || !strcmp(env, "128")) ? atoi(env) : 0;
@@ -1346,6 +1348,7 @@ static bonsai_status dg_run(cuda_backend *b, int nt, int mode, dg_args &a)
     if (blocks > cap) blocks = cap; /* grid-stride loops take the rest */
     dg_kernel fn = tc ? dm_fn[dm_wn(nt) / 4][mode] : dg_fn[nt - 1][mode];
     size_t smem = own_x ? dg_smem(nt, a.cols) : 0;
+    a.prefetch = b->prefetch ? DG_PREFETCH : 0;
     CU(dep_launch(b, fn, dim3((unsigned)blocks), dim3((unsigned)threads), smem, a));
     return BONSAI_OK;
 }
@@ -1419,9 +1422,9 @@ static bonsai_status dec_launch(cuda_backend *b, const bsi_decode_model *m, uint
         /* q/k norms, RoPE, k and v into the caches, attention: its output quantized into qb;
          * x += Wo att */
         dim3 g2((unsigned)nh, n, (unsigned)ns);
-        CU(dep_launch(b, q8 ? attn_decode<true> : attn_decode<false>, g2,
-                      dim3(ATT_WARPS * WARP), 0, d->q, d->k, d->v, L->q_norm, L->k_norm, m->eps, rp,
-                      kc, vc, (int)l, pos, d->qb, d->part, d->counter, nt, nh, nkv, hd, scale));
+        CU(dep_launch(b, q8 ? attn_decode<true> : attn_decode<false>, g2, dim3(ATT_WARPS * WARP), 0,
+                      d->q, d->k, d->v, L->q_norm, L->k_norm, m->eps, rp, kc, vc, (int)l, pos,
+                      d->qb, d->part, d->counter, nt, nh, nkv, hd, scale, b->prefetch));
         TRY(dg_add(b, nt, L->wo, d->x, d->qb));
         /* g = silu(Wgate h) * (Wup h) of the normed x, quantized into qb; x += Wdown g */
         memset(&a, 0, sizeof a);

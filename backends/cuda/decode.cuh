@@ -71,7 +71,57 @@ struct dg_args {
     qact out;      /* SILU: g, [NT][rows] */
     int cols;
     int nt;        /* tokens (dmma; dgemv has them as its template argument) */
+    int prefetch;  /* row groups whose weights a warp (dgemv) or block (dmma) asks L2 for
+                      before its dep_enter (dg_prefetch); 0: none (BONSAI_CUDA_PREFETCH=0) */
 };
+
+constexpr int DG_PREFETCH = 4; /* dg_args.prefetch when on */
+
+/* The matrix of a STORE or ADD launch that row group gw belongs to; *g: the group within it. */
+__device__ __forceinline__ int dg_locate(const dg_args &a, int mode, int gw, int *g)
+{
+    int mi = 0;
+    if (mode == DG_STORE)
+        while (mi < a.n_mat - 1 && gw >= a.groups[mi]) gw -= a.groups[mi++];
+    *g = gw;
+    return mi;
+}
+
+/* Asks L2 (l2_prefetch) for rows r0 .. r0 + n - 1 of M (those that exist), bits and scales, as
+ * thread i of stride. */
+__device__ __forceinline__ void dg_prefetch_rows(const dg_mat &M, int r0, int n, int words, int nb,
+                                                 int i, int stride)
+{
+    n = min(n, M.rows - r0);
+    if (n <= 0) return;
+    l2_prefetch(M.bits + (size_t)r0 * words, (size_t)n * words * sizeof(uint32_t), i, stride);
+    l2_prefetch(M.scales + (size_t)r0 * nb, (size_t)n * nb * sizeof(__half), i, stride);
+}
+
+/* Before dep_enter: the weights of the first a.prefetch row groups this warp (dgemv) or block
+ * (dmma: TC) will take, as the kernels below walk them. */
+template <int MODE, bool TC> __device__ __forceinline__ void dg_prefetch(const dg_args &a)
+{
+    const int words = a.cols / 32, nb = a.cols / QK;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    if (MODE == DG_SILU) { /* a block per 32 rows of gate and up */
+        /* dgemv: warp w's DG_SILU_ROWS rows; dmma: the block's 32 rows, all threads sharing */
+        const int off = TC ? 0 : warp * DG_SILU_ROWS, n = TC ? 32 : DG_SILU_ROWS;
+        const int i = TC ? (int)threadIdx.x : lane, stride = TC ? (int)blockDim.x : WARP;
+        for (int k = 0, g = blockIdx.x; k < a.prefetch && g < a.groups[0]; k++, g += gridDim.x)
+            for (int m = 0; m < 2; m++)
+                dg_prefetch_rows(a.m[m], g * 32 + off, n, words, nb, i, stride);
+        return;
+    }
+    const int total = MODE == DG_STORE ? a.groups[0] + a.groups[1] + a.groups[2] : a.groups[0];
+    const int first = TC ? blockIdx.x : blockIdx.x * DG_WARPS + warp;
+    const int step = TC ? gridDim.x : gridDim.x * DG_WARPS, rows = TC ? 16 : DG_ROWS;
+    for (int k = 0, gw = first; k < a.prefetch && gw < total; k++, gw += step) {
+        int g, mi = dg_locate(a, MODE, gw, &g);
+        dg_prefetch_rows(a.m[mi], g * rows, rows, words, nb, TC ? (int)threadIdx.x : lane,
+                         TC ? (int)blockDim.x : WARP);
+    }
+}
 
 /* Quantizes the 32 values a warp holds (one per lane) into q[lane] and *d (lane 0 writes). */
 __device__ __forceinline__ void quant32(float v, int8_t *q, float2 *d)
@@ -244,6 +294,7 @@ __device__ __forceinline__ void dg_rows(const dg_mat &M, int r0, int words, int 
 template <int NT, int MODE>
 __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
 {
+    dg_prefetch<MODE, false>(a);
     dep_enter();
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int cols = a.cols, words = cols / 32, nb = cols / QK;
@@ -299,10 +350,8 @@ __global__ void __launch_bounds__(DG_WARPS *WARP) dgemv(dg_args a)
     /* STORE, ADD: a warp per DG_ROWS rows, grid-stride over the rows of every matrix */
     const int total = MODE == DG_STORE ? a.groups[0] + a.groups[1] + a.groups[2] : a.groups[0];
     for (int gw = blockIdx.x * DG_WARPS + warp; gw < total; gw += gridDim.x * DG_WARPS) {
-        int mi = 0, g = gw;
-        if (MODE == DG_STORE)
-            while (mi < a.n_mat - 1 && g >= a.groups[mi]) g -= a.groups[mi++];
-        const dg_mat &M = a.m[mi];
+        int g;
+        const dg_mat &M = a.m[dg_locate(a, MODE, gw, &g)];
         const int r0 = g * DG_ROWS;
         const uint32_t *bp[DG_ROWS];
         const __half *sp[DG_ROWS];
@@ -455,17 +504,28 @@ __global__ void __launch_bounds__(ATT_WARPS *WARP)
                 const float *__restrict__ kn, float eps, rope_dev rp,
                 void *const *__restrict__ kc_tab, void *const *__restrict__ vc_tab, int layer,
                 const int32_t *__restrict__ pos, qact att, float *part, unsigned *counter,
-                int n_seq, int n_head, int n_head_kv, int hd, float scale)
+                int n_seq, int n_head, int n_head_kv, int hd, float scale, bool prefetch)
 {
-    dep_enter();
     __shared__ attn_smem sm;
     __shared__ float cur[3][ATT_MAX_HD]; /* query head h; k and v of kv head kvh at p */
     __shared__ bool last;
     const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
     const int grp = n_head / n_head_kv, kvh = h / grp, kv_dim = n_head_kv * hd;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    /* the step's inputs (positions, caches) were uploaded before its first kernel: they may be
+     * read before dep_enter, and so may the cache rows before p, which earlier steps wrote */
     const int p = pos[t];
     void *kc = kc_tab[(size_t)layer * n_seq + t], *vc = vc_tab[(size_t)layer * n_seq + t];
+    int n_pos = p + 1, chunk = (n_pos + n_split - 1) / n_split;
+    int p0 = split * chunk, p1 = min(n_pos, p0 + chunk);
+    if (prefetch) {
+        const size_t row = Q8 ? (size_t)hd / 32 * 34 : (size_t)hd * sizeof(__half);
+        for (int j = p0 + (int)threadIdx.x; j < min(p1, p); j += blockDim.x) {
+            l2_prefetch(kv_row<Q8>(kc, j, kv_dim, kvh, hd), row, 0, 1);
+            l2_prefetch(kv_row<Q8>(vc, j, kv_dim, kvh, hd), row, 0, 1);
+        }
+    }
+    dep_enter();
     const bool store = split == 0 && h % grp == 0;
     if (warp == 0) {
         head_prep(q + ((size_t)t * n_head + h) * hd, qn, eps, hd, p, &rp, cur[0]);
@@ -477,8 +537,6 @@ __global__ void __launch_bounds__(ATT_WARPS *WARP)
         kv_round<Q8>(cur[2], hd, store ? kv_row<Q8>(vc, p, kv_dim, kvh, hd) : NULL);
     }
     __syncthreads();
-    int n_pos = p + 1, chunk = (n_pos + n_split - 1) / n_split;
-    int p0 = split * chunk, p1 = min(n_pos, p0 + chunk);
     attn_block<Q8>(cur[0], scale, kc, vc, kv_dim, kvh * hd, hd, p0, p1, sm, p, cur[1], cur[2]);
     /* the head's output, quantized (hd is a multiple of 32): att [t][n_head * hd] */
     const int Q = n_head * hd;
@@ -615,6 +673,7 @@ __device__ __forceinline__ void dm_rows(const dg_mat &M, int r, const uint32_t *
 template <int WN, int MODE>
 __global__ void __launch_bounds__(DM_WARPS *WARP) dmma(dg_args a)
 {
+    dg_prefetch<MODE, true>(a);
     dep_enter();
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g = lane >> 2, t = lane & 3;
     const int cols = a.cols, words = cols / 32, nb = cols / QK, nt = a.nt;
@@ -660,10 +719,8 @@ __global__ void __launch_bounds__(DM_WARPS *WARP) dmma(dg_args a)
     __shared__ float red[DM_WARPS][8 * WN][16]; /* [warp][token][row] */
     const int total = MODE == DG_STORE ? a.groups[0] + a.groups[1] + a.groups[2] : a.groups[0];
     for (int gb = blockIdx.x; gb < total; gb += gridDim.x) {
-        int mi = 0, grp = gb;
-        if (MODE == DG_STORE)
-            while (mi < a.n_mat - 1 && grp >= a.groups[mi]) grp -= a.groups[mi++];
-        const dg_mat &M = a.m[mi];
+        int grp;
+        const dg_mat &M = a.m[dg_locate(a, MODE, gb, &grp)];
         const int r0 = grp * 16;
         const uint32_t *rb[1][2];
         const __half *rs[1][2];

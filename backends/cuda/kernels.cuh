@@ -61,6 +61,33 @@ __device__ __forceinline__ void dep_enter()
 #endif
 }
 
+/* Asks L2 for the bytes [p, p + n), a 128-byte line per thread: lines i, i + stride, ... (i and
+ * stride: the caller's share of its threads). The decode step's kernels call it before dep_enter
+ * for the first weights they will read (and attn_decode for its cache rows): nothing the step
+ * runs writes those, so they may be fetched while the kernel before still runs, and the loads
+ * after the wait find them in L2 instead of waiting on DRAM. A hint: no result depends on it. The
+ * emulator reads each span's first and last bytes (AddressSanitizer sees a span outside its
+ * buffer) and records it (cuda_emu::g_prefetches). */
+__device__ __forceinline__ void l2_prefetch(const void *p, size_t n, int i, int stride)
+{
+#if defined(__CUDA_ARCH__)
+    const uintptr_t end = (uintptr_t)p + n;
+    for (uintptr_t a = ((uintptr_t)p & ~(uintptr_t)127) + (uintptr_t)i * 128; a < end;
+         a += (uintptr_t)stride * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+#elif defined(BSI_CUDA_EMU)
+    (void)stride;
+    if (i == 0 && n > 0) {
+        volatile const unsigned char *c = (const unsigned char *)p;
+        (void)c[0];
+        (void)c[n - 1];
+        if (cuda_emu::g_prefetches) cuda_emu::g_prefetches->push_back({p, n});
+    }
+#else
+    (void)p, (void)n, (void)i, (void)stride;
+#endif
+}
+
 __device__ __forceinline__ float bf16_to_f32(uint16_t h)
 {
     return __uint_as_float((uint32_t)h << 16);

@@ -28,6 +28,7 @@ namespace cuda_emu
 
 block_state *g_state;
 bool g_reverse_blocks;
+std::vector<span> *g_prefetches;
 
 namespace
 {

@@ -308,6 +308,14 @@ unsigned char *dyn_smem();
  * the order). */
 extern bool g_reverse_blocks;
 
+/* l2_prefetch's spans (start, bytes), one per call by the first thread of its share, appended
+ * here while it is not NULL: tests check that a kernel asks for what it will read, no more. */
+struct span {
+    const void *p;
+    size_t n;
+};
+extern std::vector<span> *g_prefetches;
+
 /* The order in which a block's threads take turns between two barriers: a thread runs until it
  * waits at a barrier (__syncthreads, __syncwarp, a shuffle, an mma), then the next in turn runs,
  * and the last to arrive at a barrier goes on first. forward: 0, 1, 2...; reverse: n-1, n-2...;

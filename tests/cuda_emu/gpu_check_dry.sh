@@ -24,13 +24,13 @@ grep -q 'PASSED' "$dir/out/test_cuda.txt" || fail "no test_cuda output"
 [ "$(grep -c '^==== synthetic model' "$sum")" = 2 ] || fail "the script did not make its models"
 benches=$(grep -c '^==== bench' "$sum")
 on_cuda=$(grep -c '^backend:  cuda' "$sum")
-[ "$benches" = 13 ] || fail "$benches benches, not 13"
+[ "$benches" = 14 ] || fail "$benches benches, not 14"
 [ "$on_cuda" = "$benches" ] || fail "$on_cuda of $benches benches on the cuda backend"
 wgmma=$(grep -c '^backend:  cuda.*wgmma' "$sum")
 [ "$wgmma" = 2 ] || fail "$wgmma benches on wgmma, not 2"
 # a prompt for the main runs, the six prompt variants and the two on wgmma; generation for the
-# main runs and the three decode variants, sessions for both models
-for want in "^pp64 10" "^tg8 .* (median of 1; 5" "aggregate of 4 sessions 2" "of it$ 5"; do
+# main runs and the four decode variants, sessions for both models
+for want in "^pp64 10" "^tg8 .* (median of 1; 6" "aggregate of 4 sessions 2" "of it$ 6"; do
     pattern=${want% *} count=${want##* }
     got=$(grep -c -- "$pattern" "$sum")
     [ "$got" = "$count" ] || fail "$got lines with '$pattern', not $count"
