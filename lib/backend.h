@@ -17,7 +17,9 @@
 
 #include "internal.h"
 
-#define BSI_BACKEND_ABI 7 /* bumped whenever this table changes; modules must match */
+#include <stdio.h>
+
+#define BSI_BACKEND_ABI 8 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -33,6 +35,45 @@ typedef struct bsi_rope {
     float yarn_beta_slow; /* 1 */
 } bsi_rope;
 
+/* One layer's KV cache as lib/ hands it to a backend: a k and a v buffer of bsi_kv_bytes() each,
+ * from the backend's alloc, written only by its kv_store, attn_prep and decode and read only by
+ * its attention and decode. How the values lie in them is the backend's own (the CPU: each kv
+ * head's positions together; CUDA: each position's heads together); lib/ never looks inside. */
+typedef struct bsi_kv_shape {
+    uint32_t type;     /* BONSAI_TENSOR_F16, or BONSAI_TENSOR_Q8_0 (head_dim a multiple of 32) */
+    int64_t n_ctx;     /* positions the buffers hold */
+    int64_t n_head_kv; /* heads a position */
+    int64_t head_dim;  /* values a head */
+} bsi_kv_shape;
+
+/* Bytes of one buffer (k or v) of a cache of this shape. */
+static inline size_t bsi_kv_bytes(const bsi_kv_shape *kv)
+{
+    size_t n = (size_t)kv->n_ctx * (size_t)kv->n_head_kv * (size_t)kv->head_dim;
+    return kv->type == BONSAI_TENSOR_Q8_0 ? n / 32 * 34 : n * 2;
+}
+
+/* NULL when positions [pos, pos + n) lie in a cache of shape kv and its type is one a cache may
+ * have (F16; Q8_0 with heads of a multiple of 32 values); else why not, written to why. kv_store,
+ * attention and attn_prep refuse (BONSAI_ERR_INVALID_ARGUMENT) what this refuses. */
+static inline const char *bsi_kv_check(const bsi_kv_shape *kv, int64_t pos, int64_t n, char *why,
+                                       size_t size)
+{
+    if (kv->type != BONSAI_TENSOR_F16 && kv->type != BONSAI_TENSOR_Q8_0)
+        snprintf(why, size, "a KV cache of type %u (F16 or Q8_0)", (unsigned)kv->type);
+    else if (kv->n_head_kv < 1 || kv->head_dim < 1 ||
+             (kv->type == BONSAI_TENSOR_Q8_0 && kv->head_dim % 32))
+        snprintf(why, size, "a %s KV cache of %lld heads of %lld values",
+                 kv->type == BONSAI_TENSOR_F16 ? "F16" : "Q8_0", (long long)kv->n_head_kv,
+                 (long long)kv->head_dim);
+    else if (pos < 0 || n < 0 || pos + n > kv->n_ctx)
+        snprintf(why, size, "positions %lld..%lld of a %lld-position KV cache", (long long)pos,
+                 (long long)(pos + n - 1), (long long)kv->n_ctx);
+    else
+        return NULL;
+    return why;
+}
+
 /* What attn_prep works on: a prompt's q [n_tok][n_head][head_dim], k and v
  * [n_tok][n_head_kv][head_dim] (backend memory) as the products left them. */
 typedef struct bsi_attn_prep {
@@ -44,9 +85,10 @@ typedef struct bsi_attn_prep {
     int64_t n_tok, n_head, n_head_kv, head_dim;
     const bsi_rope *rope;
     /* NULL: k and v are not stored; else they are stored as kv_store stores them, token t at
-     * position pos[t] (pos[t] = pos[0] + t then) */
+     * position pos[t] (pos[t] = pos[0] + t then), in caches of shape kv (n_head_kv and
+     * head_dim as above) */
     void *k_cache, *v_cache;
-    uint32_t kv_type;
+    const bsi_kv_shape *kv;
 } bsi_attn_prep;
 
 typedef struct bsi_matrix_desc {
@@ -80,10 +122,10 @@ typedef struct bsi_decode_model {
 } bsi_decode_model;
 
 /* One sequence of a decode step: `token` at position `pos`, attending to cache positions
- * 0 .. pos of its own KV cache (kv_type; one k and one v buffer per layer, as kv_store). */
+ * 0 .. pos of its own KV cache (one k and one v buffer per layer of shape kv, as kv_store). */
 typedef struct bsi_decode_seq {
     int32_t token, pos;
-    uint32_t kv_type;
+    bsi_kv_shape kv;
     void *const *k_cache, *const *v_cache; /* [n_layer] */
 } bsi_decode_seq;
 
@@ -162,26 +204,23 @@ typedef struct bsi_backend_vtable {
     bonsai_status (*matmul_swiglu)(bsi_backend *be, const bsi_weight *gate, const bsi_weight *up,
                                    const float *x, float *y, int64_t n_tok);
 
-    /* KV cache of one layer: one row of `dim` values per position ([n_ctx][row bytes]), fp16
-     * (kv_type BONSAI_TENSOR_F16) or Q8_0 blocks of 32 (BONSAI_TENSOR_Q8_0, dim a multiple of
-     * 32). Stores k and v of n_tok tokens ([n_tok][dim] f32) at positions pos .. pos + n_tok - 1.
-     */
-    bonsai_status (*kv_store)(bsi_backend *be, uint32_t kv_type, void *k_cache, void *v_cache,
-                              const float *k, const float *v, int64_t n_tok, int64_t dim,
-                              int64_t pos);
+    /* Stores k and v of n_tok tokens ([n_tok][n_head_kv][head_dim] f32) at positions pos ..
+     * pos + n_tok - 1 of one layer's caches (bsi_kv_shape), as fp16 or Q8_0 blocks of 32. */
+    bonsai_status (*kv_store)(bsi_backend *be, const bsi_kv_shape *kv, void *k_cache, void *v_cache,
+                              const float *k, const float *v, int64_t n_tok, int64_t pos);
     /* Optional (NULL: lib/ runs rmsnorm, rope and kv_store): what lies between a prompt's q/k/v
      * products and attention, in one go (bsi_attn_prep): each head of q and k RMS-normed with
      * q_norm and k_norm when given, then rotated by rope at its token's position, in place; then
      * k and v stored in the caches when k_cache is given. The results equal those operations'
      * up to rounding (of the norm's sum; of cos and sin times YaRN's scale). */
     bonsai_status (*attn_prep)(bsi_backend *be, const bsi_attn_prep *a);
-    /* Causal attention with grouped heads: q [n_tok][n_head][head_dim]; token t sits at position
-     * pos + t and attends to cache positions 0 .. pos + t; query head h reads kv head
-     * h / (n_head / n_head_kv). out [n_tok][n_head][head_dim] = softmax(q.K^T * scale) V. */
-    bonsai_status (*attention)(bsi_backend *be, uint32_t kv_type, const float *q,
+    /* Causal attention with grouped heads over caches of shape kv: q [n_tok][n_head][head_dim];
+     * token t sits at position pos + t and attends to cache positions 0 .. pos + t; query head h
+     * reads kv head h / (n_head / n_head_kv). out [n_tok][n_head][head_dim] =
+     * softmax(q.K^T * scale) V. */
+    bonsai_status (*attention)(bsi_backend *be, const bsi_kv_shape *kv, const float *q,
                                const void *k_cache, const void *v_cache, float *out, int64_t n_tok,
-                               int64_t pos, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
-                               float scale);
+                               int64_t pos, int64_t n_head, float scale);
 
     /* Optional (NULL for both or neither): a whole decode step of n_seq sequences, one token each,
      * in the backend's own fused way (the CUDA backend: fused kernels replayed from a graph).

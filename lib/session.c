@@ -36,7 +36,7 @@ struct bonsai_session {
     bsi_backend *be;
     const bsi_placement *w;
     uint32_t n_ctx, n_past;
-    uint32_t kv_type;
+    bsi_kv_shape kv;           /* of each layer's caches */
     void **k_cache, **v_cache; /* [n_layer] */
     scratch s;
     float *logits_host; /* [n_logits][n_vocab] */
@@ -224,9 +224,9 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     if (n_ctx > 1u << 20)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "n_ctx %u is too large", n_ctx);
 
-    size_t kv_row = (size_t)a->n_head_kv * a->head_dim;
-    kv_row = params->kv_type == BONSAI_TENSOR_Q8_0 ? kv_row / 32 * 34 : kv_row * 2;
-    uint64_t fixed = 2 * (uint64_t)a->n_layer * n_ctx * kv_row + (uint64_t)n_ctx * sizeof(int32_t);
+    bsi_kv_shape kv = {params->kv_type, n_ctx, a->n_head_kv, a->head_dim};
+    uint64_t fixed =
+        2 * (uint64_t)a->n_layer * bsi_kv_bytes(&kv) + (uint64_t)n_ctx * sizeof(int32_t);
     if (params->max_memory && fixed + scratch_bytes(a, NULL, 1, 1) > params->max_memory)
         return bsi_fail(BONSAI_ERR_NO_MEMORY,
                         "a context of %u tokens needs %" PRIu64 " bytes of KV cache (and %" PRIu64
@@ -242,7 +242,7 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
     s->mem_fixed = fixed;
     s->a = a;
     s->n_ctx = n_ctx;
-    s->kv_type = params->kv_type;
+    s->kv = kv;
     bsi_model_retain(model);
     bsi_backend_config cfg = {.n_threads = params->n_threads};
     bonsai_status st = bsi_backend_create(params->backend, &cfg, &s->be);
@@ -254,9 +254,7 @@ bonsai_status bonsai_session_create(bonsai_model *model, const bonsai_session_pa
         if (!s->k_cache || !s->v_cache || !s->history)
             st = bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory");
     }
-    size_t kv_dim = (size_t)a->n_head_kv * a->head_dim;
-    size_t kv_bytes =
-        (size_t)n_ctx * (s->kv_type == BONSAI_TENSOR_Q8_0 ? kv_dim / 32 * 34 : kv_dim * 2);
+    size_t kv_bytes = bsi_kv_bytes(&kv);
     for (uint32_t l = 0; l < a->n_layer && !st; l++) {
         st = s->be->vt->alloc(s->be, kv_bytes, &s->k_cache[l]);
         if (!st) st = s->be->vt->alloc(s->be, kv_bytes, &s->v_cache[l]);
@@ -337,7 +335,7 @@ static bonsai_status decode_step(bonsai_session *s, const int32_t *tokens, const
         s->seqs[r] = (bsi_decode_seq){
             .token = tokens[runs[r].first],
             .pos = (int32_t)rs->n_past,
-            .kv_type = rs->kv_type,
+            .kv = rs->kv,
             .k_cache = rs->k_cache,
             .v_cache = rs->v_cache,
         };
@@ -353,9 +351,9 @@ static bool fused_decode(bonsai_session *s, const int32_t *tokens, const fwd_run
                          size_t n_runs, bonsai_status *st)
 {
     const bsi_backend_vtable *vt = s->be->vt;
-    uint32_t kv_type = runs[0].s->kv_type;
+    uint32_t kv_type = runs[0].s->kv.type;
     for (size_t r = 1; r < n_runs; r++)
-        if (runs[r].s->kv_type != kv_type) return false;
+        if (runs[r].s->kv.type != kv_type) return false;
     size_t chunk = n_runs;
     if (!vt->decode_ok(s->be, &s->dm, (uint32_t)n_runs, kv_type)) {
         for (chunk = DECODE_CHUNK; chunk > 1; chunk /= 2) {
@@ -429,7 +427,7 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
                                .rope = &a->rope,
                                .k_cache = stored ? rs->k_cache[l] : NULL,
                                .v_cache = stored ? rs->v_cache[l] : NULL,
-                               .kv_type = rs->kv_type};
+                               .kv = &rs->kv};
             TRY(vt->attn_prep(be, &p));
         } else {
             if (qn) {
@@ -443,12 +441,11 @@ static bonsai_status forward_runs(bonsai_session *s, const int32_t *tokens, int6
             const fwd_run *run = &runs[r];
             bonsai_session *rs = run->s;
             if (!stored)
-                TRY(vt->kv_store(be, rs->kv_type, rs->k_cache[l], rs->v_cache[l],
-                                 b->k + run->first * KV, b->v + run->first * KV, run->n, KV,
+                TRY(vt->kv_store(be, &rs->kv, rs->k_cache[l], rs->v_cache[l],
+                                 b->k + run->first * KV, b->v + run->first * KV, run->n,
                                  rs->n_past));
-            TRY(vt->attention(be, rs->kv_type, b->q + run->first * Q, rs->k_cache[l],
-                              rs->v_cache[l], b->att + run->first * Q, run->n, rs->n_past,
-                              a->n_head, a->n_head_kv, hd, scale));
+            TRY(vt->attention(be, &rs->kv, b->q + run->first * Q, rs->k_cache[l], rs->v_cache[l],
+                              b->att + run->first * Q, run->n, rs->n_past, a->n_head, scale));
         }
         TRY(residual(s, W[L->wo], b->att, n));
         TRY(vt->rmsnorm(be, b->x, V[L->ffn_norm], b->h, E, n, a->eps));

@@ -359,32 +359,35 @@ static void test_attention(void **state)
                         int64_t n_head = shapes[si][0], n_kv = shapes[si][1], hd = shapes[si][2];
                         int64_t n_tok = toks[ti], total = pos + n_tok, kv_dim = n_kv * hd;
                         uint32_t type = types[ki];
-                        size_t row = type == BONSAI_TENSOR_F16 ? (size_t)kv_dim * 2
-                                                               : (size_t)(kv_dim / 32) * 34;
-                        uint8_t *kc = malloc((size_t)total * row),
-                                *vc = malloc((size_t)total * row);
+                        /* room for 3 more positions than used: the layout places each
+                         * head's rows by the cache's size, not by the positions used */
+                        bsi_kv_shape kv = {type, total + 3, n_kv, hd};
+                        size_t hrow =
+                            type == BONSAI_TENSOR_F16 ? (size_t)hd * 2 : (size_t)(hd / 32) * 34;
+                        uint8_t *kc = malloc(bsi_kv_bytes(&kv)), *vc = malloc(bsi_kv_bytes(&kv));
                         float *k = malloc((size_t)(total * kv_dim) * sizeof *k),
                               *v = malloc((size_t)(total * kv_dim) * sizeof *v);
                         for (int64_t j = 0; j < total * kv_dim; j++)
                             k[j] = test_uniform(), v[j] = test_uniform();
-                        assert_int_equal(be->vt->kv_store(be, type, kc, vc, k, v, total, kv_dim, 0),
-                                         0);
+                        assert_int_equal(be->vt->kv_store(be, &kv, kc, vc, k, v, total, 0), 0);
                         size_t nq = (size_t)(n_tok * n_head * hd);
                         float *q = malloc(nq * sizeof *q), *out = malloc(nq * sizeof *out);
                         for (size_t j = 0; j < nq; j++) q[j] = test_uniform(), out[j] = nanf("");
                         float scale = 1.0f / sqrtf((float)hd);
-                        assert_int_equal(be->vt->attention(be, type, q, kc, vc, out, n_tok, pos,
-                                                           n_head, n_kv, hd, scale),
-                                         0);
-                        /* the caches' contents as doubles, [kv head][position][hd] */
+                        assert_int_equal(
+                            be->vt->attention(be, &kv, q, kc, vc, out, n_tok, pos, n_head, scale),
+                            0);
+                        /* the caches' contents as doubles, [kv head][position][hd], read as
+                         * the CPU lays them out: a head's positions together */
                         size_t nkv = (size_t)(total * kv_dim);
                         double *kd = malloc(nkv * sizeof *kd), *vd = malloc(nkv * sizeof *vd);
                         for (int64_t h = 0; h < n_kv; h++)
                             for (int64_t p = 0; p < total; p++)
                                 for (int64_t i = 0; i < hd; i++) {
                                     size_t at = (size_t)((h * total + p) * hd + i);
-                                    kd[at] = cache_value(type, kc + (size_t)p * row, h * hd + i);
-                                    vd[at] = cache_value(type, vc + (size_t)p * row, h * hd + i);
+                                    size_t r = (size_t)(h * kv.n_ctx + p) * hrow;
+                                    kd[at] = cache_value(type, kc + r, i);
+                                    vd[at] = cache_value(type, vc + r, i);
                                 }
                         double *sc = malloc((size_t)total * sizeof *sc),
                                *r = malloc((size_t)hd * sizeof *r);

@@ -558,16 +558,32 @@ static long (*emu_calls)(const char *);
 static void (*emu_fail_named)(const char *, long, long);
 static long (*emu_live)(void);
 
+/* A CPU cache (backends/cpu: each kv head's positions together) laid out as the CUDA backend
+ * keeps its caches (each position's heads together), all kv->n_ctx positions. */
+static uint8_t *cpu_cache_rows(const bsi_kv_shape *kv, const void *cpu)
+{
+    size_t hrow =
+        kv->type == BONSAI_TENSOR_Q8_0 ? (size_t)kv->head_dim / 32 * 34 : (size_t)kv->head_dim * 2;
+    uint8_t *rows = malloc(bsi_kv_bytes(kv));
+    assert_non_null(rows);
+    for (int64_t p = 0; p < kv->n_ctx; p++)
+        for (int64_t h = 0; h < kv->n_head_kv; h++)
+            memcpy(rows + (size_t)(p * kv->n_head_kv + h) * hrow,
+                   (const uint8_t *)cpu + (size_t)(h * kv->n_ctx + p) * hrow, hrow);
+    return rows;
+}
+
 /* KV cache stores and attention: the same cache contents on both, then the same queries. */
 static void check_attention(uint32_t kv_type, int64_t n_head, int64_t n_kv, int64_t hd,
                             int64_t n_ctx, int64_t pos, int64_t n_tok)
 {
     int64_t kv_dim = n_kv * hd;
     size_t row = kv_type == BONSAI_TENSOR_Q8_0 ? (size_t)(kv_dim / 32) * 34 : (size_t)kv_dim * 2;
-    void *kr = calloc((size_t)n_ctx, row), *vr = calloc((size_t)n_ctx, row);
+    bsi_kv_shape kv = {kv_type, n_ctx, n_kv, hd};
+    void *kr = calloc(1, bsi_kv_bytes(&kv)), *vr = calloc(1, bsi_kv_bytes(&kv));
     void *kg, *vg;
-    assert_int_equal(gpu->vt->alloc(gpu, (size_t)n_ctx * row, &kg), 0);
-    assert_int_equal(gpu->vt->alloc(gpu, (size_t)n_ctx * row, &vg), 0);
+    assert_int_equal(gpu->vt->alloc(gpu, bsi_kv_bytes(&kv), &kg), 0);
+    assert_int_equal(gpu->vt->alloc(gpu, bsi_kv_bytes(&kv), &vg), 0);
     /* the cache up to pos + n_tok, written in two batches */
     int64_t total = pos + n_tok;
     float *k = random_floats((size_t)(total * kv_dim), 2.0f),
@@ -575,19 +591,20 @@ static void check_attention(uint32_t kv_type, int64_t n_head, int64_t n_kv, int6
     float *dk = dev_floats(k, (size_t)(total * kv_dim)),
           *dv = dev_floats(v, (size_t)(total * kv_dim));
     int64_t first = total / 3;
-    assert_int_equal(ref->vt->kv_store(ref, kv_type, kr, vr, k, v, first, kv_dim, 0), 0);
-    assert_int_equal(ref->vt->kv_store(ref, kv_type, kr, vr, k + first * kv_dim, v + first * kv_dim,
-                                       total - first, kv_dim, first),
+    assert_int_equal(ref->vt->kv_store(ref, &kv, kr, vr, k, v, first, 0), 0);
+    assert_int_equal(ref->vt->kv_store(ref, &kv, kr, vr, k + first * kv_dim, v + first * kv_dim,
+                                       total - first, first),
                      0);
-    assert_int_equal(gpu->vt->kv_store(gpu, kv_type, kg, vg, dk, dv, first, kv_dim, 0), 0);
-    assert_int_equal(gpu->vt->kv_store(gpu, kv_type, kg, vg, dk + first * kv_dim,
-                                       dv + first * kv_dim, total - first, kv_dim, first),
+    assert_int_equal(gpu->vt->kv_store(gpu, &kv, kg, vg, dk, dv, first, 0), 0);
+    assert_int_equal(gpu->vt->kv_store(gpu, &kv, kg, vg, dk + first * kv_dim, dv + first * kv_dim,
+                                       total - first, first),
                      0);
-    /* the stored rows themselves */
-    uint8_t *kc = malloc((size_t)total * row);
+    /* the stored rows themselves, each backend's in its own layout */
+    uint8_t *kc = malloc((size_t)total * row), *kcpu = cpu_cache_rows(&kv, kr);
     assert_int_equal(gpu->vt->download(gpu, kc, kg, (size_t)total * row), 0);
     size_t differ = 0;
-    for (size_t i = 0; i < (size_t)total * row; i++) differ += kc[i] != ((uint8_t *)kr)[i];
+    for (size_t i = 0; i < (size_t)total * row; i++) differ += kc[i] != kcpu[i];
+    free(kcpu);
     /* fp16 conversion is exact; Q8_0 may round a value at a .5 boundary differently */
     if (kv_type == BONSAI_TENSOR_F16)
         assert_int_equal(differ, 0);
@@ -598,10 +615,8 @@ static void check_attention(uint32_t kv_type, int64_t n_head, int64_t n_kv, int6
     float *q = random_floats(nq, 2.0f), *dq = dev_floats(q, nq), *dout = dev_floats(NULL, nq);
     float *outr = malloc(nq * sizeof *outr);
     float scale = 1.0f / sqrtf((float)hd);
-    assert_int_equal(
-        ref->vt->attention(ref, kv_type, q, kr, vr, outr, n_tok, pos, n_head, n_kv, hd, scale), 0);
-    assert_int_equal(
-        gpu->vt->attention(gpu, kv_type, dq, kg, vg, dout, n_tok, pos, n_head, n_kv, hd, scale), 0);
+    assert_int_equal(ref->vt->attention(ref, &kv, q, kr, vr, outr, n_tok, pos, n_head, scale), 0);
+    assert_int_equal(gpu->vt->attention(gpu, &kv, dq, kg, vg, dout, n_tok, pos, n_head, scale), 0);
     float *out = host_copy(dout, nq);
     char what[96];
     snprintf(what, sizeof what, "attention %s %lld/%lld heads of %lld, %lld+%lld",
@@ -647,19 +662,15 @@ static void test_attention(void **state)
         float *dq = dev_floats(q, N), *dkv = dev_floats(kv, KV);
         float *d1 = dev_floats(NULL, N), *d2 = dev_floats(NULL, N);
         void *kc = NULL, *vc = NULL;
+        const bsi_kv_shape shape = {BONSAI_TENSOR_F16, POS + NT, 1, HD};
         assert_int_equal(gpu->vt->alloc(gpu, KV * 2, &kc), 0);
         assert_int_equal(gpu->vt->alloc(gpu, KV * 2, &vc), 0);
-        assert_int_equal(
-            gpu->vt->kv_store(gpu, BONSAI_TENSOR_F16, kc, vc, dkv, dkv, POS + NT, HD, 0), 0);
+        assert_int_equal(gpu->vt->kv_store(gpu, &shape, kc, vc, dkv, dkv, POS + NT, 0), 0);
         long sets = emu_calls("cudaMemsetAsync");
         emu_fail_named("cudaMemsetAsync", 0, 1);
-        assert_int_equal(gpu->vt->attention(gpu, BONSAI_TENSOR_F16, dq, kc, vc, d1, NT, POS, 2, 1,
-                                            HD, 0.1f),
-                         0);
+        assert_int_equal(gpu->vt->attention(gpu, &shape, dq, kc, vc, d1, NT, POS, 2, 0.1f), 0);
         assert_int_equal(emu_calls("cudaMemsetAsync"), sets + 1); /* it was tried, and failed */
-        assert_int_equal(gpu->vt->attention(gpu, BONSAI_TENSOR_F16, dq, kc, vc, d2, NT, POS, 2, 1,
-                                            HD, 0.1f),
-                         0);
+        assert_int_equal(gpu->vt->attention(gpu, &shape, dq, kc, vc, d2, NT, POS, 2, 0.1f), 0);
         assert_int_equal(emu_calls("cudaMemsetAsync"), sets + 2); /* split this time */
         float *o1 = host_copy(d1, N), *o2 = host_copy(d2, N);
         compare("attention unsplit after a failure, split", o2, o1, NULL, N, 1e-3);
@@ -815,9 +826,9 @@ static void test_half_copies(void **state)
     void *kc = NULL, *vc = NULL;
     assert_int_equal(vt->alloc(gpu, (size_t)NT * HD * 2, &kc), 0);
     assert_int_equal(vt->alloc(gpu, (size_t)NT * HD * 2, &vc), 0);
-    assert_int_equal(vt->kv_store(gpu, BONSAI_TENSOR_F16, kc, vc, dx, dx + NT * HD, NT, HD, 0), 0);
-    assert_int_equal(vt->attention(gpu, BONSAI_TENSOR_F16, q, kc, vc, h, NT, 0, NH, 1, HD, 0.1f),
-                     0);
+    const bsi_kv_shape kv = {BONSAI_TENSOR_F16, NT, 1, HD};
+    assert_int_equal(vt->kv_store(gpu, &kv, kc, vc, dx, dx + NT * HD, NT, 0), 0);
+    assert_int_equal(vt->attention(gpu, &kv, q, kc, vc, h, NT, 0, NH, 0.1f), 0);
     assert_int_equal(vt->matmul(gpu, w[0], h, y, NT), 0);
     assert_int_equal(vt->copy(gpu, c, h, bytes), 0);
     assert_int_equal(vt->matmul(gpu, w[0], c, yc, NT), 0);
@@ -872,6 +883,7 @@ static void check_attn_prep(const char *what, uint32_t kv_type, int64_t n_head, 
     int32_t *p = malloc((size_t)n_tok * sizeof *p);
     assert_non_null(p);
     for (int64_t t = 0; t < n_tok; t++) p[t] = (int32_t)(pos + t);
+    const bsi_kv_shape kv = {kv_type, n_ctx, n_kv, hd};
     uint8_t *kr = calloc((size_t)n_ctx, row), *vr = calloc((size_t)n_ctx, row);
     void *kg = NULL, *vg = NULL;
     assert_int_equal(gpu->vt->alloc(gpu, (size_t)n_ctx * row, &kg), 0);
@@ -885,7 +897,7 @@ static void check_attn_prep(const char *what, uint32_t kv_type, int64_t n_head, 
     }
     assert_int_equal(ref->vt->rope(ref, q, p, n_tok, n_head, hd, rope), 0);
     assert_int_equal(ref->vt->rope(ref, k, p, n_tok, n_kv, hd, rope), 0);
-    if (store) assert_int_equal(ref->vt->kv_store(ref, kv_type, kr, vr, k, v, n_tok, KV, pos), 0);
+    if (store) assert_int_equal(ref->vt->kv_store(ref, &kv, kr, vr, k, v, n_tok, pos), 0);
     bsi_attn_prep a = {.q = dq,
                        .k = dk,
                        .v = dv,
@@ -900,7 +912,7 @@ static void check_attn_prep(const char *what, uint32_t kv_type, int64_t n_head, 
                        .rope = rope,
                        .k_cache = store ? kg : NULL,
                        .v_cache = store ? vg : NULL,
-                       .kv_type = kv_type};
+                       .kv = &kv};
     assert_int_equal(gpu->vt->attn_prep(gpu, &a), 0);
     char name[128];
     float *got = host_copy(dq, nq);
@@ -917,8 +929,10 @@ static void check_attn_prep(const char *what, uint32_t kv_type, int64_t n_head, 
     assert_non_null(cg);
     for (int c = 0; c < 2; c++) {
         assert_int_equal(gpu->vt->download(gpu, cg, c ? vg : kg, (size_t)n_ctx * row), 0);
-        float *fg = cache_values(cg, kv_type, n_ctx, KV);
-        float *fr = cache_values(c ? vr : kr, kv_type, n_ctx, KV);
+        uint8_t *cr = cpu_cache_rows(&kv, c ? vr : kr);
+        float *fg = cache_values(cg, kv_type, n_ctx, KV),
+              *fr = cache_values(cr, kv_type, n_ctx, KV);
+        free(cr);
         snprintf(name, sizeof name, "attn_prep %s: %s cache", what, c ? "v" : "k");
         compare(name, fg, fr, NULL, (size_t)(n_ctx * KV),
                 kv_type == BONSAI_TENSOR_F16 ? 2e-3 : 3e-2);
@@ -948,8 +962,7 @@ static void test_attn_prep(void **state)
     check_attn_prep("llama f16, heads of 64", BONSAI_TENSOR_F16, 8, 2, 64, &llama, false, true, 0,
                     70);
     check_attn_prep("partial rotation", BONSAI_TENSOR_Q8_0, 4, 4, 64, &part, true, true, 3, 11);
-    /* heads the kernel does not take (8 values with a Q8_0 cache; over 256): the operations */
-    check_attn_prep("heads of 8, q8_0", BONSAI_TENSOR_Q8_0, 8, 4, 8, &tiny, false, true, 5, 6);
+    /* heads the kernel does not take (over 256): the operations */
     check_attn_prep("heads of 320", BONSAI_TENSOR_F16, 2, 1, 320, &wide, true, true, 1, 5);
     /* the kernel's largest heads, and heads smaller than a warp (fp16 cache) */
     check_attn_prep("heads of 256", BONSAI_TENSOR_Q8_0, 4, 2, 256, &big, true, true, 9, 19);
@@ -962,8 +975,24 @@ static void test_attn_prep(void **state)
     a.v = d;
     a.pos = gap;
     a.k_cache = a.v_cache = d;
-    a.kv_type = BONSAI_TENSOR_F16;
+    bsi_kv_shape kv = {BONSAI_TENSOR_F16, 8, 1, 64};
+    a.kv = &kv;
     assert_int_equal(gpu->vt->attn_prep(gpu, &a), BONSAI_ERR_INVALID_ARGUMENT);
+    /* a Q8_0 cache of heads that are not a multiple of 32 values (bsi_kv_shape): refused by
+     * attn_prep and kv_store, on both backends */
+    bsi_kv_shape q8_8 = {BONSAI_TENSOR_Q8_0, 8, 4, 8};
+    gap[1] = 4;
+    a.n_head_kv = 4, a.head_dim = 8, a.kv = &q8_8, a.rope = &tiny;
+    assert_int_equal(gpu->vt->attn_prep(gpu, &a), BONSAI_ERR_INVALID_ARGUMENT);
+    assert_int_equal(gpu->vt->kv_store(gpu, &q8_8, d, d, d, d, 1, 0), BONSAI_ERR_INVALID_ARGUMENT);
+    float host[32] = {0};
+    uint8_t cache[8 * 34];
+    assert_int_equal(ref->vt->kv_store(ref, &q8_8, cache, cache, host, host, 1, 0),
+                     BONSAI_ERR_INVALID_ARGUMENT);
+    /* positions beyond the cache: refused */
+    assert_int_equal(gpu->vt->kv_store(gpu, &kv, d, d, d, d, 2, 7), BONSAI_ERR_INVALID_ARGUMENT);
+    assert_int_equal(ref->vt->kv_store(ref, &kv, cache, cache, host, host, 1, 8),
+                     BONSAI_ERR_INVALID_ARGUMENT);
     gpu->vt->free(gpu, d);
 }
 

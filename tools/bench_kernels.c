@@ -199,6 +199,7 @@ typedef struct be_bench {
     int n_w;
     float *x, *y[3], *q, *out;
     void *kc, *vc;
+    bsi_kv_shape kv; /* of kc and vc */
     int64_t n_tok, n_head, n_kv, hd;
     int64_t att_pos; /* attention: the first query token's position */
     float *k, *v, *qn, *kn; /* attn_prep's inputs */
@@ -252,9 +253,8 @@ static bonsai_status op_attention(void *ctx, int i)
 {
     be_bench *b = ctx;
     (void)i;
-    return b->be->vt->attention(b->be, BONSAI_TENSOR_F16, b->q, b->kc, b->vc, b->out, b->n_tok,
-                                b->att_pos, b->n_head, b->n_kv, b->hd,
-                                1.0f / sqrtf((float)b->hd));
+    return b->be->vt->attention(b->be, &b->kv, b->q, b->kc, b->vc, b->out, b->n_tok, b->att_pos,
+                                b->n_head, 1.0f / sqrtf((float)b->hd));
 }
 
 /* Qwen3's RoPE (bonsai synth's): NeoX pairs, YaRN */
@@ -285,7 +285,7 @@ static bonsai_status op_attn_prep(void *ctx, int i)
                        .rope = &bench_rope,
                        .k_cache = b->kc,
                        .v_cache = b->vc,
-                       .kv_type = BONSAI_TENSOR_F16};
+                       .kv = &b->kv};
     return b->be->vt->attn_prep(b->be, &a);
 }
 
@@ -300,8 +300,7 @@ static bonsai_status op_prep_ops(void *ctx, int i)
     if (!st) st = vt->rmsnorm(b->be, b->k, b->kn, b->k, hd, n * b->n_kv, 1e-6f);
     if (!st) st = vt->rope(b->be, b->q, b->pos, n, b->n_head, hd, &bench_rope);
     if (!st) st = vt->rope(b->be, b->k, b->pos, n, b->n_kv, hd, &bench_rope);
-    if (!st)
-        st = vt->kv_store(b->be, BONSAI_TENSOR_F16, b->kc, b->vc, b->k, b->v, n, b->n_kv * hd, 0);
+    if (!st) st = vt->kv_store(b->be, &b->kv, b->kc, b->vc, b->k, b->v, n, 0);
     return st;
 }
 
@@ -457,9 +456,8 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
     if (!st) st = b.be->vt->alloc(b.be, nq * sizeof(float), (void **)&b.out);
     if (!st) st = b.be->vt->alloc(b.be, (size_t)tokens * kv_dim * 2, &b.kc);
     if (!st) st = b.be->vt->alloc(b.be, (size_t)tokens * kv_dim * 2, &b.vc);
-    if (!st)
-        st = b.be->vt->kv_store(b.be, BONSAI_TENSOR_F16, b.kc, b.vc, k, v, tokens,
-                                (int64_t)kv_dim, 0);
+    b.kv = (bsi_kv_shape){BONSAI_TENSOR_F16, tokens, b.n_kv, b.hd};
+    if (!st) st = b.be->vt->kv_store(b.be, &b.kv, b.kc, b.vc, k, v, tokens, 0);
     if (!st) {
         double t = time_queued(b.be, op_attention, &b, 1.0, &st);
         /* q.k and p.v over the causal half: 2 products x 2 flop x heads x head size x n^2 / 2 */
@@ -483,9 +481,8 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
         if (!st) st = be_floats(b.be, rows * kv_dim, 2.0f, &v2);
         if (!st) st = be_floats(b.be, (size_t)NEW * b.n_head * b.hd, 1.0f, &a.q);
         if (!st) st = b.be->vt->alloc(b.be, (size_t)NEW * b.n_head * b.hd * 4, (void **)&a.out);
-        if (!st)
-            st = b.be->vt->kv_store(b.be, BONSAI_TENSOR_F16, a.kc, a.vc, k2, v2, (int64_t)rows,
-                                    (int64_t)kv_dim, 0);
+        a.kv = (bsi_kv_shape){BONSAI_TENSOR_F16, (int64_t)rows, b.n_kv, b.hd};
+        if (!st) st = b.be->vt->kv_store(b.be, &a.kv, a.kc, a.vc, k2, v2, (int64_t)rows, 0);
         a.n_tok = NEW;
         a.att_pos = PAST;
         double t = st ? 0 : time_queued(b.be, op_attention, &a, 1.0, &st);

@@ -605,28 +605,45 @@ static void quantize_q8_0_row(const float *x, int64_t dim, uint8_t *out)
     }
 }
 
-static size_t kv_row_bytes(uint32_t kv_type, int64_t dim)
+/* The CPU's KV cache layout (bsi_kv_shape): each kv head's positions together, [n_head_kv][n_ctx]
+ * rows of head_dim values (fp16, or Q8_0 blocks of 32), so that attention, which walks one kv
+ * head over every position, streams contiguous memory instead of head_dim values out of every
+ * n_head_kv * head_dim (at a long cache that stride halved its speed on one core). Bytes of a
+ * head's row at one position: */
+static size_t kv_head_bytes(const bsi_kv_shape *kv)
 {
-    return kv_type == BONSAI_TENSOR_Q8_0 ? (size_t)(dim / 32) * 34 : (size_t)dim * 2;
+    return kv->type == BONSAI_TENSOR_Q8_0 ? (size_t)(kv->head_dim / 32) * 34
+                                          : (size_t)kv->head_dim * 2;
 }
 
-static bonsai_status cpu_kv_store(bsi_backend *be, uint32_t kv_type, void *k_cache, void *v_cache,
-                                  const float *k, const float *v, int64_t n_tok, int64_t dim,
+/* Where kv head h of position p lies in a cache buffer. */
+static size_t kv_at(const bsi_kv_shape *kv, int64_t h, int64_t p)
+{
+    return ((size_t)h * (size_t)kv->n_ctx + (size_t)p) * kv_head_bytes(kv);
+}
+
+static bonsai_status cpu_kv_store(bsi_backend *be, const bsi_kv_shape *kv, void *k_cache,
+                                  void *v_cache, const float *k, const float *v, int64_t n_tok,
                                   int64_t pos)
 {
     const bsi_cpu_ops *ops = cpu(be)->ops;
-    size_t row = kv_row_bytes(kv_type, dim);
-    uint8_t *kc = (uint8_t *)k_cache + (size_t)pos * row,
-            *vc = (uint8_t *)v_cache + (size_t)pos * row;
-    for (int64_t t = 0; t < n_tok; t++) {
-        if (kv_type == BONSAI_TENSOR_Q8_0) {
-            quantize_q8_0_row(k + t * dim, dim, kc + (size_t)t * row);
-            quantize_q8_0_row(v + t * dim, dim, vc + (size_t)t * row);
-            continue;
+    const int64_t hd = kv->head_dim, dim = kv->n_head_kv * hd;
+    char why[128];
+    if (bsi_kv_check(kv, pos, n_tok, why, sizeof why))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "kv_store: %s", why);
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t h = 0; h < kv->n_head_kv; h++) {
+            uint8_t *kc = (uint8_t *)k_cache + kv_at(kv, h, pos + t),
+                    *vc = (uint8_t *)v_cache + kv_at(kv, h, pos + t);
+            const float *kh = k + t * dim + h * hd, *vh = v + t * dim + h * hd;
+            if (kv->type == BONSAI_TENSOR_Q8_0) {
+                quantize_q8_0_row(kh, hd, kc);
+                quantize_q8_0_row(vh, hd, vc);
+            } else {
+                ops->to_f16(kh, (uint16_t *)kc, hd);
+                ops->to_f16(vh, (uint16_t *)vc, hd);
+            }
         }
-        ops->to_f16(k + t * dim, (uint16_t *)(kc + (size_t)t * row), dim);
-        ops->to_f16(v + t * dim, (uint16_t *)(vc + (size_t)t * row), dim);
-    }
     return BONSAI_OK;
 }
 
@@ -640,6 +657,7 @@ typedef struct attn_task {
     int64_t tok_block, head_block; /* tokens and query heads of a work item */
     int64_t pass_queries;          /* min(tok_block * head_block, BSI_ATTN_QUERIES) */
     const bsi_cpu_ops *ops;
+    const bsi_kv_shape *kv;
     const uint8_t *kq, *vq; /* Q8_0 caches, or NULL */
     uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
 } attn_task;
@@ -647,12 +665,10 @@ typedef struct attn_task {
 /* K and V of kv head kvh at positions [0, n) of Q8_0 caches, as fp16 rows of head_dim. */
 static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k, uint16_t *v)
 {
-    int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd;
-    size_t row = (size_t)(kv_dim / 32) * 34;
-    for (int64_t p = 0; p < n; p++)
-        for (int c = 0; c < 2; c++) {
-            const uint8_t *blk =
-                (c ? t->vq : t->kq) + (size_t)p * row + (size_t)(kvh * hd / 32) * 34;
+    int64_t hd = t->head_dim;
+    for (int c = 0; c < 2; c++) {
+        const uint8_t *blk = (c ? t->vq : t->kq) + kv_at(t->kv, kvh, 0);
+        for (int64_t p = 0; p < n; p++) {
             uint16_t *out = (c ? v : k) + p * hd;
             for (int64_t b = 0; b < hd / 32; b++, blk += 34) {
                 uint16_t h;
@@ -662,6 +678,7 @@ static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k
                     out[32 * b + j] = bsi_fp32_to_fp16(d * (float)(int8_t)blk[2 + j]);
             }
         }
+    }
 }
 
 /* Work item i = (block of tok_block tokens, head_block query heads of one kv head): those queries
@@ -669,7 +686,7 @@ static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     attn_task *t = ctx;
-    int64_t hd = t->head_dim, kv_dim = t->n_head_kv * hd, group = t->n_head / t->n_head_kv;
+    int64_t hd = t->head_dim, group = t->n_head / t->n_head_kv;
     int64_t tb = t->tok_block, hg = t->head_block, n_hb = t->n_head / hg;
     float *scores = t->scores + (size_t)thread * (size_t)t->pass_queries * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
@@ -677,32 +694,34 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
         int64_t nt = t->n_tok - tok < tb ? t->n_tok - tok : tb;
         int64_t n = t->pos + tok + 1; /* causal: the first token sees positions 0 .. pos + tok */
         const uint16_t *k, *v;
-        int64_t stride = kv_dim;
         if (t->kq) { /* Q8_0 cache: this head as fp16 first */
             uint16_t *dk = t->dequant + (size_t)thread * 2 * (size_t)t->n_ctx_used * (size_t)hd;
             uint16_t *dv = dk + (size_t)t->n_ctx_used * (size_t)hd;
             dequant_head(t, kvh, n + nt - 1, dk, dv);
-            k = dk, v = dv, stride = hd;
-        } else {
-            k = t->kc + kvh * hd;
-            v = t->vc + kvh * hd;
+            k = dk, v = dv;
+        } else { /* the head's rows, one after another */
+            k = t->kc + kv_at(t->kv, kvh, 0) / sizeof *k;
+            v = t->vc + kv_at(t->kv, kvh, 0) / sizeof *v;
         }
         int64_t h = tok * t->n_head + h0; /* the first token's first query head */
-        t->ops->attn_heads(t->q + h * hd, nt, hg, t->n_head * hd, k, v, n, stride, hd, t->scale,
-                           scores, t->out + h * hd);
+        t->ops->attn_heads(t->q + h * hd, nt, hg, t->n_head * hd, k, v, n, hd, hd, t->scale, scores,
+                           t->out + h * hd);
     }
 }
 
-static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const float *q,
+static bonsai_status cpu_attention(bsi_backend *be, const bsi_kv_shape *kv, const float *q,
                                    const void *k_cache, const void *v_cache, float *out,
-                                   int64_t n_tok, int64_t pos, int64_t n_head, int64_t n_head_kv,
-                                   int64_t head_dim, float scale)
+                                   int64_t n_tok, int64_t pos, int64_t n_head, float scale)
 {
     cpu_backend *b = cpu(be);
+    const int64_t n_head_kv = kv->n_head_kv, head_dim = kv->head_dim;
     if (n_head < 1 || n_head_kv < 1 || n_head % n_head_kv)
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT,
                         "attention: %" PRId64 " heads over %" PRId64 " kv heads", n_head,
                         n_head_kv);
+    char why[128];
+    if (bsi_kv_check(kv, pos, n_tok, why, sizeof why))
+        return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "attention: %s", why);
     int64_t n_ctx_used = pos + n_tok;
     /* A work item is a block of tokens times hg query heads of a kv head: all of them (a prompt's
      * tokens in blocks so that a pass serves ~BSI_ATTN_QUERIES queries), or one head at a time
@@ -736,8 +755,9 @@ static bonsai_status cpu_attention(bsi_backend *be, uint32_t kv_type, const floa
                    .tok_block = tb,
                    .head_block = hg,
                    .pass_queries = nq,
-                   .ops = b->ops};
-    if (kv_type == BONSAI_TENSOR_Q8_0) {
+                   .ops = b->ops,
+                   .kv = kv};
+    if (kv->type == BONSAI_TENSOR_Q8_0) {
         size_t bytes =
             (size_t)threads * 2 * (size_t)n_ctx_used * (size_t)head_dim * sizeof(uint16_t);
         if (bytes > b->dequant_bytes) {

@@ -1026,15 +1026,20 @@ static bonsai_status cuda_matmul_swiglu(bsi_backend *be, const bsi_weight *gate,
     return st;
 }
 
-static bonsai_status cuda_kv_store(bsi_backend *be, uint32_t kv_type, void *k_cache, void *v_cache,
-                                   const float *k, const float *v, int64_t n_tok, int64_t dim,
+/* The caches (bsi_kv_shape) hold each position's kv heads together: [n_ctx][n_head_kv * head_dim]
+ * values, fp16 or Q8_0 blocks of 32, as the attention kernels read them. */
+static bonsai_status cuda_kv_store(bsi_backend *be, const bsi_kv_shape *kv, void *k_cache,
+                                   void *v_cache, const float *k, const float *v, int64_t n_tok,
                                    int64_t pos)
 {
     cuda_backend *b = cb(be);
     USE(b);
+    const int64_t dim = kv->n_head_kv * kv->head_dim;
+    char why[128];
+    if (bsi_kv_check(kv, pos, n_tok, why, sizeof why))
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: kv_store: %s", why);
     if (n_tok < 1) return BONSAI_OK;
-    if (kv_type == T_Q8_0) {
-        if (dim % 32) return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: Q8_0 KV rows of %lld", (long long)dim);
+    if (kv->type == T_Q8_0) {
         /* a warp per 32 values of k or v, up to 8 blocks per multiprocessor, striding */
         unsigned blocks = grid_for(2 * n_tok * (dim / 32) * WARP, 256);
         if (blocks > 8u * (unsigned)b->n_sm) blocks = 8u * (unsigned)b->n_sm;
@@ -1053,21 +1058,29 @@ static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
 {
     cuda_backend *b = cb(be);
     USE(b);
-    const int64_t n = a->n_tok, hd = a->head_dim, KV = a->n_head_kv * hd;
+    const int64_t n = a->n_tok, hd = a->head_dim;
     bonsai_status st = check_rope(a->rope, hd);
     if (st) return st;
     if ((a->q_norm == NULL) != (a->k_norm == NULL) || (a->k_cache == NULL) != (a->v_cache == NULL))
         return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: attn_prep: q and k norms, or caches, "
                                                   "given one without the other");
+    char why[128];
+    if (a->k_cache && (a->kv->n_head_kv != a->n_head_kv || a->kv->head_dim != hd))
+        return failf(BONSAI_ERR_INVALID_ARGUMENT,
+                     "cuda: attn_prep: caches of %lld heads of %lld values for %lld of %lld",
+                     (long long)a->kv->n_head_kv, (long long)a->kv->head_dim,
+                     (long long)a->n_head_kv, (long long)hd);
+    if (a->k_cache && n > 0 && bsi_kv_check(a->kv, a->pos[0], n, why, sizeof why))
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: attn_prep: %s", why);
     if (n < 1) return BONSAI_OK;
     for (int64_t t = 1; a->k_cache && t < n; t++)
         if (a->pos[t] != a->pos[0] + t)
             return failf(BONSAI_ERR_INVALID_ARGUMENT,
                          "cuda: attn_prep: token %lld at position %d stored after position %d",
                          (long long)t, (int)a->pos[t], (int)a->pos[0]);
-    bool q8 = a->kv_type == T_Q8_0;
+    bool q8 = a->k_cache && a->kv->type == T_Q8_0;
     int64_t per_tok = a->n_head + a->n_head_kv * (a->k_cache ? 2 : 1);
-    if (hd > ATT_MAX_HD || (q8 && hd % 32) || n * per_tok > INT32_MAX) {
+    if (hd > ATT_MAX_HD || n * per_tok > INT32_MAX) {
         if (a->q_norm) {
             if ((st = cuda_rmsnorm(be, a->q, a->q_norm, a->q, hd, n * a->n_head, a->eps)) ||
                 (st = cuda_rmsnorm(be, a->k, a->k_norm, a->k, hd, n * a->n_head_kv, a->eps)))
@@ -1077,7 +1090,7 @@ static bonsai_status cuda_attn_prep(bsi_backend *be, const bsi_attn_prep *a)
             (st = cuda_rope(be, a->k, a->pos, n, a->n_head_kv, hd, a->rope)))
             return st;
         if (!a->k_cache) return BONSAI_OK;
-        return cuda_kv_store(be, a->kv_type, a->k_cache, a->v_cache, a->k, a->v, n, KV, a->pos[0]);
+        return cuda_kv_store(be, a->kv, a->k_cache, a->v_cache, a->k, a->v, n, a->pos[0]);
     }
     if ((st = stage_pos(b, a->pos, n))) return st;
     /* the angles per pair, made again only for another model's RoPE (after the stream's work,
@@ -1130,19 +1143,23 @@ static bool fa_buffers(cuda_backend *b, int64_t blocks, int n_split, int64_t hea
     return false;
 }
 
-static bonsai_status cuda_attention(bsi_backend *be, uint32_t kv_type, const float *q,
+static bonsai_status cuda_attention(bsi_backend *be, const bsi_kv_shape *kv, const float *q,
                                     const void *k_cache, const void *v_cache, float *out,
-                                    int64_t n_tok, int64_t pos, int64_t n_head, int64_t n_head_kv,
-                                    int64_t head_dim, float scale)
+                                    int64_t n_tok, int64_t pos, int64_t n_head, float scale)
 {
     cuda_backend *b = cb(be);
     USE(b);
+    const int64_t n_head_kv = kv->n_head_kv, head_dim = kv->head_dim;
+    const uint32_t kv_type = kv->type;
     if (n_head_kv < 1 || n_head % n_head_kv)
         return failf(BONSAI_ERR_INVALID_ARGUMENT, "attention: %lld heads over %lld kv heads",
                      (long long)n_head, (long long)n_head_kv);
     if (head_dim > ATT_MAX_HD)
         return failf(BONSAI_ERR_UNSUPPORTED, "cuda attention: heads of %lld values (at most %d)",
                      (long long)head_dim, ATT_MAX_HD);
+    char why[128];
+    if (bsi_kv_check(kv, pos, n_tok, why, sizeof why))
+        return failf(BONSAI_ERR_INVALID_ARGUMENT, "cuda: attention: %s", why);
     if (n_tok < 1) return BONSAI_OK;
     bool q8 = kv_type == T_Q8_0;
     /* a prompt on tensor cores (flash.cuh). Its grid is n_head x ceil(n_tok / 64) blocks, each
@@ -1461,7 +1478,7 @@ static bonsai_status cuda_decode(bsi_backend *be, const bsi_decode_model *m,
 {
     cuda_backend *b = cb(be);
     USE(b);
-    uint32_t kv_type = seqs[0].kv_type;
+    uint32_t kv_type = seqs[0].kv.type;
     if (!cuda_decode_ok(be, m, n, kv_type))
         return failf(BONSAI_ERR_INVALID_STATE, "cuda: decode called for a step it does not take");
     bonsai_status s = dec_init(b, m, n);
