@@ -184,6 +184,36 @@ class EvalAndBench(unittest.TestCase):
         self.assertIn("\npp8 @ d16 ", r.stdout)
         self.assertIn("\ntg4 @ d16 ", r.stdout)
 
+    def test_bench_kv_type(self):
+        """--kv-type q8_0: the sessions' caches in Q8_0; JSON says which, and the bound counts
+        34 bytes per 32 cached values instead of 64 (the bytes a token reads grow with -d by
+        17/32 as much). A model whose heads Q8_0 cannot take (stories260K: 8 values) fails with
+        the reason."""
+        import json
+        model = os.environ.get("BONSAI_TEST_QWEN3_TINY")
+        if not model:
+            self.skipTest("no qwen3-tiny.gguf (BONSAI_TEST_QWEN3_TINY)")
+        grow = {}
+        for kv in ("f16", "q8_0"):
+            bpt = []
+            for depth in ("8", "16"):
+                r = run("bench", "-m", model, "-p", "0", "-n", "4", "-d", depth, "-r", "1",
+                        "--bw", "10", "--kv-type", kv, "--json")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                rows = [json.loads(line) for line in r.stdout.splitlines()]
+                self.assertEqual(rows[0]["kv_type"], kv)
+                bpt.append(rows[1]["bytes_per_token"])
+            grow[kv] = bpt[1] - bpt[0]
+        self.assertGreater(grow["f16"], 0)
+        self.assertAlmostEqual(grow["q8_0"] / grow["f16"], 17 / 32, delta=1e-6)
+        r = run("bench", "-m", model, "-p", "0", "-n", "2", "-r", "1", "--kv-type", "q8_0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("KV cache q8_0)", r.stdout.splitlines()[0])
+        r = run("bench", "-m", data("stories260K.gguf"), "-p", "0", "-n", "2", "-r", "1",
+                "--kv-type", "q8_0")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("multiple of 32", r.stderr)
+
     def test_bench_prints_as_it_goes(self):
         """Each result line reaches a pipe when it is measured, not at exit: a run cut short
         (a timeout on a borrowed GPU machine) keeps what it measured. 1,001 prompts of 16
@@ -867,7 +897,8 @@ OPTIONS = {
              "-t": True, "--threads": True, "--backend": True},
     "bench": {"-m": True, "--model": True, "-p": True, "--n-prompt": True, "-n": True,
               "--n-gen": True, "-d": True, "--depth": True, "-r": True, "--repetitions": True,
-              "-t": True, "--threads": True, "--backend": True, "--sessions": True, "--bw": True, "--json": False},
+              "-t": True, "--threads": True, "--backend": True, "--sessions": True, "--bw": True,
+              "--cache-type-k": True, "--kv-type": True, "--json": False},
     "run": dict(GENERATE_OPTIONS, **{"-p": True, "--prompt": True, "-f": True, "--file": True,
                                      "--chat": False, "--special": False,
                                      "--no-display-prompt": False}),

@@ -173,7 +173,8 @@ static void test_ops_tables(void **state)
         const bsi_cpu_ops *o = bsi_cpu_ops_for((bsi_isa)i);
         assert_non_null(o);
         assert_true(o->gemv_f32 && o->gemv_f16 && o->gemv_bf16 && o->gemv_q8_0 && o->rmsnorm &&
-                    o->softmax && o->silu_mul && o->add && o->rope && o->attn_heads && o->to_f16);
+                    o->softmax && o->silu_mul && o->add && o->rope && o->attn_heads && o->to_f16 &&
+                    o->q8_0_to_f16);
         if (bsi_isa_available((bsi_isa)i)) { /* fp16 rows: bit for bit the scalar conversion */
             enum { N = 203 };
             float x[N];
@@ -184,6 +185,24 @@ static void test_ops_tables(void **state)
             memset(got, 0x5a, sizeof got);
             o->to_f16(x, got, N);
             assert_memory_equal(got, want, sizeof got);
+            /* Q8_0 blocks to fp16, bit for bit the scalar conversion: scales from tiny (fp16
+             * subnormal products) to large (products past fp16's range), every int8 */
+            enum { NB = 9 };
+            uint8_t blk[NB * 34];
+            uint16_t hw[NB * 32], hg[NB * 32];
+            static const float scales[NB] = {1e-7f, 3e-5f, 1e-3f,  0.02f, 0.5f,
+                                             1.0f,  7.0f,  300.0f, 600.0f};
+            for (int b = 0; b < NB; b++) {
+                uint16_t d = bsi_fp32_to_fp16(scales[b] * (0.5f + test_uniform()));
+                memcpy(blk + b * 34, &d, 2);
+                for (int j = 0; j < 32; j++)
+                    blk[b * 34 + 2 + j] =
+                        (uint8_t)(b == 0 ? j * 8 - 128 : (int)(test_rand() % 256));
+            }
+            bsi_cpu_ops_scalar.q8_0_to_f16(blk, hw, NB);
+            memset(hg, 0x5a, sizeof hg);
+            o->q8_0_to_f16(blk, hg, NB);
+            assert_memory_equal(hg, hw, sizeof hg);
         }
         /* an ISA without its own table gets the scalar one or (AVX-512) the AVX2 one */
         assert_true(o->isa == (bsi_isa)i || o->isa == BSI_ISA_SCALAR ||

@@ -68,6 +68,9 @@ void cli_progress_end(void)
     progress.label = NULL;
 }
 
+const char *const cli_kv_types[] = {"f16", "q8_0", NULL};
+const uint32_t cli_kv_type_values[] = {BONSAI_TENSOR_F16, BONSAI_TENSOR_Q8_0};
+
 bonsai_status cli_load_model(const char *path, bonsai_model **out)
 {
     bonsai_model_params mp;

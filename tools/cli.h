@@ -23,6 +23,11 @@ void cli_progress_end(void);
 /* bonsai_model_load with a progress bar ("load") on stderr when it is a terminal. */
 bonsai_status cli_load_model(const char *path, bonsai_model **out);
 
+/* The KV cache types the commands take (--kv-type): names (NULL-terminated, as a CLI_CHOICE's
+ * choices) and the bonsai_tensor_type of each. */
+extern const char *const cli_kv_types[];
+extern const uint32_t cli_kv_type_values[];
+
 /* The commands (each in its own file). */
 extern const cli_command cli_info_command, cli_quantize_command, cli_bench_kernels_command,
     cli_synth_command, cli_eval_command, cli_bench_command, cli_run_command, cli_chat_command,

@@ -24,12 +24,9 @@ typedef struct gen_opts {
     float temp, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
     uint64_t seed;
     bool seed_set; /* --seed was given */
-    int kv_type;   /* index in kv_types */
+    int kv_type;   /* index in cli_kv_types */
     bool json, chat, think, stats, special, no_display_prompt;
 } gen_opts;
-
-static const char *const kv_types[] = {"f16", "q8_0", NULL};
-static const uint32_t kv_type_values[] = {BONSAI_TENSOR_F16, BONSAI_TENSOR_Q8_0};
 
 static int cmd_run(int argc, char **argv);
 static int cmd_chat(int argc, char **argv);
@@ -145,7 +142,7 @@ static int cmd_chat(int argc, char **argv);
          .value = "TYPE",                                                                          \
          .kind = CLI_CHOICE,                                                                       \
          .offset = offsetof(gen_opts, kv_type),                                                    \
-         .choices = kv_types,                                                                      \
+         .choices = cli_kv_types,                                                                  \
          .def = "f16",                                                                             \
          .help = "The type of the KV cache."},                                                     \
         {.names = "--json",                                                                        \
@@ -390,7 +387,7 @@ static bonsai_status open_session(const gen_opts *o, bonsai_model **m, bonsai_se
     bonsai_session_params_init(&sp);
     sp.n_ctx = (uint32_t)o->n_ctx;
     sp.n_threads = (int32_t)o->threads;
-    sp.kv_type = kv_type_values[o->kv_type];
+    sp.kv_type = cli_kv_type_values[o->kv_type];
     if (o->backend) sp.backend = o->backend;
     bonsai_status st = cli_load_model(o->model, m);
     if (!st) st = bonsai_session_create(*m, &sp, s);

@@ -488,6 +488,7 @@ static bonsai_status bench_test(bonsai_session *s, bonsai_sampler *greedy, const
 typedef struct bench_opts {
     const char *model, *backend;
     int64_t p, n, depth, reps, threads;
+    int kv_type; /* index in cli_kv_types */
     int64_t sessions[MAX_SESSION_COUNTS];
     uint32_t n_sessions;
     float bw;
@@ -550,6 +551,14 @@ static const cli_option bench_options[] = {
      .offset = offsetof(bench_opts, backend),
      .def = "auto",
      .help = "Where it runs: auto, cpu, cuda or cuda:N."},
+    {.names = "--cache-type-k, --kv-type",
+     .value = "TYPE",
+     .kind = CLI_CHOICE,
+     .offset = offsetof(bench_opts, kv_type),
+     .choices = cli_kv_types,
+     .def = "f16",
+     .help = "The type of the KV cache (q8_0: half the memory, and half the bytes a long "
+             "cache costs each token)."},
     {.names = "--sessions",
      .value = "LIST",
      .kind = CLI_INT_LIST,
@@ -576,9 +585,9 @@ static const cli_option bench_options[] = {
 };
 
 /* Bytes a generated token reads: every matrix once, but for token_embd when the model has a
- * separate output matrix (then only one of its rows is gathered); plus the KV cache up to the
- * middle of the -n tokens after `depth` (fp16). */
-static double bytes_per_token(const bonsai_model *m, int depth, int n)
+ * separate output matrix (then only one of its rows is gathered); plus the KV cache (fp16, or
+ * Q8_0: 34 bytes per 32 values) up to the middle of the -n tokens after `depth`. */
+static double bytes_per_token(const bonsai_model *m, uint32_t kv_type, int depth, int n)
 {
     uint64_t index;
     bool separate_head = bonsai_model_tensor_find(m, "output.weight", &index) == BONSAI_OK;
@@ -591,7 +600,8 @@ static double bytes_per_token(const bonsai_model *m, int depth, int n)
     }
     bonsai_model_hparams h = {.struct_size = sizeof h};
     bonsai_model_hparams_get(m, &h);
-    bytes += 2.0 * h.n_layer * h.n_head_kv * h.head_dim_k * 2.0 * (depth + n / 2.0);
+    double per_value = kv_type == BONSAI_TENSOR_Q8_0 ? 34.0 / 32.0 : 2.0;
+    bytes += 2.0 * h.n_layer * h.n_head_kv * h.head_dim_k * per_value * (depth + n / 2.0);
     return bytes;
 }
 
@@ -599,7 +609,7 @@ const cli_command cli_bench_command = {
     .name = "bench",
     .summary = "prompt and generation speed (pp/tg tokens/s)",
     .synopsis = "-m MODEL [-p 512] [-n 128] [-d 0] [-r 5] [-t N] [--backend NAME] "
-                "[--sessions 1,4,16,64] [--bw GB/s] [--json]",
+                "[--kv-type f16|q8_0] [--sessions 1,4,16,64] [--bw GB/s] [--json]",
     .description =
         "Measures prompt processing (one batch of -p tokens) and generation (-n tokens one at a "
         "time) in tokens/s, like llama-bench: for each, one warm-up, then -r repetitions, reported "
@@ -614,8 +624,8 @@ const cli_command cli_bench_command = {
         "count (from -d tokens in each session's cache).\n\n"
         "--bw compares generation with the memory bandwidth: a token reads every weight once "
         "(the embedding matrix only for its row when the model has a separate output matrix) "
-        "and the KV cache, so bandwidth / bytes per token bounds tg; the fraction of that bound "
-        "reached is printed.",
+        "and the KV cache (2 bytes a value, or 34 per 32 with --kv-type q8_0), so bandwidth / "
+        "bytes per token bounds tg; the fraction of that bound reached is printed.",
     .options = bench_options,
     .n_options = sizeof bench_options / sizeof bench_options[0],
     .exit_status = "0\tthe results were printed\n"
@@ -655,6 +665,7 @@ static int cmd_bench(int argc, char **argv)
     bonsai_session_params_init(&sp);
     sp.n_threads = threads;
     sp.n_ctx = (uint32_t)depth + (uint32_t)(p > n + 1 ? p : n + 1);
+    sp.kv_type = cli_kv_type_values[o.kv_type];
     if (backend) sp.backend = backend;
     bonsai_sampler *greedy = NULL;
     bonsai_status st = cli_load_model(model_path, &m);
@@ -680,9 +691,10 @@ static int cmd_bench(int argc, char **argv)
     /* each line as soon as it is known: a run cut short keeps what it measured */
     if (!json && !st) {
         double np = (double)bonsai_model_n_params(m);
-        printf("model:    %s (%s, %.2f MiB, %.3f %s parameters, %u layers)\n", model_path,
-               bonsai_model_architecture(m), bonsai_model_file_size(m) / 1048576.0,
-               np >= 1e9 ? np / 1e9 : np / 1e6, np >= 1e9 ? "B" : "M", h.n_layer);
+        printf("model:    %s (%s, %.2f MiB, %.3f %s parameters, %u layers; KV cache %s)\n",
+               model_path, bonsai_model_architecture(m), bonsai_model_file_size(m) / 1048576.0,
+               np >= 1e9 ? np / 1e9 : np / 1e6, np >= 1e9 ? "B" : "M", h.n_layer,
+               cli_kv_types[o.kv_type]);
     }
     char shown[256] = ""; /* the backend line last printed */
     stats sp_ = {0, 0, 0}, sg = {0, 0, 0};
@@ -692,7 +704,7 @@ static int cmd_bench(int argc, char **argv)
     if (n && !st) {
         st = bench_test(s, greedy, ids, depth, n, true, reps, tg, line, sizeof shown, &sg);
         if (!st && !json && o.bw > 0) {
-            double bpt = bytes_per_token(m, depth, n), bound = o.bw * 1e9 / bpt;
+            double bpt = bytes_per_token(m, sp.kv_type, depth, n), bound = o.bw * 1e9 / bpt;
             printf("bound:    %.2f tok/s at %.1f GB/s (%.1f MB read per token): tg%d is "
                    "%.1f%% of it\n",
                    bound, (double)o.bw, bpt / 1e6, n, 100.0 * sg.median / bound);
@@ -700,14 +712,14 @@ static int cmd_bench(int argc, char **argv)
     }
     if (!st && json) {
         printf("{\"model\":\"%s\",\"arch\":\"%s\",\"file_bytes\":%" PRIu64 ",\"params\":%" PRIu64
-               ",\"backend\":\"%s\",\"repetitions\":%d,\"depth\":%d,"
+               ",\"backend\":\"%s\",\"kv_type\":\"%s\",\"repetitions\":%d,\"depth\":%d,"
                "\"pp\":%d,\"pp_tok_s\":%.2f,\"pp_min\":%.2f,\"pp_max\":%.2f,"
                "\"tg\":%d,\"tg_tok_s\":%.2f,\"tg_min\":%.2f,\"tg_max\":%.2f}\n",
                model_path, bonsai_model_architecture(m), bonsai_model_file_size(m),
-               bonsai_model_n_params(m), bonsai_session_backend(s), reps, depth, p, sp_.median,
-               sp_.min, sp_.max, n, sg.median, sg.min, sg.max);
+               bonsai_model_n_params(m), bonsai_session_backend(s), cli_kv_types[o.kv_type], reps,
+               depth, p, sp_.median, sp_.min, sp_.max, n, sg.median, sg.min, sg.max);
         if (o.bw > 0 && n) {
-            double bpt = bytes_per_token(m, depth, n), bound = o.bw * 1e9 / bpt;
+            double bpt = bytes_per_token(m, sp.kv_type, depth, n), bound = o.bw * 1e9 / bpt;
             printf("{\"model\":\"%s\",\"backend\":\"%s\",\"bw_gbps\":%.2f,"
                    "\"bytes_per_token\":%.0f,\"tg_bound\":%.2f,\"tg_fraction\":%.4f}\n",
                    model_path, bonsai_session_backend(s), (double)o.bw, bpt, bound,

@@ -662,23 +662,13 @@ typedef struct attn_task {
     uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
 } attn_task;
 
-/* K and V of kv head kvh at positions [0, n) of Q8_0 caches, as fp16 rows of head_dim. */
+/* K and V of kv head kvh at positions [0, n) of Q8_0 caches, as fp16 rows of head_dim (the head's
+ * rows are contiguous: one run of blocks each). */
 static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k, uint16_t *v)
 {
-    int64_t hd = t->head_dim;
-    for (int c = 0; c < 2; c++) {
-        const uint8_t *blk = (c ? t->vq : t->kq) + kv_at(t->kv, kvh, 0);
-        for (int64_t p = 0; p < n; p++) {
-            uint16_t *out = (c ? v : k) + p * hd;
-            for (int64_t b = 0; b < hd / 32; b++, blk += 34) {
-                uint16_t h;
-                memcpy(&h, blk, 2);
-                float d = bsi_fp16_to_fp32(h);
-                for (int j = 0; j < 32; j++)
-                    out[32 * b + j] = bsi_fp32_to_fp16(d * (float)(int8_t)blk[2 + j]);
-            }
-        }
-    }
+    int64_t blocks = n * (t->head_dim / 32);
+    t->ops->q8_0_to_f16(t->kq + kv_at(t->kv, kvh, 0), k, blocks);
+    t->ops->q8_0_to_f16(t->vq + kv_at(t->kv, kvh, 0), v, blocks);
 }
 
 /* Work item i = (block of tok_block tokens, head_block query heads of one kv head): those queries

@@ -51,6 +51,9 @@ typedef struct bsi_cpu_ops {
                        int64_t hd, float scale, float *scores, float *out);
     /* y = fp16(x), n values, rounded to nearest even (the KV cache rows). */
     void (*to_f16)(const float *x, uint16_t *y, int64_t n);
+    /* y = fp16(d * q) for n_blocks Q8_0 blocks of 32 (fp16 d, 32 int8 q; a Q8_0 KV cache's
+     * rows), the product in fp32 rounded to nearest even: what attention reads as fp16. */
+    void (*q8_0_to_f16)(const uint8_t *blocks, uint16_t *y, int64_t n_blocks);
 } bsi_cpu_ops;
 
 /* The ops of `isa` (falls back to the scalar table for an ISA with no variant). */

@@ -494,6 +494,20 @@ static void to_f16(const float *x, uint16_t *y, int64_t n)
     bsi_cpu_ops_scalar.to_f16(x + i, y + i, n - i);
 }
 
+static void q8_0_to_f16(const uint8_t *blk, uint16_t *y, int64_t n_blocks)
+{
+    for (int64_t b = 0; b < n_blocks; b++, blk += 34, y += 32) {
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
+        for (int j = 0; j < 32; j += 8) {
+            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 2 + j)));
+            __m256 v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(q));
+            _mm_storeu_si128((__m128i *)(y + j), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+        }
+    }
+}
+
 const bsi_cpu_ops bsi_cpu_ops_avx2 = {
     .isa = BSI_ISA_AVX2,
     .gemv_f32 = gemv_f32,
@@ -507,4 +521,5 @@ const bsi_cpu_ops bsi_cpu_ops_avx2 = {
     .rope = rope,
     .attn_heads = attn_heads,
     .to_f16 = to_f16,
+    .q8_0_to_f16 = q8_0_to_f16,
 };

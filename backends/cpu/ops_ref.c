@@ -185,6 +185,16 @@ static void to_f16(const float *x, uint16_t *y, int64_t n)
     for (int64_t i = 0; i < n; i++) y[i] = bsi_fp32_to_fp16(x[i]);
 }
 
+static void q8_0_to_f16(const uint8_t *blk, uint16_t *y, int64_t n_blocks)
+{
+    for (int64_t b = 0; b < n_blocks; b++, blk += 34, y += 32) {
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        float d = bsi_fp16_to_fp32(h);
+        for (int j = 0; j < 32; j++) y[j] = bsi_fp32_to_fp16(d * (float)(int8_t)blk[2 + j]);
+    }
+}
+
 const bsi_cpu_ops bsi_cpu_ops_scalar = {
     .isa = BSI_ISA_SCALAR,
     .gemv_f32 = gemv_f32,
@@ -198,6 +208,7 @@ const bsi_cpu_ops bsi_cpu_ops_scalar = {
     .rope = rope,
     .attn_heads = attn_heads,
     .to_f16 = to_f16,
+    .q8_0_to_f16 = q8_0_to_f16,
 };
 
 const bsi_cpu_ops *bsi_cpu_ops_for(bsi_isa isa)
