@@ -46,11 +46,17 @@ typedef struct bsi_kv_shape {
     int64_t head_dim;  /* values a head */
 } bsi_kv_shape;
 
+/* Bytes of one head at one position: head_dim fp16 values, or Q8_0 blocks of 32 (34 bytes). */
+static inline size_t bsi_kv_head_bytes(const bsi_kv_shape *kv)
+{
+    return kv->type == BONSAI_TENSOR_Q8_0 ? (size_t)(kv->head_dim / 32) * 34
+                                          : (size_t)kv->head_dim * 2;
+}
+
 /* Bytes of one buffer (k or v) of a cache of this shape. */
 static inline size_t bsi_kv_bytes(const bsi_kv_shape *kv)
 {
-    size_t n = (size_t)kv->n_ctx * (size_t)kv->n_head_kv * (size_t)kv->head_dim;
-    return kv->type == BONSAI_TENSOR_Q8_0 ? n / 32 * 34 : n * 2;
+    return (size_t)kv->n_ctx * (size_t)kv->n_head_kv * bsi_kv_head_bytes(kv);
 }
 
 /* NULL when positions [pos, pos + n) lie in a cache of shape kv and its type is one a cache may

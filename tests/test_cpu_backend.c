@@ -362,8 +362,7 @@ static void test_attention(void **state)
                         /* room for 3 more positions than used: the layout places each
                          * head's rows by the cache's size, not by the positions used */
                         bsi_kv_shape kv = {type, total + 3, n_kv, hd};
-                        size_t hrow =
-                            type == BONSAI_TENSOR_F16 ? (size_t)hd * 2 : (size_t)(hd / 32) * 34;
+                        size_t hrow = bsi_kv_head_bytes(&kv);
                         uint8_t *kc = malloc(bsi_kv_bytes(&kv)), *vc = malloc(bsi_kv_bytes(&kv));
                         float *k = malloc((size_t)(total * kv_dim) * sizeof *k),
                               *v = malloc((size_t)(total * kv_dim) * sizeof *v);

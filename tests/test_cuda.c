@@ -562,8 +562,7 @@ static long (*emu_live)(void);
  * keeps its caches (each position's heads together), all kv->n_ctx positions. */
 static uint8_t *cpu_cache_rows(const bsi_kv_shape *kv, const void *cpu)
 {
-    size_t hrow =
-        kv->type == BONSAI_TENSOR_Q8_0 ? (size_t)kv->head_dim / 32 * 34 : (size_t)kv->head_dim * 2;
+    size_t hrow = bsi_kv_head_bytes(kv);
     uint8_t *rows = malloc(bsi_kv_bytes(kv));
     assert_non_null(rows);
     for (int64_t p = 0; p < kv->n_ctx; p++)

@@ -454,9 +454,9 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
     if (!st) st = be_floats(b.be, (size_t)tokens * kv_dim, 2.0f, &v);
     if (!st) st = be_floats(b.be, nq, 1.0f, &b.q);
     if (!st) st = b.be->vt->alloc(b.be, nq * sizeof(float), (void **)&b.out);
-    if (!st) st = b.be->vt->alloc(b.be, (size_t)tokens * kv_dim * 2, &b.kc);
-    if (!st) st = b.be->vt->alloc(b.be, (size_t)tokens * kv_dim * 2, &b.vc);
     b.kv = (bsi_kv_shape){BONSAI_TENSOR_F16, tokens, b.n_kv, b.hd};
+    if (!st) st = b.be->vt->alloc(b.be, bsi_kv_bytes(&b.kv), &b.kc);
+    if (!st) st = b.be->vt->alloc(b.be, bsi_kv_bytes(&b.kv), &b.vc);
     if (!st) st = b.be->vt->kv_store(b.be, &b.kv, b.kc, b.vc, k, v, tokens, 0);
     if (!st) {
         double t = time_queued(b.be, op_attention, &b, 1.0, &st);
@@ -475,13 +475,13 @@ static int bench_backend(const char *name, int threads, int tokens, bool quick, 
         a.kc = a.vc = NULL;
         a.q = a.out = NULL;
         size_t rows = PAST + NEW;
-        st = b.be->vt->alloc(b.be, rows * kv_dim * 2, &a.kc);
-        if (!st) st = b.be->vt->alloc(b.be, rows * kv_dim * 2, &a.vc);
+        a.kv = (bsi_kv_shape){BONSAI_TENSOR_F16, (int64_t)rows, b.n_kv, b.hd};
+        st = b.be->vt->alloc(b.be, bsi_kv_bytes(&a.kv), &a.kc);
+        if (!st) st = b.be->vt->alloc(b.be, bsi_kv_bytes(&a.kv), &a.vc);
         if (!st) st = be_floats(b.be, rows * kv_dim, 2.0f, &k2);
         if (!st) st = be_floats(b.be, rows * kv_dim, 2.0f, &v2);
         if (!st) st = be_floats(b.be, (size_t)NEW * b.n_head * b.hd, 1.0f, &a.q);
         if (!st) st = b.be->vt->alloc(b.be, (size_t)NEW * b.n_head * b.hd * 4, (void **)&a.out);
-        a.kv = (bsi_kv_shape){BONSAI_TENSOR_F16, (int64_t)rows, b.n_kv, b.hd};
         if (!st) st = b.be->vt->kv_store(b.be, &a.kv, a.kc, a.vc, k2, v2, (int64_t)rows, 0);
         a.n_tok = NEW;
         a.att_pos = PAST;

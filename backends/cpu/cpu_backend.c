@@ -608,18 +608,11 @@ static void quantize_q8_0_row(const float *x, int64_t dim, uint8_t *out)
 /* The CPU's KV cache layout (bsi_kv_shape): each kv head's positions together, [n_head_kv][n_ctx]
  * rows of head_dim values (fp16, or Q8_0 blocks of 32), so that attention, which walks one kv
  * head over every position, streams contiguous memory instead of head_dim values out of every
- * n_head_kv * head_dim (at a long cache that stride halved its speed on one core). Bytes of a
- * head's row at one position: */
-static size_t kv_head_bytes(const bsi_kv_shape *kv)
-{
-    return kv->type == BONSAI_TENSOR_Q8_0 ? (size_t)(kv->head_dim / 32) * 34
-                                          : (size_t)kv->head_dim * 2;
-}
-
-/* Where kv head h of position p lies in a cache buffer. */
+ * n_head_kv * head_dim (at a long cache that stride halved its speed on one core). Where kv head
+ * h of position p lies in a cache buffer: */
 static size_t kv_at(const bsi_kv_shape *kv, int64_t h, int64_t p)
 {
-    return ((size_t)h * (size_t)kv->n_ctx + (size_t)p) * kv_head_bytes(kv);
+    return ((size_t)h * (size_t)kv->n_ctx + (size_t)p) * bsi_kv_head_bytes(kv);
 }
 
 static bonsai_status cpu_kv_store(bsi_backend *be, const bsi_kv_shape *kv, void *k_cache,
@@ -651,13 +644,13 @@ typedef struct attn_task {
     const float *q;
     const uint16_t *kc, *vc;
     float *out;
-    int64_t n_tok, pos, n_head, n_head_kv, head_dim, n_ctx_used;
+    int64_t n_tok, pos, n_head, n_ctx_used;
     float scale;
     float *scores;                 /* [threads][pass_queries][n_ctx_used] */
     int64_t tok_block, head_block; /* tokens and query heads of a work item */
     int64_t pass_queries;          /* min(tok_block * head_block, BSI_ATTN_QUERIES) */
     const bsi_cpu_ops *ops;
-    const bsi_kv_shape *kv;
+    const bsi_kv_shape *kv; /* the caches' (kv heads, head size) */
     const uint8_t *kq, *vq; /* Q8_0 caches, or NULL */
     uint16_t *dequant;      /* [threads][2][n_ctx_used][head_dim]: a Q8_0 head as fp16 */
 } attn_task;
@@ -666,7 +659,7 @@ typedef struct attn_task {
  * rows are contiguous: one run of blocks each). */
 static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k, uint16_t *v)
 {
-    int64_t blocks = n * (t->head_dim / 32);
+    int64_t blocks = n * (t->kv->head_dim / 32);
     t->ops->q8_0_to_f16(t->kq + kv_at(t->kv, kvh, 0), k, blocks);
     t->ops->q8_0_to_f16(t->vq + kv_at(t->kv, kvh, 0), v, blocks);
 }
@@ -676,7 +669,7 @@ static void dequant_head(const attn_task *t, int64_t kvh, int64_t n, uint16_t *k
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     attn_task *t = ctx;
-    int64_t hd = t->head_dim, group = t->n_head / t->n_head_kv;
+    int64_t hd = t->kv->head_dim, group = t->n_head / t->kv->n_head_kv;
     int64_t tb = t->tok_block, hg = t->head_block, n_hb = t->n_head / hg;
     float *scores = t->scores + (size_t)thread * (size_t)t->pass_queries * (size_t)t->n_ctx_used;
     for (int64_t i = begin; i < end; i++) {
@@ -737,8 +730,6 @@ static bonsai_status cpu_attention(bsi_backend *be, const bsi_kv_shape *kv, cons
                    .n_tok = n_tok,
                    .pos = pos,
                    .n_head = n_head,
-                   .n_head_kv = n_head_kv,
-                   .head_dim = head_dim,
                    .n_ctx_used = n_ctx_used,
                    .scale = scale,
                    .scores = b->scores,
