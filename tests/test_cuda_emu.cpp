@@ -962,6 +962,65 @@ static void test_schedule(void **state)
     assert_true(racy[2] != racy[0] && racy[2] != racy[1]);
 }
 
+/* ---- the emulator's cp.async: copies land at the issuing thread's wait, not before ---- */
+
+/* Thread t copies src[g][t] (16 bytes) to slot g of shared memory in groups g = 0, 1, 2 and a
+ * fourth copy it never commits; seen[k][t] records the first byte of a slot at step k. */
+static void async_copies(const unsigned char *src, unsigned char *seen, bool sync)
+{
+    unsigned t = threadIdx.x, n = blockDim.x;
+    unsigned char *smem = cuda_emu::dyn_smem();
+    auto slot = [&](unsigned g, unsigned th) { return smem + 16 * (g * n + th); };
+    auto see = [&](unsigned k, const unsigned char *p) { seen[k * n + t] = p[0]; };
+    for (unsigned g = 0; g < 3; g++) {
+        cp_async16(slot(g, t), src + 16 * (g * n + t));
+        cp_async_commit();
+    }
+    cp_async16(slot(3, t), src + 16 * (3 * n + t)); /* not committed */
+    see(0, slot(0, t));                             /* nothing waited for */
+    cp_async_wait<2>();
+    see(1, slot(0, t)); /* group 0 landed */
+    see(2, slot(1, t)); /* group 1 not yet */
+    cp_async_wait<0>();
+    see(3, slot(2, t));
+    see(4, slot(3, t)); /* the copy outside any group has not landed */
+    if (sync) __syncthreads();
+    see(5, slot(2, t ^ 1)); /* the neighbour's: after its wait only with the barrier */
+}
+
+static void test_cp_async(void **state)
+{
+    (void)state;
+    constexpr unsigned N = 32;
+    std::vector<unsigned char> src(16 * 4 * N);
+    for (unsigned g = 0; g < 4; g++)
+        for (unsigned t = 0; t < N; t++) memset(&src[16 * (g * N + t)], (int)(10 * g + t % 2), 16);
+    const unsigned char old = 0xA5; /* dynamic shared memory before each block */
+    for (int sync = 0; sync < 2; sync++) {
+        std::vector<unsigned char> seen(6 * N, 0);
+        const unsigned char *ps = src.data();
+        unsigned char *pseen = seen.data();
+        bool s = sync != 0;
+        cuda_emu::set_schedule(cuda_emu::schedule_order::forward);
+        EMU_LAUNCH(async_copies, dim3(1), dim3(N), ps, pseen, s);
+        cuda_emu::reset_schedule();
+        for (unsigned t = 0; t < N; t++) {
+            assert_int_equal(seen[0 * N + t], old);
+            assert_int_equal(seen[1 * N + t], t % 2);
+            assert_int_equal(seen[2 * N + t], old);
+            assert_int_equal(seen[3 * N + t], 20 + t % 2);
+            assert_int_equal(seen[4 * N + t], old);
+        }
+        /* forward order without the barrier: thread 0 runs to its end before thread 1 starts */
+        assert_int_equal(seen[5 * N + 0], s ? 21 : old);
+        assert_int_equal(seen[5 * N + 1], 20);
+        /* every copy landed by the end of its thread, the uncommitted one too */
+        for (unsigned t = 0; t < N; t++)
+            for (unsigned g = 0; g < 4; g++)
+                assert_int_equal(cuda_emu::dyn_smem()[16 * (g * N + t) + 15], 10 * g + t % 2);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -969,6 +1028,7 @@ int main(void)
         cmocka_unit_test(test_gemm),     cmocka_unit_test(test_gemm_wgmma),
         cmocka_unit_test(test_prefill),  cmocka_unit_test(test_attn_decode),
         cmocka_unit_test(test_sampling), cmocka_unit_test(test_schedule),
+        cmocka_unit_test(test_cp_async),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -142,6 +142,27 @@ fiber *next_fiber()
     return &t_fibers[t_order[k]];
 }
 
+/* cp.async copies issued and not yet landed, per thread of the running block, in the order of
+ * issue; `group` is the index of the thread's group that holds the copy, OPEN until committed */
+struct async_copy {
+    unsigned char *dst;
+    unsigned char data[16];
+    unsigned long group;
+};
+constexpr unsigned long OPEN = ~0ul;
+std::vector<std::vector<async_copy>> t_copies;
+std::vector<unsigned long> t_committed; /* per thread: groups committed so far */
+
+/* thread t's copies that are committed in a group before `before`, or all of them if `all` */
+void land_copies(unsigned t, unsigned long before, bool all)
+{
+    std::vector<async_copy> &q = t_copies[t];
+    size_t k = 0;
+    for (; k < q.size() && (all || (q[k].group != OPEN && q[k].group < before)); k++)
+        memcpy(q[k].dst, q[k].data, 16);
+    q.erase(q.begin(), q.begin() + (ptrdiff_t)k);
+}
+
 /* A fiber's first and only frame: it never returns (no fiber hands over to one that ended). */
 void fiber_main()
 {
@@ -152,6 +173,7 @@ void fiber_main()
         __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
     (*t_body)();
+    land_copies(t_cur->index, 0, true); /* a thread's copies land even if it never waited */
     t_cur->done = true;
     t_idle = 0;
     switch_from_running(--t_live ? next_fiber() : nullptr, true);
@@ -290,6 +312,28 @@ void barrier_wait(barrier *b)
     }
 }
 
+void cp_async_issue(void *smem, const void *gmem)
+{
+    async_copy c;
+    c.dst = (unsigned char *)smem;
+    memcpy(c.data, gmem, 16);
+    c.group = OPEN;
+    t_copies[threadIdx.x].push_back(c);
+}
+
+void cp_async_commit_group()
+{
+    unsigned long g = t_committed[threadIdx.x]++;
+    for (async_copy &c : t_copies[threadIdx.x])
+        if (c.group == OPEN) c.group = g;
+}
+
+void cp_async_wait_groups(unsigned n)
+{
+    unsigned long c = t_committed[threadIdx.x];
+    if (c > n) land_copies(threadIdx.x, c - n, false);
+}
+
 void wgmma_run()
 {
     unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
@@ -383,6 +427,8 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
         memset(st->parity, 0, sizeof st->parity);
         memset(st->mma_parity, 0, sizeof st->mma_parity);
         memset(st->wg_pending, 0, sizeof st->wg_pending);
+        t_copies.assign(n, {});
+        t_committed.assign(n, 0);
         for (unsigned t = 0; t < n; t++) prepare(&fibers[t], stacks[t], t);
         order_fibers(n, b);
         run_block(fibers.data(), n);

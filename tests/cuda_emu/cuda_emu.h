@@ -285,13 +285,30 @@ inline void wgmma_wait0()
     cuda_emu::wgmma_run();
 }
 
-/* cp.async: copied at once, so commit and wait have nothing to do */
+/* cp.async: the source is read when the copy is issued, and the copy lands in shared memory as
+ * late as the PTX ISA allows, at the issuing thread's cp_async_wait<N> that covers its group (or
+ * when the thread ends). So a kernel that reads a tile before waiting for it, waits for too few
+ * groups, or reads another thread's copies without a barrier after their wait sees what was
+ * there before and fails, as it may on a GPU. */
+namespace cuda_emu
+{
+void cp_async_issue(void *smem, const void *gmem);
+void cp_async_commit_group();
+void cp_async_wait_groups(unsigned n); /* all but the n most recent committed groups land */
+} // namespace cuda_emu
 inline void cp_async16(void *smem, const void *gmem)
 {
-    memcpy(smem, gmem, 16);
+    cuda_emu::cp_async_issue(smem, gmem);
 }
-inline void cp_async_commit() {}
-template <int N> inline void cp_async_wait() {}
+inline void cp_async_commit()
+{
+    cuda_emu::cp_async_commit_group();
+}
+template <int N> inline void cp_async_wait()
+{
+    static_assert(N >= 0, "cp.async.wait_group's count");
+    cuda_emu::cp_async_wait_groups((unsigned)N);
+}
 
 namespace cuda_emu
 {
