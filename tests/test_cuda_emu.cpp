@@ -26,6 +26,15 @@ extern "C" {
 
 using namespace bsi_cuda;
 
+/* Built with ThreadSanitizer (test_cuda_emu_tsan), where any race between two threads of a block
+ * is reported (tests/cuda_emu/cuda_emu.cpp): the tests of the emulator's schedules leave out
+ * their deliberate races, which `race` (below) runs alone. */
+#ifdef CUDA_EMU_TSAN
+static const bool tsan = true;
+#else
+static const bool tsan = false;
+#endif
+
 static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
 static uint64_t next_u64()
 {
@@ -203,7 +212,8 @@ static void test_prefetch(void **state)
     const int E = 384, nts[] = {1, 8, 13};
     q1_matrix A = random_q1(96, E), B = random_q1(33, E), C = random_q1(64, E);
     q1_matrix G = random_q1(160, E), U = random_q1(160, E);
-    std::vector<float> x((size_t)16 * E), y((size_t)16 * 160);
+    /* each matrix's products in rows of their own (A, B, C: 193 rows; G, U: 160) */
+    std::vector<float> x((size_t)16 * E), y((size_t)16 * 193);
     for (auto &v : x) v = uniform(-2, 2);
     std::vector<int8_t> q((size_t)16 * E), gq((size_t)16 * 160);
     std::vector<float2> qd((size_t)16 * E / 32), gd((size_t)16 * 160 / 32);
@@ -221,7 +231,8 @@ static void test_prefetch(void **state)
                 if (mode == DG_STORE) mats = {&A, &B, &C};
                 if (mode == DG_ADD) mats = {&A};
                 if (mode == DG_SILU) mats = {&G, &U};
-                for (size_t i = 0; i < mats.size(); i++) a.m[i] = device_view(*mats[i], y.data());
+                for (size_t i = 0, off = 0; i < mats.size(); off += 16 * mats[i++]->rows)
+                    a.m[i] = device_view(*mats[i], y.data() + off);
                 a.n_mat = (int)mats.size();
                 a.x = qa;
                 a.xf = x.data();
@@ -636,7 +647,9 @@ static float cache_value(const unsigned char *row, int i, bool q8)
  * kernels it replaces (rmsnorm, rope and kv_store, run here one sequence at a time) and attention
  * in double: the cache rows at each sequence's own position (nothing else written), and the
  * output, split over positions (the last block of a head merging) and quantized. */
-static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split, bool reverse)
+/* norms: q and k RMS-normed per head (Qwen3) before RoPE, or not (Llama) */
+static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split, bool reverse,
+                              bool norms = true)
 {
     const int n_seq = 2, nh = 4, nkv = 2, n_rot = neox ? hd : hd / 2, kv_dim = nkv * hd;
     const int n_ctx = 40, pos_of[n_seq] = {0, 29};
@@ -679,14 +692,15 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
     cuda_emu::g_reverse_blocks = reverse;
     std::vector<cuda_emu::span> spans;
     cuda_emu::g_prefetches = &spans;
+    const float *qnp = norms ? qn.data() : nullptr, *knp = norms ? kn.data() : nullptr;
     if (q8)
         EMU_LAUNCH(attn_decode<true>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
-                   qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
-                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale, true);
+                   qnp, knp, eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out, part.data(),
+                   counter.data(), n_seq, nh, nkv, hd, scale, true);
     else
         EMU_LAUNCH(attn_decode<false>, grid, dim3(ATT_WARPS * WARP), q.data(), k.data(), v.data(),
-                   qn.data(), kn.data(), eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out,
-                   part.data(), counter.data(), n_seq, nh, nkv, hd, scale, true);
+                   qnp, knp, eps, rd, ktab.data(), vtab.data(), 0, pos.data(), out, part.data(),
+                   counter.data(), n_seq, nh, nkv, hd, scale, true);
     cuda_emu::g_prefetches = nullptr;
     cuda_emu::g_reverse_blocks = false;
     /* before its wait each block asked L2 for the cache rows of its positions before the new
@@ -707,10 +721,12 @@ static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split
         const size_t qd = (size_t)nh * hd;
         std::vector<float> qs(q.begin() + s * qd, q.begin() + (s + 1) * qd);
         std::vector<float> ks(k.begin() + s * kv_dim, k.begin() + (s + 1) * kv_dim);
-        EMU_LAUNCH(rmsnorm, dim3(nh), dim3(256), qs.data(), qn.data(), qs.data(), hd, eps,
-                   (__half *)nullptr);
-        EMU_LAUNCH(rmsnorm, dim3(nkv), dim3(256), ks.data(), kn.data(), ks.data(), hd, eps,
-                   (__half *)nullptr);
+        if (norms) {
+            EMU_LAUNCH(rmsnorm, dim3(nh), dim3(256), qs.data(), qn.data(), qs.data(), hd, eps,
+                       (__half *)nullptr);
+            EMU_LAUNCH(rmsnorm, dim3(nkv), dim3(256), ks.data(), kn.data(), ks.data(), hd, eps,
+                       (__half *)nullptr);
+        }
         EMU_LAUNCH(rope, dim3(1, nh), dim3(64), qs.data(), pos.data() + s, nh, hd, rp);
         EMU_LAUNCH(rope, dim3(1, nkv), dim3(64), ks.data(), pos.data() + s, nkv, hd, rp);
         kv_cache ref = before[s];
@@ -806,6 +822,35 @@ static void test_attn_decode(void **state)
     check_attn_decode(64, false, false, true, 5, true);
     check_attn_decode(128, true, true, true, 1, false);
     check_attn_decode(128, false, true, false, 5, true);
+    check_attn_decode(64, false, false, false, 3, false, false); /* no q/k norms (Llama) */
+    check_attn_decode(128, true, false, true, 1, true, false);
+}
+
+/* softmax (the backend's op, a block of 256 threads per row) against double sums: rows shorter
+ * and longer than the block, and a row of -inf (all 0). */
+static void test_softmax(void **state)
+{
+    (void)state;
+    const int ns[] = {1, 37, 256, 1000};
+    for (int n : ns) {
+        const int rows = 3;
+        std::vector<float> x((size_t)rows * n);
+        for (auto &v : x) v = uniform(-8, 8);
+        std::fill_n(x.begin() + n, n, -INFINITY); /* row 1 */
+        std::vector<float> in = x;
+        EMU_LAUNCH(softmax, dim3(rows), dim3(256), x.data(), n);
+        for (int r = 0; r < rows; r++) {
+            const float *xi = in.data() + (size_t)r * n, *y = x.data() + (size_t)r * n;
+            double m = -INFINITY, sum = 0;
+            for (int i = 0; i < n; i++) m = std::max(m, (double)xi[i]);
+            for (int i = 0; i < n && m > -INFINITY; i++) sum += exp(xi[i] - m);
+            for (int i = 0; i < n; i++) {
+                double want = m == -INFINITY ? 0.0 : exp(xi[i] - m) / sum;
+                if (fabs(y[i] - want) > 1e-5 * (1 + want))
+                    fail_msg("softmax n %d row %d [%d]: %g, want %g", n, r, i, y[i], want);
+            }
+        }
+    }
 }
 
 /* sample_rows against the host sampler with the same seed, for several chains. */
@@ -900,7 +945,8 @@ static void test_sampling(void **state)
 
 /* Thread t of a block writes slot t of its block's row of buf, then reads slot t ^ 1 into out,
  * with or without a barrier between; `turns` records the order in which the threads started. */
-static void swap_neighbours(int *buf, int *out, int *turns, unsigned *next, bool sync)
+__attribute__((noinline)) static void swap_neighbours(int *buf, int *out, int *turns,
+                                                      unsigned *next, bool sync)
 {
     int t = (int)threadIdx.x, n = (int)blockDim.x, b = (int)blockIdx.x;
     turns[b * n + (int)atomicAdd(&next[b], 1u)] = t;
@@ -919,7 +965,7 @@ static void test_schedule(void **state)
     std::vector<int> racy[3];
     for (int o = 0; o < 3; o++) {
         cuda_emu::set_schedule(orders[o], 5);
-        for (int sync = 1; sync >= 0; sync--) {
+        for (int sync = 1; sync >= (tsan ? 1 : 0); sync--) {
             std::vector<int> buf(N * B, 0), out(N * B, -1), turns(N * B, -1);
             std::vector<unsigned> next(B, 0);
             int *pb = buf.data(), *po = out.data(), *pt = turns.data();
@@ -953,6 +999,7 @@ static void test_schedule(void **state)
         }
     }
     cuda_emu::reset_schedule();
+    if (tsan) return;
     /* without the barrier each schedule shows the race differently: forward, thread 0 reads
      * slot 1 before thread 1 wrote it; reverse, thread 1 reads slot 0 too early */
     assert_int_equal(racy[0][0], 0);
@@ -996,7 +1043,7 @@ static void test_cp_async(void **state)
     for (unsigned g = 0; g < 4; g++)
         for (unsigned t = 0; t < N; t++) memset(&src[16 * (g * N + t)], (int)(10 * g + t % 2), 16);
     const unsigned char old = 0xA5; /* dynamic shared memory before each block */
-    for (int sync = 0; sync < 2; sync++) {
+    for (int sync = tsan ? 1 : 0; sync < 2; sync++) {
         std::vector<unsigned char> seen(6 * N, 0);
         const unsigned char *ps = src.data();
         unsigned char *pseen = seen.data();
@@ -1021,14 +1068,30 @@ static void test_cp_async(void **state)
     }
 }
 
-int main(void)
+/* `test_cuda_emu race`: swap_neighbours without its barrier, a race that a ThreadSanitizer build
+ * must report (its exit status 66; tests/meson.build checks both). */
+static int run_race()
 {
+    constexpr int N = 64;
+    std::vector<int> buf(N, 0), out(N, -1), turns(N, -1);
+    std::vector<unsigned> next(1, 0);
+    int *pb = buf.data(), *po = out.data(), *pt = turns.data();
+    unsigned *pn = next.data();
+    bool s = false;
+    EMU_LAUNCH(swap_neighbours, dim3(1), dim3(N), pb, po, pt, pn, s);
+    printf("race run: thread 0 read %d\n", out[0]);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "race")) return run_race();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dgemv),    cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_gemm),     cmocka_unit_test(test_gemm_wgmma),
         cmocka_unit_test(test_prefill),  cmocka_unit_test(test_attn_decode),
         cmocka_unit_test(test_sampling), cmocka_unit_test(test_schedule),
-        cmocka_unit_test(test_cp_async),
+        cmocka_unit_test(test_cp_async), cmocka_unit_test(test_softmax),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -81,7 +81,7 @@ __device__ __forceinline__ void l2_prefetch(const void *p, size_t n, int i, int 
         volatile const unsigned char *c = (const unsigned char *)p;
         (void)c[0];
         (void)c[n - 1];
-        if (cuda_emu::g_prefetches) cuda_emu::g_prefetches->push_back({p, n});
+        cuda_emu::record_prefetch(p, n);
     }
 #else
     (void)p, (void)n, (void)i, (void)stride;

@@ -21,6 +21,26 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
+/* ThreadSanitizer (CUDA_EMU_TSAN: the kernels' code instrumented, this file not): each CUDA
+ * thread is a fiber of its own (__tsan_create_fiber), the switches between them order nothing,
+ * and within a block the only orderings are the ones a GPU gives: a barrier (each thread's
+ * accesses before it happen before every thread's after it) and the atomics. So TSan reports any
+ * two accesses of two threads of a block, one of them a write, with no barrier between them: a
+ * data race on a GPU, whatever order the emulator ran them in. A block's start happens after
+ * what ran before it (the host's writes, the blocks before) and its end before what runs after:
+ * blocks run one after another and share the addresses of __shared__ variables, so races
+ * between blocks are not TSan's to find here (CUDA_EMU_REVERSE_BLOCKS is the check for those).
+ * This file's own accesses (the scheduler, the barriers' counts, threadIdx) are not seen; those
+ * it makes for a thread (cp.async's copies, wgmma's reads of B) are told to TSan as that
+ * thread's. */
+#ifdef CUDA_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_read_range(void *addr, unsigned long size);
+extern "C" void __tsan_write_range(void *addr, unsigned long size);
+extern "C" void __tsan_ignore_thread_begin(void);
+extern "C" void __tsan_ignore_thread_end(void);
+#endif
+
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace cuda_emu
@@ -96,6 +116,11 @@ unsigned t_n, t_live, t_idle;
 fiber *t_cur;
 context t_sched;
 const std::function<void()> *t_body;
+#ifdef CUDA_EMU_TSAN
+std::vector<void *> tsan_fibers; /* per thread index, made once like the stacks */
+void *t_tsan_main;               /* the thread that runs the launch */
+char tsan_start, tsan_end;       /* the host's writes before a block; a block's writes */
+#endif
 #ifdef EMU_ASAN
 const void *t_main_bottom;
 size_t t_main_size;
@@ -108,6 +133,10 @@ void hand_over(context *save, fiber *to, bool dying)
 {
     t_cur = to;
     if (to) threadIdx = dim3(to->index);
+#ifdef CUDA_EMU_TSAN
+    __tsan_switch_to_fiber(to ? tsan_fibers[to->index] : t_tsan_main,
+                           __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef EMU_ASAN
     void *fake = nullptr;
     t_from_sched = save == &t_sched;
@@ -158,8 +187,12 @@ void land_copies(unsigned t, unsigned long before, bool all)
 {
     std::vector<async_copy> &q = t_copies[t];
     size_t k = 0;
-    for (; k < q.size() && (all || (q[k].group != OPEN && q[k].group < before)); k++)
+    for (; k < q.size() && (all || (q[k].group != OPEN && q[k].group < before)); k++) {
+#ifdef CUDA_EMU_TSAN
+        __tsan_write_range(q[k].dst, 16);
+#endif
         memcpy(q[k].dst, q[k].data, 16);
+    }
     q.erase(q.begin(), q.begin() + (ptrdiff_t)k);
 }
 
@@ -172,8 +205,14 @@ void fiber_main()
     else
         __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
+#ifdef CUDA_EMU_TSAN
+    __tsan_acquire(&tsan_start);
+#endif
     (*t_body)();
     land_copies(t_cur->index, 0, true); /* a thread's copies land even if it never waited */
+#ifdef CUDA_EMU_TSAN
+    __tsan_release(&tsan_end);
+#endif
     t_cur->done = true;
     t_idle = 0;
     switch_from_running(--t_live ? next_fiber() : nullptr, true);
@@ -217,7 +256,14 @@ void run_block(fiber *fibers, unsigned n)
     t_fibers = fibers;
     t_n = t_live = n;
     t_idle = 0;
+#ifdef CUDA_EMU_TSAN
+    t_tsan_main = __tsan_get_current_fiber();
+    __tsan_release(&tsan_start);
+#endif
     hand_over(&t_sched, &fibers[t_order[0]], false);
+#ifdef CUDA_EMU_TSAN
+    __tsan_acquire(&tsan_end);
+#endif
 }
 
 /* The order of the threads' turns (set_schedule, CUDA_EMU_SCHEDULE); read on the first launch. */
@@ -293,9 +339,18 @@ void barrier_wait(barrier *b)
 {
     unsigned long gen = b->generation;
     t_idle = 0;
+#ifdef CUDA_EMU_TSAN
+    /* one synchronization object per generation's parity: a thread cannot arrive at generation
+     * g + 2 before every thread has left g, so a late leaver of g acquires nothing done after g */
+    char *sync = (char *)b + (gen & 1);
+    __tsan_release(sync);
+#endif
     if (++b->count == b->expected) {
         b->count = 0;
         b->generation++;
+#ifdef CUDA_EMU_TSAN
+        __tsan_acquire(sync);
+#endif
         return;
     }
     /* the others run meanwhile; if every fiber that has not ended waits on a closed barrier
@@ -310,12 +365,21 @@ void barrier_wait(barrier *b)
         }
         switch_from_running(next_fiber(), false);
     }
+#ifdef CUDA_EMU_TSAN
+    __tsan_acquire(sync);
+#endif
 }
 
 void cp_async_issue(void *smem, const void *gmem)
 {
     async_copy c;
     c.dst = (unsigned char *)smem;
+#ifdef CUDA_EMU_TSAN
+    /* the copy may land at any time from now to the wait: a write now as well as then, so that
+     * a copy into memory other threads still read without a barrier between is seen too */
+    __tsan_read_range(const_cast<void *>(gmem), 16);
+    __tsan_write_range(smem, 16);
+#endif
     memcpy(c.data, gmem, 16);
     c.group = OPEN;
     t_copies[threadIdx.x].push_back(c);
@@ -332,6 +396,21 @@ void cp_async_wait_groups(unsigned n)
 {
     unsigned long c = t_committed[threadIdx.x];
     if (c > n) land_copies(threadIdx.x, c - n, false);
+}
+
+void wgmma_reads(unsigned long long desc, int n)
+{
+#ifdef CUDA_EMU_TSAN
+    /* B's core matrices (8 columns x 8 k, 128 contiguous bytes), read by the calling lane */
+    size_t start = (desc & 0x3FFF) << 4, lbo = (desc >> 16 & 0x3FFF) << 4,
+           sbo = (desc >> 32 & 0x3FFF) << 4;
+    for (int j = 0; j < n / 8; j++)
+        for (size_t kh = 0; kh < 2; kh++)
+            if (start + j * sbo + kh * lbo + 128 <= 256 * 1024)
+                __tsan_read_range(dyn_smem() + start + j * sbo + kh * lbo, 128);
+#else
+    (void)desc, (void)n;
+#endif
 }
 
 void wgmma_run()
@@ -352,6 +431,7 @@ void wgmma_run()
         }
         size_t start = (o.desc & 0x3FFF) << 4, lbo = (o.desc >> 16 & 0x3FFF) << 4,
                sbo = (o.desc >> 32 & 0x3FFF) << 4;
+        wgmma_reads(o.desc, o.n);
         for (int j = 0; j < o.n / 8; j++)
             for (unsigned e = 0; e < 4; e++) {
                 unsigned row = g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
@@ -379,6 +459,18 @@ void wgmma_run()
     __syncwarp(); /* no lane issues new products (overwriting A) before all have read these */
 }
 
+void record_prefetch(const void *p, size_t n)
+{
+    if (!g_prefetches) return;
+#ifdef CUDA_EMU_TSAN
+    __tsan_ignore_thread_begin(); /* the list's memory (its allocations): the emulator's own */
+#endif
+    g_prefetches->push_back({p, n});
+#ifdef CUDA_EMU_TSAN
+    __tsan_ignore_thread_end();
+#endif
+}
+
 unsigned char *dyn_smem()
 {
     alignas(16) static unsigned char buf[256 * 1024];
@@ -403,6 +495,9 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
             abort();
         }
         stacks.push_back((unsigned char *)p);
+#ifdef CUDA_EMU_TSAN
+        tsan_fibers.push_back(__tsan_create_fiber(0));
+#endif
     }
     gridDim = grid;
     blockDim = block;

@@ -120,14 +120,31 @@ inline int __dp4a(int a, int b, int c)
     for (int i = 0; i < 4; i++) c += (int)(int8_t)(a >> 8 * i) * (int)(int8_t)(b >> 8 * i);
     return c;
 }
+/* Under ThreadSanitizer (cuda_emu.cpp) a fence does nothing (TSan has no fences of its own): the
+ * blocks run one after another, each one's end happening before the next one's start, so what a
+ * fence orders between blocks is ordered anyway, and TSan checks the threads of one block against
+ * each other, which a fence does not order. Otherwise a fence is a fence. */
+#ifndef CUDA_EMU_TSAN /* cuda_emu.cpp, not instrumented, is told by a definition */
+#if defined(__SANITIZE_THREAD__)
+#define CUDA_EMU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CUDA_EMU_TSAN 1
+#endif
+#endif
+#endif
 template <typename T> inline T atomicAdd(T *p, T v)
 {
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
+#ifdef CUDA_EMU_TSAN
+inline void __threadfence() {}
+#else
 inline void __threadfence()
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
+#endif
 
 /* ---- the launch ---- */
 
@@ -253,6 +270,13 @@ inline void mma_16832_s8(int d[4], const uint32_t a[4], const uint32_t b[2])
  * descriptors hold; aborts for any other pointer. */
 unsigned __cvta_generic_to_shared(const void *p);
 
+namespace cuda_emu
+{
+/* Tells ThreadSanitizer that the calling lane reads the B of a wgmma (descriptor, width N): at
+ * its issue and again at its wait, B being read at some time between (a no-op without TSan) */
+void wgmma_reads(unsigned long long desc, int n);
+} // namespace cuda_emu
+
 /* wgmma (mma.cuh): a product is recorded when issued and computed at wgmma_wait0, from the
  * shared memory and accumulators as they are then, so that a kernel which reads the sums or
  * rewrites B before waiting gets wrong results here as it would on a GPU (and one that rewrites
@@ -268,6 +292,7 @@ inline void wgmma_f16(float (&d)[N / 2], const uint32_t a[4], unsigned long long
         fprintf(stderr, "cuda_emu: more than %u wgmma products in flight\n", cuda_emu::WG_MAX_OPS);
         abort();
     }
+    cuda_emu::wgmma_reads(desc, N); /* B may be read from now to the wait (ThreadSanitizer) */
     cuda_emu::g_state->wg_op[w][lane][n] = {d, a, desc, N};
     memcpy(cuda_emu::g_state->wg_a[n][w][lane], a, 4 * sizeof(uint32_t));
     n++;
@@ -332,6 +357,7 @@ struct span {
     size_t n;
 };
 extern std::vector<span> *g_prefetches;
+void record_prefetch(const void *p, size_t n); /* appends to g_prefetches if not NULL */
 
 /* The order in which a block's threads take turns between two barriers: a thread runs until it
  * waits at a barrier (__syncthreads, __syncwarp, a shuffle, an mma), then the next in turn runs,
