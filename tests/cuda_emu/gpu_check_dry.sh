@@ -35,5 +35,6 @@ for want in "^pp64 10" "^tg8 .* (median of 1; 6" "aggregate of 4 sessions 2" "of
     got=$(grep -c -- "$pattern" "$sum")
     [ "$got" = "$count" ] || fail "$got lines with '$pattern', not $count"
 done
+grep -q '^==== compute-sanitizer: not run (a dry run)' "$sum" || fail "compute-sanitizer was not left out"
 grep -q '==== done: rc 0' "$sum" || fail "no final line"
 echo "gpu-check dry run: $benches benches on the emulated module, test_cuda passed"
