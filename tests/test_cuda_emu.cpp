@@ -646,8 +646,8 @@ static float cache_value(const unsigned char *row, int i, bool q8)
 /* attn_decode, the attention of a decode step from the raw q, k and v, against the per-operation
  * kernels it replaces (rmsnorm, rope and kv_store, run here one sequence at a time) and attention
  * in double: the cache rows at each sequence's own position (nothing else written), and the
- * output, split over positions (the last block of a head merging) and quantized. */
-/* norms: q and k RMS-normed per head (Qwen3) before RoPE, or not (Llama) */
+ * output, split over positions (the last block of a head merging) and quantized. norms: q and
+ * k RMS-normed per head (Qwen3) before RoPE, or not (Llama). */
 static void check_attn_decode(int hd, bool neox, bool yarn, bool q8, int n_split, bool reverse,
                               bool norms = true)
 {
