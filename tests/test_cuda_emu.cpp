@@ -955,6 +955,19 @@ __attribute__((noinline)) static void swap_neighbours(int *buf, int *out, int *t
     out[b * n + t] = buf[b * n + (t ^ 1)];
 }
 
+/* swap_neighbours over `blocks` blocks of n threads; out and turns per thread, in block order */
+static void launch_swap(int blocks, int n, bool sync, std::vector<int> &out,
+                        std::vector<int> &turns)
+{
+    std::vector<int> buf((size_t)n * blocks, 0);
+    std::vector<unsigned> next((size_t)blocks, 0);
+    out.assign((size_t)n * blocks, -1);
+    turns.assign((size_t)n * blocks, -1);
+    int *pb = buf.data(), *po = out.data(), *pt = turns.data();
+    unsigned *pn = next.data();
+    EMU_LAUNCH(swap_neighbours, dim3(blocks), dim3(n), pb, po, pt, pn, sync);
+}
+
 static void test_schedule(void **state)
 {
     (void)state;
@@ -966,12 +979,8 @@ static void test_schedule(void **state)
     for (int o = 0; o < 3; o++) {
         cuda_emu::set_schedule(orders[o], 5);
         for (int sync = 1; sync >= (tsan ? 1 : 0); sync--) {
-            std::vector<int> buf(N * B, 0), out(N * B, -1), turns(N * B, -1);
-            std::vector<unsigned> next(B, 0);
-            int *pb = buf.data(), *po = out.data(), *pt = turns.data();
-            unsigned *pn = next.data();
-            bool s = sync != 0;
-            EMU_LAUNCH(swap_neighbours, dim3(B), dim3(N), pb, po, pt, pn, s);
+            std::vector<int> out, turns;
+            launch_swap(B, N, sync != 0, out, turns);
             for (int b = 0; b < B; b++) {
                 std::vector<bool> seen(N, false);
                 for (int i = 0; i < N; i++) {
@@ -1072,13 +1081,8 @@ static void test_cp_async(void **state)
  * must report (its exit status 66; tests/meson.build checks both). */
 static int run_race()
 {
-    constexpr int N = 64;
-    std::vector<int> buf(N, 0), out(N, -1), turns(N, -1);
-    std::vector<unsigned> next(1, 0);
-    int *pb = buf.data(), *po = out.data(), *pt = turns.data();
-    unsigned *pn = next.data();
-    bool s = false;
-    EMU_LAUNCH(swap_neighbours, dim3(1), dim3(N), pb, po, pt, pn, s);
+    std::vector<int> out, turns;
+    launch_swap(1, 64, false, out, turns);
     printf("race run: thread 0 read %d\n", out[0]);
     return 0;
 }
