@@ -398,16 +398,29 @@ void cp_async_wait_groups(unsigned n)
     if (c > n) land_copies(threadIdx.x, c - n, false);
 }
 
+/* A wgmma descriptor of B without swizzling (mma.cuh): where in dynamic shared memory its core
+ * matrix (8 columns x 8 k, 128 contiguous bytes) j along N and kh along K starts */
+struct wg_desc {
+    size_t start, lbo, sbo; /* bytes: the first core matrix; the next along K; along N */
+    explicit wg_desc(unsigned long long d)
+        : start((d & 0x3FFF) << 4), lbo((d >> 16 & 0x3FFF) << 4), sbo((d >> 32 & 0x3FFF) << 4)
+    {
+    }
+    size_t core(size_t j, size_t kh) const
+    {
+        return start + j * sbo + kh * lbo;
+    }
+};
+
 void wgmma_reads(unsigned long long desc, int n)
 {
 #ifdef CUDA_EMU_TSAN
-    /* B's core matrices (8 columns x 8 k, 128 contiguous bytes), read by the calling lane */
-    size_t start = (desc & 0x3FFF) << 4, lbo = (desc >> 16 & 0x3FFF) << 4,
-           sbo = (desc >> 32 & 0x3FFF) << 4;
+    /* B's core matrices, read by the calling lane */
+    const wg_desc b(desc);
     for (int j = 0; j < n / 8; j++)
         for (size_t kh = 0; kh < 2; kh++)
-            if (start + j * sbo + kh * lbo + 128 <= 256 * 1024)
-                __tsan_read_range(dyn_smem() + start + j * sbo + kh * lbo, 128);
+            if (b.core(j, kh) + 128 <= DYN_SMEM_BYTES)
+                __tsan_read_range(dyn_smem() + b.core(j, kh), 128);
 #else
     (void)desc, (void)n;
 #endif
@@ -429,8 +442,7 @@ void wgmma_run()
             fprintf(stderr, "cuda_emu: a wgmma's A registers changed before wgmma_wait0\n");
             abort();
         }
-        size_t start = (o.desc & 0x3FFF) << 4, lbo = (o.desc >> 16 & 0x3FFF) << 4,
-               sbo = (o.desc >> 32 & 0x3FFF) << 4;
+        const wg_desc b(o.desc);
         wgmma_reads(o.desc, o.n);
         for (int j = 0; j < o.n / 8; j++)
             for (unsigned e = 0; e < 4; e++) {
@@ -442,9 +454,8 @@ void wgmma_run()
                     uint32_t ra =
                         st->wg_a[op][w][(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)];
                     float av = bsi_fp16_to_fp32((uint16_t)(ra >> (16 * (k % 2))));
-                    size_t at =
-                        start + (col / 8) * sbo + (col % 8) * 16 + (k / 8) * lbo + (k % 8) * 2;
-                    if (at + 2 > 256 * 1024) {
+                    size_t at = b.core(col / 8, k / 8) + (col % 8) * 16 + (k % 8) * 2;
+                    if (at + 2 > DYN_SMEM_BYTES) {
                         fprintf(stderr, "cuda_emu: wgmma reads past shared memory\n");
                         abort();
                     }
@@ -473,7 +484,7 @@ void record_prefetch(const void *p, size_t n)
 
 unsigned char *dyn_smem()
 {
-    alignas(16) static unsigned char buf[256 * 1024];
+    alignas(16) static unsigned char buf[DYN_SMEM_BYTES];
     return buf;
 }
 
@@ -516,7 +527,7 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
                         (unsigned)(b / grid.x / grid.y));
         g_state = st;
         /* dynamic shared memory starts as garbage, as on a GPU, not as what the last block left */
-        memset(dyn_smem(), 0xA5, 256 * 1024);
+        memset(dyn_smem(), 0xA5, DYN_SMEM_BYTES);
         st->block = {0, n, 0};
         for (unsigned w = 0; w < 32; w++) st->warp[w] = {0, 32, 0};
         memset(st->parity, 0, sizeof st->parity);
@@ -536,7 +547,7 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body)
 unsigned __cvta_generic_to_shared(const void *p)
 {
     uintptr_t off = (uintptr_t)p - (uintptr_t)cuda_emu::dyn_smem();
-    if (off >= 256 * 1024) {
+    if (off >= cuda_emu::DYN_SMEM_BYTES) {
         fprintf(stderr, "cuda_emu: %p is not in dynamic shared memory\n", p);
         abort();
     }

@@ -342,8 +342,9 @@ namespace cuda_emu
  * threads), a block at a time. */
 void run(dim3 grid, dim3 block, const std::function<void()> &body);
 
-/* A block's dynamic shared memory (blocks run one at a time): 256 KB, 16-byte aligned, filled
- * with 0xA5 before each block. */
+/* A block's dynamic shared memory (blocks run one at a time): DYN_SMEM_BYTES, 16-byte aligned,
+ * filled with 0xA5 before each block. */
+constexpr size_t DYN_SMEM_BYTES = 256 * 1024;
 unsigned char *dyn_smem();
 
 /* Run the blocks last to first instead of first to last (a kernel's results must not depend on
