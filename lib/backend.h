@@ -19,7 +19,7 @@
 
 #include <stdio.h>
 
-#define BSI_BACKEND_ABI 8 /* bumped whenever this table changes; modules must match */
+#define BSI_BACKEND_ABI 9 /* bumped whenever this table changes; modules must match */
 
 typedef struct bsi_backend bsi_backend; /* an instance: a device, a thread pool... */
 typedef struct bsi_weight bsi_weight;   /* a weight matrix placed on a backend */
@@ -108,7 +108,7 @@ typedef struct bsi_matrix_desc {
 typedef struct bsi_backend_config {
     int n_threads;       /* CPU: threads of the pool (0: physical cores) */
     const char *cpu_isa; /* CPU: "scalar", "avx2"...; NULL: BONSAI_CPU_ISA or the best */
-    int device;          /* GPU index ("cuda:N"; 0 for "cuda") */
+    int device;          /* GPU index ("cuda:N"; for "cuda" and "auto", the probe's device) */
 } bsi_backend_config;
 
 /* A model as a backend's fused decode step sees it: built once per session by lib/ from the
@@ -154,8 +154,10 @@ typedef struct bsi_backend_vtable {
     uint32_t abi;     /* BSI_BACKEND_ABI */
     const char *name; /* "cpu", "cuda" */
 
-    /* 0 = unusable (reason written), higher = preferred by "auto". */
-    int (*probe)(char *reason, size_t reason_size);
+    /* 0 = unusable (reason written), higher = preferred by "auto". When usable, *device is the
+     * device "auto" and the bare name ("cuda") take: the first one this build can use (0 for the
+     * CPU). */
+    int (*probe)(int *device, char *reason, size_t reason_size);
     bonsai_status (*create)(const bsi_backend_config *cfg, bsi_backend **out);
     void (*destroy)(bsi_backend *be);
     /* A human-readable description of an instance ("cpu avx2, 2 threads"). */
@@ -277,6 +279,7 @@ typedef struct bsi_backend_entry {
     const bsi_backend_vtable *vt; /* NULL when a module was not found or did not load */
     const char *name;
     int score;
+    int device;        /* the probe's device: what "auto" and the bare name take */
     char reason[1024]; /* why the score is 0 */
     char path[512];    /* a module's file, "" for built-in backends */
 } bsi_backend_entry;
@@ -284,11 +287,11 @@ typedef struct bsi_backend_entry {
 /* Every backend known to this process (built in, or modules found), probed once. */
 size_t bsi_backends(const bsi_backend_entry **out);
 /* Creates an instance of backend `name`: "auto" (the highest score), "cpu", "cuda" or "cuda:N"
- * (device N, written to cfg->device). Fails with a message saying why when the backend is absent
- * or unusable. */
+ * (device N; "auto" and "cuda" take the probe's device; the device is written to cfg->device).
+ * Fails with a message saying why when the backend is absent or unusable. */
 bonsai_status bsi_backend_create(const char *name, bsi_backend_config *cfg, bsi_backend **out);
 /* Splits "cuda:1" into the backend name ("cuda", at most name_size - 1 bytes) and the device (1);
- * "cpu" gives device 0. BONSAI_ERR_INVALID_ARGUMENT for a malformed name. */
+ * "cpu" gives device -1 (none named). BONSAI_ERR_INVALID_ARGUMENT for a malformed name. */
 bonsai_status bsi_backend_parse(const char *spec, char *name, size_t name_size, int *device);
 
 /* The CPU backend's table (backends/cpu). */

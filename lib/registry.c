@@ -61,7 +61,7 @@ static void add_builtin(const bsi_backend_vtable *vt)
     bsi_backend_entry *e = new_entry(vt->name);
     if (!e) return;
     e->vt = vt;
-    e->score = vt->probe(e->reason, sizeof e->reason);
+    e->score = vt->probe(&e->device, e->reason, sizeof e->reason);
 }
 
 /* Tries dir/libbonsai-NAME.so; true when a file was there (loaded or not: e says). */
@@ -101,7 +101,7 @@ static bool try_module(bsi_backend_entry *e, const char *dir, const char *name)
     }
     /* the module stays loaded for the life of the process: its table is in use */
     e->vt = vt;
-    e->score = vt->probe(e->reason, sizeof e->reason);
+    e->score = vt->probe(&e->device, e->reason, sizeof e->reason);
     return true;
 }
 
@@ -170,7 +170,7 @@ bonsai_status bsi_backend_parse(const char *spec, char *name, size_t name_size, 
         return bsi_fail(BONSAI_ERR_INVALID_ARGUMENT, "backend '%s': not a backend name", spec);
     memcpy(name, spec, len);
     name[len] = 0;
-    *device = 0;
+    *device = -1;
     if (colon) {
         char *end;
         long d = strtol(colon + 1, &end, 10);
@@ -195,8 +195,7 @@ bonsai_status bsi_backend_create(const char *spec, bsi_backend_config *cfg, bsi_
             if (list[i].vt && list[i].score > 0 && (!pick || list[i].score > pick->score))
                 pick = &list[i];
         if (!pick) return bsi_fail(BONSAI_ERR_UNSUPPORTED, "no usable backend");
-        /* "auto" takes the backend's first device */
-        c.device = 0;
+        c.device = -1;
     } else {
         char name[32];
         bonsai_status st = bsi_backend_parse(spec, name, sizeof name, &c.device);
@@ -210,6 +209,8 @@ bonsai_status bsi_backend_create(const char *spec, bsi_backend_config *cfg, bsi_
             return bsi_fail(BONSAI_ERR_UNSUPPORTED, "backend '%s' is not usable: %s", spec,
                             pick->reason);
     }
+    /* no device named: the first one the backend can use (its probe's) */
+    if (c.device < 0) c.device = pick->device;
     if (cfg) cfg->device = c.device;
     return pick->vt->create(&c, out);
 }

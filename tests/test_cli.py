@@ -255,16 +255,44 @@ class CudaEmulated(unittest.TestCase):
             raise unittest.SkipTest("no emulated CUDA module (BONSAI_TEST_CUDA_EMU_DIR) or "
                                     "qwen3-tiny-4k.gguf (BONSAI_TEST_QWEN3_TINY_4K)")
 
-    def cuda(self, *args):
+    def cuda(self, *args, devices=None):
         env = dict(os.environ, BONSAI_BACKEND_PATH=self.module_dir)
+        if devices:
+            env["CUDA_EMU_DEVICES"] = devices  # their compute capabilities, "7.5,9.0"
         return subprocess.run([BONSAI, *args], capture_output=True, text=True, errors="replace",
                               timeout=300, env=env)
 
-    def test_info_backends(self):
-        r = self.cuda("info", "--backends")
+    def cuda_status(self, devices):
+        r = self.cuda("info", "--backends", devices=devices)
         self.assertEqual(r.returncode, 0, r.stderr)
-        line = [x for x in r.stdout.splitlines() if x.startswith("cuda ")][0]
-        self.assertIn("usable", line)
+        return [x for x in r.stdout.splitlines() if x.startswith("cuda ")][0]
+
+    def test_old_first_device(self):
+        """A machine whose GPU 0 is too old: "cuda" and "auto" take the first one that will do,
+        "cuda:0" is refused saying why; with no such GPU, the reason names each."""
+        import json
+        self.assertEqual(self.cuda_status("7.5,8.6").split()[1], "usable")
+        for backend in ("cuda", "auto"):
+            r = self.cuda("bench", "-m", self.model, "--backend", backend, "-p", "4", "-n", "2",
+                          "-r", "1", "--json", devices="7.5,8.6")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            row = json.loads(r.stdout.splitlines()[0])
+            self.assertTrue(row["backend"].startswith("cuda:1 cuda_emu"), row)
+        r = self.cuda("run", "-m", self.model, "--backend", "cuda:0", "-p", "x", "-n", "2",
+                      devices="7.5,8.6")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cuda:0: cuda_emu has compute capability 7.5", r.stderr)
+        line = self.cuda_status("6.1,7.5")
+        self.assertEqual(line.split()[1], "unusable")
+        self.assertIn("8.0 or newer; cuda:0 cuda_emu has 6.1, cuda:1 cuda_emu has 7.5", line)
+        r = self.cuda("run", "-m", self.model, "--backend", "cuda", "-p", "x", "-n", "2",
+                      devices="6.1,7.5")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("'cuda' is not usable: this build needs", r.stderr)
+
+    def test_info_backends(self):
+        line = self.cuda_status(None)
+        self.assertEqual(line.split()[1], "usable")
         self.assertIn(os.path.join(self.module_dir, "libbonsai-cuda.so"), line)
 
     def test_bench(self):

@@ -143,8 +143,9 @@ static uint8_t *slab_alloc(cpu_backend *b, size_t bytes, slab **owner)
     return p;
 }
 
-static int cpu_probe(char *reason, size_t size)
+static int cpu_probe(int *device, char *reason, size_t size)
 {
+    *device = 0;
     (void)reason;
     (void)size;
     return 1; /* always usable, the fallback */

@@ -192,7 +192,10 @@ static void no_device_reason(cudaError_t e, char *reason, size_t size)
     (void)cudaGetLastError();
 }
 
-static int cuda_probe(char *reason, size_t size)
+/* Usable when some device has compute capability 8.0 or newer: *device is the first such one,
+ * which "auto" and "cuda" take (a machine's device 0 may be an older card that drives a
+ * display). */
+static int cuda_probe(int *device, char *reason, size_t size)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -204,18 +207,26 @@ static int cuda_probe(char *reason, size_t size)
         snprintf(reason, size, "no CUDA device");
         return 0;
     }
-    cudaDeviceProp prop;
-    e = cudaGetDeviceProperties(&prop, 0);
-    if (e != cudaSuccess) {
-        snprintf(reason, size, "cudaGetDeviceProperties: %s", cudaGetErrorString(e));
-        return 0;
+    /* the reason lists the devices, in case none will do */
+    int len = snprintf(reason, size, "this build needs compute capability 8.0 or newer;");
+    for (int i = 0; i < n; i++) {
+        cudaDeviceProp prop;
+        e = cudaGetDeviceProperties(&prop, i);
+        if (e != cudaSuccess) {
+            snprintf(reason, size, "cudaGetDeviceProperties(%d): %s", i, cudaGetErrorString(e));
+            (void)cudaGetLastError();
+            return 0;
+        }
+        if (prop.major >= 8) {
+            *device = i;
+            reason[0] = 0;
+            return 100;
+        }
+        if (len >= 0 && (size_t)len < size)
+            len += snprintf(reason + len, size - (size_t)len, "%s cuda:%d %s has %d.%d",
+                            i ? "," : "", i, prop.name, prop.major, prop.minor);
     }
-    if (prop.major < 8) {
-        snprintf(reason, size, "%s has compute capability %d.%d; this build needs 8.0 or newer",
-                 prop.name, prop.major, prop.minor);
-        return 0;
-    }
-    return 100;
+    return 0;
 }
 
 /* Whether a switch of the environment (BONSAI_CUDA_GRAPH...) is on: unset, or anything but 0. */

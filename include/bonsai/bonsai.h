@@ -340,8 +340,9 @@ typedef struct bonsai_session_params {
     uint32_t struct_size; /**< sizeof(bonsai_session_params); set by the init function */
     uint32_t n_ctx;       /**< context length in tokens (0: the model's, at most 4096) */
     int32_t n_threads;    /**< CPU threads (0: the number of physical cores) */
-    const char *backend;  /**< "auto" (default: the best usable), "cpu", "cuda", "cuda:N"
-                               (GPU N); a named backend that cannot be used fails; copied */
+    const char *backend;  /**< "auto" (default: the best usable), "cpu", "cuda" (the first
+                               usable GPU), "cuda:N" (GPU N); a named backend that cannot be
+                               used fails; copied */
     uint32_t kv_type;     /**< KV cache: BONSAI_TENSOR_F16 (default) or BONSAI_TENSOR_Q8_0
                                (half the memory; heads of a multiple of 32 values) */
     /** Most bytes the session may take (0, the default: no cap): its KV cache, and activations

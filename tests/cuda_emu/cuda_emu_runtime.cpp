@@ -244,31 +244,51 @@ static int driver_version()
     return d && !strcmp(d, "none") ? 0 : d && !strcmp(d, "old") ? 11080 : 12080;
 }
 
+/* The emulated devices' compute capabilities (major * 10 + minor): CUDA_EMU_DEVICES, such as
+ * "7.5,9.0", or one device of 9.0. */
+static std::vector<int> devices()
+{
+    std::vector<int> cc;
+    const char *d = getenv("CUDA_EMU_DEVICES");
+    for (const char *p = d && *d ? d : "9.0"; *p;) {
+        int major = 0, minor = 0, len = 0;
+        if (sscanf(p, "%d.%d%n", &major, &minor, &len) != 2) {
+            fprintf(stderr, "cuda_emu: CUDA_EMU_DEVICES=%s: not a list like 7.5,9.0\n", d);
+            abort();
+        }
+        cc.push_back(major * 10 + minor);
+        p += len;
+        if (*p == ',') p++;
+    }
+    return cc;
+}
+
 cudaError_t cudaGetDeviceCount(int *n)
 {
     CUDA_EMU_INJECT(cudaErrorUnknown);
     *n = 0;
     if (driver_version() < 12080) return fail(cudaErrorInsufficientDriver);
-    *n = 1;
+    *n = (int)devices().size();
     return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int dev)
 {
     CUDA_EMU_INJECT(cudaErrorUnknown);
-    return dev == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice);
+    return dev >= 0 && dev < (int)devices().size() ? cudaSuccess : fail(cudaErrorInvalidDevice);
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev)
 {
     CUDA_EMU_INJECT(cudaErrorUnknown);
-    if (dev != 0) return fail(cudaErrorInvalidDevice);
+    std::vector<int> cc = devices();
+    if (dev < 0 || dev >= (int)cc.size()) return fail(cudaErrorInvalidDevice);
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "cuda_emu");
     p->totalGlobalMem = (size_t)4 << 30;
     p->sharedMemPerBlockOptin = cuda_emu::SMEM_OPTIN;
-    p->major = 9;
-    p->minor = 0;
+    p->major = cc[dev] / 10;
+    p->minor = cc[dev] % 10;
     p->multiProcessorCount = 2;
     return cudaSuccess;
 }

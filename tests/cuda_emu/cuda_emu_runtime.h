@@ -1,13 +1,13 @@
 /*
  * Just enough of the CUDA runtime API for the CUDA backend's host code (backends/cuda/
  * cuda_backend.cu) to run on the CPU over tests/cuda_emu: one emulated device ("cuda_emu",
- * compute capability 9.0, 2 multiprocessors), device memory that is host memory, streams that
- * run their work at once (in order), and graph capture that records a stream's work instead, to
- * run it at each cudaGraphLaunch. It also checks what a real runtime refuses and a test should
- * hear of: more than 48 KB of dynamic shared memory without the function's attribute raised,
- * synchronizing a stream or copying synchronously while this thread captures, unknown pointers
- * freed. The module built this way (tests/cuda_emu/libbonsai-cuda.so) lets test_cuda run its
- * GPU tests where there is no GPU.
+ * compute capability 9.0, 2 multiprocessors; more with CUDA_EMU_DEVICES, below), device memory that
+ * is host memory, streams that run their work at once (in order), and graph capture that records a
+ * stream's work instead, to run it at each cudaGraphLaunch. It also checks what a real runtime
+ * refuses and a test should hear of: more than 48 KB of dynamic shared memory without the
+ * function's attribute raised, synchronizing a stream or copying synchronously while this thread
+ * captures, unknown pointers freed. The module built this way (tests/cuda_emu/libbonsai-cuda.so)
+ * lets test_cuda run its GPU tests where there is no GPU.
  *
  * Fault injection: cuda_emu_fail_call(n, by_site), exported by the module, makes the n-th call
  * from now (0: the next) of those that can fail on a GPU (allocations, copies, launches, stream,
@@ -18,6 +18,10 @@
  * CUDA_EMU_DRIVER=none or =old: the runtime of a machine without an NVIDIA driver (driver
  * version 0) or with one older than the runtime (11.8); cudaGetDeviceCount then fails with
  * cudaErrorInsufficientDriver, as the real runtime does in both cases.
+ *
+ * CUDA_EMU_DEVICES=7.5,9.0: that many devices, of those compute capabilities (all of them this
+ * one emulated device and its memory under another number), for a machine whose first GPU is
+ * too old.
  */
 #ifndef BONSAI_CUDA_EMU_RUNTIME_H
 #define BONSAI_CUDA_EMU_RUNTIME_H
