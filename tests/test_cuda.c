@@ -562,6 +562,7 @@ static void test_small_ops(void **state)
 static void *emu_hooks(void);
 static long (*emu_calls)(const char *);
 static void (*emu_fail_named)(const char *, long, long);
+static void (*emu_fault_from)(const char *, long);
 static long (*emu_live)(void);
 
 /* A CPU cache (backends/cpu: each kv head's positions together) laid out as the CUDA backend
@@ -1390,10 +1391,12 @@ static void *emu_hooks(void)
     assert_non_null(h);
     *(void **)&emu_fail_call = dlsym(h, "cuda_emu_fail_call");
     *(void **)&emu_fail_named = dlsym(h, "cuda_emu_fail_named");
+    *(void **)&emu_fault_from = dlsym(h, "cuda_emu_fault_from");
     *(void **)&emu_calls = dlsym(h, "cuda_emu_calls");
     *(void **)&emu_failures = dlsym(h, "cuda_emu_failures");
     *(void **)&emu_live = dlsym(h, "cuda_emu_live");
-    assert_true(emu_fail_call && emu_fail_named && emu_calls && emu_failures && emu_live);
+    assert_true(emu_fail_call && emu_fail_named && emu_fault_from && emu_calls && emu_failures &&
+                emu_live);
     return h;
 }
 
@@ -1560,11 +1563,8 @@ static void test_device_errors(void **state)
 
 #define CAPTURE_STEPS 12
 
-/* A session's prompt then CAPTURE_STEPS decode steps, `call` failing `times` times in a row from
- * its first call after the prompt: the logits of each step into t, and per step the graph
- * launches and captures it made. */
-static void capture_steps(bonsai_model *m, const char *call, long times, trace *t,
-                          long launches[CAPTURE_STEPS], long captures[CAPTURE_STEPS])
+/* A CUDA session of m that has read a 5-token prompt (its decode steps come next). */
+static bonsai_session *prompted_session(bonsai_model *m)
 {
     bonsai_session_params p;
     bonsai_session_params_init(&p);
@@ -1574,6 +1574,16 @@ static void capture_steps(bonsai_model *m, const char *call, long times, trace *
     assert_int_equal(bonsai_session_create(m, &p, &s), BONSAI_OK);
     const int32_t prompt[5] = {11, 222, 3333, 44, 5};
     assert_int_equal(bonsai_session_eval(s, prompt, 5, 0), BONSAI_OK);
+    return s;
+}
+
+/* A session's prompt then CAPTURE_STEPS decode steps, `call` failing `times` times in a row from
+ * its first call after the prompt: the logits of each step into t, and per step the graph
+ * launches and captures it made. */
+static void capture_steps(bonsai_model *m, const char *call, long times, trace *t,
+                          long launches[CAPTURE_STEPS], long captures[CAPTURE_STEPS])
+{
+    bonsai_session *s = prompted_session(m);
     long before = emu_failures();
     if (call) emu_fail_named(call, 0, times);
     for (int i = 0; i < CAPTURE_STEPS; i++) {
@@ -1592,6 +1602,31 @@ static void capture_steps(bonsai_model *m, const char *call, long times, trace *
     emu_fail_call(-1, 0);
     assert_int_equal(emu_failures() - before, call ? times : 0);
     failures_seen = emu_failures();
+    bonsai_session_free(s);
+}
+
+/* A kernel's fault (sticky: every later call fails) while a decode step is captured: reported as
+ * it is, and neither dependent launches nor graphs turned off for it (they were not the cause):
+ * once the device works again, the next step captures its graph with dependent launches. */
+static void fault_in_capture(bonsai_model *m)
+{
+    bonsai_session *s = prompted_session(m);
+    assert_non_null(strstr(bonsai_session_backend(s), ", PDL)"));
+    long c = emu_calls("cudaStreamBeginCapture");
+    emu_fault_from("launch", 1); /* the step's second kernel: its first dependent launch */
+    int32_t tok = 100;
+    assert_error(bonsai_session_eval(s, &tok, 1, 0), BONSAI_ERR_BACKEND,
+                 "an illegal memory access was encountered");
+    assert_int_equal(emu_calls("cudaStreamBeginCapture") - c, 1); /* not again without PDL */
+    emu_fail_call(-1, 0);
+    failures_seen = emu_failures();
+    assert_non_null(strstr(bonsai_session_backend(s), ", PDL)"));
+    long g = emu_calls("cudaGraphLaunch");
+    c = emu_calls("cudaStreamBeginCapture");
+    assert_int_equal(bonsai_session_eval(s, &tok, 1, 0), BONSAI_OK);
+    assert_int_equal(emu_calls("cudaStreamBeginCapture") - c, 1);
+    assert_int_equal(emu_calls("cudaGraphLaunch") - g, 1);
+    assert_non_null(strstr(bonsai_session_backend(s), ", PDL)"));
     bonsai_session_free(s);
 }
 
@@ -1649,6 +1684,7 @@ static void test_capture_failures(void **state)
                   "1, 2 times): retried or given up as they should, the same logits\n",
                   path);
     free(want.v);
+    fault_in_capture(m);
     bonsai_model_free(m);
     dlclose(h);
 }

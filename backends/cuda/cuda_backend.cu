@@ -295,7 +295,9 @@ static cudaError_t launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 bloc
 }
 
 /* A launch of k (which calls dep_enter first) as a programmatic dependent launch when the backend
- * uses them; if such a launch is refused, as a plain one from then on. */
+ * uses them. If such a launch is refused and a plain one is not, plain ones from then on; if both
+ * fail (a fault left by an earlier kernel, a bad configuration), dependent launches were not the
+ * cause and stay on. */
 template <typename... P, typename... A>
 static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 block, size_t smem,
                               A &&...args)
@@ -303,10 +305,12 @@ static cudaError_t dep_launch(cuda_backend *b, void (*k)(P...), dim3 grid, dim3 
     cudaError_t e = launch_as(b, b->pdl, k, grid, block, smem, args...);
     if (e == cudaSuccess || !b->pdl) return e;
     (void)cudaGetLastError();
+    cudaError_t plain = launch_as(b, false, k, grid, block, smem, args...);
+    if (plain != cudaSuccess) return plain;
     char why[160];
     snprintf(why, sizeof why, "a dependent launch failed (%s)", cudaGetErrorString(e));
     pdl_off(b, why);
-    return launch_as(b, false, k, grid, block, smem, args...);
+    return cudaSuccess;
 }
 
 static void cuda_destroy(bsi_backend *be);
@@ -1545,6 +1549,10 @@ static bonsai_status dec_replay(cuda_backend *b, const bsi_decode_model *m, uint
         if (graph) cudaGraphDestroy(graph);
         if (s || e != cudaSuccess) {
             (void)cudaGetLastError();
+            /* a fault an earlier kernel left is sticky (every call returns it): not the capture's
+             * doing, so nothing is turned off for it */
+            cudaError_t fault = cudaStreamSynchronize(b->stream);
+            if (fault != cudaSuccess) return cuda_fail(fault, "the decode step");
             char why[160];
             snprintf(why, sizeof why, "capturing the decode step failed (%s)",
                      s ? "a launch failed" : cudaGetErrorString(e));

@@ -48,6 +48,7 @@ long fault_at = -1, fault_last = -1, fault_calls, fault_count; /* calls fault_at
 bool fault_by_site;                 /* count only each call site's first call */
 std::set<const void *> fault_sites; /* the call sites seen since cuda_emu_fail_call */
 std::string fault_name;             /* cuda_emu_fail_named: only this function's calls count */
+bool fault_sticks, fault_stuck;     /* cuda_emu_fault_from: the failure, once there, stays */
 std::map<std::string, long, std::less<>> call_counts; /* failable calls so far, by function */
 
 /* A failure of a call on stream s: while s is captured, it invalidates the capture. */
@@ -111,26 +112,35 @@ cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 
 } // namespace
 
-extern "C" __attribute__((visibility("default"))) void cuda_emu_fail_call(long n, int by_site)
+/* Calls `from` .. `last` (counted from now) of function `call` (NULL: any) fail, or from `from`
+ * on every call (sticky); -1: none. */
+static void fail_calls(const char *call, long from, long last, bool by_site, bool sticky)
 {
     std::lock_guard<std::mutex> hold(fault_lock);
-    fault_at = fault_last = n;
+    fault_at = from;
+    fault_last = last;
     fault_calls = 0;
-    fault_by_site = by_site != 0;
+    fault_by_site = by_site;
     fault_sites.clear();
-    fault_name.clear();
+    fault_name = call ? call : "";
+    fault_sticks = sticky;
+    fault_stuck = false;
+}
+
+extern "C" __attribute__((visibility("default"))) void cuda_emu_fail_call(long n, int by_site)
+{
+    fail_calls(nullptr, n, n, by_site != 0, false);
 }
 
 extern "C" __attribute__((visibility("default"))) void cuda_emu_fail_named(const char *call,
                                                                            long n, long times)
 {
-    std::lock_guard<std::mutex> hold(fault_lock);
-    fault_at = n;
-    fault_last = n < 0 || times < 1 ? -1 : n + times - 1;
-    fault_calls = 0;
-    fault_by_site = false;
-    fault_sites.clear();
-    fault_name = call;
+    fail_calls(call, n, n < 0 || times < 1 ? -1 : n + times - 1, false, false);
+}
+
+extern "C" __attribute__((visibility("default"))) void cuda_emu_fault_from(const char *call, long n)
+{
+    fail_calls(call, n, n, false, true);
 }
 
 extern "C" __attribute__((visibility("default"))) long cuda_emu_calls(const char *call)
@@ -162,6 +172,10 @@ cudaError_t injected(cudaError_t e, const char *call, const void *site)
         call_counts.emplace(call, 1);
     else
         counted->second++;
+    if (fault_stuck) {
+        fault_count++;
+        return fail(cudaErrorIllegalAddress);
+    }
     if (fault_at < 0) return cudaSuccess;
     if (!fault_name.empty() && fault_name != call) return cudaSuccess;
     if (fault_by_site && !fault_sites.insert(site).second) return cudaSuccess;
@@ -169,6 +183,8 @@ cudaError_t injected(cudaError_t e, const char *call, const void *site)
     if (k < fault_at || k > fault_last) return cudaSuccess;
     if (k == fault_last) fault_at = -1;
     fault_count++;
+    fault_stuck = fault_sticks;
+    if (fault_stuck) e = cudaErrorIllegalAddress;
     /* CUDA_EMU_FAULT_TRACE=1: which call failed, and where (for addr2line -f -e the module) */
     static const bool trace =
         getenv("CUDA_EMU_FAULT_TRACE") && !strcmp(getenv("CUDA_EMU_FAULT_TRACE"), "1");
@@ -198,6 +214,7 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorStreamCaptureUnsupported:
         return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureImplicit:
@@ -220,6 +237,7 @@ const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";

@@ -14,6 +14,9 @@
  * event and graph calls; not frees and destroys) fail once, with cudaErrorMemoryAllocation where it
  * allocates and cudaErrorUnknown elsewhere. A call that fails on a stream being captured
  * invalidates the capture, as on a GPU (cudaStreamEndCapture then fails too).
+ * cuda_emu_fault_from(call, n) emulates a kernel's fault instead: from the n-th call of `call` on,
+ * every call that can fail fails with cudaErrorIllegalAddress (sticky, as on a GPU) until the
+ * next cuda_emu_fail_call.
  *
  * CUDA_EMU_DRIVER=none or =old: the runtime of a machine without an NVIDIA driver (driver
  * version 0) or with one older than the runtime (11.8); cudaGetDeviceCount then fails with
@@ -42,6 +45,7 @@ enum cudaError_t {
     cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorIllegalAddress = 700,
     cudaErrorStreamCaptureUnsupported = 900,
     cudaErrorStreamCaptureInvalidated = 901,
     cudaErrorStreamCaptureImplicit = 906,
@@ -146,6 +150,9 @@ void cuda_emu_fail_call(long n, int by_site);
 /* The same, counting only the calls of the function named `call` ("cudaGraphInstantiate"), and
  * for `times` calls in a row from the n-th. */
 void cuda_emu_fail_named(const char *call, long n, long times);
+/* A kernel's fault: from the n-th call of `call` on, every failable call fails with
+ * cudaErrorIllegalAddress until the next cuda_emu_fail_call. */
+void cuda_emu_fault_from(const char *call, long n);
 /* The failable calls of the function named `call` made so far. */
 long cuda_emu_calls(const char *call);
 /* The failures injected so far. */
