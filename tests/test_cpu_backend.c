@@ -26,6 +26,12 @@ static void test_registry(void **state)
     assert_null(be);
     bsi_backend_config cfg = {.n_threads = 1, .cpu_isa = "mmx"};
     assert_error(bsi_backend_create("cpu", &cfg, &be), BONSAI_ERR_UNSUPPORTED, "'mmx'");
+    cfg.cpu_isa = NULL;
+    assert_error(bsi_backend_create("cpu:1", &cfg, &be), BONSAI_ERR_UNSUPPORTED, "cpu:1: the CPU");
+    assert_null(be);
+    assert_int_equal(bsi_backend_create("cpu:0", &cfg, &be), 0);
+    assert_int_equal(cfg.device, 0);
+    be->vt->destroy(be);
 }
 
 static void check_q1_matmul(int threads, const char *isa, int64_t rows, int64_t cols, int64_t n_tok)

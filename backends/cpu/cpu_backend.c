@@ -154,6 +154,10 @@ static int cpu_probe(int *device, char *reason, size_t size)
 static bonsai_status cpu_create(const bsi_backend_config *cfg, bsi_backend **out)
 {
     *out = NULL;
+    /* one device: "cpu:1" would otherwise place a second copy of a model's weights */
+    if (cfg && cfg->device != 0)
+        return bsi_fail(BONSAI_ERR_UNSUPPORTED, "cpu:%d: the CPU is one device, cpu or cpu:0",
+                        cfg->device);
     cpu_backend *b = bsi_calloc(1, sizeof *b);
     if (!b) return bsi_fail(BONSAI_ERR_NO_MEMORY, "out of memory creating the CPU backend");
     b->base.vt = bsi_cpu_backend();
