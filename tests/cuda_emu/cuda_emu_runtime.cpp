@@ -264,7 +264,7 @@ static int driver_version()
 
 /* The emulated devices' compute capabilities (major * 10 + minor): CUDA_EMU_DEVICES, such as
  * "7.5,9.0", or one device of 9.0. */
-static std::vector<int> devices()
+static std::vector<int> parse_devices()
 {
     std::vector<int> cc;
     const char *d = getenv("CUDA_EMU_DEVICES");
@@ -278,6 +278,13 @@ static std::vector<int> devices()
         p += len;
         if (*p == ',') p++;
     }
+    return cc;
+}
+
+/* The same, read once (cudaSetDevice comes before every operation of the backend). */
+static const std::vector<int> &devices()
+{
+    static const std::vector<int> cc = parse_devices();
     return cc;
 }
 
@@ -299,7 +306,7 @@ cudaError_t cudaSetDevice(int dev)
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev)
 {
     CUDA_EMU_INJECT(cudaErrorUnknown);
-    std::vector<int> cc = devices();
+    const std::vector<int> &cc = devices();
     if (dev < 0 || dev >= (int)cc.size()) return fail(cudaErrorInvalidDevice);
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "cuda_emu");
